@@ -1,0 +1,92 @@
+"""Dump neural-tangents 0.6.5 reference kernels for owidth's tests.
+
+Run inside the legacy venv (never imported by owidth or its tests):
+
+    $(bash benchmarks/peers/build_venv.sh) benchmarks/peers/nt_reference.py
+
+writes tests/reference/nt_kernels.npz: the inputs, the architectures as JSON
+(a list of [layer, kwargs] in owidth's names, which the test rebuilds with the
+owidth API) and NT's NNGP/NTK for (x1, x1) and (x1, x2), all float64.
+"""
+
+import json
+import pathlib
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
+
+import numpy as np  # noqa: E402
+from neural_tangents import stax  # noqa: E402
+
+OUT = pathlib.Path(__file__).resolve().parents[2] / "tests" / "reference" / "nt_kernels.npz"
+
+R2, B = 2**0.5, 0.1**0.5
+
+ARCHS = {
+    "relu3": [["Dense", {"w_std": R2, "b_std": B}], ["Relu", {}], ["Dense", {"w_std": R2, "b_std": B}], ["Relu", {}],
+              ["Dense", {"out": 1, "w_std": 1.0, "b_std": 0.0}]],
+    "relu_deep10": [x for _ in range(9) for x in (["Dense", {"w_std": R2, "b_std": B}], ["Relu", {}])]
+    + [["Dense", {"out": 1, "w_std": 1.0, "b_std": 0.05}]],
+    "leaky": [["Dense", {"w_std": 1.3, "b_std": 0.2}], ["LeakyRelu", {"a": 0.1}], ["Dense", {"w_std": 1.1, "b_std": 0.3}],
+              ["LeakyRelu", {"a": -0.4}], ["Dense", {"out": 2, "w_std": 0.9, "b_std": 0.1}]],
+    "abs": [["Dense", {"w_std": 1.2, "b_std": 0.1}], ["Abs", {}], ["Dense", {"w_std": 0.8, "b_std": 0.2}], ["Abs", {}],
+            ["Dense", {"out": 1, "w_std": 1.0}]],
+    "erf": [["Dense", {"w_std": 1.7, "b_std": 0.3}], ["Erf", {"a": 1.2, "b": 0.7, "shift": 0.1}],
+            ["Dense", {"w_std": 1.4, "b_std": 0.2}], ["Erf", {}], ["Dense", {"out": 1, "w_std": 1.0, "b_std": 0.1}]],
+    "gelu": [["Dense", {"w_std": 1.5, "b_std": 0.3}], ["Gelu", {}], ["Dense", {"w_std": 1.2, "b_std": 0.1}], ["Gelu", {}],
+             ["Dense", {"out": 1, "w_std": 1.0}]],
+    "sin": [["Dense", {"w_std": 1.1, "b_std": 0.2}], ["Sin", {"a": 1.0, "b": 0.9, "shift": 0.2}],
+            ["Dense", {"w_std": 1.3, "b_std": 0.1}], ["Sin", {}], ["Dense", {"out": 1, "w_std": 1.0}]],
+    "identity": [["Dense", {"w_std": 1.3, "b_std": 0.4}], ["Identity", {}], ["Dense", {"w_std": 0.7, "b_std": 0.2}],
+                 ["Dense", {"out": 1, "w_std": 1.1, "b_std": 0.1}]],
+    # NT refuses a residual sum whose identity branch carries a post-activation
+    # (FanInSum needs Gaussian inputs); owidth supports it, checked by Monte Carlo.
+    "residual": [["Dense", {"w_std": R2, "b_std": B}],
+                 ["Residual", [["Relu", {}], ["Dense", {"w_std": 1.0, "b_std": 0.1}]]], ["Relu", {}],
+                 ["Dense", {"out": 1, "w_std": 1.0, "b_std": 0.0}]],
+}
+
+
+def nt_layer(name, kw):
+    if name == "Dense":
+        return stax.Dense(kw.get("out", 512), W_std=kw.get("w_std", 1.0), b_std=kw.get("b_std", 0.0))
+    if name == "Relu":
+        return stax.Relu()
+    if name == "LeakyRelu":
+        return stax.LeakyRelu(alpha=kw["a"])
+    if name == "Abs":
+        return stax.Abs()
+    if name == "Erf":
+        return stax.Erf(a=kw.get("a", 1.0), b=kw.get("b", 1.0), c=kw.get("shift", 0.0))
+    if name == "Gelu":
+        return stax.Gelu(approximate=False)
+    if name == "Sin":
+        return stax.Sin(a=kw.get("a", 1.0), b=kw.get("b", 1.0), c=kw.get("shift", 0.0))
+    if name == "Identity":
+        return stax.Identity()
+    if name == "Residual":
+        block = stax.serial(*[nt_layer(n, k) for n, k in kw])
+        return stax.serial(stax.FanOut(2), stax.parallel(stax.Identity(), block), stax.FanInSum())
+    raise ValueError(name)
+
+
+def main():
+    rng = np.random.RandomState(1234)
+    x1 = rng.randn(6, 5)
+    x2 = rng.randn(4, 5)
+    out = {"x1": x1, "x2": x2, "archs": np.array(json.dumps(ARCHS))}
+    for name, arch in ARCHS.items():
+        _, _, kfn = stax.serial(*[nt_layer(n, k) for n, k in arch])
+        k11 = kfn(x1, None, ("nngp", "ntk"))
+        k12 = kfn(x1, x2, ("nngp", "ntk"))
+        out[f"{name}/nngp11"], out[f"{name}/ntk11"] = np.asarray(k11.nngp), np.asarray(k11.ntk)
+        out[f"{name}/nngp12"], out[f"{name}/ntk12"] = np.asarray(k12.nngp), np.asarray(k12.ntk)
+    out["versions"] = np.array(json.dumps({"jax": jax.__version__, "neural_tangents": "0.6.5"}))
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(OUT, **out)
+    print(f"wrote {OUT} ({OUT.stat().st_size} bytes, {len(ARCHS)} architectures)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""``ow.finite``: the same width-free spec as a finite network of width n."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+
+from owidth import _checks
+from owidth.param import NTP, Parametrization
+from owidth.spec import Dim, FiniteCtx, Layer
+
+
+@dataclasses.dataclass(frozen=True)
+class FiniteModel:
+    """A finite network: ``net`` at ``width`` under ``param``.
+
+    ``init(key, x)`` returns a parameter pytree (no metadata on arrays: every
+    width- and parametrization-dependent constant is a Python float derived
+    from this frozen value, so params survive jit, vmap and checkpoints);
+    ``apply(params, x)`` is a pure function of them. Both are jit-compatible
+    and ``init`` vmaps over keys for ensembles::
+
+        params = jax.vmap(model.init, in_axes=(0, None))(keys, x)
+        out = jax.vmap(model.apply, in_axes=(0, None))(params, x)
+    """
+
+    net: Layer
+    width: int
+    param: Parametrization = NTP
+
+    def __post_init__(self):
+        if not isinstance(self.net, Layer):
+            raise TypeError(f"ow.finite: net must be an owidth layer or ow.serial(...), got {type(self.net).__name__}")
+        object.__setattr__(self, "width", _checks.positive_int("width", self.width, where="ow.finite"))
+        if not isinstance(self.param, Parametrization):
+            raise TypeError(f"ow.finite: param must be an ow.Parametrization such as ow.NTP, got {self.param!r}")
+
+    @property
+    def _ctx(self) -> FiniteCtx:
+        return FiniteCtx(self.width, self.param)
+
+    def init(self, key: jax.Array, x) -> Any:
+        """Random parameters for inputs shaped like ``x`` (batch, features)."""
+        x = _checks.as_float_array("x", x, where="FiniteModel.init")
+        params, _ = self.net._init(key, Dim(x.shape[-1], False), self._ctx)
+        return params
+
+    def apply(self, params: Any, x) -> jax.Array:
+        """Network output for inputs ``x`` of shape (batch, features)."""
+        x = _checks.as_float_array("x", x, where="FiniteModel.apply")
+        y, _ = self.net._apply(params, x, Dim(x.shape[-1], False), self._ctx)
+        return y
+
+
+def finite(net: Layer, *, width: int, param: Parametrization = NTP) -> FiniteModel:
+    """The finite network of ``net`` with hidden width ``width``.
+
+    Args:
+      net: width-free spec.
+      width: width ``n`` of every hidden (``out=None``) layer.
+      param: the abc-parametrization; :data:`ow.NTP` (default) is the one
+        whose ``width -> inf`` limit the analytic kernels of :func:`ow.kernel`
+        describe exactly.
+
+    Example::
+
+        model = ow.finite(net, width=512)
+        params = model.init(jax.random.key(0), x)
+        y = model.apply(params, x)
+    """
+    return FiniteModel(net, width, param)

@@ -1,0 +1,82 @@
+"""``ow.kernel``: analytic infinite-width NNGP and NTK of a width-free spec."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+
+from owidth import _checks
+from owidth.kernels.state import Kernel, KState
+
+_GETS = ("nngp", "ntk")
+
+
+def _normalize_get(get) -> tuple[str, ...]:
+    if isinstance(get, str):
+        get = (get,)
+    try:
+        get = tuple(get)
+    except TypeError as err:
+        raise TypeError(f"ow.kernel: get must be 'nngp', 'ntk' or a tuple of them, got {get!r}") from err
+    bad = [g for g in get if g not in _GETS]
+    if bad or not get:
+        raise ValueError(f"ow.kernel: get={get!r} is not valid; use 'nngp', 'ntk' or ('nngp', 'ntk')")
+    return tuple(g for g in _GETS if g in get)
+
+
+@functools.partial(jax.jit, static_argnames=("net", "get"))
+def _kernel(net, x1, x2, get):
+    ks = KState(x1=x1, x2=x2, need_ntk="ntk" in get)
+    ks = net._kernel(ks).materialize()
+    var2 = ks.var1 if ks.var2 is None else ks.var2
+    return Kernel(
+        nngp=ks.nngp if "nngp" in get else None,
+        ntk=ks.ntk if "ntk" in get else None,
+        var1=ks.var1,
+        var2=var2,
+    )
+
+
+def kernel(net, x1, x2=None, *, get=("nngp", "ntk")) -> Kernel:
+    """Infinite-width NNGP and NTK of ``net`` between ``x1`` and ``x2``.
+
+    For a network whose hidden layers are infinitely wide, the output at
+    initialisation is a Gaussian process with covariance ``nngp`` (Neal 1996;
+    Lee et al. 2018; Matthews et al. 2018), and gradient descent in the NTK
+    parametrisation evolves it as a linear model with the deterministic kernel
+    ``ntk`` (Jacot et al. 2018). Both are computed layer by layer:
+
+        Dense:       nngp' = w^2 nngp + b^2,          ntk' = w^2 ntk + nngp'
+        activation:  nngp' = E[phi(u) phi(v)],        ntk' = ntk * E[phi'(u) phi'(v)]
+
+    with ``(u, v)`` Gaussian with the incoming covariance. Closed forms are
+    used for every built-in activation (see :mod:`owidth.kernels.dual`).
+
+    Args:
+      net: a width-free spec (``ow.serial(...)`` or a single layer).
+      x1: (n1, d) inputs.
+      x2: (n2, d) inputs, or ``None`` for ``x1`` against itself (the result is
+        then exactly symmetric).
+      get: ``"nngp"``, ``"ntk"`` or both (default); what is not asked for is
+        not computed and is ``None`` in the result.
+
+    Returns:
+      A :class:`Kernel` with ``nngp``/``ntk`` of shape (n1, n2), per output
+      unit. Computed in float64 when ``jax_enable_x64`` is on, else float32.
+
+    The computation is jit-compiled once per (net, get, shapes); it can also
+    be called inside ``jax.jit``/``jax.grad`` by the user.
+    """
+    from owidth.spec import Layer  # local: spec imports the kernel package
+
+    if not isinstance(net, Layer):
+        raise TypeError(f"ow.kernel: net must be an owidth layer or ow.serial(...), got {type(net).__name__}")
+    get = _normalize_get(get)
+    x1 = _checks.as_float_array("x1", x1, where="ow.kernel")
+    if x2 is not None:
+        x2 = _checks.as_float_array("x2", x2, where="ow.kernel")
+        _checks.same_features(x1, x2, where="ow.kernel")
+    if not net._has_weights():
+        raise ValueError("ow.kernel: net has no weight layer (Dense); add one, e.g. ow.serial(..., ow.Dense(out=1))")
+    return _kernel(net, x1, x2, get)

@@ -1,0 +1,195 @@
+"""Dual (arc-cosine type) kernels of elementwise activations, in closed form.
+
+For a centred bivariate Gaussian ``(u, v)`` with ``E[u^2] = q1``, ``E[v^2] = q2``
+and ``E[uv] = c`` every function here returns the pair
+
+    T(q1, q2, c)    = E[phi(u) phi(v)]      (NNGP map)
+    Tdot(q1, q2, c) = E[phi'(u) phi'(v)]    (NTK map)
+
+evaluated elementwise (broadcasting ``q1``, ``q2`` against ``c``). ``Tdot`` is
+``None`` when the caller does not need it.
+
+Numerics. All correlations are clipped to [-1, 1]; square roots and the
+inverse trigonometric functions go through the safe primitives below, whose
+derivatives stay finite on the diagonal (rho = 1), so that deep float32 kernels
+never produce NaN and input gradients of the kernel are finite. Where a
+composed function has a finite derivative although its parts do not (the
+arc-cosine kernel at rho = +-1), the derivative is given in closed form.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+_PI = math.pi
+
+
+def _tiny(x: jax.Array) -> float:
+    return float(jnp.finfo(jnp.result_type(x)).tiny)
+
+
+# --------------------------------------------------------------------------- #
+# Safe primitives
+# --------------------------------------------------------------------------- #
+@jax.custom_jvp
+def safe_sqrt(x: jax.Array) -> jax.Array:
+    """``sqrt(max(x, 0))`` whose derivative is 0 (not inf/NaN) at ``x <= 0``."""
+    return jnp.sqrt(jnp.maximum(x, 0.0))
+
+
+@safe_sqrt.defjvp
+def _safe_sqrt_jvp(primals, tangents):
+    (x,), (t,) = primals, tangents
+    y = safe_sqrt(x)
+    pos = x > 0
+    dy = jnp.where(pos, 0.5 / jnp.where(pos, y, 1.0), 0.0)
+    return y, dy * t
+
+
+def _clip_corr(rho: jax.Array) -> jax.Array:
+    return jnp.clip(rho, -1.0, 1.0)
+
+
+@jax.custom_jvp
+def safe_arcsin(rho: jax.Array) -> jax.Array:
+    """``arcsin`` of ``rho`` clipped to [-1, 1]; derivative finite at +-1.
+
+    At |rho| = 1 the true derivative is infinite; we return the value at
+    ``1 - rho^2 = tiny`` instead, so a gradient that multiplies it by a zero
+    tangent (the diagonal of a kernel) is exactly zero rather than NaN.
+    """
+    return jnp.arcsin(_clip_corr(rho))
+
+
+@safe_arcsin.defjvp
+def _safe_arcsin_jvp(primals, tangents):
+    (rho,), (t,) = primals, tangents
+    r = _clip_corr(rho)
+    d = 1.0 / jnp.sqrt(jnp.maximum(1.0 - r * r, _tiny(r) ** 0.5))
+    d = jnp.where(jnp.abs(rho) <= 1.0, d, 0.0)
+    return jnp.arcsin(r), d * t
+
+
+def safe_arccos(rho: jax.Array) -> jax.Array:
+    """``arccos`` of ``rho`` clipped to [-1, 1] (= pi/2 - safe_arcsin)."""
+    return 0.5 * _PI - safe_arcsin(rho)
+
+
+@jax.custom_jvp
+def _j_abs(rho: jax.Array) -> jax.Array:
+    """J(rho) = sqrt(1 - rho^2) + rho * arcsin(rho); J'(rho) = arcsin(rho).
+
+    ``E|u||v| = (2/pi) sqrt(q1 q2) J(rho)`` for standard correlation ``rho``.
+    The derivative is finite on [-1, 1] although sqrt and arcsin separately
+    are not, so it is given in closed form (Cho & Saul 2009, degree 1).
+    """
+    r = _clip_corr(rho)
+    return jnp.sqrt(jnp.maximum(1.0 - r * r, 0.0)) + r * jnp.arcsin(r)
+
+
+@_j_abs.defjvp
+def _j_abs_jvp(primals, tangents):
+    (rho,), (t,) = primals, tangents
+    r = _clip_corr(rho)
+    inside = jnp.abs(rho) <= 1.0
+    return _j_abs(rho), jnp.where(inside, jnp.arcsin(r), 0.0) * t
+
+
+def _corr(q1, q2, c):
+    """Correlation rho = c / sqrt(q1 q2), safe when a variance is zero."""
+    s = safe_sqrt(q1 * q2)
+    tiny = _tiny(s)
+    return s, c / jnp.maximum(s, tiny)
+
+
+# --------------------------------------------------------------------------- #
+# Closed forms
+# --------------------------------------------------------------------------- #
+def identity(q1, q2, c, *, need_dot: bool = True):
+    """phi(x) = x:  T = c,  Tdot = 1."""
+    del q1, q2
+    return c, (jnp.ones_like(c) if need_dot else None)
+
+
+def leaky_relu(q1, q2, c, *, a: float, need_dot: bool = True):
+    """phi(x) = max(x, a x) = p x + m |x| with p = (1+a)/2, m = (1-a)/2.
+
+    Odd/even cross terms vanish, so with rho = c / sqrt(q1 q2)
+
+        T    = p^2 c + m^2 (2/pi) sqrt(q1 q2) J(rho),  J = sqrt(1-rho^2) + rho asin(rho)
+        Tdot = p^2   + m^2 (2/pi) asin(rho)
+
+    a = 0 is ReLU, the degree-1 arc-cosine kernel of Cho & Saul (2009):
+    T = sqrt(q1 q2) (sin t + (pi - t) cos t) / (2 pi), Tdot = (pi - t) / (2 pi),
+    t = arccos(rho). a = -1 is |x|.
+    """
+    p, m = 0.5 * (1.0 + a), 0.5 * (1.0 - a)
+    s, rho = _corr(q1, q2, c)
+    t = p * p * c + m * m * (2.0 / _PI) * s * _j_abs(rho)
+    if not need_dot:
+        return t, None
+    return t, p * p + m * m * (2.0 / _PI) * safe_arcsin(rho)
+
+
+def erf(q1, q2, c, *, a: float = 1.0, b: float = 1.0, shift: float = 0.0, need_dot: bool = True):
+    """phi(x) = a erf(b x) + shift (Williams 1997).
+
+        T    = a^2 (2/pi) asin(2 b^2 c / sqrt((1 + 2 b^2 q1)(1 + 2 b^2 q2))) + shift^2
+        Tdot = a^2 b^2 (4/pi) / sqrt((1 + 2 b^2 q1)(1 + 2 b^2 q2) - 4 b^4 c^2)
+    """
+    b2 = b * b
+    q1, q2, c = b2 * q1, b2 * q2, b2 * c
+    n1, n2 = 1.0 + 2.0 * q1, 1.0 + 2.0 * q2
+    rho = 2.0 * c / jnp.sqrt(n1 * n2)
+    t = a * a * (2.0 / _PI) * safe_arcsin(rho) + shift * shift
+    if not need_dot:
+        return t, None
+    # det(I + 2 Sigma) = 1 + 2 q1 + 2 q2 + 4 (q1 q2 - c^2) >= 1.
+    det = 1.0 + 2.0 * (q1 + q2) + 4.0 * jnp.maximum(q1 * q2 - c * c, 0.0)
+    return t, a * a * b2 * (4.0 / _PI) / jnp.sqrt(det)
+
+
+def gelu(q1, q2, c, *, need_dot: bool = True):
+    """phi(x) = x Phi(x) (exact GELU, Hendrycks & Gimpel 2016).
+
+    Derived with Stein's lemma (E[u h(u,v)] = q1 E[d_u h] + c E[d_v h]) and the
+    orthant probability of (u - a, v - b), a, b ~ N(0, 1) (as in Tsuchida et
+    al. 2021). With D = (1+q1)(1+q2) - c^2 and r = c / sqrt((1+q1)(1+q2)):
+
+        T    = c (1/4 + asin(r)/(2 pi))
+               + [q1 (q2 (1+q1) - c^2) / (1+q1) + c^2 / (1+q2)] / (2 pi sqrt(D))
+        Tdot = 1/4 + asin(r)/(2 pi) + c (2 + q1 + q2) / (2 pi (1+q1)(1+q2) sqrt(D))
+               + c / (2 pi D^{3/2})
+
+    At c = 0, T = E[u Phi(u)] E[v Phi(v)] = q1 q2 / (2 pi sqrt((1+q1)(1+q2))).
+    """
+    s1, s2 = 1.0 + q1, 1.0 + q2
+    det = 1.0 + q1 + q2 + jnp.maximum(q1 * q2 - c * c, 0.0)
+    sqd = jnp.sqrt(det)
+    orth = 0.25 + safe_arcsin(c / jnp.sqrt(s1 * s2)) / (2.0 * _PI)
+    t = c * orth + (q1 * (q2 * s1 - c * c) / s1 + c * c / s2) / (2.0 * _PI * sqd)
+    if not need_dot:
+        return t, None
+    td = orth + c * (s1 + s2) / (2.0 * _PI * s1 * s2 * sqd) + c / (2.0 * _PI * det * sqd)
+    return t, td
+
+
+def sin(q1, q2, c, *, a: float = 1.0, b: float = 1.0, shift: float = 0.0, need_dot: bool = True):
+    """phi(x) = a sin(b x + shift).
+
+    With E[cos(w)] = exp(-Var(w)/2) for a centred Gaussian w:
+
+        T    = a^2/2 exp(-b^2 (q1+q2)/2) (exp(b^2 c) - exp(-b^2 c) cos(2 shift))
+        Tdot = a^2 b^2/2 exp(-b^2 (q1+q2)/2) (exp(b^2 c) + exp(-b^2 c) cos(2 shift))
+    """
+    b2 = b * b
+    half = -0.5 * b2 * (q1 + q2)
+    ep = jnp.exp(half + b2 * c)
+    em = jnp.exp(half - b2 * c) * math.cos(2.0 * shift)
+    t = 0.5 * a * a * (ep - em)
+    if not need_dot:
+        return t, None
+    return t, 0.5 * a * a * b2 * (ep + em)

@@ -1,0 +1,81 @@
+"""The kernel pytree returned to users and the state threaded through layers."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Kernel:
+    """Infinite-width kernels of a network's output, per output unit.
+
+    Attributes:
+      nngp: (n1, n2) NNGP covariance ``E[f(x1) f(x2)]`` over random
+        initialisations (Neal 1996; Lee et al. 2018), or ``None`` if not
+        requested.
+      ntk: (n1, n2) neural tangent kernel ``<df(x1)/dtheta, df(x2)/dtheta>``
+        in the NTK parametrisation (Jacot et al. 2018), or ``None``.
+      var1: (n1,) the NNGP variances ``E[f(x1)^2]``.
+      var2: (n2,) the NNGP variances ``E[f(x2)^2]`` (equal to ``var1`` when
+        ``x2`` was not given).
+
+    Different output units are independent, so the full output kernel is
+    ``nngp ⊗ I_out`` (and likewise for ``ntk``).
+    """
+
+    nngp: jax.Array | None
+    ntk: jax.Array | None
+    var1: jax.Array
+    var2: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class KState:
+    """Second-moment state between layers (internal).
+
+    While ``x1`` is set no weight layer has been applied yet and the state is
+    the raw data itself (an activation then acts on the data elementwise).
+    Afterwards the state holds per-unit covariances of an infinitely wide
+    layer: ``nngp[i, j] = lim (1/n) sum_k z_k(x1_i) z_k(x2_j)`` and
+    ``var1``, ``var2`` the matching diagonals.
+    """
+
+    x1: jax.Array | None = None
+    x2: jax.Array | None = None
+    nngp: jax.Array | None = None
+    ntk: jax.Array | None = None
+    var1: jax.Array | None = None
+    var2: jax.Array | None = None
+    need_ntk: bool = True
+    gaussian: bool = False
+    fixed: bool = False  # a weight layer with a fixed ``out`` was applied
+
+    @property
+    def is_input(self) -> bool:
+        return self.x1 is not None
+
+    def replace(self, **changes) -> KState:
+        return dataclasses.replace(self, **changes)
+
+    def materialize(self) -> KState:
+        """Turn a raw-data state into covariances ``x1 x2^T / d`` (NTK zero)."""
+        if not self.is_input:
+            return self
+        x1, x2 = self.x1, self.x2
+        d = x1.shape[-1]
+        if x2 is None:
+            g = x1 @ x1.T / d
+            nngp = 0.5 * (g + g.T)
+            # The variances must equal the diagonal bit for bit: correlations
+            # of 1 +- ulp would cost sqrt(ulp) ~ 1e-8 in arc-cosine kernels.
+            var1, var2 = jnp.diagonal(nngp), None
+        else:
+            nngp = x1 @ x2.T / d
+            var1 = jnp.sum(x1 * x1, axis=-1) / d
+            var2 = jnp.sum(x2 * x2, axis=-1) / d
+        ntk = jnp.zeros_like(nngp) if self.need_ntk else None
+        return self.replace(x1=None, x2=None, nngp=nngp, ntk=ntk, var1=var1, var2=var2)

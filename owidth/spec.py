@@ -1,0 +1,445 @@
+"""Width-free architecture description: layers and combinators.
+
+A network is a tree of small frozen values. Each layer carries its rules for
+every interpretation:
+
+* ``_kernel(state)``: the infinite-width NNGP/NTK rule (Lee et al. 2018;
+  Jacot et al. 2018; Novak et al. 2020 for the compositional form),
+* ``_init(key, dim, ctx)`` / ``_apply(params, x, dim, ctx)``: the finite
+  network at width ``ctx.width`` under ``ctx.param``.
+
+Widths never appear in the spec: a ``Dense`` whose ``out`` is unset is a
+hidden layer (infinite for kernels, ``width`` for finite networks); ``out=k``
+fixes it (a readout).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from owidth.kernels import dual
+from owidth.kernels.state import KState
+from owidth.param import Parametrization, Role
+
+__all__ = [
+    "Layer",
+    "Dense",
+    "Serial",
+    "Parallel",
+    "serial",
+    "parallel",
+    "Residual",
+    "Activation",
+    "Relu",
+    "LeakyRelu",
+    "Abs",
+    "Erf",
+    "Gelu",
+    "Sin",
+    "Identity",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class Dim:
+    """Feature dimension flowing through a finite network (internal)."""
+
+    size: int
+    scales: bool  # True when it is a hidden width (grows with ``width``)
+
+
+@dataclasses.dataclass(frozen=True)
+class FiniteCtx:
+    """Static context of a finite network (internal)."""
+
+    width: int
+    param: Parametrization
+
+
+def _check_std(cls: str, name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{cls}({name}=...) must be a real number, got {type(value).__name__} {value!r}")
+    value = float(value)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{cls}({name}={value!r}): a standard deviation must be finite and >= 0")
+    return value
+
+
+def _check_real(cls: str, name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{cls}({name}=...) must be a real number, got {type(value).__name__} {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{cls}({name}={value!r}) must be finite")
+    return value
+
+
+class Layer:
+    """Base class of all layers. Subclasses are frozen dataclasses."""
+
+    def _kernel(self, ks: KState) -> KState:
+        raise NotImplementedError
+
+    def _init(self, key: jax.Array, dim: Dim, ctx: FiniteCtx) -> tuple[Any, Dim]:
+        raise NotImplementedError
+
+    def _apply(self, params: Any, x: jax.Array, dim: Dim, ctx: FiniteCtx) -> tuple[jax.Array, Dim]:
+        raise NotImplementedError
+
+    def _has_weights(self) -> bool:
+        return False
+
+
+# --------------------------------------------------------------------------- #
+# Dense
+# --------------------------------------------------------------------------- #
+@dataclasses.dataclass(frozen=True)
+class Dense(Layer):
+    """Fully connected layer ``z = W x + b`` in the NTK convention.
+
+    ``W_ij ~ N(0, w_std^2 / fan_in)``, ``b_i ~ N(0, b_std^2)`` at
+    initialisation (for finite networks, the scale is then distributed between
+    multiplier and initialisation by the parametrization).
+
+    Kernel rule (Lee et al. 2018; Jacot et al. 2018):
+
+        nngp' = w_std^2 nngp + b_std^2
+        ntk'  = w_std^2 ntk + nngp'
+
+    Args:
+      out: output width. ``None`` (default): a hidden layer, infinitely wide
+        for kernels and ``width`` wide for finite networks. An int fixes it.
+      w_std: weight standard deviation (times ``1/sqrt(fan_in)``).
+      b_std: bias standard deviation; ``0`` means no bias parameter.
+    """
+
+    out: int | None = None
+    w_std: float = 1.0
+    b_std: float = 0.0
+
+    def __post_init__(self):
+        if self.out is not None:
+            if isinstance(self.out, bool) or not isinstance(self.out, int):
+                raise TypeError(f"Dense(out=...) must be an int or None (hidden), got {self.out!r}")
+            if self.out <= 0:
+                raise ValueError(f"Dense(out={self.out}) must be positive; leave out=None for a hidden layer")
+        object.__setattr__(self, "w_std", _check_std("Dense", "w_std", self.w_std))
+        object.__setattr__(self, "b_std", _check_std("Dense", "b_std", self.b_std))
+
+    def _has_weights(self) -> bool:
+        return True
+
+    def _kernel(self, ks: KState) -> KState:
+        if ks.fixed:
+            raise ValueError(
+                "ow.kernel: a Dense layer follows a Dense(out=k) layer. The infinite-width kernel "
+                "needs every layer but the readout to be hidden: leave out=None on all but the last Dense."
+            )
+        ks = ks.materialize()
+        w2, b2 = self.w_std**2, self.b_std**2
+        nngp = w2 * ks.nngp + b2
+        ntk = None if ks.ntk is None else w2 * ks.ntk + nngp
+        var2 = None if ks.var2 is None else w2 * ks.var2 + b2
+        return ks.replace(
+            nngp=nngp, ntk=ntk, var1=w2 * ks.var1 + b2, var2=var2, gaussian=True, fixed=self.out is not None
+        )
+
+    def _out_dim(self, ctx: FiniteCtx) -> Dim:
+        return Dim(ctx.width, True) if self.out is None else Dim(self.out, False)
+
+    def _scale(self, dim: Dim, ctx: FiniteCtx):
+        out = self._out_dim(ctx)
+        role = Role.of(dim.scales, out.scales)
+        return out, ctx.param.dense(role, fan_in=dim.size, width=ctx.width, w_std=self.w_std, b_std=self.b_std)
+
+    def _init(self, key, dim, ctx):
+        out, s = self._scale(dim, ctx)
+        kw, kb = jax.random.split(key)
+        dtype = jnp.result_type(float)
+        params = {"w": s.w_init * jax.random.normal(kw, (dim.size, out.size), dtype)}
+        if self.b_std > 0:
+            params["b"] = s.b_init * jax.random.normal(kb, (out.size,), dtype)
+        return params, out
+
+    def _apply(self, params, x, dim, ctx):
+        out, s = self._scale(dim, ctx)
+        if params["w"].shape != (dim.size, out.size):
+            raise ValueError(
+                f"Dense: parameters have shape {params['w'].shape} but the layer maps {dim.size} -> {out.size} "
+                "features here; were the params made by init() with inputs of this feature size and this width?"
+            )
+        y = x @ (s.w_mult * params["w"])
+        if "b" in params:
+            y = y + s.b_mult * params["b"]
+        return y, out
+
+
+# --------------------------------------------------------------------------- #
+# Activations
+# --------------------------------------------------------------------------- #
+class Activation(Layer):
+    """Elementwise nonlinearity ``phi``.
+
+    Kernel rule, with ``T``/``Tdot`` the dual kernels of ``phi`` evaluated on
+    the incoming Gaussian covariances (Cho & Saul 2009; Jacot et al. 2018):
+
+        nngp' = T(var1, var2, nngp)
+        ntk'  = ntk * Tdot(var1, var2, nngp)
+
+    Subclasses define ``fn`` (the finite function) and ``dual`` (the closed
+    form). Applied directly to data (before any Dense layer) it transforms the
+    data elementwise.
+    """
+
+    def fn(self, x: jax.Array) -> jax.Array:
+        raise NotImplementedError
+
+    def dual(self, q1, q2, c, *, need_dot: bool):
+        raise NotImplementedError
+
+    def _kernel(self, ks: KState) -> KState:
+        if ks.is_input:
+            return ks.replace(x1=self.fn(ks.x1), x2=None if ks.x2 is None else self.fn(ks.x2))
+        if not ks.gaussian:
+            raise NotImplementedError(
+                f"ow.kernel: {type(self).__name__} is applied to a non-Gaussian layer (for instance two "
+                "nonlinearities in a row, or a residual sum carrying post-activations). Put a Dense layer "
+                "before it; exact kernels of such compositions are not implemented yet."
+            )
+        need = ks.ntk is not None
+        v2 = ks.var1 if ks.var2 is None else ks.var2
+        nngp, tdot = self.dual(ks.var1[:, None], v2[None, :], ks.nngp, need_dot=need)
+        if ks.var2 is None:  # x1 against itself: keep it exactly symmetric, variances = diagonal
+            nngp = 0.5 * (nngp + nngp.T)
+            var1, var2 = jnp.diagonal(nngp), None
+        else:
+            var1 = self.dual(ks.var1, ks.var1, ks.var1, need_dot=False)[0]
+            var2 = self.dual(ks.var2, ks.var2, ks.var2, need_dot=False)[0]
+        ntk = ks.ntk * tdot if need else None
+        if need and ks.var2 is None:
+            ntk = 0.5 * (ntk + ntk.T)
+        return ks.replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2, gaussian=False)
+
+    def _init(self, key, dim, ctx):
+        return (), dim
+
+    def _apply(self, params, x, dim, ctx):
+        return self.fn(x), dim
+
+
+@dataclasses.dataclass(frozen=True)
+class Relu(Activation):
+    """``max(x, 0)``: the degree-1 arc-cosine kernel (Cho & Saul 2009)."""
+
+    def fn(self, x):
+        return jax.nn.relu(x)
+
+    def dual(self, q1, q2, c, *, need_dot):
+        return dual.leaky_relu(q1, q2, c, a=0.0, need_dot=need_dot)
+
+
+@dataclasses.dataclass(frozen=True)
+class LeakyRelu(Activation):
+    """``max(x, a x)`` for slope ``a`` (any real ``a``; ``a = -1`` is ``|x|``)."""
+
+    a: float = 0.01
+
+    def __post_init__(self):
+        object.__setattr__(self, "a", _check_real("LeakyRelu", "a", self.a))
+
+    def fn(self, x):
+        return jnp.where(x > 0, x, self.a * x)
+
+    def dual(self, q1, q2, c, *, need_dot):
+        return dual.leaky_relu(q1, q2, c, a=self.a, need_dot=need_dot)
+
+
+@dataclasses.dataclass(frozen=True)
+class Abs(Activation):
+    """``|x|``."""
+
+    def fn(self, x):
+        return jnp.abs(x)
+
+    def dual(self, q1, q2, c, *, need_dot):
+        return dual.leaky_relu(q1, q2, c, a=-1.0, need_dot=need_dot)
+
+
+@dataclasses.dataclass(frozen=True)
+class Erf(Activation):
+    """``a * erf(b x) + shift`` (Williams 1997)."""
+
+    a: float = 1.0
+    b: float = 1.0
+    shift: float = 0.0
+
+    def __post_init__(self):
+        for name in ("a", "b", "shift"):
+            object.__setattr__(self, name, _check_real("Erf", name, getattr(self, name)))
+
+    def fn(self, x):
+        return self.a * jax.scipy.special.erf(self.b * x) + self.shift
+
+    def dual(self, q1, q2, c, *, need_dot):
+        return dual.erf(q1, q2, c, a=self.a, b=self.b, shift=self.shift, need_dot=need_dot)
+
+
+@dataclasses.dataclass(frozen=True)
+class Gelu(Activation):
+    """Exact GELU ``x Phi(x)`` (``Phi`` the standard normal CDF)."""
+
+    def fn(self, x):
+        return jax.nn.gelu(x, approximate=False)
+
+    def dual(self, q1, q2, c, *, need_dot):
+        return dual.gelu(q1, q2, c, need_dot=need_dot)
+
+
+@dataclasses.dataclass(frozen=True)
+class Sin(Activation):
+    """``a * sin(b x + shift)``."""
+
+    a: float = 1.0
+    b: float = 1.0
+    shift: float = 0.0
+
+    def __post_init__(self):
+        for name in ("a", "b", "shift"):
+            object.__setattr__(self, name, _check_real("Sin", name, getattr(self, name)))
+
+    def fn(self, x):
+        return self.a * jnp.sin(self.b * x + self.shift)
+
+    def dual(self, q1, q2, c, *, need_dot):
+        return dual.sin(q1, q2, c, a=self.a, b=self.b, shift=self.shift, need_dot=need_dot)
+
+
+@dataclasses.dataclass(frozen=True)
+class Identity(Activation):
+    """``x`` (keeps Gaussianity, so it may sit anywhere)."""
+
+    def fn(self, x):
+        return x
+
+    def dual(self, q1, q2, c, *, need_dot):
+        return dual.identity(q1, q2, c, need_dot=need_dot)
+
+    def _kernel(self, ks: KState) -> KState:
+        return ks
+
+
+# --------------------------------------------------------------------------- #
+# Combinators
+# --------------------------------------------------------------------------- #
+def _check_layers(where: str, layers) -> tuple[Layer, ...]:
+    layers = tuple(layers)
+    if not layers:
+        raise ValueError(f"{where} needs at least one layer")
+    for i, layer in enumerate(layers):
+        if not isinstance(layer, Layer):
+            hint = " (did you forget the parentheses, e.g. ow.Relu() instead of ow.Relu?)" if isinstance(layer, type) else ""
+            raise TypeError(f"{where}: item {i} is {layer!r}, not an owidth layer{hint}")
+    return layers
+
+
+@dataclasses.dataclass(frozen=True)
+class Serial(Layer):
+    """Composition ``layers[-1] ∘ ... ∘ layers[0]``; build it with :func:`serial`."""
+
+    layers: tuple[Layer, ...]
+
+    def _has_weights(self) -> bool:
+        return any(layer._has_weights() for layer in self.layers)
+
+    def _kernel(self, ks):
+        for layer in self.layers:
+            ks = layer._kernel(ks)
+        return ks
+
+    def _init(self, key, dim, ctx):
+        params = []
+        for layer, k in zip(self.layers, jax.random.split(key, len(self.layers))):
+            p, dim = layer._init(k, dim, ctx)
+            params.append(p)
+        return tuple(params), dim
+
+    def _apply(self, params, x, dim, ctx):
+        for layer, p in zip(self.layers, params):
+            x, dim = layer._apply(p, x, dim, ctx)
+        return x, dim
+
+
+@dataclasses.dataclass(frozen=True)
+class Parallel(Layer):
+    """Sum of branches applied to the same input (fan-out, then fan-in sum).
+
+    Branches have independent parameters, so at infinite width their outputs
+    are independent given the input and kernels add:
+    ``nngp = sum_b nngp_b``, ``ntk = sum_b ntk_b`` (Novak et al. 2020).
+    """
+
+    branches: tuple[Layer, ...]
+
+    def _has_weights(self) -> bool:
+        return any(b._has_weights() for b in self.branches)
+
+    def _kernel(self, ks):
+        outs = [b._kernel(ks) for b in self.branches]
+        if all(o.is_input for o in outs):
+            x1 = sum(o.x1 for o in outs)
+            x2 = None if ks.x2 is None else sum(o.x2 for o in outs)
+            return ks.replace(x1=x1, x2=x2)
+        outs = [o.materialize() for o in outs]
+        fixed = {o.fixed for o in outs}
+        if len(fixed) > 1:
+            raise ValueError("ow.parallel: branches mix hidden (out=None) and fixed (out=k) widths; make them agree")
+        return ks.replace(
+            x1=None,
+            x2=None,
+            nngp=sum(o.nngp for o in outs),
+            ntk=sum(o.ntk for o in outs) if ks.need_ntk else None,
+            var1=sum(o.var1 for o in outs),
+            var2=None if outs[0].var2 is None else sum(o.var2 for o in outs),
+            gaussian=all(o.gaussian for o in outs),
+            fixed=fixed.pop(),
+        )
+
+    def _init(self, key, dim, ctx):
+        params, dims = [], []
+        for b, k in zip(self.branches, jax.random.split(key, len(self.branches))):
+            p, d = b._init(k, dim, ctx)
+            params.append(p)
+            dims.append(d)
+        if len(set(dims)) != 1:
+            sizes = ", ".join(f"{d.size}{' (hidden)' if d.scales else ''}" for d in dims)
+            raise ValueError(f"ow.parallel: branch output widths differ ({sizes}); a fan-in sum needs equal widths")
+        return tuple(params), dims[0]
+
+    def _apply(self, params, x, dim, ctx):
+        ys = [b._apply(p, x, dim, ctx) for b, p in zip(self.branches, params)]
+        return sum(y for y, _ in ys), ys[0][1]
+
+
+def serial(*layers: Layer) -> Serial:
+    """Compose layers in order: ``serial(a, b)(x) = b(a(x))``."""
+    return Serial(_check_layers("ow.serial", layers))
+
+
+def parallel(*branches: Layer) -> Parallel:
+    """Apply branches to the same input and sum their outputs."""
+    return Parallel(_check_layers("ow.parallel", branches))
+
+
+def Residual(*block: Layer) -> Parallel:  # noqa: N802 - a layer constructor
+    """``x + block(x)``: the identity branch plus ``serial(*block)``.
+
+    At infinite width the two branches are independent and the kernels add
+    (Novak et al. 2020); the identity branch may carry a post-activation
+    (``Relu()`` then ``Residual(Dense(), ...)``).
+    """
+    return Parallel((Identity(), serial(*block) if len(block) != 1 else _check_layers("ow.Residual", block)[0]))

@@ -1,0 +1,28 @@
+"""Test helpers: independent reference computations (never the library's)."""
+
+import json
+
+import numpy as np
+
+import owidth as ow
+
+
+def build(arch):
+    """owidth net from the JSON description used by the reference files."""
+    layers = []
+    for name, kw in arch:
+        if name == "Residual":
+            layers.append(ow.Residual(*[build([item])  for item in kw]))
+        else:
+            layers.append(getattr(ow, name)(**kw))
+    return layers[0] if len(layers) == 1 else ow.serial(*layers)
+
+
+def load_archs(ref):
+    return json.loads(str(ref["archs"]))
+
+
+def sphere(n, d, seed):
+    rng = np.random.RandomState(seed)
+    x = rng.randn(n, d)
+    return x / np.linalg.norm(x, axis=1, keepdims=True) * np.sqrt(d)

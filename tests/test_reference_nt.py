@@ -1,0 +1,25 @@
+"""Agreement with neural-tangents 0.6.5 (reference file made by
+benchmarks/peers/nt_reference.py in the legacy venv; NT is never imported here)."""
+
+import pathlib
+
+import numpy as np
+import pytest
+
+import owidth as ow
+from helpers import build, load_archs
+
+REF = np.load(pathlib.Path(__file__).parent / "reference" / "nt_kernels.npz")
+ARCHS = load_archs(REF)
+
+
+@pytest.mark.parametrize("name", sorted(ARCHS))
+def test_matches_neural_tangents(name):
+    net = build(ARCHS[name])
+    x1, x2 = REF["x1"], REF["x2"]
+    k11 = ow.kernel(net, x1)
+    k12 = ow.kernel(net, x1, x2)
+    for got, key in [(k11.nngp, "nngp11"), (k11.ntk, "ntk11"), (k12.nngp, "nngp12"), (k12.ntk, "ntk12")]:
+        ref = REF[f"{name}/{key}"]
+        err = np.max(np.abs(np.asarray(got) - ref)) / np.max(np.abs(ref))
+        assert err < 1e-8, (name, key, err)

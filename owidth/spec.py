@@ -175,7 +175,7 @@ class Dense(Layer):
             )
         y = x @ (s.w_mult * params["w"])
         if "b" in params:
-            y = y + s.b_mult * params["b"]
+            y = y + s.b_mult * params["b"].reshape((1,) * (y.ndim - 1) + (-1,))
         return y, out
 
 
@@ -202,6 +202,10 @@ class Activation(Layer):
     def dual(self, q1, q2, c, *, need_dot: bool):
         raise NotImplementedError
 
+    def dual_diag(self, q, *, need_dot: bool):
+        """``(E phi(u)^2, E phi'(u)^2)`` for ``u ~ N(0, q)`` (the kernel diagonal)."""
+        return self.dual(q, q, q, need_dot=need_dot)
+
     def _kernel(self, ks: KState) -> KState:
         if ks.is_input:
             return ks.replace(x1=self.fn(ks.x1), x2=None if ks.x2 is None else self.fn(ks.x2))
@@ -214,9 +218,13 @@ class Activation(Layer):
         need = ks.ntk is not None
         v2 = ks.var1 if ks.var2 is None else ks.var2
         nngp, tdot = self.dual(ks.var1[:, None], v2[None, :], ks.nngp, need_dot=need)
-        if ks.var2 is None:  # x1 against itself: keep it exactly symmetric, variances = diagonal
-            nngp = 0.5 * (nngp + nngp.T)
-            var1, var2 = jnp.diagonal(nngp), None
+        if ks.var2 is None:  # x1 against itself: exactly symmetric, diagonal computed at rho = 1
+            eye = jnp.eye(nngp.shape[0], dtype=bool)
+            var1, tdot_diag = self.dual_diag(ks.var1, need_dot=need)
+            nngp = jnp.where(eye, var1[:, None], 0.5 * (nngp + nngp.T))
+            if need:
+                tdot = jnp.where(eye, tdot_diag[:, None], tdot)
+            var2 = None
         else:
             var1 = self.dual(ks.var1, ks.var1, ks.var1, need_dot=False)[0]
             var2 = self.dual(ks.var2, ks.var2, ks.var2, need_dot=False)[0]
@@ -242,6 +250,9 @@ class Relu(Activation):
     def dual(self, q1, q2, c, *, need_dot):
         return dual.leaky_relu(q1, q2, c, a=0.0, need_dot=need_dot)
 
+    def dual_diag(self, q, *, need_dot):
+        return dual.leaky_relu_diag(q, a=0.0, need_dot=need_dot)
+
 
 @dataclasses.dataclass(frozen=True)
 class LeakyRelu(Activation):
@@ -258,6 +269,9 @@ class LeakyRelu(Activation):
     def dual(self, q1, q2, c, *, need_dot):
         return dual.leaky_relu(q1, q2, c, a=self.a, need_dot=need_dot)
 
+    def dual_diag(self, q, *, need_dot):
+        return dual.leaky_relu_diag(q, a=self.a, need_dot=need_dot)
+
 
 @dataclasses.dataclass(frozen=True)
 class Abs(Activation):
@@ -268,6 +282,9 @@ class Abs(Activation):
 
     def dual(self, q1, q2, c, *, need_dot):
         return dual.leaky_relu(q1, q2, c, a=-1.0, need_dot=need_dot)
+
+    def dual_diag(self, q, *, need_dot):
+        return dual.leaky_relu_diag(q, a=-1.0, need_dot=need_dot)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -57,9 +57,11 @@ def _clip_corr(rho: jax.Array) -> jax.Array:
 def safe_arcsin(rho: jax.Array) -> jax.Array:
     """``arcsin`` of ``rho`` clipped to [-1, 1]; derivative finite at +-1.
 
-    At |rho| = 1 the true derivative is infinite; we return the value at
-    ``1 - rho^2 = tiny`` instead, so a gradient that multiplies it by a zero
-    tangent (the diagonal of a kernel) is exactly zero rather than NaN.
+    At |rho| = 1 the true derivative is infinite; we cap it at its value at
+    ``1 - rho^2 = eps`` (machine epsilon), so a gradient that multiplies it by
+    a zero cotangent is exactly zero rather than NaN. Kernel diagonals, where
+    rho = 1 identically, are computed without a correlation at all (see
+    ``leaky_relu_diag``).
     """
     return jnp.arcsin(_clip_corr(rho))
 
@@ -68,7 +70,7 @@ def safe_arcsin(rho: jax.Array) -> jax.Array:
 def _safe_arcsin_jvp(primals, tangents):
     (rho,), (t,) = primals, tangents
     r = _clip_corr(rho)
-    d = 1.0 / jnp.sqrt(jnp.maximum(1.0 - r * r, _tiny(r) ** 0.5))
+    d = 1.0 / jnp.sqrt(jnp.maximum(1.0 - r * r, float(jnp.finfo(jnp.result_type(r)).eps)))
     d = jnp.where(jnp.abs(rho) <= 1.0, d, 0.0)
     return jnp.arcsin(r), d * t
 
@@ -128,10 +130,26 @@ def leaky_relu(q1, q2, c, *, a: float, need_dot: bool = True):
     """
     p, m = 0.5 * (1.0 + a), 0.5 * (1.0 - a)
     s, rho = _corr(q1, q2, c)
-    t = p * p * c + m * m * (2.0 / _PI) * s * _j_abs(rho)
+    # At rho = 1 (identical inputs) use the exact diagonal values, bit for bit
+    # equal to ``leaky_relu_diag``: near rho = 1, Tdot has a sqrt singularity
+    # and a one-ulp mismatch between a duplicated point's cross entry and its
+    # diagonal would grow by ~sqrt(ulp) per layer.
+    one = rho >= 1.0
+    t = jnp.where(one, (p * p + m * m) * c, p * p * c + m * m * (2.0 / _PI) * s * _j_abs(rho))
     if not need_dot:
         return t, None
-    return t, p * p + m * m * (2.0 / _PI) * safe_arcsin(rho)
+    return t, jnp.where(one, p * p + m * m, p * p + m * m * (2.0 / _PI) * safe_arcsin(rho))
+
+
+def leaky_relu_diag(q, *, a: float, need_dot: bool = True):
+    """``leaky_relu`` at rho = 1 (u = v): ``E phi^2 = (p^2 + m^2) q``, ``E phi'^2 = p^2 + m^2``.
+
+    Used on kernel diagonals so that their derivative never passes through the
+    singular ``d asin(rho) / d rho`` at rho = 1.
+    """
+    p, m = 0.5 * (1.0 + a), 0.5 * (1.0 - a)
+    t = (p * p + m * m) * q
+    return t, (jnp.full_like(q, p * p + m * m) if need_dot else None)
 
 
 def erf(q1, q2, c, *, a: float = 1.0, b: float = 1.0, shift: float = 0.0, need_dot: bool = True):
@@ -160,7 +178,7 @@ def gelu(q1, q2, c, *, need_dot: bool = True):
     al. 2021). With D = (1+q1)(1+q2) - c^2 and r = c / sqrt((1+q1)(1+q2)):
 
         T    = c (1/4 + asin(r)/(2 pi))
-               + [q1 (q2 (1+q1) - c^2) / (1+q1) + c^2 / (1+q2)] / (2 pi sqrt(D))
+               + [q1 q2 - c^2 + c^2 / (1+q1) + c^2 / (1+q2)] / (2 pi sqrt(D))
         Tdot = 1/4 + asin(r)/(2 pi) + c (2 + q1 + q2) / (2 pi (1+q1)(1+q2) sqrt(D))
                + c / (2 pi D^{3/2})
 
@@ -170,7 +188,8 @@ def gelu(q1, q2, c, *, need_dot: bool = True):
     det = 1.0 + q1 + q2 + jnp.maximum(q1 * q2 - c * c, 0.0)
     sqd = jnp.sqrt(det)
     orth = 0.25 + safe_arcsin(c / jnp.sqrt(s1 * s2)) / (2.0 * _PI)
-    t = c * orth + (q1 * (q2 * s1 - c * c) / s1 + c * c / s2) / (2.0 * _PI * sqd)
+    # q1 (q2 s1 - c^2) / s1 + c^2 / s2 = q1 q2 - c^2 + c^2 (1/s1 + 1/s2): symmetric in (1, 2)
+    t = c * orth + (q1 * q2 - c * c + c * c * (1.0 / s1 + 1.0 / s2)) / (2.0 * _PI * sqd)
     if not need_dot:
         return t, None
     td = orth + c * (s1 + s2) / (2.0 * _PI * s1 * s2 * sqd) + c / (2.0 * _PI * det * sqd)

@@ -144,10 +144,11 @@ class Dense(Layer):
         w2, b2 = self.w_std**2, self.b_std**2
         nngp = w2 * ks.nngp + b2
         ntk = None if ks.ntk is None else w2 * ks.ntk + nngp
-        var2 = None if ks.var2 is None else w2 * ks.var2 + b2
-        return ks.replace(
-            nngp=nngp, ntk=ntk, var1=w2 * ks.var1 + b2, var2=var2, gaussian=True, fixed=self.out is not None
-        )
+        if ks.var2 is None:  # variances are the diagonal, bit for bit (see KState.materialize)
+            var1, var2 = jnp.diagonal(nngp), None
+        else:
+            var1, var2 = w2 * ks.var1 + b2, w2 * ks.var2 + b2
+        return ks.replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2, gaussian=True, fixed=self.out is not None)
 
     def _out_dim(self, ctx: FiniteCtx) -> Dim:
         return Dim(ctx.width, True) if self.out is None else Dim(self.out, False)

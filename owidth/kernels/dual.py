@@ -130,11 +130,13 @@ def leaky_relu(q1, q2, c, *, a: float, need_dot: bool = True):
     """
     p, m = 0.5 * (1.0 + a), 0.5 * (1.0 - a)
     s, rho = _corr(q1, q2, c)
-    # At rho = 1 (identical inputs) use the exact diagonal values, bit for bit
+    # At rho = 1 (identical inputs, up to rounding) use the exact diagonal values, bit for bit
     # equal to ``leaky_relu_diag``: near rho = 1, Tdot has a sqrt singularity
     # and a one-ulp mismatch between a duplicated point's cross entry and its
     # diagonal would grow by ~sqrt(ulp) per layer.
-    one = rho >= 1.0
+    # "Identical" means within rounding: 1 - rho < 4 eps (the division and
+    # square root may be off by an ulp or two on some backends).
+    one = rho >= 1.0 - 4.0 * float(jnp.finfo(jnp.result_type(rho)).eps)
     t = jnp.where(one, (p * p + m * m) * c, p * p * c + m * m * (2.0 / _PI) * s * _j_abs(rho))
     if not need_dot:
         return t, None

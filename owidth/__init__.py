@@ -9,6 +9,7 @@ One width-free spec, several interpretations::
     theta = ow.empirical_ntk(model.apply, model.init(key, x), x)
 """
 
+from owidth import experiments
 from owidth.empirical import empirical_ntk
 from owidth.finite import FiniteModel, finite
 from owidth.kernels import Kernel, kernel
@@ -53,6 +54,7 @@ __all__ = [
     "Serial",
     "Sin",
     "empirical_ntk",
+    "experiments",
     "finite",
     "kernel",
     "parallel",

@@ -22,7 +22,7 @@ from owidth import _checks
 
 _OUTPUTS = ("trace", "full")
 _IMPLS = ("auto", "jacobian", "ntvp")
-_JACOBIAN_BYTES = 2**30  # auto: Jacobian contraction below 1 GiB of Jacobians
+_JACOBIAN_BYTES = 2**31  # auto: Jacobian contraction below 2 GiB of Jacobians
 
 
 def _as_2d(y: jax.Array) -> jax.Array:
@@ -95,7 +95,7 @@ def empirical_ntk(
         contracts them (fastest for small models); ``"ntvp"`` builds the
         kernel from NTK-vector products (one VJP and one JVP per column) with
         memory independent of the number of inputs; ``"auto"`` uses the
-        Jacobian when the Jacobians take less than 1 GiB.
+        Jacobian when the Jacobians take less than 2 GiB.
       batch_size: for ``"ntvp"``, how many columns are computed at once.
 
     Returns:

@@ -222,7 +222,10 @@ class Activation(Layer):
         if ks.var2 is None:  # x1 against itself: exactly symmetric, diagonal computed at rho = 1
             eye = jnp.eye(nngp.shape[0], dtype=bool)
             var1, tdot_diag = self.dual_diag(ks.var1, need_dot=need)
-            nngp = jnp.where(eye, var1[:, None], 0.5 * (nngp + nngp.T))
+            # No ``0.5 (A + A.T)`` here: XLA would fuse the dual-kernel chain into
+            # both reads and recompute it, doubling the cost per layer (2^depth).
+            # The dual kernels are symmetric in (q1, q2) by construction instead.
+            nngp = jnp.where(eye, var1[:, None], nngp)
             if need:
                 tdot = jnp.where(eye, tdot_diag[:, None], tdot)
             var2 = None
@@ -230,8 +233,6 @@ class Activation(Layer):
             var1 = self.dual(ks.var1, ks.var1, ks.var1, need_dot=False)[0]
             var2 = self.dual(ks.var2, ks.var2, ks.var2, need_dot=False)[0]
         ntk = ks.ntk * tdot if need else None
-        if need and ks.var2 is None:
-            ntk = 0.5 * (ntk + ntk.T)
         return ks.replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2, gaussian=False)
 
     def _init(self, key, dim, ctx):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 
 import jax
+import jax.numpy as jnp
 
 from owidth import _checks
 from owidth.kernels.state import Kernel, KState
@@ -25,8 +26,16 @@ def _normalize_get(get) -> tuple[str, ...]:
     return tuple(g for g in _GETS if g in get)
 
 
-@functools.partial(jax.jit, static_argnames=("net", "get"))
-def _kernel(net, x1, x2, get):
+@functools.lru_cache(maxsize=256)
+def _check_structure(net, get: tuple[str, ...], same: bool) -> None:
+    """Trace the layer rules on tiny abstract inputs (no FLOPs, no compilation)
+    so that structural errors surface before anything is compiled. Memoised per
+    (net, get, same): it runs once per architecture."""
+    x = jax.ShapeDtypeStruct((2, 3), jnp.result_type(float))
+    jax.eval_shape(lambda a, b: _kernel_impl(net, a, b, get), x, None if same else x)
+
+
+def _kernel_impl(net, x1, x2, get):
     ks = KState(x1=x1, x2=x2, need_ntk="ntk" in get)
     ks = net._kernel(ks).materialize()
     var2 = ks.var1 if ks.var2 is None else ks.var2
@@ -36,6 +45,9 @@ def _kernel(net, x1, x2, get):
         var1=ks.var1,
         var2=var2,
     )
+
+
+_kernel = jax.jit(_kernel_impl, static_argnames=("net", "get"))
 
 
 def kernel(net, x1, x2=None, *, get=("nngp", "ntk")) -> Kernel:
@@ -79,4 +91,5 @@ def kernel(net, x1, x2=None, *, get=("nngp", "ntk")) -> Kernel:
         _checks.same_features(x1, x2, where="ow.kernel")
     if not net._has_weights():
         raise ValueError("ow.kernel: net has no weight layer (Dense); add one, e.g. ow.serial(..., ow.Dense(out=1))")
+    _check_structure(net, get, x2 is None)
     return _kernel(net, x1, x2, get)

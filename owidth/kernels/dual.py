@@ -81,23 +81,28 @@ def safe_arccos(rho: jax.Array) -> jax.Array:
 
 
 @jax.custom_jvp
-def _j_abs(rho: jax.Array) -> jax.Array:
-    """J(rho) = sqrt(1 - rho^2) + rho * arcsin(rho); J'(rho) = arcsin(rho).
+def _j_abs(rho: jax.Array):
+    """``(J(rho), asin(rho))`` with J(rho) = sqrt(1 - rho^2) + rho asin(rho).
 
-    ``E|u||v| = (2/pi) sqrt(q1 q2) J(rho)`` for standard correlation ``rho``.
-    The derivative is finite on [-1, 1] although sqrt and arcsin separately
-    are not, so it is given in closed form (Cho & Saul 2009, degree 1).
+    ``E|u||v| = (2/pi) sqrt(q1 q2) J(rho)`` for correlation ``rho`` (Cho &
+    Saul 2009, degree 1) and ``E[sign u sign v] = (2/pi) asin(rho)``. Both
+    come from one ``asin``. ``J'(rho) = asin(rho)`` is finite on [-1, 1]
+    although sqrt and asin separately are not, so it is given in closed form;
+    ``asin'`` is capped as in :func:`safe_arcsin`.
     """
     r = _clip_corr(rho)
-    return jnp.sqrt(jnp.maximum(1.0 - r * r, 0.0)) + r * jnp.arcsin(r)
+    a = jnp.arcsin(r)
+    return jnp.sqrt(jnp.maximum(1.0 - r * r, 0.0)) + r * a, a
 
 
 @_j_abs.defjvp
 def _j_abs_jvp(primals, tangents):
     (rho,), (t,) = primals, tangents
+    j, a = _j_abs(rho)
     r = _clip_corr(rho)
     inside = jnp.abs(rho) <= 1.0
-    return _j_abs(rho), jnp.where(inside, jnp.arcsin(r), 0.0) * t
+    da = jnp.where(inside, 1.0 / jnp.sqrt(jnp.maximum(1.0 - r * r, float(jnp.finfo(jnp.result_type(r)).eps))), 0.0)
+    return (j, a), (jnp.where(inside, a, 0.0) * t, da * t)
 
 
 def _corr(q1, q2, c):
@@ -137,10 +142,11 @@ def leaky_relu(q1, q2, c, *, a: float, need_dot: bool = True):
     # "Identical" means within rounding: 1 - rho < 4 eps (the division and
     # square root may be off by an ulp or two on some backends).
     one = rho >= 1.0 - 4.0 * float(jnp.finfo(jnp.result_type(rho)).eps)
-    t = jnp.where(one, (p * p + m * m) * c, p * p * c + m * m * (2.0 / _PI) * s * _j_abs(rho))
+    j, asin = _j_abs(rho)
+    t = jnp.where(one, (p * p + m * m) * c, p * p * c + m * m * (2.0 / _PI) * s * j)
     if not need_dot:
         return t, None
-    return t, jnp.where(one, p * p + m * m, p * p + m * m * (2.0 / _PI) * safe_arcsin(rho))
+    return t, jnp.where(one, p * p + m * m, p * p + m * m * (2.0 / _PI) * asin)
 
 
 def leaky_relu_diag(q, *, a: float, need_dot: bool = True):

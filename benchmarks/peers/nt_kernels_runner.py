@@ -1,0 +1,54 @@
+"""One neural-tangents 0.6.5 measurement for ``benchmarks/kernels.py``.
+
+Runs inside the legacy venv (jax 0.4.23), never imported by owidth:
+
+    $(bash benchmarks/peers/build_venv.sh) benchmarks/peers/nt_kernels_runner.py \\
+        --x X.npy --dtype float32 --repeats 7 --save OUT.npz
+
+Builds the same depth-4 ReLU MLP as the owidth worker (hidden width 512 is
+irrelevant to the infinite-width kernel), jits ``kernel_fn`` as its users do,
+and times it with :func:`kernels.measure`, the protocol the owidth worker
+uses. Saves the NNGP/NTK to ``--save`` and prints one JSON line on stdout.
+"""
+
+import argparse
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # benchmarks/
+
+import kernels  # noqa: E402  (numpy-only at import; no owidth)
+
+
+def nt_kernel_fn():
+    from neural_tangents import stax
+
+    hidden = [l for _ in range(kernels.DEPTH) for l in (stax.Dense(512, W_std=2**0.5, b_std=0.1**0.5), stax.Relu())]
+    _, _, kernel_fn = stax.serial(*hidden, stax.Dense(1, W_std=1.0, b_std=0.0))
+    return kernel_fn
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--x", required=True, help="input .npy (float64; cast to --dtype)")
+    p.add_argument("--dtype", choices=kernels.DTYPES, required=True)
+    p.add_argument("--repeats", type=int, required=True)
+    p.add_argument("--save", required=True, help="where to write the kernels (.npz)")
+    args = p.parse_args()
+
+    import jax
+
+    jax.config.update("jax_enable_x64", args.dtype == "float64")
+    kernel_fn = nt_kernel_fn()
+    x = kernels.load_input(args.x, args.dtype)
+
+    def f(x):
+        k = kernel_fn(x, None, kernels.GET)
+        return k.nngp, k.ntk
+
+    stats, out = kernels.measure(jax.jit(f), f, x, args.repeats)
+    kernels.emit(stats, out, args.save)
+
+
+if __name__ == "__main__":
+    main()

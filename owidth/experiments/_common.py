@@ -1,0 +1,32 @@
+"""Small helpers shared by experiments (internal)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+
+
+def progress(*, total: int, desc: str):
+    """A tqdm progress bar on stderr (silenced with OWIDTH_NO_PROGRESS=1)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, file=sys.stderr, disable=os.environ.get("OWIDTH_NO_PROGRESS") == "1")
+
+
+def fit_loglog(x: np.ndarray, y: np.ndarray, *, seed: int = 0, n_boot: int = 500) -> dict:
+    """Least-squares slope of log(mean_s y[:, s]) vs log x, with a bootstrap SE over the seed axis.
+
+    Args:
+      x: (k,) positive abscissae (e.g. widths).
+      y: (k, s) positive measurements, s repeats (seeds) per abscissa.
+    """
+    lx = np.log(x)
+    slope, intercept = np.polyfit(lx, np.log(y.mean(1)), 1)
+    rng = np.random.default_rng(seed)
+    boots = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, y.shape[1], y.shape[1])
+        boots.append(np.polyfit(lx, np.log(y[:, idx].mean(1)), 1)[0])
+    return {"slope": float(slope), "intercept": float(intercept), "slope_se": float(np.std(boots, ddof=1))}

@@ -1,0 +1,80 @@
+"""Bad input raises ValueError/TypeError naming the argument, before compiling."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import owidth as ow
+
+NET = ow.serial(ow.Dense(w_std=1.0), ow.Relu(), ow.Dense(out=1))
+X = np.ones((3, 4))
+
+
+def compiles_nothing(fn):
+    """Run fn and check that no new kernel compilation happened."""
+    from owidth.kernels import api
+
+    before = api._kernel._cache_size()
+    fn()
+    assert api._kernel._cache_size() == before
+
+
+CASES = [
+    # (description, callable, exception type, substring of the message)
+    ("x1 rank 1", lambda: ow.kernel(NET, np.ones(4)), ValueError, "x1 must have shape (batch, features)"),
+    ("x1 rank 3", lambda: ow.kernel(NET, np.ones((2, 3, 4))), ValueError, "x1 must have shape"),
+    ("feature mismatch", lambda: ow.kernel(NET, X, np.ones((2, 5))), ValueError, "same feature shape"),
+    ("NaN in x1", lambda: ow.kernel(NET, np.array([[0.0, np.nan, 1.0, 2.0]])), ValueError, "NaN"),
+    ("Inf in x2", lambda: ow.kernel(NET, X, np.full((1, 4), np.inf)), ValueError, "x2 contains NaN or Inf"),
+    ("empty x1", lambda: ow.kernel(NET, np.ones((0, 4))), ValueError, "x1 is empty"),
+    ("string x1", lambda: ow.kernel(NET, np.array([["a", "b"]])), TypeError, "x1 must hold real numbers"),
+    ("unknown get", lambda: ow.kernel(NET, X, get="ntk2"), ValueError, "get="),
+    ("empty get", lambda: ow.kernel(NET, X, get=()), ValueError, "get="),
+    ("net not a layer", lambda: ow.kernel("relu", X), TypeError, "net must be an owidth layer"),
+    ("no weight layer", lambda: ow.kernel(ow.serial(ow.Relu()), X), ValueError, "no weight layer"),
+    ("layer after readout", lambda: ow.kernel(ow.serial(ow.Dense(out=2), ow.Relu(), ow.Dense()), X), ValueError,
+     "leave out=None"),
+    ("negative w_std", lambda: ow.Dense(w_std=-1.0), ValueError, "w_std"),
+    ("negative b_std", lambda: ow.Dense(b_std=-0.1), ValueError, "b_std"),
+    ("NaN w_std", lambda: ow.Dense(w_std=float("nan")), ValueError, "w_std"),
+    ("string w_std", lambda: ow.Dense(w_std="2"), TypeError, "w_std"),
+    ("out zero", lambda: ow.Dense(out=0), ValueError, "out=0"),
+    ("out float", lambda: ow.Dense(out=2.0), TypeError, "out"),
+    ("leaky slope inf", lambda: ow.LeakyRelu(float("inf")), ValueError, "a="),
+    ("class not instance", lambda: ow.serial(ow.Dense(), ow.Relu), TypeError, "forget the parentheses"),
+    ("empty serial", lambda: ow.serial(), ValueError, "at least one layer"),
+    ("width zero", lambda: ow.finite(NET, width=0), ValueError, "width must be a positive int"),
+    ("width negative", lambda: ow.finite(NET, width=-8), ValueError, "width"),
+    ("width float", lambda: ow.finite(NET, width=64.0), TypeError, "width"),
+    ("param wrong type", lambda: ow.finite(NET, width=8, param="mup"), TypeError, "param must be an ow.Parametrization"),
+    ("bad abc triple", lambda: ow.Parametrization("x", a=(0, 1), b=(0, 0, 0)), ValueError, "Parametrization.a"),
+    ("apply with other feature size", lambda: ow.finite(NET, width=8).apply(
+        ow.finite(NET, width=8).init(jax.random.key(0), X), np.ones((2, 5))), ValueError, "parameters have shape"),
+    ("empirical_ntk outputs", lambda: ow.empirical_ntk(lambda p, x: x, {}, X, outputs="diag"), ValueError, "outputs="),
+    ("empirical_ntk impl", lambda: ow.empirical_ntk(lambda p, x: x, {}, X, implementation="fast"), ValueError,
+     "implementation="),
+    ("empirical_ntk not callable", lambda: ow.empirical_ntk(None, {}, X), TypeError, "apply_fn"),
+    ("unknown experiment", lambda: ow.experiments.run("nope"), ValueError, "unknown experiment"),
+]
+
+
+@pytest.mark.parametrize("what,fn,exc,msg", CASES, ids=[c[0] for c in CASES])
+def test_bad_input(what, fn, exc, msg):
+    def call():
+        with pytest.raises(exc) as info:
+            fn()
+        assert msg in str(info.value), str(info.value)
+
+    compiles_nothing(call)
+
+
+def test_inputs_under_outer_jit_still_checked_for_shape():
+    with pytest.raises(ValueError, match="same feature shape"):
+        jax.jit(lambda a, b: ow.kernel(NET, a, b).ntk)(jnp.ones((2, 4)), jnp.ones((2, 3)))
+
+
+def test_unsupported_composition_says_what_to_do():
+    net = ow.serial(ow.Dense(), ow.Relu(), ow.Erf(), ow.Dense(out=1))
+    with pytest.raises(NotImplementedError, match="Put a Dense layer before it"):
+        compiles_nothing(lambda: ow.kernel(net, X))

@@ -9,8 +9,8 @@ One width-free spec, several interpretations::
     theta = ow.empirical_ntk(model.apply, model.init(key, x), x)
 """
 
-from owidth import experiments
-from owidth.empirical import empirical_ntk
+from owidth import experiments, predict
+from owidth.empirical import empirical_ntk, linearize
 from owidth.finite import FiniteModel, finite
 from owidth.kernels import Kernel, kernel
 from owidth.param import NTP, Parametrization, Role
@@ -57,6 +57,8 @@ __all__ = [
     "experiments",
     "finite",
     "kernel",
+    "linearize",
     "parallel",
+    "predict",
     "serial",
 ]

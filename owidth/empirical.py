@@ -122,3 +122,24 @@ def empirical_ntk(
     if implementation == "jacobian":
         return _ntk_jacobian(apply_fn, params, x1, x2, outputs, same)
     return _ntk_ntvp(apply_fn, params, x1, x2, outputs, batch_size)
+
+
+def linearize(apply_fn: Callable[[Any, jax.Array], jax.Array], params0: Any) -> Callable[[Any, jax.Array], jax.Array]:
+    """First-order Taylor expansion of ``apply_fn`` in the parameters around ``params0``.
+
+        f_lin(theta, x) = f(theta0, x) + J(theta0, x) (theta - theta0)
+
+    computed with one ``jax.jvp`` per call (no Jacobian is stored). Trained by
+    gradient descent on the MSE, ``f_lin`` follows the closed form of
+    :func:`ow.predict.gradient_descent` with its empirical NTK exactly (Lee et
+    al. 2019); wide networks approach it.
+    """
+    if not callable(apply_fn):
+        raise TypeError(f"ow.linearize: apply_fn must be a function (params, x) -> outputs, got {type(apply_fn).__name__}")
+
+    def f_lin(params, x):
+        delta = jax.tree.map(lambda p, p0: p - p0, params, params0)
+        y0, dy = jax.jvp(lambda p: apply_fn(p, x), (params0,), (delta,))
+        return y0 + dy
+
+    return f_lin

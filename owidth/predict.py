@@ -1,0 +1,238 @@
+"""Infinite-width predictions of training and inference from kernels.
+
+Conventions. Training minimises the mean squared error
+
+    L(theta) = 1/(2n) sum_i ||f(x_i) - y_i||^2        (n training points)
+
+by gradient descent ``theta <- theta - lr grad L`` (or gradient flow
+``d theta/dt = -grad L``). For a linear(ized) model with NTK ``Theta`` the
+training residual ``r = f(X) - Y`` then evolves as (Lee et al. 2019, eq. 8-9)
+
+    r_t = (I - lr Theta / n)^t r_0                     (discrete GD, step t)
+    r_t = exp(-Theta t / n) r_0                        (gradient flow, time t)
+
+and any test point follows ``f_t(x*) = f_0(x*) - Theta(x*, X) Theta^-1 (r_0 - r_t)``.
+Everything is computed in the eigenbasis ``Theta = V diag(lam) V^T`` (``eigh``,
+no explicit inverse), with ``(1 - (1 - lr lam/n)^t) / lam`` and
+``(1 - exp(-lam t/n)) / lam`` evaluated by ``expm1``/``log1p`` so that
+vanishing eigenvalues give the exact limits ``lr t / n`` and ``t / n``.
+
+Over random initialisations of an infinitely wide network, ``f_0`` is the
+centred Gaussian process with the NNGP kernel ``K``, so the output at time t
+is Gaussian with (Lee et al. 2019, eq. 14-16)
+
+    mean(x*)      = A_t(x*) Y
+    cov(x*, x*')  = K(x*, x*') + A_t(x*) K(X, X) A_t(x*')^T
+                    - A_t(x*) K(X, x*') - K(x*, X) A_t(x*')^T,
+    A_t(x*)       = Theta(x*, X) Theta^-1 (I - M_t),   M_t = (I - lr Theta/n)^t or exp(-Theta t/n).
+
+``ridge`` adds ``ridge * I`` to ``Theta(X, X)`` (and to ``K(X, X)`` for the
+NNGP posterior); it keeps the solution well defined for singular kernels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from owidth.kernels.state import Kernel
+
+__all__ = ["Prediction", "gradient_descent", "gradient_flow", "nngp_posterior"]
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+    """Predictions at a set of times.
+
+    Attributes:
+      times: (T,) steps (gradient descent) or times (gradient flow); ``None``
+        for the Bayesian posterior.
+      mean_train: (T, n, k) training-set outputs (mean over initialisations,
+        or the given network's outputs when ``f0`` was passed).
+      mean_test: (T, m, k) test outputs, or ``None`` without test kernels.
+      cov_test: (T, m, m) covariance over random initialisations of the test
+        outputs (per output unit), or ``None`` when no NNGP was given.
+      cov_train: (T, n, n) the same for the training set, or ``None``.
+    """
+
+    times: jax.Array | None
+    mean_train: jax.Array
+    mean_test: jax.Array | None
+    cov_test: jax.Array | None
+    cov_train: jax.Array | None
+
+
+def _split(k, what: str):
+    """(ntk, nngp) arrays from a Kernel or a plain NTK array."""
+    if k is None:
+        return None, None
+    if isinstance(k, Kernel):
+        if k.ntk is None:
+            raise ValueError(f"ow.predict: {what} has no NTK; compute it with get=('nngp', 'ntk')")
+        return jnp.asarray(k.ntk), None if k.nngp is None else jnp.asarray(k.nngp)
+    return jnp.asarray(k), None
+
+
+def _nngp_only(k, what: str):
+    if k is None:
+        return None
+    if isinstance(k, Kernel):
+        if k.nngp is None:
+            raise ValueError(f"ow.predict: {what} has no NNGP; compute it with get=('nngp', 'ntk')")
+        return jnp.asarray(k.nngp)
+    return jnp.asarray(k)
+
+
+def _check_times(times, *, integer: bool) -> np.ndarray:
+    arr = np.atleast_1d(np.asarray(times))
+    if arr.ndim != 1 or arr.size == 0:
+        raise ValueError(f"ow.predict: steps/times must be a number or a 1-D sequence, got {times!r}")
+    if integer and not np.issubdtype(arr.dtype, np.integer):
+        if not np.all(arr == np.round(arr)):
+            raise ValueError(f"ow.predict: gradient-descent steps must be integers, got {times!r}")
+        arr = arr.astype(np.int64)
+    if np.any(arr < 0) or not np.all(np.isfinite(arr)):
+        raise ValueError(f"ow.predict: steps/times must be finite and >= 0, got {times!r}")
+    return arr
+
+
+def _factor(lam, times, n, lr, discrete):
+    """(T, n_eig) arrays g = (1 - m(lam)) / lam and m(lam), the decay of each eigenmode."""
+    t = times[:, None]
+    if discrete:
+        a = lr * lam[None, :] / n  # per-step contraction 1 - a
+        safe = a < 1.0
+        log1m = jnp.log1p(-jnp.where(safe, a, 0.0))
+        one_minus_m = jnp.where(safe, -jnp.expm1(t * log1m), 1.0 - jnp.power(1.0 - a, t))
+        small = jnp.abs(lam)[None, :] <= jnp.finfo(lam.dtype).eps * jnp.max(jnp.abs(lam))
+        g = jnp.where(small, lr * t / n, one_minus_m / jnp.where(small, 1.0, lam[None, :]))
+    else:
+        one_minus_m = -jnp.expm1(-t * lam[None, :] / n)
+        small = jnp.abs(lam)[None, :] <= jnp.finfo(lam.dtype).eps * jnp.max(jnp.abs(lam))
+        g = jnp.where(small, t / n, one_minus_m / jnp.where(small, 1.0, lam[None, :]))
+    return g, one_minus_m
+
+
+def _as_outputs(y):
+    y = jnp.asarray(y)
+    return (y[:, None], True) if y.ndim == 1 else (y, False)
+
+
+def _dynamics(k_train, k_test_train, y_train, *, times, lr, discrete, k_test_test, ridge, f0_train, f0_test):
+    theta, nngp = _split(k_train, "k_train")
+    theta_xt, nngp_xt = _split(k_test_train, "k_test_train")
+    nngp_tt = _nngp_only(k_test_test, "k_test_test")
+    if theta.ndim != 2 or theta.shape[0] != theta.shape[1]:
+        raise ValueError(f"ow.predict: k_train must be square (n, n), got shape {theta.shape}")
+    n = theta.shape[0]
+    y, squeeze = _as_outputs(y_train)
+    if y.shape[0] != n:
+        raise ValueError(f"ow.predict: y_train has {y.shape[0]} rows but k_train is {n} x {n}")
+    if theta_xt is not None and theta_xt.shape[1] != n:
+        raise ValueError(f"ow.predict: k_test_train must be (m, {n}), got {theta_xt.shape}")
+    if discrete and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0):
+        raise ValueError(f"ow.predict: lr must be a positive number, got {lr!r}")
+    if ridge < 0:
+        raise ValueError(f"ow.predict: ridge must be >= 0, got {ridge}")
+    times_arr = jnp.asarray(times, dtype=theta.dtype)
+
+    lam, v = jnp.linalg.eigh(theta + ridge * jnp.eye(n, dtype=theta.dtype))
+    g, one_minus_m = _factor(lam, times_arr, n, lr, discrete)  # (T, n)
+    f0x = jnp.zeros_like(y) if f0_train is None else _as_outputs(f0_train)[0]
+    r0 = f0x - y  # initial residual
+    vr0 = v.T @ r0  # (n, k)
+    # train: f_t = f0 - V (1 - m) V^T r0
+    mean_train = f0x[None] - jnp.einsum("ij,tj,jk->tik", v, one_minus_m, vr0)
+    mean_test = None
+    if theta_xt is not None:
+        f0t = jnp.zeros((theta_xt.shape[0], y.shape[1]), y.dtype) if f0_test is None else _as_outputs(f0_test)[0]
+        tv = theta_xt @ v  # (m, n)
+        mean_test = f0t[None] - jnp.einsum("ij,tj,jk->tik", tv, g, vr0)
+
+    cov_train = cov_test = None
+    if nngp is not None:
+        # A_t(train) = V (1 - m) V^T ; cov = K + A K A^T - A K - K A^T
+        kv = v.T @ nngp @ v
+        a_train = jnp.einsum("ij,tj,kj->tik", v, one_minus_m, v)
+        ak = a_train @ nngp
+        cov_train = nngp[None] + a_train @ nngp @ jnp.swapaxes(a_train, 1, 2) - ak - jnp.swapaxes(ak, 1, 2)
+        if theta_xt is not None and nngp_xt is not None and nngp_tt is not None:
+            a_test = jnp.einsum("ij,tj,kj->tik", tv, g, v)  # (T, m, n)
+            akx = a_test @ nngp_xt.T  # A K(X, x*)
+            cov_test = (
+                nngp_tt[None]
+                + jnp.einsum("tij,jk,tlk->til", a_test @ v, kv, a_test @ v)
+                - akx
+                - jnp.swapaxes(akx, 1, 2)
+            )
+    if squeeze:
+        mean_train = mean_train[..., 0]
+        mean_test = None if mean_test is None else mean_test[..., 0]
+    return Prediction(times_arr, mean_train, mean_test, cov_test, cov_train)
+
+
+def gradient_descent(k_train, k_test_train=None, y_train=None, *, lr: float, steps, k_test_test=None,
+                     ridge: float = 0.0, f0_train=None, f0_test=None) -> Prediction:
+    """Outputs of a linearised / infinitely wide network after ``steps`` of gradient descent.
+
+    Args:
+      k_train: NTK on the training set, (n, n) array, or an ``ow.Kernel``
+        (then its NNGP gives the covariance over initialisations too).
+      k_test_train: NTK between test and training points, (m, n) or Kernel.
+      y_train: (n,) or (n, k) targets.
+      lr: learning rate of ``theta <- theta - lr grad L`` with
+        ``L = 1/(2n) sum ||f - y||^2``.
+      steps: an int or a sequence of ints (all computed at once).
+      k_test_test: ``ow.Kernel`` or NNGP array (m, m) for the test covariance.
+      ridge: added to the NTK's diagonal.
+      f0_train, f0_test: outputs of one particular network at initialisation;
+        then the result is that (linearised) network's trajectory rather than
+        the mean over initialisations.
+
+    Returns:
+      :class:`Prediction` with leading time axis.
+    """
+    times = _check_times(steps, integer=True)
+    return _dynamics(k_train, k_test_train, y_train, times=times, lr=lr, discrete=True, k_test_test=k_test_test,
+                     ridge=ridge, f0_train=f0_train, f0_test=f0_test)
+
+
+def gradient_flow(k_train, k_test_train=None, y_train=None, *, times, k_test_test=None, ridge: float = 0.0,
+                  f0_train=None, f0_test=None) -> Prediction:
+    """As :func:`gradient_descent` for continuous time ``d theta/dt = -grad L`` (``times`` real >= 0).
+
+    ``gradient_descent(..., lr, steps=t)`` approaches ``gradient_flow(..., times=lr t)`` as lr -> 0.
+    """
+    times = _check_times(times, integer=False)
+    return _dynamics(k_train, k_test_train, y_train, times=times, lr=1.0, discrete=False, k_test_test=k_test_test,
+                     ridge=ridge, f0_train=f0_train, f0_test=f0_test)
+
+
+def nngp_posterior(k_train, k_test_train, y_train, *, noise: float = 0.0, k_test_test=None) -> Prediction:
+    """Exact Bayesian posterior of the NNGP prior (Lee et al. 2018), observation noise variance ``noise``.
+
+        mean = K(x*, X) (K + noise I)^-1 Y,    cov = K(x*, x*) - K(x*, X) (K + noise I)^-1 K(X, x*)
+
+    computed through ``eigh`` of ``K + noise I``. Kernels may be ``ow.Kernel``
+    (their NNGP is used) or NNGP arrays.
+    """
+    k = _nngp_only(k_train, "k_train")
+    kxt = _nngp_only(k_test_train, "k_test_train")
+    ktt = _nngp_only(k_test_test, "k_test_test")
+    if noise < 0:
+        raise ValueError(f"ow.predict: noise must be >= 0, got {noise}")
+    n = k.shape[0]
+    y, squeeze = _as_outputs(y_train)
+    lam, v = jnp.linalg.eigh(k + noise * jnp.eye(n, dtype=k.dtype))
+    cutoff = jnp.finfo(lam.dtype).eps * n * jnp.max(jnp.abs(lam))
+    inv = jnp.where(lam > cutoff, 1.0 / jnp.where(lam > cutoff, lam, 1.0), 0.0)  # pseudo-inverse on the spectrum
+    kv = kxt @ v
+    mean = kv @ (inv[:, None] * (v.T @ y))
+    cov = None if ktt is None else ktt - (kv * inv[None, :]) @ kv.T
+    mean_train = (k @ v) @ (inv[:, None] * (v.T @ y))
+    if squeeze:
+        mean, mean_train = mean[..., 0], mean_train[..., 0]
+    return Prediction(None, mean_train[None], mean[None], None if cov is None else cov[None], None)

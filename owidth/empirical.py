@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from owidth import _checks
 
 _OUTPUTS = ("trace", "full")
-_IMPLS = ("auto", "jacobian", "ntvp")
+_IMPLS = ("auto", "jacobian", "ntvp", "structured")
 _JACOBIAN_BYTES = 2**31  # auto: Jacobian contraction below 2 GiB of Jacobians
 
 
@@ -70,6 +70,55 @@ def _ntk_ntvp(apply_fn, params, x1, x2, outputs, batch):
     return full
 
 
+@functools.partial(jax.jit, static_argnames=("model", "outputs", "same"))
+def _ntk_structured(model, params, x1, x2, outputs, same):
+    """Layer-structured NTK of an owidth finite model with only Dense weights.
+
+    For ``z = x @ (m W) + c b`` the per-example gradients are rank one,
+    ``df_a/dW = m x (df_a/dz)^T`` and ``df_a/db = c df_a/dz``, so
+
+        Theta_ab(x, x') = sum_layers [m^2 <x_l, x'_l> + c^2] <delta_la(x), delta_lb(x')>
+
+    with ``x_l`` the layer input and ``delta_la = df_a/dz_l``. It needs one
+    forward and ``k`` backward passes per input batch and O(N width) memory,
+    instead of O(N #params) for the Jacobian.
+    """
+
+    def signals(x):
+        _, tape0 = model._apply_taped(params, x)
+        taps0 = [jnp.zeros(shape, x.dtype) for shape in tape0.out_shapes]
+
+        def f(taps):
+            y, tape = model._apply_taped(params, x, taps)
+            return _as_2d(y), tape.inputs
+
+        y, vjp_fn, inputs = jax.vjp(f, taps0, has_aux=True)
+        eye = jnp.eye(y.shape[1], dtype=y.dtype)
+        deltas = jax.vmap(lambda e: vjp_fn(jnp.broadcast_to(e[None, :], y.shape))[0])(eye)  # per layer (k, N, out)
+        return inputs, deltas, tape0.layers
+
+    h1, d1, layers = signals(x1)
+    h2, d2, _ = (h1, d1, layers) if same else signals(x2)
+    total = 0.0
+    for a1, a2, e1, e2, (scale, has_b) in zip(h1, h2, d1, d2, layers):
+        gram = scale.w_mult**2 * (a1 @ a2.T) + (scale.b_mult**2 if has_b else 0.0)
+        if outputs == "trace":
+            total = total + gram * jnp.einsum("aip,ajp->ij", e1, e2) / e1.shape[0]
+        else:
+            total = total + gram[:, :, None, None] * jnp.einsum("aip,bjp->ijab", e1, e2)
+    return total
+
+
+def _structured_model(apply_fn):
+    """The FiniteModel behind ``apply_fn`` if it is ``model.apply`` of a Dense-only model, else None."""
+    from owidth.finite import FiniteModel
+
+    model = getattr(apply_fn, "__self__", None)
+    if isinstance(model, FiniteModel) and getattr(apply_fn, "__func__", None) is FiniteModel.apply:
+        return model if model._only_dense_params() else None
+    return None
+
+
 def empirical_ntk(
     apply_fn: Callable[[Any, jax.Array], jax.Array],
     params: Any,
@@ -91,11 +140,15 @@ def empirical_ntk(
       outputs: ``"trace"`` (default) averages ``Theta_aa`` over the ``k``
         outputs, giving an (n1, n2) array comparable to the per-output
         analytic kernel; ``"full"`` returns (n1, n2, k, k).
-      implementation: ``"jacobian"`` materialises per-example Jacobians and
-        contracts them (fastest for small models); ``"ntvp"`` builds the
-        kernel from NTK-vector products (one VJP and one JVP per column) with
-        memory independent of the number of inputs; ``"auto"`` uses the
-        Jacobian when the Jacobians take less than 2 GiB.
+      implementation: ``"structured"`` (only for ``model.apply`` of an
+        ``ow.finite`` model made of Dense layers and activations) uses the
+        rank-one structure of Dense-layer gradients: one forward and ``k``
+        backward passes, O(N width) memory; ``"jacobian"`` materialises
+        per-example Jacobians and contracts them; ``"ntvp"`` builds the kernel
+        from NTK-vector products (one VJP and one JVP per column) with memory
+        independent of the number of inputs. ``"auto"``: structured when it
+        applies, else the Jacobian when the Jacobians take less than 2 GiB,
+        else ntvp. All agree to rounding.
       batch_size: for ``"ntvp"``, how many columns are computed at once.
 
     Returns:
@@ -114,6 +167,16 @@ def empirical_ntk(
     same = x2 is None
     x2 = x1 if same else _checks.as_float_array("x2", x2, where=where, rank=None)
     _checks.same_features(x1, x2, where=where)
+    model = _structured_model(apply_fn)
+    if implementation == "structured" and model is None:
+        raise ValueError(
+            f"{where}: implementation='structured' needs apply_fn to be model.apply of an ow.finite model made of "
+            "Dense layers and activations; use 'jacobian' or 'ntvp' (or 'auto')"
+        )
+    if implementation == "auto" and model is not None:
+        implementation = "structured"
+    if implementation == "structured":
+        return _ntk_structured(model, params, x1, x2, outputs, same)
     if implementation == "auto":
         n_params = sum(math.prod(p.shape) for p in jax.tree.leaves(params))
         k = math.prod(jax.eval_shape(lambda: _as_2d(apply_fn(params, x1[:1]))).shape[1:])

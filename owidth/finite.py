@@ -9,7 +9,7 @@ import jax
 
 from owidth import _checks
 from owidth.param import NTP, Parametrization
-from owidth.spec import Dim, FiniteCtx, Layer
+from owidth.spec import Dim, FiniteCtx, Layer, Tape
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +52,29 @@ class FiniteModel:
         x = _checks.as_float_array("x", x, where="FiniteModel.apply")
         y, _ = self.net._apply(params, x, Dim(x.shape[-1], False), self._ctx)
         return y
+
+    def _apply_taped(self, params: Any, x: jax.Array, taps=None) -> tuple[jax.Array, Tape]:
+        """``apply`` recording every weight layer's input and scales on a :class:`Tape`."""
+        tape = Tape(taps)
+        ctx = FiniteCtx(self.width, self.param, tape)
+        y, _ = self.net._apply(params, x, Dim(x.shape[-1], False), ctx)
+        return y, tape
+
+    def _only_dense_params(self) -> bool:
+        """True when every parameter belongs to a Dense layer (the structured NTK applies)."""
+        return _only_dense(self.net)
+
+
+def _only_dense(layer) -> bool:
+    from owidth.spec import Activation, Dense, Parallel, Serial
+
+    if isinstance(layer, (Dense, Activation)):
+        return True
+    if isinstance(layer, Serial):
+        return all(_only_dense(child) for child in layer.layers)
+    if isinstance(layer, Parallel):
+        return all(_only_dense(child) for child in layer.branches)
+    return False
 
 
 def finite(net: Layer, *, width: int, param: Parametrization = NTP) -> FiniteModel:

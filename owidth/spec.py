@@ -53,12 +53,35 @@ class Dim:
     scales: bool  # True when it is a hidden width (grows with ``width``)
 
 
+class Tape:
+    """Records weight layers during one trace of a finite network (internal).
+
+    Used by the structured empirical NTK: each ``Dense`` appends its input and
+    its scale constants, and adds ``taps[i]`` (zeros) to its output so that the
+    gradient with respect to the tap is the back-propagated signal ``df/dz``.
+    """
+
+    def __init__(self, taps=None):
+        self.taps = taps
+        self.inputs: list = []
+        self.layers: list = []  # (DenseScale, has_bias)
+        self.out_shapes: list = []
+
+    def record(self, x, scale, has_bias, y):
+        i = len(self.inputs)
+        self.inputs.append(x)
+        self.layers.append((scale, has_bias))
+        self.out_shapes.append(y.shape)
+        return y if self.taps is None else y + self.taps[i]
+
+
 @dataclasses.dataclass(frozen=True)
 class FiniteCtx:
     """Static context of a finite network (internal)."""
 
     width: int
     param: Parametrization
+    tape: Tape | None = dataclasses.field(default=None, compare=False, hash=False)
 
 
 def _check_std(cls: str, name: str, value) -> float:
@@ -177,6 +200,8 @@ class Dense(Layer):
         y = x @ (s.w_mult * params["w"])
         if "b" in params:
             y = y + s.b_mult * params["b"].reshape((1,) * (y.ndim - 1) + (-1,))
+        if ctx.tape is not None:
+            y = ctx.tape.record(x, s, "b" in params, y)
         return y, out
 
 

@@ -105,14 +105,19 @@ def test_ntk_converges_like_inverse_sqrt_width():
 
 
 def test_empirical_ntk_implementations_agree():
-    net = ow.serial(ow.Dense(w_std=1.3, b_std=0.2), ow.Gelu(), ow.Dense(out=3, w_std=1.0, b_std=0.1))
+    net = ow.serial(ow.Dense(w_std=1.3, b_std=0.2), ow.Gelu(), ow.Residual(ow.Dense(w_std=0.9), ow.Relu(), ow.Dense()),
+                    ow.Dense(out=3, w_std=1.0, b_std=0.1))
     model = ow.finite(net, width=16)
     x1, x2 = sphere(4, 3, seed=5), sphere(5, 3, seed=6)
     p = model.init(jax.random.key(0), x1)
     for outputs in ("trace", "full"):
         a = ow.empirical_ntk(model.apply, p, x1, x2, outputs=outputs, implementation="jacobian")
-        b = ow.empirical_ntk(model.apply, p, x1, x2, outputs=outputs, implementation="ntvp", batch_size=3)
-        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+        for impl in ("ntvp", "structured"):
+            b = ow.empirical_ntk(model.apply, p, x1, x2, outputs=outputs, implementation=impl, batch_size=3)
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(ow.empirical_ntk(model.apply, p, x1, outputs=outputs, implementation="structured"),
+                                   ow.empirical_ntk(model.apply, p, x1, outputs=outputs, implementation="jacobian"),
+                                   rtol=1e-10, atol=1e-12)
     full = ow.empirical_ntk(model.apply, p, x1, x2, outputs="full")
     trace = ow.empirical_ntk(model.apply, p, x1, x2)
     np.testing.assert_allclose(jnp.trace(full, axis1=2, axis2=3) / 3, trace, rtol=1e-12)

@@ -60,7 +60,7 @@ def run(*, out: pathlib.Path, quick: bool, seed: int) -> dict:
     import xarray as xr
 
     widths = [64, 128, 256, 512, 1024] if quick else [64, 128, 256, 512, 1024, 2048, 4096]
-    seeds = list(range(8 if quick else 16))
+    seeds = list(range(8 if quick else 32))
     n, d = 16, 8
     net = architecture()
     x = sphere_data(n, d, seed)

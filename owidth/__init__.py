@@ -31,16 +31,20 @@ from owidth.spec import (
     parallel,
     serial,
 )
+from owidth.spec_spatial import Conv, Flatten, GlobalAvgPool
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Abs",
     "Activation",
+    "Conv",
     "Dense",
     "Erf",
     "FiniteModel",
+    "Flatten",
     "Gelu",
+    "GlobalAvgPool",
     "Identity",
     "Kernel",
     "Layer",

@@ -27,6 +27,9 @@ def as_float_array(name: str, x, *, where: str, rank: int | None = 2) -> jax.Arr
     if rank is not None and arr.ndim != rank:
         hint = " Add a batch axis, e.g. x[None]." if arr.ndim == rank - 1 else ""
         raise ValueError(f"{where}: {name} must have shape (batch, features) (rank {rank}), got shape {tuple(arr.shape)}.{hint}")
+    if arr.ndim < 2:
+        raise ValueError(f"{where}: {name} must have a batch axis and a feature axis, got shape {tuple(arr.shape)}. "
+                         "Add a batch axis, e.g. x[None].")
     if arr.shape[0] == 0:
         raise ValueError(f"{where}: {name} is empty (shape {tuple(arr.shape)}); pass at least one input")
     arr = jnp.asarray(arr, dtype=jnp.result_type(float))

@@ -42,27 +42,32 @@ class FiniteModel:
         return FiniteCtx(self.width, self.param)
 
     def init(self, key: jax.Array, x) -> Any:
-        """Random parameters for inputs shaped like ``x`` (batch, features)."""
-        x = _checks.as_float_array("x", x, where="FiniteModel.init")
-        params, _ = self.net._init(key, Dim(x.shape[-1], False), self._ctx)
+        """Random parameters for inputs shaped like ``x``: (batch, features), or
+        (batch, *spatial, channels) for convolutional networks."""
+        x = _checks.as_float_array("x", x, where="FiniteModel.init", rank=None)
+        params, _ = self.net._init(key, _input_dim(x), self._ctx)
         return params
 
     def apply(self, params: Any, x) -> jax.Array:
-        """Network output for inputs ``x`` of shape (batch, features)."""
-        x = _checks.as_float_array("x", x, where="FiniteModel.apply")
-        y, _ = self.net._apply(params, x, Dim(x.shape[-1], False), self._ctx)
+        """Network output for inputs ``x`` shaped as for :meth:`init`."""
+        x = _checks.as_float_array("x", x, where="FiniteModel.apply", rank=None)
+        y, _ = self.net._apply(params, x, _input_dim(x), self._ctx)
         return y
 
     def _apply_taped(self, params: Any, x: jax.Array, taps=None) -> tuple[jax.Array, Tape]:
         """``apply`` recording every weight layer's input and scales on a :class:`Tape`."""
         tape = Tape(taps)
         ctx = FiniteCtx(self.width, self.param, tape)
-        y, _ = self.net._apply(params, x, Dim(x.shape[-1], False), ctx)
+        y, _ = self.net._apply(params, x, _input_dim(x), ctx)
         return y, tape
 
     def _only_dense_params(self) -> bool:
         """True when every parameter belongs to a Dense layer (the structured NTK applies)."""
         return _only_dense(self.net)
+
+
+def _input_dim(x) -> Dim:
+    return Dim(x.shape[-1], False, tuple(x.shape[1:-1]))
 
 
 def _only_dense(layer) -> bool:

@@ -5,7 +5,8 @@ A weight layer of role ``r`` in a network of width ``n`` is written
     W_eff = w_std / sqrt(F_r) * (n / n0)^(-a_r) * w,     w ~ N(0, (n / n0)^(-2 b_r))
 
 where ``F_r`` is the layer's fan-in *at the base width* ``n0`` (the data
-dimension for the input layer, ``n0`` for hidden and output layers) and ``w``
+dimension for the input layer; ``n0`` times the kernel area for hidden and
+output layers, i.e. ``fan_in * n0 / n``) and ``w``
 is the trained parameter. At ``n = n0`` every parametrization is the same
 network; they differ in how multiplier (``a``) and initial scale (``b``) move
 with width. The learning-rate exponent ``c`` (``lr * (n/n0)^(-c)``) is used by
@@ -96,7 +97,9 @@ class Parametrization:
             return DenseScale(w_std / math.sqrt(fan_in), 1.0, b_std, 1.0)
         i = {Role.INPUT: 0, Role.HIDDEN: 1, Role.OUTPUT: 2}[role]
         ratio = width / self.base_width
-        base_fan_in = fan_in if role is Role.INPUT else self.base_width
+        # fan-in at the base width: a width-scaling fan-in (hidden/output) is
+        # (multiplicity) x width, e.g. kernel area x channels for a convolution.
+        base_fan_in = fan_in if role is Role.INPUT else fan_in * self.base_width / width
         w_mult = w_std / math.sqrt(base_fan_in) * ratio ** (-self.a[i])
         return DenseScale(w_mult, ratio ** (-self.b[i]), b_std, 1.0)
 

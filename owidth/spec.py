@@ -51,6 +51,7 @@ class Dim:
 
     size: int
     scales: bool  # True when it is a hidden width (grows with ``width``)
+    spatial: tuple[int, ...] = ()  # spatial shape of (batch, *spatial, features) inputs
 
 
 class Tape:
@@ -176,8 +177,11 @@ class Dense(Layer):
     def _out_dim(self, ctx: FiniteCtx) -> Dim:
         return Dim(ctx.width, True) if self.out is None else Dim(self.out, False)
 
+    def _out_like(self, dim: Dim, ctx: FiniteCtx) -> Dim:
+        return dataclasses.replace(self._out_dim(ctx), spatial=dim.spatial)
+
     def _scale(self, dim: Dim, ctx: FiniteCtx):
-        out = self._out_dim(ctx)
+        out = self._out_like(dim, ctx)
         role = Role.of(dim.scales, out.scales)
         return out, ctx.param.dense(role, fan_in=dim.size, width=ctx.width, w_std=self.w_std, b_std=self.b_std)
 

@@ -85,11 +85,11 @@ def kernel(net, x1, x2=None, *, get=("nngp", "ntk")) -> Kernel:
     if not isinstance(net, Layer):
         raise TypeError(f"ow.kernel: net must be an owidth layer or ow.serial(...), got {type(net).__name__}")
     get = _normalize_get(get)
+    if not net._has_weights():
+        raise ValueError("ow.kernel: net has no weight layer (Dense); add one, e.g. ow.serial(..., ow.Dense(out=1))")
+    _check_structure(net, get, x2 is None)
     x1 = _checks.as_float_array("x1", x1, where="ow.kernel")
     if x2 is not None:
         x2 = _checks.as_float_array("x2", x2, where="ow.kernel")
         _checks.same_features(x1, x2, where="ow.kernel")
-    if not net._has_weights():
-        raise ValueError("ow.kernel: net has no weight layer (Dense); add one, e.g. ow.serial(..., ow.Dense(out=1))")
-    _check_structure(net, get, x2 is None)
     return _kernel(net, x1, x2, get)

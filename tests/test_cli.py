@@ -21,6 +21,21 @@ def test_unknown_experiment(capsys):
     assert "available: ntk-convergence" in capsys.readouterr().err
 
 
+def test_wide_vs_kernel_quick(tmp_path, monkeypatch):
+    """Trained NTP ensembles approach the kernel prediction like width^-1/2; their variance matches theory."""
+    monkeypatch.setenv("OWIDTH_NO_PROGRESS", "1")
+    summary = ow.experiments.run("wide-vs-kernel", out=tmp_path, quick=True)
+    assert summary["slope"] <= -0.35
+    assert abs(summary["variance_ratio"] - 1) < 3 * summary["variance_ratio_se"]
+    ds = xr.open_dataset(tmp_path / "wide_vs_kernel.nc")
+    assert ds.f_test.dims == ("width", "seed", "step", "test")
+    # training reduced the train loss of every network
+    loss = ((ds.f_train - ds.y_train) ** 2).mean("train")
+    assert bool((loss.isel(step=-1) < 0.2 * loss.isel(step=0)).all())
+    ds.close()
+    assert (tmp_path / "wide_vs_kernel.png").stat().st_size > 10_000
+
+
 def test_ntk_convergence_quick(tmp_path, capsys, monkeypatch):
     """The README's main job in quick mode: files written, slope near -1/2 printed."""
     monkeypatch.setenv("OWIDTH_NO_PROGRESS", "1")

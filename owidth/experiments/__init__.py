@@ -35,6 +35,12 @@ _EXPERIMENTS = (
         "Empirical NTK of random finite ReLU MLPs -> analytic NTK; relative error ~ width^-1/2 (Jacot et al. 2018).",
         "owidth.experiments.ntk_convergence:run",
     ),
+    Experiment(
+        "wide-vs-kernel",
+        "GD-trained NTP ensembles vs the infinite-width kernel prediction: distance ~ width^-1/2, "
+        "ensemble variance vs predicted covariance (Lee et al. 2019).",
+        "owidth.experiments.wide_vs_kernel:run",
+    ),
 )
 REGISTRY: dict[str, Experiment] = {e.name: e for e in _EXPERIMENTS}
 

@@ -149,7 +149,8 @@ def empirical_ntk(
         independent of the number of inputs. ``"auto"``: structured when it
         applies, else the Jacobian when the Jacobians take less than 2 GiB,
         else ntvp. All agree to rounding.
-      batch_size: for ``"ntvp"``, how many columns are computed at once.
+      batch_size: compute the kernel in blocks of this many inputs (any N;
+        the last block may be smaller), bounding peak memory by one block.
 
     Returns:
       The kernel as a float array.
@@ -175,6 +176,9 @@ def empirical_ntk(
         )
     if implementation == "auto" and model is not None:
         implementation = "structured"
+    if batch_size is not None and max(x1.shape[0], x2.shape[0]) > batch_size:
+        return _blocked(apply_fn, params, x1, x2, same, outputs=outputs, implementation=implementation,
+                        batch_size=batch_size)
     if implementation == "structured":
         return _ntk_structured(model, params, x1, x2, outputs, same)
     if implementation == "auto":
@@ -184,7 +188,22 @@ def empirical_ntk(
         implementation = "jacobian" if nbytes <= _JACOBIAN_BYTES else "ntvp"
     if implementation == "jacobian":
         return _ntk_jacobian(apply_fn, params, x1, x2, outputs, same)
-    return _ntk_ntvp(apply_fn, params, x1, x2, outputs, batch_size)
+    return _ntk_ntvp(apply_fn, params, x1, x2, outputs, None)
+
+
+def _blocked(apply_fn, params, x1, x2, same, *, outputs, implementation, batch_size):
+    """Assemble the kernel from (batch_size x batch_size) blocks; peak memory is that of one block."""
+    starts1 = range(0, x1.shape[0], batch_size)
+    starts2 = range(0, x2.shape[0], batch_size)
+    rows = []
+    for i in starts1:
+        row = []
+        for j in starts2:
+            b1 = x1[i : i + batch_size]
+            b2 = None if same and i == j else x2[j : j + batch_size]
+            row.append(empirical_ntk(apply_fn, params, b1, b2, outputs=outputs, implementation=implementation))
+        rows.append(jnp.concatenate(row, axis=1))
+    return jnp.concatenate(rows, axis=0)
 
 
 def linearize(apply_fn: Callable[[Any, jax.Array], jax.Array], params0: Any) -> Callable[[Any, jax.Array], jax.Array]:

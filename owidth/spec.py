@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -103,6 +103,28 @@ def _check_real(cls: str, name: str, value) -> float:
     return value
 
 
+def _check_weight_layer(layer) -> None:
+    """Validate ``out``, ``w_std`` and ``b_std`` of a Dense-like frozen dataclass in place."""
+    cls = type(layer).__name__
+    if layer.out is not None:
+        if isinstance(layer.out, bool) or not isinstance(layer.out, int):
+            raise TypeError(f"{cls}(out=...) must be an int or None (hidden), got {layer.out!r}")
+        if layer.out <= 0:
+            raise ValueError(f"{cls}(out={layer.out}) must be positive; leave out=None for a hidden layer")
+    object.__setattr__(layer, "w_std", _check_std(cls, "w_std", layer.w_std))
+    object.__setattr__(layer, "b_std", _check_std(cls, "b_std", layer.b_std))
+
+
+def init_weights(key, w_shape: tuple[int, ...], out_size: int, scale, has_bias: bool) -> dict:
+    """``{"w": N(0, w_init^2), "b": N(0, b_init^2)}`` parameters of a weight layer (internal)."""
+    kw, kb = jax.random.split(key)
+    dtype = jnp.result_type(float)
+    params = {"w": scale.w_init * jax.random.normal(kw, w_shape, dtype)}
+    if has_bias:
+        params["b"] = scale.b_init * jax.random.normal(kb, (out_size,), dtype)
+    return params
+
+
 class Layer:
     """Base class of all layers. Subclasses are frozen dataclasses."""
 
@@ -147,13 +169,7 @@ class Dense(Layer):
     b_std: float = 0.0
 
     def __post_init__(self):
-        if self.out is not None:
-            if isinstance(self.out, bool) or not isinstance(self.out, int):
-                raise TypeError(f"Dense(out=...) must be an int or None (hidden), got {self.out!r}")
-            if self.out <= 0:
-                raise ValueError(f"Dense(out={self.out}) must be positive; leave out=None for a hidden layer")
-        object.__setattr__(self, "w_std", _check_std("Dense", "w_std", self.w_std))
-        object.__setattr__(self, "b_std", _check_std("Dense", "b_std", self.b_std))
+        _check_weight_layer(self)
 
     def _has_weights(self) -> bool:
         return True
@@ -187,12 +203,7 @@ class Dense(Layer):
 
     def _init(self, key, dim, ctx):
         out, s = self._scale(dim, ctx)
-        kw, kb = jax.random.split(key)
-        dtype = jnp.result_type(float)
-        params = {"w": s.w_init * jax.random.normal(kw, (dim.size, out.size), dtype)}
-        if self.b_std > 0:
-            params["b"] = s.b_init * jax.random.normal(kb, (out.size,), dtype)
-        return params, out
+        return init_weights(key, (dim.size, out.size), out.size, s, self.b_std > 0), out
 
     def _apply(self, params, x, dim, ctx):
         out, s = self._scale(dim, ctx)
@@ -319,8 +330,8 @@ class Abs(Activation):
 
 
 @dataclasses.dataclass(frozen=True)
-class Erf(Activation):
-    """``a * erf(b x) + shift`` (Williams 1997)."""
+class _ScaledActivation(Activation):
+    """``a * g(b x (+ shift)) + ...`` with a closed-form dual ``_closed_form(q1, q2, c, a=, b=, shift=)``."""
 
     a: float = 1.0
     b: float = 1.0
@@ -328,13 +339,20 @@ class Erf(Activation):
 
     def __post_init__(self):
         for name in ("a", "b", "shift"):
-            object.__setattr__(self, name, _check_real("Erf", name, getattr(self, name)))
+            object.__setattr__(self, name, _check_real(type(self).__name__, name, getattr(self, name)))
+
+    def dual(self, q1, q2, c, *, need_dot):
+        return type(self)._closed_form(q1, q2, c, a=self.a, b=self.b, shift=self.shift, need_dot=need_dot)
+
+
+@dataclasses.dataclass(frozen=True)
+class Erf(_ScaledActivation):
+    """``a * erf(b x) + shift`` (Williams 1997)."""
+
+    _closed_form = staticmethod(dual.erf)
 
     def fn(self, x):
         return self.a * jax.scipy.special.erf(self.b * x) + self.shift
-
-    def dual(self, q1, q2, c, *, need_dot):
-        return dual.erf(q1, q2, c, a=self.a, b=self.b, shift=self.shift, need_dot=need_dot)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -349,22 +367,13 @@ class Gelu(Activation):
 
 
 @dataclasses.dataclass(frozen=True)
-class Sin(Activation):
+class Sin(_ScaledActivation):
     """``a * sin(b x + shift)``."""
 
-    a: float = 1.0
-    b: float = 1.0
-    shift: float = 0.0
-
-    def __post_init__(self):
-        for name in ("a", "b", "shift"):
-            object.__setattr__(self, name, _check_real("Sin", name, getattr(self, name)))
+    _closed_form = staticmethod(dual.sin)
 
     def fn(self, x):
         return self.a * jnp.sin(self.b * x + self.shift)
-
-    def dual(self, q1, q2, c, *, need_dot):
-        return dual.sin(q1, q2, c, a=self.a, b=self.b, shift=self.shift, need_dot=need_dot)
 
 
 @dataclasses.dataclass(frozen=True)

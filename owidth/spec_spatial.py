@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 from owidth.kernels.state import KState
 from owidth.param import Role
-from owidth.spec import Dim, FiniteCtx, Layer, _check_std
+from owidth.spec import Dim, FiniteCtx, Layer, _check_weight_layer, init_weights
 
 __all__ = ["Conv", "Flatten", "GlobalAvgPool"]
 
@@ -67,15 +67,12 @@ class Conv(Layer):
     b_std: float = 0.0
 
     def __post_init__(self):
-        if self.out is not None and (isinstance(self.out, bool) or not isinstance(self.out, int) or self.out <= 0):
-            raise ValueError(f"Conv(out={self.out!r}) must be a positive int or None (hidden)")
+        _check_weight_layer(self)
         fs = _int_tuple("Conv", "filter_shape", self.filter_shape)
         object.__setattr__(self, "filter_shape", fs)
         object.__setattr__(self, "strides", _int_tuple("Conv", "strides", self.strides or 1, len(fs)))
         if self.padding not in ("SAME", "VALID"):
             raise ValueError(f"Conv(padding={self.padding!r}) must be 'SAME' or 'VALID'")
-        object.__setattr__(self, "w_std", _check_std("Conv", "w_std", self.w_std))
-        object.__setattr__(self, "b_std", _check_std("Conv", "b_std", self.b_std))
 
     def _has_weights(self) -> bool:
         return True
@@ -103,12 +100,7 @@ class Conv(Layer):
 
     def _init(self, key, dim, ctx):
         out, s = self._geometry(dim, ctx)
-        kw, kb = jax.random.split(key)
-        dtype = jnp.result_type(float)
-        params = {"w": s.w_init * jax.random.normal(kw, (*self.filter_shape, dim.size, out.size), dtype)}
-        if self.b_std > 0:
-            params["b"] = s.b_init * jax.random.normal(kb, (out.size,), dtype)
-        return params, out
+        return init_weights(key, (*self.filter_shape, dim.size, out.size), out.size, s, self.b_std > 0), out
 
     def _apply(self, params, x, dim, ctx):
         out, s = self._geometry(dim, ctx)

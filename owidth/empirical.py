@@ -39,10 +39,21 @@ def _contract(j1, j2, outputs: str):
     return sum(terms)
 
 
-@functools.partial(jax.jit, static_argnames=("apply_fn", "outputs", "same"))
-def _ntk_jacobian(apply_fn, params, x1, x2, outputs, same):
+def _per_example(apply_fn, independent: bool):
+    """``g(p, x) -> (N, k)``; with independent examples the maps below are vmapped over single examples."""
+    if not independent:
+        return lambda p, x: _as_2d(apply_fn(p, x))
+    return lambda p, xi: _as_2d(apply_fn(p, xi[None]))[0]
+
+
+@functools.partial(jax.jit, static_argnames=("apply_fn", "outputs", "same", "independent"))
+def _ntk_jacobian(apply_fn, params, x1, x2, outputs, same, independent):
+    g = _per_example(apply_fn, independent)
+
     def jac(x):
-        return jax.jacrev(lambda p: _as_2d(apply_fn(p, x)))(params)
+        if independent:  # one example at a time: N times less work than the batch Jacobian
+            return jax.vmap(lambda xi: jax.jacrev(g)(params, xi))(x)
+        return jax.jacrev(g)(params, x)
 
     j1 = jac(x1)
     j2 = j1 if same else jac(x2)
@@ -52,22 +63,43 @@ def _ntk_jacobian(apply_fn, params, x1, x2, outputs, same):
     return k
 
 
-@functools.partial(jax.jit, static_argnames=("apply_fn", "outputs", "batch"))
-def _ntk_ntvp(apply_fn, params, x1, x2, outputs, batch):
-    """NTK-vector products: column (i, a) is J2 (J1^T e_ia), by one vjp and one jvp."""
-    out1, vjp1 = jax.vjp(lambda p: _as_2d(apply_fn(p, x1)), params)
-    n1, k = out1.shape
+@functools.partial(jax.jit, static_argnames=("apply_fn", "independent"))
+def _ntvp_columns(apply_fn, params, x1, x2, rows, independent):
+    """Columns (i, a) for i in ``rows``: J2 (J1^T e_ia) by one VJP and one JVP each, vmapped."""
+    g = _per_example(apply_fn, independent)
 
-    def column(idx):
-        e = jax.nn.one_hot(idx, n1 * k, dtype=out1.dtype).reshape(n1, k)
-        (g,) = vjp1(e)
-        return jax.jvp(lambda p: _as_2d(apply_fn(p, x2)), (params,), (g,))[1]  # (n2, k)
+    def column(i, a):
+        if independent:
+            out, vjp = jax.vjp(lambda p: g(p, x1[i]), params)
+            e = jax.nn.one_hot(a, out.shape[0], dtype=out.dtype)
+        else:
+            out, vjp = jax.vjp(lambda p: g(p, x1), params)
+            e = jax.nn.one_hot(i * out.shape[1] + a, out.size, dtype=out.dtype).reshape(out.shape)
+        (grad,) = vjp(e)
+        return jax.jvp(lambda p: _as_2d(apply_fn(p, x2)), (params,), (grad,))[1]  # (n2, k)
 
-    cols = jax.lax.map(column, jnp.arange(n1 * k), batch_size=batch)  # (n1 k, n2, k)
-    full = cols.reshape(n1, k, cols.shape[1], k).transpose(0, 2, 1, 3)  # (n1, n2, a, b)
+    k = jax.eval_shape(lambda: _as_2d(apply_fn(params, x1[:1]))).shape[1]
+    ii, aa = jnp.repeat(rows, k), jnp.tile(jnp.arange(k), rows.shape[0])
+    return jax.vmap(column)(ii, aa).reshape(rows.shape[0], k, x2.shape[0], k)  # (rows, a, n2, b)
+
+
+def _ntk_ntvp(apply_fn, params, x1, x2, outputs, independent, chunk):
+    """NTK-vector products, ``chunk`` input rows at a time (vmapped, no XLA loop)."""
+    blocks = [
+        _ntvp_columns(apply_fn, params, x1, x2, jnp.arange(i, min(i + chunk, x1.shape[0])), independent)
+        for i in range(0, x1.shape[0], chunk)
+    ]
+    full = jnp.concatenate(blocks, axis=0).transpose(0, 2, 1, 3)  # (n1, n2, a, b)
     if outputs == "trace":
-        return jnp.trace(full, axis1=2, axis2=3) / k
+        return jnp.trace(full, axis1=2, axis2=3) / full.shape[-1]
     return full
+
+
+@functools.lru_cache(maxsize=256)
+def _output_size(apply_fn, signature) -> int:
+    params_struct, x_struct = signature
+    shape = jax.eval_shape(lambda p, x: _as_2d(apply_fn(p, x)), jax.tree.unflatten(*params_struct), x_struct).shape
+    return shape[1]
 
 
 @functools.partial(jax.jit, static_argnames=("model", "outputs", "same"))
@@ -128,6 +160,7 @@ def empirical_ntk(
     outputs: str = "trace",
     implementation: str = "auto",
     batch_size: int | None = None,
+    independent_examples: bool = True,
 ) -> jax.Array:
     """Empirical NTK of ``apply_fn(params, x)`` between ``x1`` and ``x2``.
 
@@ -151,6 +184,10 @@ def empirical_ntk(
         else ntvp. All agree to rounding.
       batch_size: compute the kernel in blocks of this many inputs (any N;
         the last block may be smaller), bounding peak memory by one block.
+      independent_examples: ``apply_fn`` treats the examples of a batch
+        independently (true for every owidth layer), so Jacobians are taken
+        one example at a time (N times less work than through the whole
+        batch). Set ``False`` for functions that mix examples (batch norm).
 
     Returns:
       The kernel as a float array.
@@ -178,20 +215,25 @@ def empirical_ntk(
         implementation = "structured"
     if batch_size is not None and max(x1.shape[0], x2.shape[0]) > batch_size:
         return _blocked(apply_fn, params, x1, x2, same, outputs=outputs, implementation=implementation,
-                        batch_size=batch_size)
+                        batch_size=batch_size, independent=independent_examples)
     if implementation == "structured":
         return _ntk_structured(model, params, x1, x2, outputs, same)
+    n_params = sum(math.prod(p.shape) for p in jax.tree.leaves(params))
+    leaves, treedef = jax.tree.flatten(params)
+    signature = ((treedef, tuple(jax.ShapeDtypeStruct(p.shape, p.dtype) for p in leaves)),
+                 jax.ShapeDtypeStruct((1, *x1.shape[1:]), x1.dtype))
+    k = _output_size(apply_fn, signature)
     if implementation == "auto":
-        n_params = sum(math.prod(p.shape) for p in jax.tree.leaves(params))
-        k = math.prod(jax.eval_shape(lambda: _as_2d(apply_fn(params, x1[:1]))).shape[1:])
         nbytes = (x1.shape[0] + (0 if same else x2.shape[0])) * k * n_params * x1.dtype.itemsize
         implementation = "jacobian" if nbytes <= _JACOBIAN_BYTES else "ntvp"
     if implementation == "jacobian":
-        return _ntk_jacobian(apply_fn, params, x1, x2, outputs, same)
-    return _ntk_ntvp(apply_fn, params, x1, x2, outputs, None)
+        return _ntk_jacobian(apply_fn, params, x1, x2, outputs, same, independent_examples)
+    # as many rows per chunk as keep the vmapped gradients under the Jacobian budget
+    chunk = max(1, min(x1.shape[0], _JACOBIAN_BYTES // max(1, k * n_params * x1.dtype.itemsize)))
+    return _ntk_ntvp(apply_fn, params, x1, x2, outputs, independent_examples, chunk)
 
 
-def _blocked(apply_fn, params, x1, x2, same, *, outputs, implementation, batch_size):
+def _blocked(apply_fn, params, x1, x2, same, *, outputs, implementation, batch_size, independent):
     """Assemble the kernel from (batch_size x batch_size) blocks; peak memory is that of one block."""
     starts1 = range(0, x1.shape[0], batch_size)
     starts2 = range(0, x2.shape[0], batch_size)
@@ -201,7 +243,8 @@ def _blocked(apply_fn, params, x1, x2, same, *, outputs, implementation, batch_s
         for j in starts2:
             b1 = x1[i : i + batch_size]
             b2 = None if same and i == j else x2[j : j + batch_size]
-            row.append(empirical_ntk(apply_fn, params, b1, b2, outputs=outputs, implementation=implementation))
+            row.append(empirical_ntk(apply_fn, params, b1, b2, outputs=outputs, implementation=implementation,
+                                     independent_examples=independent))
         rows.append(jnp.concatenate(row, axis=1))
     return jnp.concatenate(rows, axis=0)
 

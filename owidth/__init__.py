@@ -31,6 +31,7 @@ from owidth.spec import (
     parallel,
     serial,
 )
+from owidth.spec_quadrature import ActivationFn, Sigmoid, Silu, Softplus, Swish, Tanh
 from owidth.spec_spatial import Conv, Flatten, GlobalAvgPool
 
 __version__ = "0.1.0"
@@ -38,6 +39,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Abs",
     "Activation",
+    "ActivationFn",
     "Conv",
     "Dense",
     "Erf",
@@ -56,7 +58,12 @@ __all__ = [
     "Residual",
     "Role",
     "Serial",
+    "Sigmoid",
+    "Silu",
     "Sin",
+    "Softplus",
+    "Swish",
+    "Tanh",
     "empirical_ntk",
     "experiments",
     "finite",

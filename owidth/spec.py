@@ -188,7 +188,8 @@ class Dense(Layer):
             var1, var2 = jnp.diagonal(nngp), None
         else:
             var1, var2 = w2 * ks.var1 + b2, w2 * ks.var2 + b2
-        return ks.replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2, gaussian=True, fixed=self.out is not None)
+        return ks.replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2, gaussian=True, fixed=self.out is not None,
+                          pre=None, act=None)
 
     def _out_dim(self, ctx: FiniteCtx) -> Dim:
         return Dim(ctx.width, True) if self.out is None else Dim(self.out, False)
@@ -234,8 +235,12 @@ class Activation(Layer):
 
     Subclasses define ``fn`` (the finite function) and ``dual`` (the closed
     form). Applied directly to data (before any Dense layer) it transforms the
-    data elementwise.
+    data elementwise. Consecutive nonlinearities ``phi2(phi1(z))`` act on the
+    last Gaussian layer as one function, whose dual kernels are computed by
+    Gauss-Hermite quadrature.
     """
+
+    _smooth = True  # False for kinked functions (relu family): no quadrature of their compositions
 
     def fn(self, x: jax.Array) -> jax.Array:
         raise NotImplementedError
@@ -251,10 +256,21 @@ class Activation(Layer):
         if ks.is_input:
             return ks.replace(x1=self.fn(ks.x1), x2=None if ks.x2 is None else self.fn(ks.x2))
         if not ks.gaussian:
+            if ks.act is not None and ks.pre is not None:
+                # consecutive nonlinearities: one elementwise function of the last Gaussian layer
+                from owidth.spec_quadrature import Composed
+
+                if not (ks.act._smooth and self._smooth):
+                    raise NotImplementedError(
+                        f"ow.kernel: {type(ks.act).__name__} followed by {type(self).__name__}: the composition has "
+                        "a kink, where Gauss-Hermite quadrature of its NTK map converges too slowly (~K^-1/2) to be "
+                        "useful. Put a Dense layer between them, or use smooth activations (Gelu, Silu, Softplus)."
+                    )
+                return Composed(ks.act, self)._kernel(ks.pre)
             raise NotImplementedError(
-                f"ow.kernel: {type(self).__name__} is applied to a non-Gaussian layer (for instance two "
-                "nonlinearities in a row, or a residual sum carrying post-activations). Put a Dense layer "
-                "before it; exact kernels of such compositions are not implemented yet."
+                f"ow.kernel: {type(self).__name__} is applied to a non-Gaussian sum (a residual or parallel "
+                "branch carrying post-activations). Put a Dense layer before it; the exact kernel of a "
+                "nonlinearity of such a sum is not implemented yet."
             )
         need = ks.ntk is not None
         v2 = ks.var1 if ks.var2 is None else ks.var2
@@ -270,10 +286,10 @@ class Activation(Layer):
                 tdot = jnp.where(eye, tdot_diag[:, None], tdot)
             var2 = None
         else:
-            var1 = self.dual(ks.var1, ks.var1, ks.var1, need_dot=False)[0]
-            var2 = self.dual(ks.var2, ks.var2, ks.var2, need_dot=False)[0]
+            var1 = self.dual_diag(ks.var1, need_dot=False)[0]
+            var2 = self.dual_diag(ks.var2, need_dot=False)[0]
         ntk = ks.ntk * tdot if need else None
-        return ks.replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2, gaussian=False)
+        return ks.replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2, gaussian=False, pre=ks, act=self)
 
     def _init(self, key, dim, ctx):
         return (), dim
@@ -285,6 +301,8 @@ class Activation(Layer):
 @dataclasses.dataclass(frozen=True)
 class Relu(Activation):
     """``max(x, 0)``: the degree-1 arc-cosine kernel (Cho & Saul 2009)."""
+
+    _smooth = False
 
     def fn(self, x):
         return jax.nn.relu(x)
@@ -299,6 +317,8 @@ class Relu(Activation):
 @dataclasses.dataclass(frozen=True)
 class LeakyRelu(Activation):
     """``max(x, a x)`` for slope ``a`` (any real ``a``; ``a = -1`` is ``|x|``)."""
+
+    _smooth = False
 
     a: float = 0.01
 
@@ -318,6 +338,8 @@ class LeakyRelu(Activation):
 @dataclasses.dataclass(frozen=True)
 class Abs(Activation):
     """``|x|``."""
+
+    _smooth = False
 
     def fn(self, x):
         return jnp.abs(x)
@@ -464,6 +486,8 @@ class Parallel(Layer):
             var2=None if outs[0].var2 is None else sum(o.var2 for o in outs),
             gaussian=all(o.gaussian for o in outs),
             fixed=fixed.pop(),
+            pre=None,
+            act=None,
         )
 
     def _init(self, key, dim, ctx):

@@ -75,6 +75,6 @@ def test_inputs_under_outer_jit_still_checked_for_shape():
 
 
 def test_unsupported_composition_says_what_to_do():
-    net = ow.serial(ow.Dense(), ow.Relu(), ow.Erf(), ow.Dense(out=1))
+    net = ow.serial(ow.Dense(), ow.Relu(), ow.Residual(ow.Dense()), ow.Erf(), ow.Dense(out=1))
     with pytest.raises(NotImplementedError, match="Put a Dense layer before it"):
         compiles_nothing(lambda: ow.kernel(net, X))

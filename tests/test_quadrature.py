@@ -60,3 +60,27 @@ def test_bad_nodes():
         ow.Tanh(nodes=1)
     with pytest.raises(TypeError, match="callable"):
         ow.ActivationFn(3.0)
+
+
+@pytest.mark.parametrize("name,acts", [
+    ("tanh-softplus", [ow.Tanh(), ow.Softplus()]),
+    ("gelu-sin-erf", [ow.Gelu(), ow.Sin(), ow.Erf()]),
+])
+def test_consecutive_nonlinearities_monte_carlo(name, acts):
+    net = ow.serial(ow.Dense(w_std=1.4, b_std=0.3), *acts, ow.Dense(out=1, w_std=1.1, b_std=0.2))
+    k = ow.kernel(net, X)
+    mc = mc_moments(net, width=64, seed=6, ntk=True)
+    assert_within(k.nngp, *mc["nngp"], f"{name} nngp")
+    assert_within(k.ntk, *mc["ntk"], f"{name} ntk")
+
+
+def test_consecutive_identity_is_transparent():
+    a = ow.serial(ow.Dense(w_std=1.2), ow.Erf(), ow.Identity(), ow.Dense(out=1))
+    b = ow.serial(ow.Dense(w_std=1.2), ow.Erf(), ow.Dense(out=1))
+    np.testing.assert_array_equal(ow.kernel(a, X).ntk, ow.kernel(b, X).ntk)
+
+
+def test_kinked_composition_refused():
+    net = ow.serial(ow.Dense(), ow.Relu(), ow.Tanh(), ow.Dense(out=1))
+    with pytest.raises(NotImplementedError, match="has a kink"):
+        ow.kernel(net, X)

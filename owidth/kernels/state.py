@@ -53,6 +53,8 @@ class KState:
     need_ntk: bool = True
     gaussian: bool = False
     fixed: bool = False  # a weight layer with a fixed ``out`` was applied
+    pre: KState | None = None  # the Gaussian state before the last activation (for compositions)
+    act: object = None  # that activation
 
     @property
     def is_input(self) -> bool:

@@ -143,7 +143,14 @@ def leaky_relu(q1, q2, c, *, a: float, need_dot: bool = True):
     # square root may be off by an ulp or two on some backends).
     one = rho >= 1.0 - 4.0 * float(jnp.finfo(jnp.result_type(rho)).eps)
     j, asin = _j_abs(rho)
-    t = jnp.where(one, (p * p + m * m) * c, p * p * c + m * m * (2.0 / _PI) * s * j)
+    # T is written in s and rho only, never in c itself (c = s rho up to an ulp;
+    # on the diagonal s = sqrt(q q) = q exactly, as in ``leaky_relu_diag``).
+    # A term linear in c would make each layer's kernel a chain of cheap
+    # elementwise ops (mul/add/select) back to the previous layer's, which XLA
+    # duplicates into every consumer (rho, the diagonal, the NTK), so that the
+    # fused computations grow with depth and compile time goes superlinear.
+    # s and rho come out of sqrt/divide, which XLA materialises.
+    t = jnp.where(one, (p * p + m * m) * s, s * (p * p * rho + m * m * (2.0 / _PI) * j))
     if not need_dot:
         return t, None
     return t, jnp.where(one, p * p + m * m, p * p + m * m * (2.0 / _PI) * asin)

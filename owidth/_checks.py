@@ -32,10 +32,10 @@ def as_float_array(name: str, x, *, where: str, rank: int | None = 2) -> jax.Arr
                          "Add a batch axis, e.g. x[None].")
     if arr.shape[0] == 0:
         raise ValueError(f"{where}: {name} is empty (shape {tuple(arr.shape)}); pass at least one input")
-    arr = jnp.asarray(arr, dtype=jnp.result_type(float))
-    if not isinstance(arr, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(arr))):
+    if not isinstance(arr, jax.core.Tracer) and not np.all(np.isfinite(np.asarray(arr))):
+        # checked on the host with numpy: works for concrete arrays even inside an outer trace
         raise ValueError(f"{where}: {name} contains NaN or Inf; clean or impute the data first")
-    return arr
+    return jnp.asarray(arr, dtype=jnp.result_type(float))
 
 
 def same_features(x1, x2, *, where: str) -> None:

@@ -13,7 +13,7 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run an experiment: writes netCDF/JSON data and a PNG figure")
     r.add_argument("name", help="experiment name (see `owidth list`)")
     r.add_argument("--out", default=None, help="output folder (default: owidth-out/NAME)")
-    r.add_argument("--quick", action="store_true", help="small configuration, about a minute on 2 CPU cores")
+    r.add_argument("--quick", action="store_true", help="small configuration, under a minute on 2 CPU cores")
     r.add_argument("--seed", type=int, default=0, help="base random seed (default 0)")
     return p
 

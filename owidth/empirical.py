@@ -211,6 +211,10 @@ def empirical_ntk(
             f"{where}: implementation='structured' needs apply_fn to be model.apply of an ow.finite model made of "
             "Dense layers and activations; use 'jacobian' or 'ntvp' (or 'auto')"
         )
+    if model is not None and x1.ndim != 2:
+        model = None  # the structured rule contracts (batch, features) layer inputs only
+        if implementation == "structured":
+            raise ValueError(f"{where}: implementation='structured' needs (batch, features) inputs; use 'auto'")
     if implementation == "auto" and model is not None:
         implementation = "structured"
     if batch_size is not None and max(x1.shape[0], x2.shape[0]) > batch_size:
@@ -255,9 +259,11 @@ def linearize(apply_fn: Callable[[Any, jax.Array], jax.Array], params0: Any) -> 
         f_lin(theta, x) = f(theta0, x) + J(theta0, x) (theta - theta0)
 
     computed with one ``jax.jvp`` per call (no Jacobian is stored). Trained by
-    gradient descent on the MSE, ``f_lin`` follows the closed form of
-    :func:`ow.predict.gradient_descent` with its empirical NTK exactly (Lee et
-    al. 2019); wide networks approach it.
+    gradient descent on the MSE, a single-output ``f_lin`` follows the closed
+    form of :func:`ow.predict.gradient_descent` with its empirical NTK exactly
+    (Lee et al. 2019); wide networks approach it. (With k > 1 outputs the
+    finite-width NTK has cross-output blocks that the per-output kernel of
+    ``predict`` omits.)
     """
     if not callable(apply_fn):
         raise TypeError(f"ow.linearize: apply_fn must be a function (params, x) -> outputs, got {type(apply_fn).__name__}")

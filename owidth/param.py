@@ -9,8 +9,8 @@ dimension for the input layer; ``n0`` times the kernel area for hidden and
 output layers, i.e. ``fan_in * n0 / n``) and ``w``
 is the trained parameter. At ``n = n0`` every parametrization is the same
 network; they differ in how multiplier (``a``) and initial scale (``b``) move
-with width. The learning-rate exponent ``c`` (``lr * (n/n0)^(-c)``) is used by
-the training code.
+with width. Learning-rate exponents ``c`` (``lr * (n/n0)^(-c)``) and the
+SP / muP / MF presets come with the training code (not in this release).
 
 Roles are read off the width-free spec: a layer whose fan-in is the data
 dimension and whose output is a hidden (``out=None``) layer is an *input*

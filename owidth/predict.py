@@ -26,8 +26,8 @@ is Gaussian with (Lee et al. 2019, eq. 14-16)
                     - A_t(x*) K(X, x*') - K(x*, X) A_t(x*')^T,
     A_t(x*)       = Theta(x*, X) Theta^-1 (I - M_t),   M_t = (I - lr Theta/n)^t or exp(-Theta t/n).
 
-``ridge`` adds ``ridge * I`` to ``Theta(X, X)`` (and to ``K(X, X)`` for the
-NNGP posterior); it keeps the solution well defined for singular kernels.
+``ridge`` adds ``ridge * I`` to ``Theta(X, X)``; it keeps the solution well
+defined for singular kernels (the NNGP posterior has ``noise`` instead).
 """
 
 from __future__ import annotations

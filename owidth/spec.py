@@ -140,6 +140,10 @@ class Layer:
     def _has_weights(self) -> bool:
         return False
 
+    def _ends_in_weights(self) -> bool:
+        """True when the output is a fresh zero-mean weight layer (independent of any other branch)."""
+        return False
+
 
 # --------------------------------------------------------------------------- #
 # Dense
@@ -172,6 +176,9 @@ class Dense(Layer):
         _check_weight_layer(self)
 
     def _has_weights(self) -> bool:
+        return True
+
+    def _ends_in_weights(self) -> bool:
         return True
 
     def _kernel(self, ks: KState) -> KState:
@@ -257,6 +264,7 @@ class Activation(Layer):
             return ks.replace(x1=self.fn(ks.x1), x2=None if ks.x2 is None else self.fn(ks.x2))
         if not ks.gaussian:
             if ks.act is not None and ks.pre is not None:
+                nodes = max(getattr(ks.act, "nodes", 0), getattr(self, "nodes", 0)) or None
                 # consecutive nonlinearities: one elementwise function of the last Gaussian layer
                 from owidth.spec_quadrature import Composed
 
@@ -266,7 +274,8 @@ class Activation(Layer):
                         "a kink, where Gauss-Hermite quadrature of its NTK map converges too slowly (~K^-1/2) to be "
                         "useful. Put a Dense layer between them, or use smooth activations (Gelu, Silu, Softplus)."
                     )
-                return Composed(ks.act, self)._kernel(ks.pre)
+                composed = Composed(ks.act, self) if nodes is None else Composed(ks.act, self, nodes=nodes)
+                return composed._kernel(ks.pre)
             raise NotImplementedError(
                 f"ow.kernel: {type(self).__name__} is applied to a non-Gaussian sum (a residual or parallel "
                 "branch carrying post-activations). Put a Dense layer before it; the exact kernel of a "
@@ -435,6 +444,10 @@ class Serial(Layer):
     def _has_weights(self) -> bool:
         return any(layer._has_weights() for layer in self.layers)
 
+    def _ends_in_weights(self) -> bool:
+        last = [layer for layer in self.layers if not isinstance(layer, Identity)]
+        return bool(last) and last[-1]._ends_in_weights()
+
     def _kernel(self, ks):
         for layer in self.layers:
             ks = layer._kernel(ks)
@@ -457,9 +470,11 @@ class Serial(Layer):
 class Parallel(Layer):
     """Sum of branches applied to the same input (fan-out, then fan-in sum).
 
-    Branches have independent parameters, so at infinite width their outputs
-    are independent given the input and kernels add:
-    ``nngp = sum_b nngp_b``, ``ntk = sum_b ntk_b`` (Novak et al. 2020).
+    When of any two branches at least one ends in a fresh zero-mean weight
+    layer, the cross covariances vanish and the kernels add:
+    ``nngp = sum_b nngp_b``, ``ntk = sum_b ntk_b`` (Novak et al. 2020). At most
+    one branch may end otherwise (an identity, an activation); ``ow.kernel``
+    refuses other sums, whose kernels need the cross terms.
     """
 
     branches: tuple[Layer, ...]
@@ -467,12 +482,26 @@ class Parallel(Layer):
     def _has_weights(self) -> bool:
         return any(b._has_weights() for b in self.branches)
 
+    def _ends_in_weights(self) -> bool:
+        return all(b._ends_in_weights() for b in self.branches)
+
     def _kernel(self, ks):
-        outs = [b._kernel(ks) for b in self.branches]
-        if all(o.is_input for o in outs):
+        if ks.is_input and not self._has_weights():  # a sum of functions of the data itself: exact
+            outs = [b._kernel(ks) for b in self.branches]
             x1 = sum(o.x1 for o in outs)
             x2 = None if ks.x2 is None else sum(o.x2 for o in outs)
             return ks.replace(x1=x1, x2=x2)
+        # Kernels add only when cross terms E[a(x) b(x')] vanish, i.e. when of any two
+        # branches at least one ends in a fresh zero-mean weight layer.
+        free = [b for b in self.branches if not b._ends_in_weights()]
+        if len(free) > 1:
+            raise NotImplementedError(
+                f"ow.kernel: parallel/Residual with {len(free)} branches that do not end in a weight layer "
+                f"({', '.join(type(b).__name__ for b in free)}): their outputs are correlated and the kernel of "
+                "the sum is not the sum of kernels. End all but one branch in a Dense layer (for Residual: end "
+                "the block in a Dense)."
+            )
+        outs = [b._kernel(ks) for b in self.branches]
         outs = [o.materialize() for o in outs]
         fixed = {o.fixed for o in outs}
         if len(fixed) > 1:
@@ -519,8 +548,8 @@ def parallel(*branches: Layer) -> Parallel:
 def Residual(*block: Layer) -> Parallel:  # noqa: N802 - a layer constructor
     """``x + block(x)``: the identity branch plus ``serial(*block)``.
 
-    At infinite width the two branches are independent and the kernels add
-    (Novak et al. 2020); the identity branch may carry a post-activation
-    (``Relu()`` then ``Residual(Dense(), ...)``).
+    When the block ends in a weight layer the two branches are uncorrelated
+    and the kernels add (Novak et al. 2020); the identity branch may carry a
+    post-activation (``Relu()`` then ``Residual(Dense(), Relu(), Dense())``).
     """
     return Parallel((Identity(), serial(*block) if len(block) != 1 else _check_layers("ow.Residual", block)[0]))

@@ -77,6 +77,9 @@ class Conv(Layer):
     def _has_weights(self) -> bool:
         return True
 
+    def _ends_in_weights(self) -> bool:
+        return True
+
     def _kernel(self, ks: KState) -> KState:
         _no_kernel("Conv")
 

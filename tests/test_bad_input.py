@@ -78,3 +78,9 @@ def test_unsupported_composition_says_what_to_do():
     net = ow.serial(ow.Dense(), ow.Relu(), ow.Residual(ow.Dense()), ow.Erf(), ow.Dense(out=1))
     with pytest.raises(NotImplementedError, match="Put a Dense layer before it"):
         compiles_nothing(lambda: ow.kernel(net, X))
+
+
+def test_concrete_inputs_captured_inside_outer_jit():
+    x2 = np.ones((2, 4))
+    g = jax.jit(jax.grad(lambda a: ow.kernel(NET, a, x2).ntk.sum()))(jnp.ones((3, 4)))
+    assert np.all(np.isfinite(g))

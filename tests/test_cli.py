@@ -1,6 +1,8 @@
 """The console script and the experiment registry."""
 
 import json
+import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -55,8 +57,9 @@ def test_ntk_convergence_quick(tmp_path, capsys, monkeypatch):
 
 
 def test_console_script_installed():
-    out = subprocess.run([sys.executable, "-m", "owidth.cli", "list"], capture_output=True, text=True, check=True)
-    assert "ntk-convergence" in out.stdout
+    exe = shutil.which("owidth") or str(pathlib.Path(sys.executable).parent / "owidth")
+    out = subprocess.run([exe, "list"], capture_output=True, text=True, check=True)
+    assert "ntk-convergence" in out.stdout and "wide-vs-kernel" in out.stdout
 
 
 def test_public_api():

@@ -55,3 +55,14 @@ def test_width_changes_only_hidden_shapes():
     for n in (4, 9):
         shapes = [leaf.shape for leaf in jax.tree.leaves(ow.finite(net, width=n).init(jax.random.key(0), x))]
         assert shapes == [(7, n), (n, n), (n, 3)]
+
+
+def test_dense_on_spatial_inputs_and_auto_ntk():
+    """Dense acts on the last axis of (batch, *spatial, features); auto NTK falls back from 'structured'."""
+    net = ow.serial(ow.Dense(w_std=1.2), ow.Relu(), ow.Dense(out=1))
+    model = ow.finite(net, width=8)
+    x = np.random.default_rng(0).standard_normal((3, 2, 4))
+    p = model.init(jax.random.key(0), x)
+    assert model.apply(p, x).shape == (3, 2, 1)
+    np.testing.assert_allclose(ow.empirical_ntk(model.apply, p, x),
+                               ow.empirical_ntk(model.apply, p, x, implementation="ntvp"), rtol=1e-10)

@@ -169,3 +169,21 @@ def test_conv_ntk_monte_carlo_sanity():
     ref = w2**2 * w1**2 * np.einsum("ipk,jqk->ij", patches, patches) / (6 * 25)
     se = prod.std(0, ddof=1) / np.sqrt(len(prod))
     assert np.all(np.abs(prod.mean(0) - ref) < 4 * se)
+
+
+def test_parallel_with_correlated_branches_is_refused_and_accepted_sum_is_exact():
+    ok = ow.serial(ow.Dense(w_std=1.3), ow.Relu(), ow.parallel(ow.Identity(), ow.Relu(), ow.serial(ow.Dense())),
+                   ow.Dense(out=1))
+    with pytest.raises(NotImplementedError, match="do not end in a weight layer"):
+        ow.kernel(ok, X)
+    for bad in (ow.Residual(ow.Dense(), ow.Relu()), ow.Residual(ow.Relu()),
+                ow.parallel(ow.serial(ow.Dense(), ow.Relu()), ow.serial(ow.Dense(), ow.Relu()))):
+        with pytest.raises(NotImplementedError, match="do not end in a weight layer"):
+            ow.kernel(ow.serial(ow.Dense(), ow.Relu(), bad, ow.Dense(out=1)), X)
+    # identity + two weight-ended branches: kernels add; checked by Monte Carlo
+    net = ow.serial(ow.Dense(w_std=1.3, b_std=0.2), ow.Relu(),
+                    ow.parallel(ow.Identity(), ow.Dense(w_std=0.7), ow.serial(ow.Dense(), ow.Erf(), ow.Dense())),
+                    ow.Dense(out=1, w_std=1.0, b_std=0.1))
+    k = ow.kernel(net, X)
+    mc = mc_moments(net, width=512, seed=9, ntk=False)
+    assert_within(k.nngp, *mc["nngp"], "parallel nngp")

@@ -56,7 +56,7 @@ def run(name: str, *, out: str | pathlib.Path | None = None, quick: bool = False
     Args:
       name: one of :func:`names`.
       out: output folder (created if needed).
-      quick: a smaller configuration that finishes in about a minute on 2 CPU cores.
+      quick: a smaller configuration that finishes in under a minute on 2 CPU cores.
       seed: base random seed (data and networks).
 
     Returns:

@@ -82,7 +82,7 @@ def run(*, out: pathlib.Path, quick: bool, seed: int) -> dict:
             "slope": fit["slope"],
             "slope_se": fit["slope_se"],
             "theory_slope": -0.5,
-            "dtype": str(emp.dtype) + " (computed in " + str(np.asarray(ow.kernel(net, x).ntk).dtype) + ")",
+            "dtype": str(theta.dtype),
         },
     )
     ds.to_netcdf(out / "ntk_convergence.nc")

@@ -63,7 +63,10 @@ def kernel(net, x1, x2=None, *, get=("nngp", "ntk")) -> Kernel:
         activation:  nngp' = E[phi(u) phi(v)],        ntk' = ntk * E[phi'(u) phi'(v)]
 
     with ``(u, v)`` Gaussian with the incoming covariance. Closed forms are
-    used for every built-in activation (see :mod:`owidth.kernels.dual`).
+    used for Relu, LeakyRelu, Abs, Erf, Gelu, Sin and Identity (see
+    :mod:`owidth.kernels.dual`); Tanh, Sigmoid, Silu, Softplus, ``ActivationFn``
+    and consecutive smooth nonlinearities use Gauss-Hermite quadrature (see
+    :mod:`owidth.kernels.quadrature`).
 
     Args:
       net: a width-free spec (``ow.serial(...)`` or a single layer).
@@ -71,7 +74,8 @@ def kernel(net, x1, x2=None, *, get=("nngp", "ntk")) -> Kernel:
       x2: (n2, d) inputs, or ``None`` for ``x1`` against itself (the result is
         then exactly symmetric).
       get: ``"nngp"``, ``"ntk"`` or both (default); what is not asked for is
-        not computed and is ``None`` in the result.
+        ``None`` in the result (the NTK is skipped with ``get="nngp"``; the
+        NTK always needs the NNGP).
 
     Returns:
       A :class:`Kernel` with ``nngp``/``ntk`` of shape (n1, n2), per output

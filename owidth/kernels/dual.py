@@ -200,9 +200,16 @@ def gelu(q1, q2, c, *, need_dot: bool = True):
     At c = 0, T = E[u Phi(u)] E[v Phi(v)] = q1 q2 / (2 pi sqrt((1+q1)(1+q2))).
     """
     s1, s2 = 1.0 + q1, 1.0 + q2
+    norm = jnp.sqrt(s1 * s2)
+    r = c / norm
+    # Below, c is used only as r * norm (equal up to an ulp): a term linear in
+    # the raw c would let XLA duplicate each layer's elementwise chain into
+    # every consumer of the next layer, and compile time would grow ~depth^2
+    # (see ``leaky_relu``). r and norm come out of divide/sqrt, which XLA stores.
+    c = r * norm
     det = 1.0 + q1 + q2 + jnp.maximum(q1 * q2 - c * c, 0.0)
     sqd = jnp.sqrt(det)
-    orth = 0.25 + safe_arcsin(c / jnp.sqrt(s1 * s2)) / (2.0 * _PI)
+    orth = 0.25 + safe_arcsin(r) / (2.0 * _PI)
     # q1 (q2 s1 - c^2) / s1 + c^2 / s2 = q1 q2 - c^2 + c^2 (1/s1 + 1/s2): symmetric in (1, 2)
     t = c * orth + (q1 * q2 - c * c + c * c * (1.0 / s1 + 1.0 / s2)) / (2.0 * _PI * sqd)
     if not need_dot:

@@ -13,8 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def as_float_array(name: str, x, *, where: str, rank: int | None = 2) -> jax.Array:
-    """Convert ``x`` to a float array of the default float dtype and check it."""
+def as_float_array(name: str, x, *, where: str, rank: int | None = 2, cast: bool = True) -> jax.Array:
+    """Check ``x`` and convert it to an array (of the default float dtype when ``cast``)."""
     if isinstance(x, jax.core.Tracer):
         arr = x
     else:
@@ -35,7 +35,7 @@ def as_float_array(name: str, x, *, where: str, rank: int | None = 2) -> jax.Arr
     if not isinstance(arr, jax.core.Tracer) and not np.all(np.isfinite(np.asarray(arr))):
         # checked on the host with numpy: works for concrete arrays even inside an outer trace
         raise ValueError(f"{where}: {name} contains NaN or Inf; clean or impute the data first")
-    return jnp.asarray(arr, dtype=jnp.result_type(float))
+    return jnp.asarray(arr, dtype=jnp.result_type(float)) if cast else jnp.asarray(arr)
 
 
 def same_features(x1, x2, *, where: str) -> None:

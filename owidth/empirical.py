@@ -201,9 +201,10 @@ def empirical_ntk(
         raise ValueError(f"{where}: implementation={implementation!r}; use one of {_IMPLS}")
     if batch_size is not None:
         batch_size = _checks.positive_int("batch_size", batch_size, where=where)
-    x1 = _checks.as_float_array("x1", x1, where=where, rank=None)
+    # inputs keep their dtype: integer inputs (token ids for an embedding) are fine
+    x1 = _checks.as_float_array("x1", x1, where=where, rank=None, cast=False)
     same = x2 is None
-    x2 = x1 if same else _checks.as_float_array("x2", x2, where=where, rank=None)
+    x2 = x1 if same else _checks.as_float_array("x2", x2, where=where, rank=None, cast=False)
     _checks.same_features(x1, x2, where=where)
     model = _structured_model(apply_fn)
     if implementation == "structured" and model is None:

@@ -32,3 +32,17 @@ def test_flax_module_ntk_matches_explicit_gradients():
     # flax keeps float32 parameters even with x64 on: float32 accuracy
     np.testing.assert_allclose(k, ref, rtol=1e-6)
     np.testing.assert_allclose(k_ntvp, ref, rtol=1e-6)
+
+
+def test_integer_inputs_reach_apply_fn_unchanged():
+    """Token ids through an embedding: inputs are not cast to float."""
+    emb = nn.Embed(num_embeddings=5, features=4)
+    params = emb.init(jax.random.key(0), np.array([[0]]))
+
+    def apply(p, ids):
+        return emb.apply(p, ids).sum(axis=(1, 2))
+
+    ids = np.array([[1], [3], [1]])
+    k = np.asarray(ow.empirical_ntk(apply, params, ids))
+    # one-hot rows: the NTK is 1 where the tokens agree (times features), 0 elsewhere
+    np.testing.assert_allclose(k, 4.0 * (ids == ids.T), atol=1e-6)

@@ -43,12 +43,13 @@ def train_ensemble(net, width, x, y, xt, *, lr, steps, seeds, key):
         p0 = model.init(k, x)
 
         def loss(p):
-            return 0.5 * jnp.mean((model.apply(p, x)[:, 0] - y) ** 2)
+            f = model.apply(p, x)[:, 0]
+            return 0.5 * jnp.mean((f - y) ** 2), f
 
         def step(p, _):
-            out = (model.apply(p, x)[:, 0], model.apply(p, xt)[:, 0])
-            p = jax.tree.map(lambda a, g: a - lr * g, p, jax.grad(loss)(p))
-            return p, out
+            (_, f_tr), g = jax.value_and_grad(loss, has_aux=True)(p)  # one forward pass records and differentiates
+            out = (f_tr, model.apply(p, xt)[:, 0])
+            return jax.tree.map(lambda a, d: a - lr * d, p, g), out
 
         p_final, (ftr, fte) = jax.lax.scan(step, p0, None, length=steps)
         ftr = jnp.concatenate([ftr, model.apply(p_final, x)[None, :, 0]])

@@ -12,8 +12,9 @@ One width-free spec, several interpretations::
 from owidth import experiments, predict
 from owidth.empirical import empirical_ntk, linearize
 from owidth.finite import FiniteModel, finite
+from owidth.flax_bridge import FlaxModel, FlaxNet, from_flax
 from owidth.kernels import Kernel, kernel
-from owidth.param import NTP, Parametrization, Role
+from owidth.param import MF, MUP, NTP, SP, Parametrization, Regime, Role, scale_by_width
 from owidth.spec import (
     Abs,
     Activation,
@@ -33,6 +34,8 @@ from owidth.spec import (
 )
 from owidth.spec_quadrature import ActivationFn, Sigmoid, Silu, Softplus, Swish, Tanh
 from owidth.spec_spatial import Conv, Flatten, GlobalAvgPool
+from owidth.train import Snapshot, train
+from owidth.measure import coord_check
 
 __version__ = "0.1.0"
 
@@ -45,31 +48,42 @@ __all__ = [
     "Erf",
     "FiniteModel",
     "Flatten",
+    "FlaxModel",
+    "FlaxNet",
     "Gelu",
     "GlobalAvgPool",
     "Identity",
     "Kernel",
     "Layer",
     "LeakyRelu",
+    "MF",
+    "MUP",
     "NTP",
     "Parallel",
     "Parametrization",
+    "Regime",
     "Relu",
     "Residual",
     "Role",
+    "SP",
     "Serial",
     "Sigmoid",
     "Silu",
     "Sin",
+    "Snapshot",
     "Softplus",
     "Swish",
     "Tanh",
+    "coord_check",
     "empirical_ntk",
     "experiments",
     "finite",
+    "from_flax",
     "kernel",
     "linearize",
     "parallel",
     "predict",
+    "scale_by_width",
     "serial",
+    "train",
 ]

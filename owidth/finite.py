@@ -8,7 +8,7 @@ from typing import Any
 import jax
 
 from owidth import _checks
-from owidth.param import NTP, Parametrization
+from owidth.param import NTP, Parametrization, Role
 from owidth.spec import Dim, FiniteCtx, Layer, Tape
 
 
@@ -61,9 +61,50 @@ class FiniteModel:
         y, _ = self.net._apply(params, x, _input_dim(x), ctx)
         return y, tape
 
+    def roles(self, x) -> Any:
+        """Pytree of :class:`ow.Role`, one per parameter tensor (shapes only; no FLOPs).
+
+        Read off the parameter shapes at ``width`` and ``2 width`` (which axes
+        grow), with the fan-in on the second-to-last axis and the fan-out on
+        the last, as microsoft/mup does with base shapes.
+        """
+        x = _checks.as_float_array("x", x, where="FiniteModel.roles", rank=None)
+        spec = jax.ShapeDtypeStruct(x.shape, x.dtype)
+        key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype)
+        shapes = [jax.eval_shape(FiniteModel(self.net, w, self.param).init, key, spec) for w in (self.width, 2 * self.width)]
+        return roles_from_shapes(*shapes)
+
+    def lr_scales(self, x, *, optimizer: str) -> Any:
+        """Pytree of per-tensor learning-rate multipliers ``(width / base_width)^-c_role`` (Python floats)."""
+        return jax.tree.map(lambda r: self.param.lr_scale(r, width=self.width, optimizer=optimizer), self.roles(x))
+
     def _only_dense_params(self) -> bool:
         """True when every parameter belongs to a Dense layer (the structured NTK applies)."""
         return _only_dense(self.net)
+
+
+def roles_from_shapes(small: Any, large: Any) -> Any:
+    """Roles of parameter tensors from their shapes at two widths (internal).
+
+    A tensor whose last axis grows is fed by the width (fan-out); one whose
+    second-to-last axis grows reads the width (fan-in); others must not grow.
+    """
+
+    def role(a, b):
+        if len(a.shape) != len(b.shape):
+            raise ValueError(f"a parameter changes rank with width ({a.shape} -> {b.shape}); roles cannot be inferred")
+        grown = {i for i, (p, q) in enumerate(zip(a.shape, b.shape)) if p != q}
+        nd = len(a.shape)
+        out_scales = nd >= 1 and nd - 1 in grown
+        in_scales = nd >= 2 and nd - 2 in grown
+        if grown - {nd - 1, nd - 2}:
+            raise ValueError(
+                f"a parameter of shape {a.shape} grows with width on axes {sorted(grown)}; only the last (fan-out) "
+                "and second-to-last (fan-in) axes may, as in (..., fan_in, fan_out) kernels"
+            )
+        return Role.of(in_scales, out_scales)
+
+    return jax.tree.map(role, small, large)
 
 
 def _input_dim(x) -> Dim:
@@ -82,15 +123,21 @@ def _only_dense(layer) -> bool:
     return False
 
 
-def finite(net: Layer, *, width: int, param: Parametrization = NTP) -> FiniteModel:
+def finite(net, *, width: int, param: Parametrization = NTP):
     """The finite network of ``net`` with hidden width ``width``.
 
     Args:
-      net: width-free spec.
+      net: width-free spec, or a flax model wrapped by :func:`ow.from_flax`.
       width: width ``n`` of every hidden (``out=None``) layer.
-      param: the abc-parametrization; :data:`ow.NTP` (default) is the one
-        whose ``width -> inf`` limit the analytic kernels of :func:`ow.kernel`
-        describe exactly.
+      param: the abc-parametrization (:data:`ow.SP`, :data:`ow.NTP`,
+        :data:`ow.MUP`, :data:`ow.MF` or your own); :data:`ow.NTP` (default)
+        is the one whose ``width -> inf`` limit the analytic kernels of
+        :func:`ow.kernel` describe exactly.
+
+    Returns:
+      A frozen model with ``init(key, x)``, ``apply(params, x)``,
+      ``roles(x)`` and ``lr_scales(x, optimizer=...)`` (see
+      :func:`ow.scale_by_width`).
 
     Example::
 
@@ -98,4 +145,8 @@ def finite(net: Layer, *, width: int, param: Parametrization = NTP) -> FiniteMod
         params = model.init(jax.random.key(0), x)
         y = model.apply(params, x)
     """
+    from owidth.flax_bridge import FlaxModel, FlaxNet
+
+    if isinstance(net, FlaxNet):
+        return FlaxModel(net, width, param)
     return FiniteModel(net, width, param)

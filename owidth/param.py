@@ -1,26 +1,57 @@
 """abc-parametrizations of finite networks (Yang & Hu 2021, Tensor Programs IV).
 
-A weight layer of role ``r`` in a network of width ``n`` is written
+Convention
+----------
+A weight tensor of role ``r`` in a network of width ``n`` is used as
 
-    W_eff = w_std / sqrt(F_r) * (n / n0)^(-a_r) * w,     w ~ N(0, (n / n0)^(-2 b_r))
+    W_eff = w_std / sqrt(F) * (n / n0)^(-a_r) * w,      w_init ~ N(0, (n / n0)^(-2 b_r)),
 
-where ``F_r`` is the layer's fan-in *at the base width* ``n0`` (the data
-dimension for the input layer; ``n0`` times the kernel area for hidden and
-output layers, i.e. ``fan_in * n0 / n``) and ``w``
-is the trained parameter. At ``n = n0`` every parametrization is the same
-network; they differ in how multiplier (``a``) and initial scale (``b``) move
-with width. Learning-rate exponents ``c`` (``lr * (n/n0)^(-c)``) and the
-SP / muP / MF presets come with the training code (not in this release).
+and trained with learning rate ``lr * (n / n0)^(-c_r)``. ``w`` is the trained
+parameter, ``n0`` the ``base_width`` at which every parametrization is the
+same network, and ``F`` the layer's fan-in *at the base width* (the data
+dimension for an input layer; ``n0`` times the filter area for a layer whose
+fan-in is the width). The constant ``w_std / sqrt(F)`` does not depend on
+``n``, so the exponents are exactly those of Tensor Programs IV, where hidden
+layers have fan-in ``n``.
 
-Roles are read off the width-free spec: a layer whose fan-in is the data
-dimension and whose output is a hidden (``out=None``) layer is an *input*
-layer, width -> width is *hidden*, width -> fixed ``out`` is the *output*
-(readout) layer, and fixed -> fixed (a linear model) is *fixed*.
+Roles are read off the width-free spec (or, for flax modules, off parameter
+shapes at two widths, as microsoft/mup does with base shapes):
 
-Only the NTK parametrization ships in this release; it is the one whose
-infinite-width limit the analytic kernels describe:
-``a = (0, 1/2, 1/2)``, ``b = (0, 0, 0)``, so ``W_eff = w_std / sqrt(fan_in) w``
-with ``w ~ N(0, 1)`` at every width (Jacot et al. 2018).
+======== ========================= ===================================
+role     tensor                    examples
+======== ========================= ===================================
+input    fan-in fixed, out = width  first-layer weights; biases of hidden units
+hidden   fan-in and out = width     hidden-to-hidden weights
+output   fan-in = width, out fixed  readout weights
+fixed    nothing scales             readout bias, linear models
+======== ========================= ===================================
+
+Biases of width-sized layers are input-role tensors (a weight from the constant
+input 1, as in Tensor Programs IV); the readout bias never scales.
+
+The presets (``a``, ``b``; ``c`` for SGD and for Adam), for (input, hidden, output):
+
+====== ============== ================ ================ =============== =========================
+preset a              b                c (SGD)          c (Adam)        regime (TP IV, Thm 3.3)
+====== ============== ================ ================ =============== =========================
+SP     (0, 0, 0)      (0, 1/2, 1/2)    (0, 0, 0)        (0, 0, 0)       unstable (SGD stable at c=1)
+NTP    (0, 1/2, 1/2)  (0, 0, 0)        (0, 0, 0)        (1/2, 1, 1/2)   stable, kernel (r = 1/2)
+MUP    (0, 0, 1)      (0, 1/2, 0)      (-1, 0, -1)      (0, 1, 0)       stable, feature learning
+MF     (0, 1/2, 1)    (0, 0, 0)        (-1, -1, -1)     (0, 1/2, 0)     = MUP (same network, see below)
+====== ============== ================ ================ =============== =========================
+
+``SP`` is standard practice (PyTorch/flax initialisation, one learning rate
+at every width). ``MUP`` is the form of the microsoft/mup package (readout
+multiplier ``1/n`` with constant initialisation; ``MuSGD`` multiplies the
+learning rate of input weights, hidden biases and readout weights by ``n/n0``;
+``MuAdam`` divides that of hidden weights by ``n/n0``). ``MF`` is the
+mean-field form of Mei-Montanari and Bordelon-Pehlevan (all weights ``N(0, 1)``,
+hidden multiplier ``n^-1/2``, readout ``n^-1``, one SGD learning rate ``~ n``).
+
+Symmetry: for any ``t``, ``(a, b, c) -> (a + t, b - t, c - 2t)`` (SGD) or
+``c - t`` (Adam, with ``eps = 0``) leaves the trained function unchanged
+(TP IV, Sec. 3), so ``MF`` and ``MUP`` train identically. :meth:`Parametrization.regime`
+evaluates the stability and feature-learning conditions.
 """
 
 from __future__ import annotations
@@ -31,7 +62,7 @@ import math
 
 
 class Role(enum.Enum):
-    """Where a weight layer sits with respect to the width."""
+    """Where a weight tensor sits with respect to the width."""
 
     INPUT = "input"
     HIDDEN = "hidden"
@@ -43,6 +74,20 @@ class Role(enum.Enum):
         if in_scales:
             return Role.HIDDEN if out_scales else Role.OUTPUT
         return Role.INPUT if out_scales else Role.FIXED
+
+
+_INDEX = {Role.INPUT: 0, Role.HIDDEN: 1, Role.OUTPUT: 2}
+
+OPTIMIZERS = {"sgd": "sgd", "momentum": "sgd", "adam": "adam", "adamw": "adam"}
+"""Optimizer names and the learning-rate rule they follow: gradient-proportional
+updates ("sgd") or entrywise-normalised updates ("adam")."""
+
+
+def optimizer_family(optimizer: str, *, where: str) -> str:
+    """``"sgd"`` or ``"adam"``: which learning-rate exponents apply to ``optimizer``."""
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"{where}: optimizer={optimizer!r} is not known; use one of {sorted(OPTIMIZERS)}")
+    return OPTIMIZERS[optimizer]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,39 +115,207 @@ def _check_triple(name: str, value) -> tuple[float, float, float]:
 
 
 @dataclasses.dataclass(frozen=True)
+class Regime:
+    """What Tensor Programs IV (Yang & Hu 2021, Thm 3.3 and Def. 3.2) says of a parametrization.
+
+    Attributes:
+      stable: pre-activations and output stay O(1) at init and after training.
+      nontrivial: the output moves by Theta(1) during training.
+      feature_learning: the last hidden features move by Theta(1) (``r = 0``).
+      kernel: stable, nontrivial and no feature learning (``r > 0``).
+      r: the exponent of the feature update, ``Delta h^L ~ n^-r``.
+      reasons: the conditions that failed, in words.
+    """
+
+    stable: bool
+    nontrivial: bool
+    feature_learning: bool
+    kernel: bool
+    r: float
+    reasons: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
 class Parametrization:
-    """abc exponents for (input, hidden, output) layers, relative to ``base_width``.
+    """abc exponents for (input, hidden, output) tensors, relative to ``base_width``.
+
+    A frozen value with no arrays: it survives ``jit``, ``vmap``, sharding and
+    checkpoints because no scaling metadata is ever attached to parameters.
 
     Args:
       name: label used in results and plots.
       a: multiplier exponents ``(a_in, a_hidden, a_out)``: multiplier ``(n/n0)^-a``.
       b: initialisation exponents: init std ``(n/n0)^-b``.
+      c_sgd: learning-rate exponents under SGD-like optimizers: ``lr (n/n0)^-c``.
+      c_adam: learning-rate exponents under Adam-like optimizers.
       base_width: ``n0``, the width at which all parametrizations coincide.
+
+    See the module docstring for the conventions and the preset table.
     """
 
     name: str
     a: tuple[float, float, float]
     b: tuple[float, float, float]
+    c_sgd: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    c_adam: tuple[float, float, float] = (0.0, 0.0, 0.0)
     base_width: int = 1
 
     def __post_init__(self):
-        object.__setattr__(self, "a", _check_triple("a", self.a))
-        object.__setattr__(self, "b", _check_triple("b", self.b))
+        if not isinstance(self.name, str) or not self.name:
+            raise TypeError(f"Parametrization.name must be a non-empty string, got {self.name!r}")
+        for field in ("a", "b", "c_sgd", "c_adam"):
+            object.__setattr__(self, field, _check_triple(field, getattr(self, field)))
         if not isinstance(self.base_width, int) or isinstance(self.base_width, bool) or self.base_width <= 0:
             raise ValueError(f"Parametrization.base_width must be a positive int, got {self.base_width!r}")
+
+    def with_base_width(self, base_width: int) -> Parametrization:
+        """The same exponents relative to another base width (where it equals every other preset)."""
+        return dataclasses.replace(self, base_width=base_width)
+
+    def shifted(self, role: Role, t: float) -> Parametrization:
+        """The symmetry of TP IV: ``(a, b, c_sgd, c_adam) -> (a + t, b - t, c_sgd - 2t, c_adam - t)`` for one role.
+
+        The trained function is unchanged (exactly for SGD; for Adam when its
+        ``eps`` is 0), so this is a check of any implementation.
+        """
+        i = _INDEX[role]
+
+        def add(triple, dt):
+            return tuple(v + dt if j == i else v for j, v in enumerate(triple))
+
+        return dataclasses.replace(self, name=f"{self.name}+shift", a=add(self.a, t), b=add(self.b, -t),
+                                   c_sgd=add(self.c_sgd, -2 * t), c_adam=add(self.c_adam, -t))
+
+    def c(self, optimizer: str) -> tuple[float, float, float]:
+        """Learning-rate exponents for an optimizer name (``"sgd"``, ``"momentum"``, ``"adam"``, ``"adamw"``)."""
+        return self.c_sgd if optimizer_family(optimizer, where="Parametrization.c") == "sgd" else self.c_adam
 
     def dense(self, role: Role, *, fan_in: int, width: int, w_std: float, b_std: float) -> DenseScale:
         """Constants of a weight layer with this role at ``width``."""
         if role is Role.FIXED:
             return DenseScale(w_std / math.sqrt(fan_in), 1.0, b_std, 1.0)
-        i = {Role.INPUT: 0, Role.HIDDEN: 1, Role.OUTPUT: 2}[role]
+        i = _INDEX[role]
         ratio = width / self.base_width
         # fan-in at the base width: a width-scaling fan-in (hidden/output) is
         # (multiplicity) x width, e.g. kernel area x channels for a convolution.
         base_fan_in = fan_in if role is Role.INPUT else fan_in * self.base_width / width
         w_mult = w_std / math.sqrt(base_fan_in) * ratio ** (-self.a[i])
-        return DenseScale(w_mult, ratio ** (-self.b[i]), b_std, 1.0)
+        if role is Role.OUTPUT:  # the readout bias is a fixed-size tensor: it never scales
+            return DenseScale(w_mult, ratio ** (-self.b[i]), b_std, 1.0)
+        # biases of width-sized layers are input-role tensors (weights from the constant input 1)
+        return DenseScale(w_mult, ratio ** (-self.b[i]), b_std * ratio ** (-self.a[0]), ratio ** (-self.b[0]))
+
+    def lr_scale(self, role: Role, *, width: int, optimizer: str) -> float:
+        """Learning-rate multiplier ``(n / n0)^-c_role`` of a tensor with this role."""
+        if role is Role.FIXED:
+            return 1.0
+        return (width / self.base_width) ** (-self.c(optimizer)[_INDEX[role]])
+
+    def regime(self, *, depth: int = 2, optimizer: str = "sgd") -> Regime:
+        """Stability, triviality and feature learning of an MLP with ``depth`` hidden layers.
+
+        For SGD (Yang & Hu 2021, Def. 3.2 and Thm 3.3), with one learning-rate
+        exponent ``c``, ``L = depth`` and layers ``1..L+1``:
+
+            r = min(a_{L+1} + b_{L+1}, 2 a_{L+1} + c) + c - 1 + min_{l<=L} (2 a_l + [l = 1])
+
+        stable iff  (i) ``a_1 + b_1 = 0``, ``a_l + b_l = 1/2`` (hidden), ``a_{L+1} + b_{L+1} >= 1/2``;
+        (ii) ``r >= 0``; (iii) ``a_{L+1} + b_{L+1} + r >= 1`` and ``2 a_{L+1} + c >= 1``.
+        Nontrivial iff ``a_{L+1} + b_{L+1} + r = 1`` or ``2 a_{L+1} + c = 1``; feature
+        learning iff ``r = 0``. Per-role ``c`` are first made equal by the symmetry
+        ``(a, b, c) -> (a + t, b - t, c - 2t)``.
+
+        For Adam (entrywise-normalised updates, ``Delta w = Theta(lr n^-c)``) the
+        same bookkeeping gives ``r = min_l (a_l + c_l - [l > 1])`` and the output
+        conditions ``a_{L+1} + b_{L+1} + r >= 1``, ``a_{L+1} + c_{L+1} >= 1``
+        (nontrivial when either holds with equality); the initialisation
+        conditions (i) are the same. This is the derivation behind the Adam
+        column of Tensor Programs V's Table 3.
+        """
+        if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+            raise ValueError(f"Parametrization.regime: depth must be a positive int (hidden layers), got {depth!r}")
+        family = optimizer_family(optimizer, where="Parametrization.regime")
+        tol = 1e-12
+        if family == "sgd":
+            c0 = self.c_sgd[1]
+            t = [(ci - c0) / 2 for ci in self.c_sgd]  # shift every role to the hidden layers' c
+            a = [ai + ti for ai, ti in zip(self.a, t)]
+            b = [bi - ti for bi, ti in zip(self.b, t)]
+            c = c0
+            hidden = [2 * a[0] + 1] + [2 * a[1]] * (depth - 1)
+            r = min(a[2] + b[2], 2 * a[2] + c) + c - 1 + min(hidden)
+            out_update = 2 * a[2] + c  # exponent of the readout's own update to f, minus 1
+        else:
+            a, b, c = list(self.a), list(self.b), list(self.c_adam)
+            r = min([a[0] + c[0]] + [a[1] + c[1] - 1] * (depth - 1))
+            out_update = a[2] + c[2]
+        reasons = []
+        if abs(a[0] + b[0]) > tol:
+            reasons.append(f"input layer: a + b = {a[0] + b[0]:g} != 0 (pre-activations not Theta(1) at init)")
+        if depth > 1 and abs(a[1] + b[1] - 0.5) > tol:
+            reasons.append(f"hidden layers: a + b = {a[1] + b[1]:g} != 1/2 (pre-activations not Theta(1) at init)")
+        if a[2] + b[2] < 0.5 - tol:
+            reasons.append(f"output layer: a + b = {a[2] + b[2]:g} < 1/2 (output blows up at init)")
+        if r < -tol:
+            reasons.append(f"r = {r:g} < 0 (features blow up after one step)")
+        if a[2] + b[2] + r < 1 - tol:
+            reasons.append(f"a_out + b_out + r = {a[2] + b[2] + r:g} < 1 (output blows up through the features)")
+        if out_update < 1 - tol:
+            reasons.append(f"readout update exponent {out_update:g} < 1 (output blows up through the readout)")
+        stable = not reasons
+        nontrivial = abs(a[2] + b[2] + r - 1) <= tol or abs(out_update - 1) <= tol
+        feature = stable and abs(r) <= tol
+        return Regime(stable=stable, nontrivial=stable and nontrivial, feature_learning=feature,
+                      kernel=stable and nontrivial and r > tol, r=r, reasons=tuple(reasons))
 
 
-NTP = Parametrization(name="ntp", a=(0.0, 0.5, 0.5), b=(0.0, 0.0, 0.0))
-"""NTK parametrization: ``W = w_std / sqrt(fan_in) * w``, ``w ~ N(0, 1)``."""
+SP = Parametrization(name="sp", a=(0.0, 0.0, 0.0), b=(0.0, 0.5, 0.5))
+"""Standard practice: init std ``~ 1/sqrt(fan_in)``, multiplier 1, one learning rate for all widths."""
+
+NTP = Parametrization(name="ntp", a=(0.0, 0.5, 0.5), b=(0.0, 0.0, 0.0), c_adam=(0.5, 1.0, 0.5))
+"""NTK parametrization: ``W = w_std / sqrt(fan_in) * w``, ``w ~ N(0, 1)`` (Jacot et al. 2018).
+
+Its ``width -> inf`` limit under SGD is the kernel regime described by
+:func:`ow.kernel`; the Adam exponents keep Adam in the same regime."""
+
+MUP = Parametrization(name="mup", a=(0.0, 0.0, 1.0), b=(0.0, 0.5, 0.0), c_sgd=(-1.0, 0.0, -1.0),
+                      c_adam=(0.0, 1.0, 0.0))
+"""Maximal-update parametrization (Yang & Hu 2021; Yang et al. 2022), microsoft/mup form."""
+
+MF = Parametrization(name="mf", a=(0.0, 0.5, 1.0), b=(0.0, 0.0, 0.0), c_sgd=(-1.0, -1.0, -1.0),
+                     c_adam=(0.0, 0.5, 0.0))
+"""Mean-field form of muP (Mei et al. 2018; Bordelon & Pehlevan 2022): ``N(0, 1)`` weights."""
+
+PRESETS = {p.name: p for p in (SP, NTP, MUP, MF)}
+
+
+def scale_by_width(model, x, *, optimizer: str):
+    """optax transformation: multiply each tensor's update by ``(n / n0)^-c_role``.
+
+    Chain it after the base optimizer (and before weight decay, if the decay
+    should not scale with width, as in microsoft/mup's ``MuAdamW``)::
+
+        tx = optax.chain(optax.adam(1e-3), ow.scale_by_width(model, x, optimizer="adam"))
+
+    Args:
+      model: a finite model (``ow.finite(...)``, including flax bridges).
+      x: example inputs (only their shapes are used).
+      optimizer: ``"sgd"``, ``"momentum"``, ``"adam"`` or ``"adamw"``: selects ``c_sgd`` or ``c_adam``.
+
+    The multipliers are Python floats computed once from the model's roles
+    (``model.lr_scales``); nothing is stored on the parameters.
+    """
+    import jax
+    import optax
+
+    scales = model.lr_scales(x, optimizer=optimizer)
+
+    def init_fn(params):
+        del params
+        return optax.EmptyState()
+
+    def update_fn(updates, state, params=None):
+        del params
+        return jax.tree.map(lambda u, s: u * s, updates, scales), state
+
+    return optax.GradientTransformation(init_fn, update_fn)

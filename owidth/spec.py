@@ -67,12 +67,14 @@ class Tape:
         self.inputs: list = []
         self.layers: list = []  # (DenseScale, has_bias)
         self.out_shapes: list = []
+        self.outputs: list = []  # pre-activations (before taps), for coordinate checks
 
     def record(self, x, scale, has_bias, y):
         i = len(self.inputs)
         self.inputs.append(x)
         self.layers.append((scale, has_bias))
         self.out_shapes.append(y.shape)
+        self.outputs.append(y)
         return y if self.taps is None else y + self.taps[i]
 
 

@@ -2,17 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import sys
-
 import numpy as np
 
-
-def progress(*, total: int, desc: str):
-    """A tqdm progress bar on stderr (silenced with OWIDTH_NO_PROGRESS=1)."""
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, file=sys.stderr, disable=os.environ.get("OWIDTH_NO_PROGRESS") == "1")
+from owidth._progress import progress  # noqa: F401 - re-exported for experiments
 
 
 def fit_loglog(x: np.ndarray, y: np.ndarray, *, seed: int = 0, n_boot: int = 500) -> dict:

@@ -53,6 +53,11 @@ class FlaxNet:
     make: Callable[..., Any]
 
     def __post_init__(self):
+        from flax import nnx
+
+        if isinstance(self.make, nnx.Module):
+            raise TypeError("ow.from_flax: pass the constructor (a class or function (width, rngs) -> nnx.Module), "
+                            "not a module instance: the bridge needs to build the model at several widths")
         if not callable(self.make):
             raise TypeError(f"ow.from_flax: make must be a callable (width, rngs) -> nnx.Module, got {self.make!r}")
 
@@ -99,8 +104,10 @@ def _abstract(make, width: int):
 
 
 def _shapes(make, width):
+    from flax import nnx
+
     _, params = _abstract(make, width)
-    return jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype), params.to_pure_dict())
+    return jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype), nnx.to_pure_dict(params))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,6 +141,8 @@ class FlaxModel:
         def init(role):
             if role is Role.FIXED:
                 return 1.0
+            if role is Role.OUTPUT and self.param.zero_readout:
+                return 0.0
             b_sp = 0.5 if role in (Role.HIDDEN, Role.OUTPUT) else 0.0
             return ratio ** (b_sp - self.param.b[index[role]])
 
@@ -146,7 +155,7 @@ class FlaxModel:
 
         _abstract(self.net.make, self.width)  # validates the module once
         module = self.net.make(self.width, nnx.Rngs(key))
-        raw = nnx.state(module, nnx.Param).to_pure_dict()
+        raw = nnx.to_pure_dict(nnx.state(module, nnx.Param))
         _, init_scale = self._exponents()
         return jax.tree.map(lambda w, s: w * s, raw, init_scale)
 

@@ -55,7 +55,8 @@ def coord_check(
       ``xarray.Dataset`` with ``size`` (mean ``|h|``) and ``delta`` (mean
       ``|h_t - h_0|``) over ``(width, seed, step, layer)``, and ``slope_size``
       / ``slope_delta`` over ``(step, layer)``: the least-squares log-log
-      slope of the seed-averaged value against width (0 means width-stable).
+      slope of the seed-averaged value against width (0 means width-stable;
+      NaN where a value is exactly 0, e.g. ``delta`` at step 0).
     """
     import optax
     import xarray as xr
@@ -101,13 +102,17 @@ def coord_check(
     lw = np.log(np.asarray(widths, dtype=float))
 
     def slope(v):
-        m = np.log(v.mean(axis=1))  # (W, T+1, L)
-        return np.polyfit(lw, m.reshape(len(widths), -1), 1)[0].reshape(m.shape[1:])
+        m = v.mean(axis=1)  # (W, T+1, L)
+        out = np.full(m.shape[1:], np.nan)
+        for idx in np.ndindex(*m.shape[1:]):
+            col = m[(slice(None),) + idx]
+            if np.all(col > 0) and np.all(np.isfinite(col)):  # a zero (e.g. a zero-initialised readout) has no slope
+                out[idx] = np.polyfit(lw, np.log(col), 1)[0]
+        return out
 
     dims = ("width", "seed", "step", "layer")
     coords = {"width": widths, "seed": np.arange(seeds), "step": np.arange(steps + 1), "layer": np.arange(size.shape[-1])}
-    with np.errstate(divide="ignore"):
-        slope_delta = slope(np.maximum(delta, np.finfo(float).tiny))
+    slope_delta = slope(delta)
     return xr.Dataset(
         {"size": (dims, size), "delta": (dims, delta), "slope_size": (("step", "layer"), slope(size)),
          "slope_delta": (("step", "layer"), slope_delta)},

@@ -149,6 +149,10 @@ class Parametrization:
       c_sgd: learning-rate exponents under SGD-like optimizers: ``lr (n/n0)^-c``.
       c_adam: learning-rate exponents under Adam-like optimizers.
       base_width: ``n0``, the width at which all parametrizations coincide.
+      zero_readout: initialise output-role weights at 0. Yang et al. (2022,
+        Tensor Programs V, Sec. D.2) recommend it for muP: it removes the
+        random ``O(n^-1/2)`` output at initialisation (and with it the
+        ``f0`` part of coordinate checks) without changing the limit.
 
     See the module docstring for the conventions and the preset table.
     """
@@ -159,6 +163,7 @@ class Parametrization:
     c_sgd: tuple[float, float, float] = (0.0, 0.0, 0.0)
     c_adam: tuple[float, float, float] = (0.0, 0.0, 0.0)
     base_width: int = 1
+    zero_readout: bool = False
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
@@ -167,6 +172,8 @@ class Parametrization:
             object.__setattr__(self, field, _check_triple(field, getattr(self, field)))
         if not isinstance(self.base_width, int) or isinstance(self.base_width, bool) or self.base_width <= 0:
             raise ValueError(f"Parametrization.base_width must be a positive int, got {self.base_width!r}")
+        if not isinstance(self.zero_readout, bool):
+            raise TypeError(f"Parametrization.zero_readout must be a bool, got {self.zero_readout!r}")
 
     def with_base_width(self, base_width: int) -> Parametrization:
         """The same exponents relative to another base width (where it equals every other preset)."""
@@ -201,7 +208,7 @@ class Parametrization:
         base_fan_in = fan_in if role is Role.INPUT else fan_in * self.base_width / width
         w_mult = w_std / math.sqrt(base_fan_in) * ratio ** (-self.a[i])
         if role is Role.OUTPUT:  # the readout bias is a fixed-size tensor: it never scales
-            return DenseScale(w_mult, ratio ** (-self.b[i]), b_std, 1.0)
+            return DenseScale(w_mult, 0.0 if self.zero_readout else ratio ** (-self.b[i]), b_std, 1.0)
         # biases of width-sized layers are input-role tensors (weights from the constant input 1)
         return DenseScale(w_mult, ratio ** (-self.b[i]), b_std * ratio ** (-self.a[0]), ratio ** (-self.b[0]))
 

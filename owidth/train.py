@@ -174,7 +174,7 @@ def _step(cfg: _Cfg, st, t, x, y):
     value, grads = jax.value_and_grad(objective)(st["params"])
     tx = _tx(cfg, st["lr"], st["alpha"], _scales(cfg, x))
     updates, opt = tx.update(grads, st["opt"], st["params"])
-    params = jax.tree.map(lambda p, u: p + u, st["params"], updates)
+    params = jax.tree.map(lambda p, u: (p + u).astype(p.dtype), st["params"], updates)
     bad = ~jnp.isfinite(value)
     first = bad & ~st["diverged"]
     return {**st, "params": params, "opt": opt, "diverged": st["diverged"] | bad,

@@ -130,27 +130,29 @@ def test_bad_arguments_raise_before_compiling():
         ow.train(NET, (X, Y), **{**kw, "widths": [8, 0]})
 
 
-@pytest.mark.slow
 def test_coord_check_is_flat_under_mup_and_grows_under_sp():
-    """Tensor Programs V coordinate check after 3 Adam steps: every layer's coordinate size has
-    log-log slope within 0.1 of 0 against width under muP; under SP the output grows (slope > 0.3)."""
-    from sklearn.datasets import load_digits
+    """Tensor Programs V coordinate check after 3 Adam steps (lr 0.01): every layer's coordinate
+    size has log-log slope within 0.1 of 0 against width under muP (zero readout init, as TP V
+    recommends); under SP the readout's update grows with width (slope > 0.3). See the coord-check
+    experiment for why SP is judged by its update size."""
+    from owidth.experiments._common import digits
 
-    digits = load_digits()
-    x, y = digits.data[:64] / 16.0, np.eye(10)[digits.target[:64]]
+    x, labels, _, _ = digits(0)
+    x, y = x[:64], np.eye(10)[labels[:64]]
     net = ow.serial(ow.Dense(w_std=2**0.5), ow.Relu(), ow.Dense(w_std=2**0.5), ow.Relu(), ow.Dense(out=10))
-    kw = dict(widths=[64, 128, 256, 512, 1024], optimizer="adam", steps=3, seeds=4)
-    mup = ow.coord_check(net, (x, y), param=ow.MUP.with_base_width(64), lr=0.1, **kw)
-    sp = ow.coord_check(net, (x, y), param=ow.SP.with_base_width(64), lr=0.1, **kw)
-    assert np.all(np.abs(mup.slope_size.sel(step=3).values) < 0.1), mup.slope_size.values
-    assert sp.slope_size.sel(step=3).values[-1] > 0.3, sp.slope_size.values
-    # at initialisation muP's readout shrinks like n^-1/2 (the 1/n multiplier): the check sees it ...
-    assert abs(mup.slope_size.sel(step=0).values[-1] + 0.5) < 0.1
-    # ... and a zero-initialised readout (TP V's recommendation) removes it; flat at every step
-    zero = ow.coord_check(net, (x, y), param=dataclasses.replace(ow.MUP.with_base_width(64), zero_readout=True),
-                          lr=0.05, **kw)
-    assert np.isnan(zero.slope_size.sel(step=0).values[-1])  # exactly zero output at init
-    assert np.all(np.abs(zero.slope_size.isel(step=slice(1, None)).values) < 0.1), zero.slope_size.values
+    kw = dict(widths=[64, 128, 256, 512], optimizer="adam", steps=3, seeds=16, lr=0.01)  # 4 seeds: +-0.1 noise
+    mup = ow.coord_check(net, (x, y), param=dataclasses.replace(ow.MUP.with_base_width(64), zero_readout=True), **kw)
+    sp = ow.coord_check(net, (x, y), param=ow.SP.with_base_width(64), **kw)
+    assert np.all(np.abs(mup.slope_size.isel(step=slice(1, None)).values) < 0.1), mup.slope_size.values
+    moved = mup.slope_delta.isel(step=slice(2, None)).values  # hidden layers first move at step 2 (zero readout)
+    assert np.all(np.abs(moved) < 0.1), mup.slope_delta.values
+    assert np.isnan(mup.slope_delta.sel(step=1).values[:2]).all()  # not moved yet: no slope, not noise
+    assert np.isnan(mup.slope_size.sel(step=0).values[-1])  # exactly zero output at init
+    assert sp.slope_delta.sel(step=3).values[-1] > 0.3, sp.slope_delta.values
+    assert sp.slope_delta.sel(step=1).values[-1] > 0.8  # ~ n^1: r = -1 for SP's readout update
+    # with a random readout muP's initial output shrinks like n^-1/2 (its 1/n multiplier)
+    random_readout = ow.coord_check(net, (x, y), param=ow.MUP.with_base_width(64), **{**kw, "steps": 1, "seeds": 2})
+    assert abs(random_readout.slope_size.sel(step=0).values[-1] + 0.5) < 0.1
 
 
 @pytest.mark.slow

@@ -41,6 +41,18 @@ _EXPERIMENTS = (
         "ensemble variance vs predicted covariance (Lee et al. 2019).",
         "owidth.experiments.wide_vs_kernel:run",
     ),
+    Experiment(
+        "coord-check",
+        "Activation coordinate sizes after 3 Adam steps vs width: flat under muP, growing under SP "
+        "(Yang et al. 2022, Tensor Programs V).",
+        "owidth.experiments.coord_check:run",
+    ),
+    Experiment(
+        "mutransfer",
+        "Test loss vs Adam learning rate for MLPs of width 64..2048 on digits: the best learning rate "
+        "stays put under muP and drifts under SP (Yang et al. 2022).",
+        "owidth.experiments.mutransfer:run",
+    ),
 )
 REGISTRY: dict[str, Experiment] = {e.name: e for e in _EXPERIMENTS}
 

@@ -22,3 +22,15 @@ def fit_loglog(x: np.ndarray, y: np.ndarray, *, seed: int = 0, n_boot: int = 500
         idx = rng.integers(0, y.shape[1], y.shape[1])
         boots.append(np.polyfit(lx, np.log(y[:, idx].mean(1)), 1)[0])
     return {"slope": float(slope), "intercept": float(intercept), "slope_se": float(np.std(boots, ddof=1))}
+
+
+def digits(seed: int, *, n_test: int = 397):
+    """scikit-learn's digits (shipped with the package, no download): inputs scaled to [0, 1],
+    a seeded train/test split. Returns x_train, y_train, x_test, y_test (integer labels)."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    x = (data.data / 16.0).astype(np.float32)
+    order = np.random.default_rng(seed).permutation(len(x))
+    x, y = x[order], data.target[order]
+    return x[n_test:], y[n_test:], x[:n_test], y[:n_test]

@@ -56,6 +56,31 @@ def test_ntk_convergence_quick(tmp_path, capsys, monkeypatch):
     assert (tmp_path / "ntk_convergence.png").stat().st_size > 10_000
 
 
+def test_coord_check_quick(tmp_path, monkeypatch):
+    monkeypatch.setenv("OWIDTH_NO_PROGRESS", "1")
+    summary = ow.experiments.run("coord-check", out=tmp_path, quick=True)
+    assert summary["mup_flat"] and summary["sp_readout_update_grows"], summary["step3_slopes"]
+    with xr.open_dataset(tmp_path / "coord_check.nc") as ds:
+        assert ds["size"].dims == ("param", "width", "seed", "step", "layer")
+    assert (tmp_path / "coord_check.png").stat().st_size > 10_000
+
+
+def test_mutransfer_quick(tmp_path, monkeypatch):
+    """The best Adam learning rate stays within one grid step (x2) under muP and drifts under SP."""
+    monkeypatch.setenv("OWIDTH_NO_PROGRESS", "1")
+    summary = ow.experiments.run("mutransfer", out=tmp_path, quick=True)
+    assert abs(summary["mup"]["shift_grid_steps"]) <= 1 and summary["sp"]["shift_grid_steps"] < -1, summary
+    lrs = summary["lrs"]
+    assert lrs[0] < min(summary["mup"]["best_lr"]) and max(summary["mup"]["best_lr"]) < lrs[-1]  # interior optimum
+    with xr.open_dataset(tmp_path / "mutransfer.nc") as ds:
+        assert ds.test_loss.dims == ("param", "width", "seed", "lr", "alpha", "step")
+        # under muP the loss-vs-lr curves of different widths nearly coincide (they converge as n grows)
+        final = ds.test_loss.isel(step=-1, alpha=0).mean("seed")
+        gap = lambda p: float(abs(final.sel(param=p, width=1024) - final.sel(param=p, width=256)).max())  # noqa: E731
+        assert gap("mup") < 0.1 < gap("sp")
+    assert (tmp_path / "mutransfer.png").stat().st_size > 10_000
+
+
 def test_console_script_installed():
     exe = shutil.which("owidth") or str(pathlib.Path(sys.executable).parent / "owidth")
     out = subprocess.run([exe, "list"], capture_output=True, text=True, check=True)

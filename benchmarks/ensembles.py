@@ -8,7 +8,10 @@ full-batch gradient descent for 100 steps on scikit-learn digits (float32):
 ``small`` (width 32, 64 points: per-call overhead dominates, the regime of
 theory sweeps) and ``large`` (width 128, 512 points: compute dominates).
 
-* ``vmapped``: one ``ow.train`` call; all 256 members are one vmapped program.
+* ``vmapped``: one ``ow.train`` call, default settings: all 256 members in one
+  compiled program (on CPU advanced in cache-sized batches, see
+  ``members_per_batch``).
+* ``vmapped_all``: the same with every member vmapped at once.
 * ``loop_train``: 256 ``ow.train`` calls with one member each (what a user's
   for-loop over configurations does; the compiled program is reused because
   seed, lr and alpha are traced values, so only the first call compiles).
@@ -54,6 +57,9 @@ def workload(*, width: int, points: int, quick: bool) -> dict:
     def vmapped():
         return ow.train(net, (x, y), seeds=seeds, lr=lrs, alpha=alphas, **common).train_loss.values
 
+    def vmapped_all():
+        return ow.train(net, (x, y), seeds=seeds, lr=lrs, alpha=alphas, members_per_batch=10**9, **common).train_loss.values
+
     def loop_train():
         return [ow.train(net, (x, y), seeds=[s], lr=lr, alpha=a, **common).train_loss.values
                 for s in seeds for lr in lrs for a in alphas]
@@ -62,7 +68,8 @@ def workload(*, width: int, points: int, quick: bool) -> dict:
 
     model = ow.finite(net, width=width, param=common["param"])
     cfg = _Cfg(model=model, optimizer="sgd", loss="mse", batch_size=None, center=True, linearized=False,
-               record_every=steps, chunk=1, weight_decay=0.0, momentum=0.9, eps=1e-8, metrics=(), record_outputs=False)
+               record_every=steps, chunk=1, weight_decay=0.0, momentum=0.9, eps=1e-8, metrics=(), record_outputs=False,
+               member_batch=None)
     xj, yj = jax.numpy.asarray(x), jax.numpy.asarray(y, dtype=jax.numpy.float32)
 
     def loop_jit():
@@ -76,7 +83,8 @@ def workload(*, width: int, points: int, quick: bool) -> dict:
         return out
 
     results = {}
-    for name, fn in (("vmapped", vmapped), ("loop_jit", loop_jit), ("loop_train", loop_train)):
+    for name, fn in (("vmapped", vmapped), ("vmapped_all", vmapped_all), ("loop_jit", loop_jit),
+                     ("loop_train", loop_train)):
         t0 = time.perf_counter()
         fn()
         first = time.perf_counter() - t0

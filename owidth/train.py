@@ -77,6 +77,7 @@ class _Cfg:
     eps: float
     metrics: tuple[tuple[str, Callable], ...]
     record_outputs: bool
+    member_batch: int | None = None
 
     @property
     def keep_params0(self) -> bool:
@@ -226,7 +227,9 @@ def _run_chunk(cfg, state, start, x, y, xt, yt):
 
         return jax.lax.scan(interval, st, jnp.arange(cfg.chunk))
 
-    return jax.vmap(member)(state)
+    if cfg.member_batch is None:
+        return jax.vmap(member)(state)
+    return jax.lax.map(member, state, batch_size=cfg.member_batch)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
@@ -281,6 +284,17 @@ def _chunk(intervals: int) -> int:
     return max(d for d in range(1, target + 1) if intervals % d == 0)
 
 
+def _member_batch(requested, members: int, points: int, width: int, *, where: str) -> int | None:
+    if requested is not None:
+        requested = _checks.positive_int("members_per_batch", requested, where=where)
+        return None if requested >= members else requested
+    if jax.default_backend() != "cpu":
+        return None
+    budget = 256 * 1024 // (points * width * jnp.dtype(jnp.result_type(float)).itemsize)
+    batch = 1 << max(0, int(budget).bit_length() - 1) if budget >= 1 else 1
+    return None if batch >= members else batch
+
+
 def train(
     net,
     data: tuple[Any, Any],
@@ -304,6 +318,7 @@ def train(
     linearized: bool = False,
     metrics: Mapping[str, Callable[[Snapshot], Any]] | None = None,
     record_outputs: bool = False,
+    members_per_batch: int | None = None,
     progress_bar: bool = True,
     return_params: bool = False,
 ):
@@ -337,6 +352,14 @@ def train(
       linearized: train the network's linearization around its initialisation instead.
       metrics: ``{name: fn(Snapshot) -> scalar}`` recorded alongside the losses.
       record_outputs: also record the test outputs (``test_output``).
+      members_per_batch: how many ensemble members one step advances at once
+        inside the compiled program (``jax.lax.map`` over batches of vmapped
+        members). ``None`` (default): all members at once on GPU/TPU; on CPU,
+        batches whose activations (points x width) stay within ~256 KiB, because
+        XLA's CPU batched matmuls are slower than one member after another for
+        wide members (measured on 2 cores, width 128 x 512 points, 64 members:
+        6.4 s vmapped, 3.8 s one at a time; width 32 x 64 points, 256 members:
+        0.48 s vmapped, 0.39 s in batches of 16). Results do not depend on it.
       progress_bar: show a tqdm bar (also silenced by OWIDTH_NO_PROGRESS=1).
       return_params: also return ``{width: params}`` with leading (seed, lr, alpha) axes.
 
@@ -413,7 +436,9 @@ def train(
             cfg = _Cfg(model=model, optimizer=optimizer, loss=loss, batch_size=batch_size, center=bool(center),
                        linearized=bool(linearized), record_every=record_every, chunk=chunk,
                        weight_decay=float(weight_decay), momentum=float(momentum), eps=float(adam_eps),
-                       metrics=metrics, record_outputs=bool(record_outputs and xt is not None))
+                       metrics=metrics, record_outputs=bool(record_outputs and xt is not None),
+                       member_batch=_member_batch(members_per_batch, len(si), batch_size or x.shape[0], width,
+                                                  where=where))
             bar.set_description(f"{where} width={width}")
             state = _init_all(cfg, keys, member_lr, member_alpha, x, xt)
             recs = []

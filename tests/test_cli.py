@@ -20,7 +20,7 @@ def test_list(capsys):
 
 def test_unknown_experiment(capsys):
     assert cli.main(["run", "no-such-thing"]) == 2
-    assert "available: ntk-convergence" in capsys.readouterr().err
+    assert "available: coord-check, mutransfer, ntk-convergence" in capsys.readouterr().err
 
 
 def test_wide_vs_kernel_quick(tmp_path, monkeypatch):

@@ -35,7 +35,7 @@ def run(*, out: pathlib.Path, quick: bool, seed: int) -> dict:
     x, y, xt, yt = digits(seed)
     net = ow.serial(ow.Dense(w_std=2**0.5), ow.Relu(), ow.Dense(w_std=2**0.5), ow.Relu(), ow.Dense(out=10))
     if quick:
-        widths, lrs, seeds, steps = [64, 256, 1024], 2.0 ** np.arange(-11, -1), 2, 150
+        widths, lrs, seeds, steps = [64, 128, 512], 2.0 ** np.arange(-11, 0), 2, 150
     else:
         widths, lrs, seeds, steps = [64, 128, 256, 512, 1024, 2048], 2.0 ** np.arange(-13, 0), 3, 300
     runs = []

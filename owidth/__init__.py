@@ -9,7 +9,7 @@ One width-free spec, several interpretations::
     theta = ow.empirical_ntk(model.apply, model.init(key, x), x)
 """
 
-from owidth import experiments, predict
+from owidth import experiments, measure, predict
 from owidth.empirical import empirical_ntk, linearize
 from owidth.finite import FiniteModel, finite
 from owidth.flax_bridge import FlaxModel, FlaxNet, from_flax
@@ -81,6 +81,7 @@ __all__ = [
     "from_flax",
     "kernel",
     "linearize",
+    "measure",
     "parallel",
     "predict",
     "scale_by_width",

@@ -1,4 +1,10 @@
-"""Observables of finite networks: coordinate checks (and, later, kernel/feature movement).
+"""Observables of finite networks: kernel and feature movement, alignment, coordinate checks.
+
+The observables are factories returning ``fn(snapshot) -> scalar`` for
+:func:`ow.train`'s ``metrics`` (evaluated at every record, inside the
+compiled program, per ensemble member)::
+
+    ds = ow.train(net, (x, y), ..., metrics={"ntk_move": ow.measure.ntk_movement(x[:32])})
 
 ``coord_check`` follows Yang et al. (2022, Tensor Programs V, Sec. D.1): train
 a network for a few steps at several widths and watch the typical size of
@@ -17,6 +23,107 @@ import numpy as np
 
 from owidth import _checks
 from owidth.param import Parametrization, optimizer_family
+
+
+def _rel(a, b):
+    return jnp.linalg.norm(a - b) / jnp.linalg.norm(b)
+
+
+def _ntk(snap, params, x):
+    from owidth.empirical import empirical_ntk
+
+    return empirical_ntk(snap.apply, params, x)
+
+
+def ntk_movement(x):
+    """Relative change of the empirical NTK on ``x``: ``||K_t - K_0||_F / ||K_0||_F``.
+
+    Of order ``width^-1/2`` under NTP (Jacot et al. 2018; Lee et al. 2019)
+    and ``1/alpha`` in the lazy limit (Chizat et al. 2019); ``Theta(1)`` under
+    muP (Yang & Hu 2021). The kernel is that of the unscaled network ``f``;
+    ``alpha`` multiplies it by ``alpha^2`` at every time and cancels.
+    """
+    x = _checks.as_float_array("x", x, where="ow.measure.ntk_movement", rank=None)
+
+    def fn(snap):
+        return _rel(_ntk(snap, snap.params, x), _ntk(snap, snap.params0, x))
+
+    return fn
+
+
+def param_movement():
+    """Relative parameter change ``||theta_t - theta_0|| / ||theta_0||`` (all tensors together)."""
+
+    def fn(snap):
+        num = sum(jnp.sum((p - p0) ** 2) for p, p0 in zip(jax.tree.leaves(snap.params), jax.tree.leaves(snap.params0)))
+        den = sum(jnp.sum(p0**2) for p0 in jax.tree.leaves(snap.params0))
+        return jnp.sqrt(num / den)
+
+    return fn
+
+
+def _features(snap, params, x):
+    """Input of the last weight layer (the last hidden features), flattened to (batch, features)."""
+    _, tape = snap.model._apply_taped(params, x)
+    if not tape.inputs:
+        raise ValueError("ow.measure: feature observables need a network made of ow.Dense layers (ow.finite)")
+    h = tape.inputs[-1]
+    return h.reshape(h.shape[0], -1)
+
+
+def _feature_kernel(snap, params, x):
+    h = _features(snap, params, x)
+    return h @ h.T / h.shape[1]
+
+
+def feature_movement(x):
+    """Relative change of the last hidden layer's feature kernel ``Phi = h h^T / n`` on ``x``.
+
+    Zero at infinite width in the kernel regime; ``Theta(1)`` with feature learning
+    (Bordelon & Pehlevan 2022's ``Phi^L``). Needs an ``ow.finite`` spec network.
+    """
+    x = _checks.as_float_array("x", x, where="ow.measure.feature_movement", rank=None)
+
+    def fn(snap):
+        return _rel(_feature_kernel(snap, snap.params, x), _feature_kernel(snap, snap.params0, x))
+
+    return fn
+
+
+def kernel_alignment(x, y, *, kernel: str = "ntk"):
+    """Kernel-target alignment ``<K, y y^T>_F / (||K||_F ||y y^T||_F)`` (Cristianini et al. 2002).
+
+    ``kernel="ntk"`` uses the empirical NTK, ``"features"`` the last feature kernel.
+    ``y``: (N,) or (N, k) targets (one-hot for classes); the target kernel is ``y y^T``.
+    """
+    where = "ow.measure.kernel_alignment"
+    x = _checks.as_float_array("x", x, where=where, rank=None)
+    y = jnp.asarray(y, dtype=x.dtype)
+    y = y[:, None] if y.ndim == 1 else y
+    if y.shape[0] != x.shape[0]:
+        raise ValueError(f"{where}: y has {y.shape[0]} rows, x has {x.shape[0]}")
+    if kernel not in ("ntk", "features"):
+        raise ValueError(f"{where}: kernel={kernel!r}; use 'ntk' or 'features'")
+    target = y @ y.T
+
+    def fn(snap):
+        k = _ntk(snap, snap.params, x) if kernel == "ntk" else _feature_kernel(snap, snap.params, x)
+        return jnp.sum(k * target) / (jnp.linalg.norm(k) * jnp.linalg.norm(target))
+
+    return fn
+
+
+def effective_rank(x):
+    """Effective rank ``exp(H(p))`` of the last features on ``x``, ``p`` the normalised eigenvalues of
+    their kernel (Roy & Vetterli 2007): how many directions the features use."""
+    x = _checks.as_float_array("x", x, where="ow.measure.effective_rank", rank=None)
+
+    def fn(snap):
+        ev = jnp.clip(jnp.linalg.eigvalsh(_feature_kernel(snap, snap.params, x)), 0.0, None)
+        p = ev / jnp.sum(ev)
+        return jnp.exp(-jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0)))
+
+    return fn
 
 
 def _layer_sizes(model, params, x, params0):

@@ -21,7 +21,7 @@ def test_list(capsys):
 
 def test_unknown_experiment(capsys):
     assert cli.main(["run", "no-such-thing"]) == 2
-    assert "available: coord-check, mutransfer, ntk-convergence" in capsys.readouterr().err
+    assert "available: coord-check, lazy-rich, mutransfer, ntk-convergence" in capsys.readouterr().err
 
 
 def test_wide_vs_kernel_quick(tmp_path, monkeypatch):
@@ -82,6 +82,21 @@ def test_mutransfer_quick(tmp_path, monkeypatch):
         gap = lambda p: float(abs(final.sel(param=p, width=512) - final.sel(param=p, width=128)).max())  # noqa: E731
         assert gap("mup") < 0.1 < gap("sp")
     assert (tmp_path / "mutransfer.png").stat().st_size > 10_000
+
+
+def test_lazy_rich_quick(tmp_path, monkeypatch):
+    """Kernel movement ~ 1/alpha (slope -1 +- 0.15); it falls with width under NTP at least as fast as
+    the n^-1/2 bound (for tanh it is ~ n^-1, Dyer & Gur-Ari 2019) and stays O(1) under muP (+-0.15)."""
+    monkeypatch.setenv("OWIDTH_NO_PROGRESS", "1")
+    with jax.enable_x64(False):
+        summary = ow.experiments.run("lazy-rich", out=tmp_path, quick=True)
+    fits = summary["fits"]
+    assert abs(fits["ntp_vs_alpha"]["slope"] + 1) < 0.15, fits
+    assert fits["ntp_vs_width"]["slope"] < -0.5 - 2 * fits["ntp_vs_width"]["slope_se"], fits
+    assert abs(fits["mup_vs_width"]["slope"]) < 0.15, fits
+    with xr.open_dataset(tmp_path / "lazy_rich.nc") as ds:
+        assert ds.ntk_movement.dims == ("param", "width", "seed", "lr", "alpha", "step")
+    assert (tmp_path / "lazy_rich.png").stat().st_size > 10_000
 
 
 def test_console_script_installed():

@@ -176,3 +176,31 @@ def test_ntp_network_approaches_its_linearization():
         (f_lin**2).mean(("seed", "lr", "alpha", "point", "out")))
     slope = np.polyfit(np.log(widths), np.log(rel.values), 1)[0]
     assert rel.values[-1] < 0.05 and -1.2 < slope < -0.4, (rel.values, slope)
+
+
+def test_observables_against_direct_computation():
+    """The metric factories of ow.measure give, inside ow.train, what a direct computation gives."""
+    net = ow.serial(ow.Dense(), ow.Tanh(), ow.Dense(out=1))
+    metrics = {"ntk": ow.measure.ntk_movement(X[:6]), "params": ow.measure.param_movement(),
+               "features": ow.measure.feature_movement(X[:6]), "align": ow.measure.kernel_alignment(X[:6], Y[:6]),
+               "rank": ow.measure.effective_rank(X[:6])}
+    ds, params = ow.train(net, (X, Y), widths=16, lr=0.5, steps=10, record_every=10, metrics=metrics,
+                          progress_bar=False, return_params=True)
+    model = ow.finite(net, width=16)
+    p1 = jax.tree.map(lambda a: a[0, 0, 0], params[16])
+    p0 = model.init(jax.random.split(jax.random.key(0))[0], X)
+    k1 = ow.empirical_ntk(model.apply, p1, X[:6], implementation="jacobian")
+    k0 = ow.empirical_ntk(model.apply, p0, X[:6], implementation="jacobian")
+    final = ds.isel(step=-1, width=0, seed=0, lr=0, alpha=0)
+    np.testing.assert_allclose(final.ntk, np.linalg.norm(k1 - k0) / np.linalg.norm(k0), rtol=1e-8)
+    flat = lambda p: np.concatenate([np.ravel(a) for a in jax.tree.leaves(p)])  # noqa: E731
+    np.testing.assert_allclose(final.params, np.linalg.norm(flat(p1) - flat(p0)) / np.linalg.norm(flat(p0)), rtol=1e-8)
+    h1 = np.tanh(X[:6] @ (p1[0]["w"] / np.sqrt(5)))  # Dense(w_std=1): W = w / sqrt(fan_in)
+    h0 = np.tanh(X[:6] @ (p0[0]["w"] / np.sqrt(5)))
+    f1, f0 = h1 @ h1.T / 16, h0 @ h0.T / 16
+    np.testing.assert_allclose(final.features, np.linalg.norm(f1 - f0) / np.linalg.norm(f0), rtol=1e-8)
+    yy = np.outer(Y[:6], Y[:6])
+    np.testing.assert_allclose(final.align, np.sum(k1 * yy) / np.linalg.norm(k1) / np.linalg.norm(yy), rtol=1e-8)
+    ev = np.clip(np.linalg.eigvalsh(f1), 0, None)
+    pr = ev / ev.sum()
+    np.testing.assert_allclose(final["rank"], np.exp(-np.sum(pr[pr > 0] * np.log(pr[pr > 0]))), rtol=1e-8)

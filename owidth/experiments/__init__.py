@@ -53,6 +53,12 @@ _EXPERIMENTS = (
         "stays put under muP and drifts under SP (Yang et al. 2022).",
         "owidth.experiments.mutransfer:run",
     ),
+    Experiment(
+        "lazy-rich",
+        "Width x alpha phase diagram of NTK movement under NTP and muP: the kernel freezes like 1/alpha and "
+        "with width under NTP, stays O(1) under muP (Chizat et al. 2019; Yang & Hu 2021).",
+        "owidth.experiments.lazy_rich:run",
+    ),
 )
 REGISTRY: dict[str, Experiment] = {e.name: e for e in _EXPERIMENTS}
 

@@ -134,6 +134,7 @@ def test_bad_arguments_raise_before_compiling():
         ow.train(NET, (X, Y), **{**kw, "widths": [8, 0]})
 
 
+@pytest.mark.slow
 def test_coord_check_is_flat_under_mup_and_grows_under_sp():
     """Tensor Programs V coordinate check after 3 Adam steps (lr 0.01): every layer's coordinate
     size has log-log slope within 0.1 of 0 against width under muP (zero readout init, as TP V

@@ -284,6 +284,23 @@ def _chunk(intervals: int) -> int:
     return max(d for d in range(1, target + 1) if intervals % d == 0)
 
 
+def _check_outputs(model, x, y, loss: str, *, where: str) -> None:
+    """The network's output size must match the targets (no silent broadcasting)."""
+    key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype)
+    out = jax.eval_shape(lambda k, xs: model.apply(model.init(k, xs), xs), key, x)
+    if len(out.shape) != 2:
+        raise ValueError(f"{where}: the network's output has shape {out.shape}; ow.train needs (batch, k) outputs "
+                         "(end the network in ow.Dense(out=k), after a Flatten or GlobalAvgPool for images)")
+    k = out.shape[1]
+    if loss == "mse" and y.shape[1] != k:
+        raise ValueError(f"{where}: targets have {y.shape[1]} columns but the network has {k} outputs")
+    if loss == "xent":
+        labels = np.asarray(y)
+        if labels.min() < 0 or labels.max() >= k:
+            raise ValueError(f"{where}: class labels must lie in [0, {k}) for a network with {k} outputs, "
+                             f"got [{labels.min()}, {labels.max()}]")
+
+
 def _member_batch(requested, members: int, points: int, width: int, *, where: str) -> int | None:
     if requested is not None:
         requested = _checks.positive_int("members_per_batch", requested, where=where)
@@ -433,6 +450,10 @@ def train(
     try:
         for width in widths:
             model = finite(net, width=width, param=param)
+            if width == widths[0]:
+                _check_outputs(model, x, y, loss, where=where)
+                if yt is not None:
+                    _check_outputs(model, xt, yt, loss, where=where)
             cfg = _Cfg(model=model, optimizer=optimizer, loss=loss, batch_size=batch_size, center=bool(center),
                        linearized=bool(linearized), record_every=record_every, chunk=chunk,
                        weight_decay=float(weight_decay), momentum=float(momentum), eps=float(adam_eps),

@@ -132,6 +132,10 @@ def test_bad_arguments_raise_before_compiling():
         ow.train(NET, (X, Y), optimizer="adam", weight_decay=0.1, **kw)
     with pytest.raises(ValueError, match="positive"):
         ow.train(NET, (X, Y), **{**kw, "widths": [8, 0]})
+    with pytest.raises(ValueError, match="2 columns but the network has 1 outputs"):
+        ow.train(NET, (X, np.stack([Y, Y], 1)), **kw)
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 1\)"):
+        ow.train(NET, (X, np.arange(16) % 3), loss="xent", **kw)
 
 
 @pytest.mark.slow

@@ -37,7 +37,7 @@ def run(*, out: pathlib.Path, quick: bool, seed: int) -> dict:
     if quick:
         widths, lrs, seeds, steps = [64, 128, 512], 2.0 ** np.arange(-11, 0), 2, 150
     else:
-        widths, lrs, seeds, steps = [64, 128, 256, 512, 1024, 2048], 2.0 ** np.arange(-13, 0), 3, 300
+        widths, lrs, seeds, steps = [64, 128, 256, 512, 1024, 2048], 2.0 ** np.arange(-12, 0), 2, 200
     runs = []
     for p in (ow.SP, ow.MUP):
         ds = ow.train(net, (x, y), test=(xt, yt), widths=widths, lr=lrs, steps=steps, seeds=seeds,

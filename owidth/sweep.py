@@ -27,17 +27,23 @@ this sweep's fingerprint and group label, have the expected coordinates and,
 where the manifest recorded one, the same SHA-256), skips them and trains only
 the missing groups. Nothing is ever overwritten: a folder that holds another
 configuration, a group file that does not open (e.g. truncated), or a netCDF
-file that is not this sweep's raises ``ValueError`` naming the file. Only
-netCDF and JSON are written (never pickle).
+file that is not this sweep's raises ``ValueError`` naming the file. (The
+one exception: a manifest that records no finished group, with no group file
+beside it -- e.g. a first attempt that failed on bad data -- is replaced.)
+A group file that exists but is missing from the manifest (a crash between
+the two writes) is checked and adopted. Leftover temporary files
+(``.group-*.tmp``) are deleted. Only netCDF and JSON are written (never
+pickle). Run one process per ``out_dir`` at a time (there is no lock).
 
 The fingerprint covers the widths, learning rates, seeds, richness values,
 steps, the parametrization's exponents, the optimizer, every ``ow.train``
 option, the ``extra`` axes, the network's ``repr`` (with memory addresses
 removed) and the data (SHA-256 of each array's bytes, with its dtype and
-shape). Callables (metric functions, activation functions inside the net)
-cannot be hashed stably across processes: they enter by their qualified
-name (``module.qualname``) only, so editing a metric's body without renaming
-it is *not* detected -- use a new ``out_dir`` (or rename the function) then.
+shape); not ``members_per_batch``, which does not change results.
+Callables cannot be hashed stably across processes: metric functions enter
+by their qualified name (``module.qualname``), functions inside the net by
+the name in its ``repr``, so editing a function's body without renaming it
+is *not* detected -- use a new ``out_dir`` (or rename the function) then.
 """
 
 from __future__ import annotations
@@ -193,7 +199,8 @@ class Sweep:
         or a ``{label: value}`` mapping. Allowed keywords: ``param``,
         ``optimizer``, ``center``, ``batch_size``, ``weight_decay``,
         ``momentum``, ``adam_eps``, ``linearized``. A keyword swept here must
-        keep its field at the default.
+        keep its field at the default. After validation the field holds
+        ``{keyword: ((label, value), ...)}``.
 
     See the module docstring for what is written to disk, how resuming works and
     what the fingerprint (:attr:`fingerprint`) covers (callables: by qualified

@@ -183,3 +183,28 @@ def test_gamma0_sweep_over_optimizer_labels_and_validation(tmp_path):
         ow.Sweep(net=NET, data=(X, Y), widths=4, lr=0.1, steps=4, alpha=1.0, gamma0=1.0)
     with pytest.raises(ValueError, match="no manifest"):
         ow.load_sweep(tmp_path / "nowhere")
+
+
+def test_fingerprint_is_stable_across_processes_and_sensitive_to_the_config():
+    import subprocess
+    import sys
+
+    code = """
+import jax.numpy as jnp, numpy as np, owidth as ow
+x = np.arange(12.0).reshape(6, 2); y = np.cos(x[:, 0])
+net = ow.serial(ow.Dense(), ow.ActivationFn(jnp.tanh), ow.Dense(out=1))  # repr holds a memory address
+print(ow.Sweep(net=net, data=(x, y), widths=[4, 8], lr=[0.1], seeds=[0, 1], steps=4,
+               metrics={"norm": jnp.linalg.norm}, extra={"param": [ow.NTP, ow.MUP]}).fingerprint)
+"""
+    env_code = "import jax; jax.config.update('jax_enable_x64', True)\n" + code
+    here = subprocess.run([sys.executable, "-c", env_code], capture_output=True, text=True, check=True)
+    import jax.numpy as jnp
+
+    x = np.arange(12.0).reshape(6, 2)
+    net = ow.serial(ow.Dense(), ow.ActivationFn(jnp.tanh), ow.Dense(out=1))
+    kw = dict(net=net, data=(x, np.cos(x[:, 0])), widths=[4, 8], lr=[0.1], steps=4,
+              metrics={"norm": jnp.linalg.norm}, extra={"param": [ow.NTP, ow.MUP]})
+    fp = ow.Sweep(seeds=2, **kw).fingerprint  # seeds=2 is seeds=[0, 1]
+    assert here.stdout.strip() == fp
+    assert ow.Sweep(seeds=2, **{**kw, "extra": {"param": [ow.NTP, ow.MUP.with_base_width(4)]}}).fingerprint != fp
+    assert ow.Sweep(seeds=2, **{**kw, "metrics": {"norm": jnp.linalg.det}}).fingerprint != fp

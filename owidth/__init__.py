@@ -34,6 +34,7 @@ from owidth.spec import (
 )
 from owidth.spec_quadrature import ActivationFn, Sigmoid, Silu, Softplus, Swish, Tanh
 from owidth.spec_spatial import Conv, Flatten, GlobalAvgPool
+from owidth.sweep import Sweep, load_sweep, run_sweep
 from owidth.train import Snapshot, train
 from owidth.measure import coord_check
 
@@ -72,6 +73,7 @@ __all__ = [
     "Sin",
     "Snapshot",
     "Softplus",
+    "Sweep",
     "Swish",
     "Tanh",
     "coord_check",
@@ -81,9 +83,11 @@ __all__ = [
     "from_flax",
     "kernel",
     "linearize",
+    "load_sweep",
     "measure",
     "parallel",
     "predict",
+    "run_sweep",
     "scale_by_width",
     "serial",
     "train",

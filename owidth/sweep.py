@@ -1,0 +1,606 @@
+"""Sweeps: a declared grid, run group by group, persisted to netCDF and resumable.
+
+A :class:`Sweep` declares a grid over ``width x [extra axes] x seed x lr x
+alpha|gamma0``. :func:`run_sweep` cuts it into *groups*, one per
+``(width, extra values)``: each group is one :func:`ow.train` call, i.e. one
+compiled program in which seeds x lrs x richness scales are vmapped. Widths
+and the ``extra`` axes (``param``, ``optimizer``, ...) change the compiled
+program, so they are the natural unit of work and of persistence.
+
+What is persisted, in ``out_dir``:
+
+* ``manifest.json``: the sweep's *fingerprint* (a SHA-256 of a canonical JSON
+  description of the configuration, see :meth:`Sweep.describe`), that
+  description itself, the list of groups (file name and labels) and, for each
+  finished group, the SHA-256 of its file.
+* ``group-NNNN_width<w>[_<axis><label>...].nc``: one netCDF file per finished
+  group, with dims ``(width, [extra axes], seed, lr, alpha|gamma0, step)``
+  (each of length 1 on width and the extra axes) and the attrs
+  ``sweep_fingerprint`` and ``sweep_group``.
+
+Each group file is written to a temporary file in the same folder and then
+moved into place with ``os.replace`` (atomic on POSIX and Windows), and only
+then is it added to the manifest (also written atomically). An interrupted
+sweep (Ctrl-C, crash, killed job) therefore leaves only whole group files; a
+rerun with the same configuration checks the files on disk (they open, carry
+this sweep's fingerprint and group label, have the expected coordinates and,
+where the manifest recorded one, the same SHA-256), skips them and trains only
+the missing groups. Nothing is ever overwritten: a folder that holds another
+configuration, a group file that does not open (e.g. truncated), or a netCDF
+file that is not this sweep's raises ``ValueError`` naming the file. (The
+one exception: a manifest that records no finished group, with no group file
+beside it -- e.g. a first attempt that failed on bad data -- is replaced.)
+A group file that exists but is missing from the manifest (a crash between
+the two writes) is checked and adopted. Leftover temporary files
+(``.group-*.tmp``) are deleted. Only netCDF and JSON are written (never
+pickle). Run one process per ``out_dir`` at a time (there is no lock).
+
+The fingerprint covers the widths, learning rates, seeds, richness values,
+steps, the parametrization's exponents, the optimizer, every ``ow.train``
+option, the ``extra`` axes, the network's ``repr`` (with memory addresses
+removed) and the data (SHA-256 of each array's bytes, with its dtype and
+shape); not ``members_per_batch``, which does not change results.
+Callables cannot be hashed stably across processes: metric functions enter
+by their qualified name (``module.qualname``), functions inside the net by
+the name in its ``repr``, so editing a function's body without renaming it
+is *not* detected -- use a new ``out_dir`` (or rename the function) then.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib
+import itertools
+import json
+import os
+import re
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from owidth import _checks
+from owidth._progress import progress as _progress_bar
+from owidth.param import NTP, Parametrization, optimizer_family
+
+_WHERE = "ow.Sweep"
+_MANIFEST = "manifest.json"
+_FORMAT = 1
+# ow.train keywords an ``extra`` axis may sweep: they change the compiled program but
+# neither the variables recorded nor the step coordinate.
+_EXTRA_OK = ("param", "optimizer", "center", "batch_size", "weight_decay", "momentum", "adam_eps", "linearized")
+_OPTION_DEFAULTS = {
+    "param": NTP, "optimizer": "sgd", "center": True, "loss": "mse", "batch_size": None, "record_every": None,
+    "weight_decay": 0.0, "momentum": 0.9, "adam_eps": 1e-8, "linearized": False, "metrics": None,
+    "record_outputs": False, "members_per_batch": None,
+}
+_TMP = re.compile(r"^\.group-.*\.tmp$|^\.manifest\.json\..*\.tmp$")
+
+
+def _train_module():
+    # ``owidth.train`` the attribute is the function (re-exported by the package); we
+    # need the module, looked up at call time so tests can monkeypatch ``train``.
+    return importlib.import_module("owidth.train")
+
+
+# --------------------------------------------------------------------------- #
+# Canonical description (for the fingerprint)
+# --------------------------------------------------------------------------- #
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+def _qualname(fn: Callable) -> str:
+    fn = getattr(fn, "__wrapped__", fn)
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__qualname__)}"
+
+
+def _array_desc(a) -> dict:
+    arr = np.ascontiguousarray(np.asarray(a))
+    return {"shape": list(arr.shape), "dtype": arr.dtype.str, "sha256": hashlib.sha256(arr.tobytes()).hexdigest()}
+
+
+def _describe(v):
+    """A JSON-able, process-independent description of a configuration value."""
+    if v is None or isinstance(v, (bool, str)):
+        return v
+    if isinstance(v, (int, np.integer)):
+        return int(v)
+    if isinstance(v, (float, np.floating)):
+        return float(v) if np.isfinite(v) else repr(float(v))
+    if isinstance(v, Parametrization):
+        return {"Parametrization": {f.name: _describe(getattr(v, f.name)) for f in dataclasses.fields(v)}}
+    if isinstance(v, np.ndarray) or hasattr(v, "__array__") and hasattr(v, "shape"):
+        return {"array": _array_desc(v)}
+    if isinstance(v, Mapping):
+        return {str(k): _describe(x) for k, x in v.items()}
+    if isinstance(v, (tuple, list)):
+        return [_describe(x) for x in v]
+    if callable(v) and not dataclasses.is_dataclass(v):
+        return {"callable": _qualname(v)}
+    return {"repr": _ADDRESS.sub("", repr(v))}
+
+
+def _label(axis: str, value) -> str | int | float:
+    if isinstance(value, Parametrization):
+        return value.name
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value)
+    raise ValueError(f"{_WHERE}: extra[{axis!r}] value {value!r} has no obvious label; give a mapping "
+                     f"{{label: value}} instead, e.g. extra={{{axis!r}: {{'a': ..., 'b': ...}}}}")
+
+
+def _extra_axis(axis: str, values) -> tuple[tuple[Any, Any], ...]:
+    """``((label, value), ...)`` for one extra axis, labels unique and all str or all numbers."""
+    if axis not in _EXTRA_OK:
+        raise ValueError(f"{_WHERE}: extra axis {axis!r} cannot be swept; use one of {list(_EXTRA_OK)} "
+                         "(widths, lr, seeds and alpha/gamma0 have their own fields)")
+    if isinstance(values, Mapping):
+        pairs = tuple(values.items())
+        for lab, _ in pairs:
+            if isinstance(lab, bool) or not isinstance(lab, (str, int, float, np.integer, np.floating)):
+                raise ValueError(f"{_WHERE}: extra[{axis!r}] labels must be strings or numbers, got {lab!r}")
+        pairs = tuple((_label(axis, lab), v) for lab, v in pairs)
+    elif isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+        raise TypeError(f"{_WHERE}: extra[{axis!r}] must be a list of values or a {{label: value}} mapping, "
+                        f"got {values!r}")
+    else:
+        pairs = tuple((_label(axis, v), v) for v in values)
+    if not pairs:
+        raise ValueError(f"{_WHERE}: extra[{axis!r}] is empty; give at least one value")
+    labels = [lab for lab, _ in pairs]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"{_WHERE}: extra[{axis!r}] labels are not unique: {labels}; give a {{label: value}} mapping")
+    if len({isinstance(lab, str) for lab in labels}) > 1:
+        raise ValueError(f"{_WHERE}: extra[{axis!r}] labels mix strings and numbers: {labels}")
+    return pairs
+
+
+# --------------------------------------------------------------------------- #
+# The declaration
+# --------------------------------------------------------------------------- #
+@dataclasses.dataclass(frozen=True, kw_only=True, eq=False)
+class Sweep:
+    """A grid of trainings: ``width x [extra axes] x seed x lr x alpha|gamma0``, persisted and resumable.
+
+    Example (in a notebook)::
+
+        import owidth as ow
+        sweep = ow.Sweep(
+            net=ow.serial(ow.Dense(), ow.Relu(), ow.Dense(out=1)),
+            data=(x, y), test=(x_test, y_test),
+            widths=[64, 256, 1024], lr=[0.1, 0.3, 1.0], seeds=4,
+            alpha=[0.1, 1.0, 10.0], steps=2000,
+            extra={"param": [ow.NTP, ow.MUP]},          # a dataset dim labelled "ntp", "mup"
+            metrics={"ntk_move": ntk_movement},
+        )
+        ds = sweep.run("runs/lazy-rich")     # Ctrl-C and rerun: continues where it stopped
+        ds = ow.load_sweep("runs/lazy-rich") # later, elsewhere
+        ds.train_loss.sel(param="mup", step=2000).mean("seed")
+
+    Fields (keyword-only; the ``ow.train`` keywords of the same names):
+      net, data, test: the spec, ``(x, y)`` and optional ``(x_test, y_test)``.
+      widths: one int or a list (a dataset dim; one group each).
+      lr, seeds, alpha | gamma0: vmapped inside each group (dataset dims).
+      steps, param, optimizer, loss, batch_size, record_every, center,
+      weight_decay, momentum, adam_eps, linearized, metrics, record_outputs,
+      members_per_batch: passed to :func:`ow.train` unchanged.
+      extra: ``{ow.train keyword: values}`` -- further axes that change the
+        compiled program, one group per combination, each a dataset dim named by
+        the keyword (after ``width``, in mapping order). Values are a list
+        (labels: a Parametrization's ``name``, strings and numbers as they are)
+        or a ``{label: value}`` mapping. Allowed keywords: ``param``,
+        ``optimizer``, ``center``, ``batch_size``, ``weight_decay``,
+        ``momentum``, ``adam_eps``, ``linearized``. A keyword swept here must
+        keep its field at the default. After validation the field holds
+        ``{keyword: ((label, value), ...)}``.
+
+    See the module docstring for what is written to disk, how resuming works and
+    what the fingerprint (:attr:`fingerprint`) covers (callables: by qualified
+    name only).
+    """
+
+    net: Any
+    data: tuple[Any, Any]
+    widths: int | Sequence[int]
+    lr: float | Sequence[float]
+    steps: int
+    seeds: int | Sequence[int] = 1
+    alpha: float | Sequence[float] | None = None
+    gamma0: float | Sequence[float] | None = None
+    test: tuple[Any, Any] | None = None
+    param: Parametrization = NTP
+    optimizer: str = "sgd"
+    loss: str = "mse"
+    batch_size: int | None = None
+    record_every: int | None = None
+    center: bool = True
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    adam_eps: float = 1e-8
+    linearized: bool = False
+    metrics: Mapping[str, Callable] | None = None
+    record_outputs: bool = False
+    members_per_batch: int | None = None
+    extra: Mapping[str, Sequence | Mapping] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        tm = _train_module()
+        setf = lambda name, v: object.__setattr__(self, name, v)  # noqa: E731
+        widths = [self.widths] if isinstance(self.widths, (int, np.integer)) and not isinstance(self.widths, bool) \
+            else list(self.widths)
+        widths = tuple(_checks.positive_int("widths", w, where=_WHERE) for w in widths)
+        if not widths or len(set(widths)) != len(widths):
+            raise ValueError(f"{_WHERE}: widths must be a non-empty list without duplicates, got {list(widths)}")
+        setf("widths", widths)
+        setf("steps", _checks.positive_int("steps", self.steps, where=_WHERE))
+        if self.alpha is not None and self.gamma0 is not None:
+            raise ValueError(f"{_WHERE}: give alpha or gamma0 (= 1/alpha), not both")
+        tm._values("lr", self.lr, where=_WHERE)
+        tm._seeds(self.seeds, where=_WHERE)
+        if self.alpha is not None:
+            tm._values("alpha", self.alpha, where=_WHERE)
+        if self.gamma0 is not None:
+            tm._values("gamma0", self.gamma0, where=_WHERE)
+        for name, pair in (("data", self.data), ("test", self.test)):
+            if pair is None and name == "test":
+                continue
+            if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+                raise TypeError(f"{_WHERE}: {name} must be a pair (x, y), got {type(pair).__name__}")
+            x, y = np.asarray(pair[0]), np.asarray(pair[1])
+            if x.ndim < 2 or y.shape[:1] != x.shape[:1]:
+                raise ValueError(f"{_WHERE}: {name} must be (x, y) with x of shape (N, ...) and y of N rows, "
+                                 f"got x {x.shape} and y {y.shape}")
+        if not isinstance(self.param, Parametrization):
+            raise TypeError(f"{_WHERE}: param must be an ow.Parametrization (e.g. ow.NTP), got {self.param!r}")
+        optimizer_family(self.optimizer, where=_WHERE)
+        if self.record_every is not None:
+            re_ = _checks.positive_int("record_every", self.record_every, where=_WHERE)
+            if self.steps % re_:
+                raise ValueError(f"{_WHERE}: steps={self.steps} is not a multiple of record_every={re_}")
+        for name, fn in (self.metrics or {}).items():
+            if not isinstance(name, str) or not callable(fn):
+                raise ValueError(f"{_WHERE}: metrics must map names to callables, got {name!r}: {fn!r}")
+        if not isinstance(self.extra, Mapping):
+            raise TypeError(f"{_WHERE}: extra must be a mapping {{ow.train keyword: values}}, got {self.extra!r}")
+        extra = {}
+        for axis, values in self.extra.items():
+            pairs = _extra_axis(axis, values)
+            current = getattr(self, axis)
+            if current is not _OPTION_DEFAULTS[axis] and current != _OPTION_DEFAULTS[axis]:
+                raise ValueError(f"{_WHERE}: {axis} is both a field ({current!r}) and an extra axis; "
+                                 f"leave the field at its default ({_OPTION_DEFAULTS[axis]!r}) when sweeping it")
+            if axis == "optimizer":
+                for _, v in pairs:
+                    optimizer_family(v, where=_WHERE)
+            if axis == "param":
+                for _, v in pairs:
+                    if not isinstance(v, Parametrization):
+                        raise TypeError(f"{_WHERE}: extra['param'] values must be ow.Parametrization, got {v!r}")
+            extra[axis] = pairs
+        setf("extra", extra)
+
+    # ------------------------------------------------------------------ #
+    @property
+    def rich_name(self) -> str:
+        return "gamma0" if self.gamma0 is not None else "alpha"
+
+    def _options(self) -> dict:
+        return {k: getattr(self, k) for k in _OPTION_DEFAULTS}
+
+    def describe(self) -> dict:
+        """The canonical JSON description the fingerprint hashes (also stored in the manifest)."""
+        tm = _train_module()
+        rich = self.gamma0 if self.gamma0 is not None else (1.0 if self.alpha is None else self.alpha)
+        options = {k: v for k, v in self._options().items() if k != "members_per_batch"}  # results do not depend on it
+        return {
+            "format": _FORMAT,
+            "net": _ADDRESS.sub("", repr(self.net)),
+            "data": [_array_desc(a) for a in self.data],
+            "test": None if self.test is None else [_array_desc(a) for a in self.test],
+            "widths": list(self.widths),
+            "lr": _describe(tm._values("lr", self.lr, where=_WHERE).tolist()),
+            "seeds": tm._seeds(self.seeds, where=_WHERE).tolist(),
+            self.rich_name: _describe(tm._values(self.rich_name, rich, where=_WHERE).tolist()),
+            "steps": self.steps,
+            "options": _describe(options),
+            "extra": {axis: [[lab, _describe(v)] for lab, v in pairs] for axis, pairs in self.extra.items()},
+        }
+
+    @property
+    def fingerprint(self) -> str:
+        """SHA-256 (hex) of :meth:`describe` as sorted JSON: equal configurations, equal fingerprints."""
+        return _hash_config(self.describe())
+
+    def groups(self) -> list[dict]:
+        """The groups in run order: ``{"name", "width", "labels": {axis: label}, "kwargs": {keyword: value}}``."""
+        axes = list(self.extra)
+        out = []
+        for i, combo in enumerate(itertools.product(self.widths, *(self.extra[a] for a in axes))):
+            width, picks = combo[0], combo[1:]
+            labels = {a: lab for a, (lab, _) in zip(axes, picks)}
+            slug = "".join(f"_{a}{lab}" for a, lab in labels.items())
+            name = re.sub(r"[^A-Za-z0-9._=-]", "-", f"group-{i:04d}_width{width}{slug}") + ".nc"
+            out.append({"name": name, "width": width, "labels": labels,
+                        "kwargs": {a: v for a, (_, v) in zip(axes, picks)}})
+        return out
+
+    def run(self, out_dir: str | os.PathLike, *, progress: bool = True):
+        """:func:`run_sweep` ``(self, out_dir, progress=progress)``."""
+        return run_sweep(self, out_dir, progress=progress)
+
+
+# --------------------------------------------------------------------------- #
+# Files
+# --------------------------------------------------------------------------- #
+def _hash_config(config: dict) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _write_json(path: Path, obj) -> None:
+    def write(tmp):
+        tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
+    _atomic_write(path, write)
+
+
+def _group_key(width: int, labels: Mapping) -> str:
+    return json.dumps({"width": width, **labels}, sort_keys=True)
+
+
+def _expected_coords(sweep: Sweep, group: dict) -> dict:
+    tm = _train_module()
+    rich = sweep.gamma0 if sweep.gamma0 is not None else (1.0 if sweep.alpha is None else sweep.alpha)
+    every = tm._default_record_every(sweep.steps) if sweep.record_every is None else sweep.record_every
+    coords = {"width": [group["width"]]}
+    coords.update({a: [lab] for a, lab in group["labels"].items()})
+    coords.update({"seed": tm._seeds(sweep.seeds, where=_WHERE), "lr": tm._values("lr", sweep.lr, where=_WHERE),
+                   sweep.rich_name: tm._values(sweep.rich_name, rich, where=_WHERE),
+                   "step": np.arange(sweep.steps // every + 1) * every})
+    return coords
+
+
+def _open_group(path: Path, sweep: Sweep, fingerprint: str, group: dict, sha: str | None):
+    """Load a group file and check it is this sweep's group; ``ValueError`` naming the file otherwise."""
+    import xarray as xr
+
+    fix = (f"; it was not written by this sweep (or is damaged). Move it out of {path.parent} (or use a new "
+           "out_dir) and rerun: the group will be recomputed")
+    try:
+        ds = xr.load_dataset(path, engine="netcdf4")
+    except Exception as err:  # noqa: BLE001  (netCDF4/HDF5 raise OSError, RuntimeError, ValueError, ...)
+        raise ValueError(f"{_WHERE}: group file {path} cannot be read as netCDF ({type(err).__name__}: {err})"
+                         f"{fix}") from err
+    if ds.attrs.get("sweep_fingerprint") != fingerprint:
+        raise ValueError(f"{_WHERE}: {path} does not carry this sweep's fingerprint "
+                         f"(has {ds.attrs.get('sweep_fingerprint')!r}, expected {fingerprint!r}){fix}")
+    key = _group_key(group["width"], group["labels"])
+    if ds.attrs.get("sweep_group") != key:
+        raise ValueError(f"{_WHERE}: {path} holds group {ds.attrs.get('sweep_group')!r}, expected {key!r}{fix}")
+    for name, want in _expected_coords(sweep, group).items():
+        have = ds.coords[name].values if name in ds.coords else None
+        want = np.asarray(want)
+        if have is None or have.shape != want.shape or not all(
+                (a == b) or (isinstance(a, float) and np.isnan(a) and np.isnan(b))
+                for a, b in zip(have.tolist(), want.tolist())):
+            raise ValueError(f"{_WHERE}: {path} has coordinate {name}={None if have is None else have.tolist()}, "
+                             f"expected {want.tolist()}{fix}")
+    if sha is not None and _sha256_file(path) != sha:
+        raise ValueError(f"{_WHERE}: {path} differs from the file the manifest recorded (SHA-256 mismatch){fix}")
+    return ds
+
+
+def _read_manifest(out: Path) -> dict | None:
+    path = out / _MANIFEST
+    if not path.exists():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+        manifest["fingerprint"], manifest["done"]  # noqa: B018
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{_WHERE}: {path} is not a sweep manifest ({err}); point the sweep at a new out_dir "
+                         "or remove the folder") from err
+    return manifest
+
+
+def _check_folder(sweep: Sweep, out: Path, manifest: dict | None, config: dict, fingerprint: str) -> None:
+    """Refuse a folder that holds another sweep or stray netCDF files."""
+    if manifest is not None and manifest["fingerprint"] != fingerprint:
+        old, new = manifest.get("config", {}), config
+        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        raise ValueError(f"{_WHERE}: {out} holds a sweep with a different configuration (fingerprint "
+                         f"{manifest['fingerprint'][:12]}..., this one {fingerprint[:12]}...; differing: {diff}). "
+                         "Use a new out_dir, or delete the folder to discard the old results")
+    names = {g["name"] for g in sweep.groups()}
+    stray = sorted(p.name for p in out.glob("*.nc") if p.name not in names)
+    if stray:
+        raise ValueError(f"{_WHERE}: {out} holds netCDF files that are not groups of this sweep: {stray}; "
+                         "use a new out_dir or move them away")
+
+
+# --------------------------------------------------------------------------- #
+# Run and load
+# --------------------------------------------------------------------------- #
+def run_sweep(sweep: Sweep, out_dir: str | os.PathLike, *, progress: bool = True):
+    """Run (or resume) ``sweep`` into ``out_dir`` and return :func:`load_sweep` ``(out_dir)``.
+
+    Groups ``(width, extra values)`` are trained one :func:`ow.train` call
+    each (one compile each), in :meth:`Sweep.groups` order, with a progress
+    bar over groups. A group already on disk with this sweep's fingerprint is
+    checked and skipped; each new group is written atomically (temporary file,
+    then ``os.replace``) and recorded in ``manifest.json``. Rerunning a complete
+    sweep trains nothing. Raises ``ValueError`` (before training anything) if
+    ``out_dir`` holds a different configuration, a group file that does not
+    open or is not this sweep's, or other netCDF files.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config = sweep.describe()  # hashes the data once per run
+    fingerprint = _hash_config(config)
+    manifest = _read_manifest(out)
+    if manifest is not None and manifest["fingerprint"] != fingerprint and not manifest["done"] \
+            and not any(out.glob("*.nc")):
+        manifest = None  # an earlier attempt that finished nothing (e.g. bad data): nothing to protect
+    _check_folder(sweep, out, manifest, config, fingerprint)
+    for p in out.iterdir():  # temporary files of an interrupted write
+        if _TMP.match(p.name):
+            p.unlink()
+    groups = sweep.groups()
+    done = dict(manifest["done"]) if manifest is not None else {}
+    todo = []
+    for g in groups:  # check everything on disk before training anything
+        path = out / g["name"]
+        if path.exists():
+            _open_group(path, sweep, fingerprint, g, done.get(g["name"]))
+            done.setdefault(g["name"], _sha256_file(path))
+        else:
+            done.pop(g["name"], None)
+            todo.append(g)
+
+    def save_manifest():
+        _write_json(out / _MANIFEST, {
+            "owidth_sweep_format": _FORMAT, "fingerprint": fingerprint, "config": config,
+            "rich_name": sweep.rich_name, "extra_axes": list(sweep.extra),
+            "groups": [{"name": g["name"], "width": g["width"], "labels": g["labels"]} for g in groups],
+            "done": {g["name"]: done[g["name"]] for g in groups if g["name"] in done}})
+
+    save_manifest()
+    bar = _progress_bar(total=len(groups), desc="ow.sweep", enabled=progress)
+    bar.update(len(groups) - len(todo))
+    try:
+        for g in todo:
+            bar.set_description(f"ow.sweep width={g['width']}" + "".join(f" {a}={v}" for a, v in g["labels"].items()))
+            ds = _train_group(sweep, g)
+            ds.attrs.update(sweep_fingerprint=fingerprint, sweep_group=_group_key(g["width"], g["labels"]))
+            path = out / g["name"]
+            _atomic_write(path, lambda tmp, ds=ds: ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4"))
+            done[g["name"]] = _sha256_file(path)
+            save_manifest()
+            bar.update(1)
+    finally:
+        bar.close()
+    return load_sweep(out)
+
+
+
+def _train_group(sweep: Sweep, group: dict):
+    kwargs = sweep._options()
+    kwargs.update(group["kwargs"])
+    rich = {"gamma0": sweep.gamma0} if sweep.gamma0 is not None else {"alpha": sweep.alpha}
+    ds = _train_module().train(sweep.net, tuple(sweep.data), widths=[group["width"]], lr=sweep.lr, steps=sweep.steps,
+                               seeds=sweep.seeds, test=sweep.test, progress_bar=False, **rich, **kwargs)
+    for i, (axis, label) in enumerate(group["labels"].items()):
+        ds = ds.expand_dims({axis: [label]}, axis=1 + i)
+    return ds
+
+
+def load_sweep(out_dir: str | os.PathLike, *, allow_partial: bool = False):
+    """All group files of the sweep in ``out_dir`` as one ``xarray.Dataset``.
+
+    Dims ``(width, [extra axes], seed, lr, alpha|gamma0, step)``; the result is
+    identical whether the sweep ran in one go or was interrupted and resumed.
+    Attrs that differ between groups (e.g. ``param``'s exponents along a
+    ``param`` axis) are dropped: the axis label names them. Raises
+    ``ValueError`` listing the missing groups unless ``allow_partial``, in
+    which case they are NaN with ``status="missing"``. Every file is checked as
+    in :func:`run_sweep` (fingerprint, group, coordinates, SHA-256).
+    """
+    import xarray as xr
+
+    out = Path(out_dir)
+    manifest = _read_manifest(out)
+    if manifest is None:
+        raise ValueError(f"{_WHERE}: {out} has no {_MANIFEST}; it is not a sweep folder (run the sweep first)")
+    fingerprint, groups = manifest["fingerprint"], manifest["groups"]
+    present, missing = {}, []
+    for g in groups:
+        path = out / g["name"]
+        if not path.exists():
+            missing.append(g["name"])
+            continue
+        present[g["name"]] = _open_group_loose(path, fingerprint, g, manifest["done"].get(g["name"]))
+    if missing and (not allow_partial or not present):
+        raise ValueError(f"{_WHERE}: {out} is incomplete: {len(missing)} of {len(groups)} groups missing "
+                         f"({missing}); rerun the sweep to compute them, or load_sweep(..., allow_partial=True)")
+    template = next(iter(present.values()))
+    axes = ["width", *manifest["extra_axes"]]
+    pieces = []
+    for g in groups:
+        if g["name"] in present:
+            ds = present[g["name"]]
+        else:
+            ds = template.copy(deep=True)
+            ds.attrs = {}
+            for name, var in ds.data_vars.items():
+                if name == "status":
+                    ds[name] = var.copy(data=np.full(var.shape, "missing", dtype=object))
+                elif name == "diverged_step":
+                    ds[name] = var.copy(data=np.full(var.shape, -1, dtype=var.dtype))
+                else:
+                    ds[name] = var.copy(data=np.full(var.shape, np.nan, dtype=np.result_type(var.dtype, float)))
+            ds = ds.assign_coords({"width": [g["width"]], **{a: [lab] for a, lab in g["labels"].items()}})
+        pieces.append(ds)
+    nested = _nest(pieces, [len(dict.fromkeys(_axis_values(groups, a))) for a in axes])
+    ds = xr.combine_nested(nested, concat_dim=axes, combine_attrs="drop_conflicts", join="exact",
+                           data_vars="all", coords="minimal", compat="equals")
+    ds.attrs.pop("sweep_group", None)
+    ds.attrs["sweep_fingerprint"] = fingerprint
+    return ds
+
+
+def _axis_values(groups, axis):
+    return [g["width"] if axis == "width" else g["labels"][axis] for g in groups]
+
+
+def _nest(flat: list, sizes: list[int]):
+    if len(sizes) == 1:
+        return flat
+    step = len(flat) // sizes[0]
+    return [_nest(flat[i * step:(i + 1) * step], sizes[1:]) for i in range(sizes[0])]
+
+
+def _open_group_loose(path: Path, fingerprint: str, group: dict, sha: str | None):
+    """Like :func:`_open_group` without the Sweep (from the manifest): fingerprint, group label, SHA-256."""
+    import xarray as xr
+
+    fix = f"; rerun the sweep (it refuses and explains) or move the file out of {path.parent}"
+    if sha is not None and _sha256_file(path) != sha:
+        raise ValueError(f"{_WHERE}: {path} differs from the file the manifest recorded (SHA-256 mismatch){fix}")
+    try:
+        ds = xr.load_dataset(path, engine="netcdf4")
+    except Exception as err:  # noqa: BLE001
+        raise ValueError(f"{_WHERE}: group file {path} cannot be read as netCDF ({type(err).__name__}: {err})"
+                         f"{fix}") from err
+    key = _group_key(group["width"], group["labels"])
+    if ds.attrs.get("sweep_fingerprint") != fingerprint or ds.attrs.get("sweep_group") != key:
+        raise ValueError(f"{_WHERE}: {path} is not group {key} of this sweep{fix}")
+    return ds
+
+
+__all__ = ["Sweep", "load_sweep", "run_sweep"]

@@ -9,7 +9,7 @@ One width-free spec, several interpretations::
     theta = ow.empirical_ntk(model.apply, model.init(key, x), x)
 """
 
-from owidth import experiments, predict
+from owidth import experiments, predict, theory
 from owidth.empirical import empirical_ntk, linearize
 from owidth.finite import FiniteModel, finite
 from owidth.flax_bridge import FlaxModel, FlaxNet, from_flax
@@ -77,6 +77,7 @@ __all__ = [
     "coord_check",
     "empirical_ntk",
     "experiments",
+    "theory",
     "finite",
     "from_flax",
     "kernel",

@@ -53,6 +53,12 @@ _EXPERIMENTS = (
         "stays put under muP and drifts under SP (Yang et al. 2022).",
         "owidth.experiments.mutransfer:run",
     ),
+    Experiment(
+        "woodworth",
+        "Diagonal linear nets trained from scale alpha vs argmin Q_alpha; l1 (rich) to l2 (kernel) interpolator "
+        "and test error vs alpha (Woodworth et al. 2020).",
+        "owidth.experiments.woodworth:run",
+    ),
 )
 REGISTRY: dict[str, Experiment] = {e.name: e for e in _EXPERIMENTS}
 

@@ -9,7 +9,7 @@ One width-free spec, several interpretations::
     theta = ow.empirical_ntk(model.apply, model.init(key, x), x)
 """
 
-from owidth import experiments, measure, predict
+from owidth import experiments, measure, predict, theory
 from owidth.empirical import empirical_ntk, linearize
 from owidth.finite import FiniteModel, finite
 from owidth.flax_bridge import FlaxModel, FlaxNet, from_flax
@@ -90,5 +90,6 @@ __all__ = [
     "run_sweep",
     "scale_by_width",
     "serial",
+    "theory",
     "train",
 ]

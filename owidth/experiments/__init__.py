@@ -59,6 +59,12 @@ _EXPERIMENTS = (
         "with width under NTP, stays O(1) under muP (Chizat et al. 2019; Yang & Hu 2021).",
         "owidth.experiments.lazy_rich:run",
     ),
+    Experiment(
+        "woodworth",
+        "Diagonal linear nets trained from scale alpha vs argmin Q_alpha; l1 (rich) to l2 (kernel) interpolator "
+        "and test error vs alpha (Woodworth et al. 2020).",
+        "owidth.experiments.woodworth:run",
+    ),
 )
 REGISTRY: dict[str, Experiment] = {e.name: e for e in _EXPERIMENTS}
 

@@ -1,0 +1,176 @@
+"""Regenerates notebooks/*.ipynb (stored without outputs) from the cell sources below.
+
+Run from the repository root: ``python notebooks/_make_notebooks.py``. Edit here, not in Jupyter, so the
+notebooks stay output-free and reviewable; tests/test_notebooks.py executes them."""
+import nbformat as nbf
+
+def nb(cells, path):
+    n = nbf.v4.new_notebook()
+    n.cells = [nbf.v4.new_markdown_cell(c[3:]) if c.startswith("md:") else nbf.v4.new_code_cell(c.strip("\n")) for c in cells]
+    n.metadata = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}
+    nbf.write(n, path)
+
+nb(["""md:# Quickstart: one spec, analytic kernels and finite networks
+
+A network is written once, without widths. `ow.kernel` gives its infinite-width NNGP and NTK;
+`ow.finite` gives the same network at any width. Jacot et al. (2018): the empirical NTK of a
+random NTK-parametrised network converges to the analytic one, with relative error ~ width^-1/2.""",
+"""
+import jax
+import matplotlib.pyplot as plt
+import numpy as np
+
+import owidth as ow
+
+net = ow.serial(
+    ow.Dense(w_std=2**0.5, b_std=0.1**0.5), ow.Relu(),
+    ow.Dense(w_std=2**0.5, b_std=0.1**0.5), ow.Relu(),
+    ow.Dense(out=1),
+)
+rng = np.random.default_rng(0)
+x = rng.standard_normal((16, 8))
+x /= np.linalg.norm(x, axis=1, keepdims=True) / np.sqrt(8)   # on the sphere of radius sqrt(d)
+k = ow.kernel(net, x)
+print("analytic NTK", k.ntk.shape, "NNGP diagonal", np.round(np.asarray(k.var1[:3]), 3))
+""",
+"""md:Any activation works: closed forms where they exist, quadrature otherwise.""",
+"""
+for act in (ow.Relu(), ow.Erf(), ow.Gelu(), ow.Tanh(), ow.Silu()):
+    kk = ow.kernel(ow.serial(ow.Dense(), act, ow.Dense(out=1)), x[:4])
+    print(f"{type(act).__name__:5s} NTK[0, 1] = {float(kk.ntk[0, 1]):.6f}")
+""",
+"""
+widths = [64, 256, 1024]
+errors = []
+for width in widths:
+    model = ow.finite(net, width=width)       # NTK parametrization (the default)
+    errs = []
+    for seed in range(4):
+        params = model.init(jax.random.key(seed), x)
+        theta = ow.empirical_ntk(model.apply, params, x)
+        errs.append(np.linalg.norm(theta - k.ntk) / np.linalg.norm(k.ntk))
+    errors.append(np.mean(errs))
+slope = np.polyfit(np.log(widths), np.log(errors), 1)[0]
+print(f"relative error ~ width^{slope:.2f} (theory: -0.5)")
+plt.loglog(widths, errors, "o-", label=f"measured (slope {slope:.2f})")
+plt.loglog(widths, errors[0] * (np.array(widths) / widths[0]) ** -0.5, "k--", label="width^-1/2")
+plt.xlabel("width"); plt.ylabel("||NTK_emp - NTK|| / ||NTK||"); plt.legend();
+"""], "notebooks/01_quickstart.ipynb")
+
+nb(["""md:# muP and muTransfer
+
+`ow.Parametrization` holds abc exponents (Yang & Hu 2021). `regime` evaluates Tensor Programs IV's
+conditions; `ow.coord_check` measures them; `ow.train` sweeps learning rates at several widths in
+one compiled program per width.""",
+"""
+import dataclasses
+
+import matplotlib.pyplot as plt
+import numpy as np
+from sklearn.datasets import load_digits
+
+import owidth as ow
+
+for p in (ow.SP, ow.NTP, ow.MUP, ow.MF):
+    r = p.regime(depth=2, optimizer="adam")
+    print(f"{p.name:4s} a={p.a} b={p.b} c_adam={p.c_adam}: stable={r.stable} feature learning={r.feature_learning}")
+""",
+"""
+digits = load_digits()
+x, labels = digits.data / 16.0, digits.target
+net = ow.serial(ow.Dense(w_std=2**0.5), ow.Relu(), ow.Dense(w_std=2**0.5), ow.Relu(), ow.Dense(out=10))
+y = np.eye(10)[labels[:64]]
+mup = dataclasses.replace(ow.MUP.with_base_width(64), zero_readout=True)
+cc = ow.coord_check(net, (x[:64], y), widths=[64, 128, 256], param=mup, lr=0.01, seeds=8)
+print("muP log-log slopes of coordinate sizes vs width after 3 Adam steps:", np.round(cc.slope_size.sel(step=3).values, 3))
+""",
+"""
+lrs = 2.0 ** np.arange(-9, -1)
+results = {}
+for p in (ow.SP, ow.MUP):
+    ds = ow.train(net, (x[:1400], labels[:1400]), test=(x[1400:], labels[1400:]), widths=[64, 256],
+                  param=p.with_base_width(64), optimizer="adam", loss="xent", batch_size=128,
+                  lr=lrs, seeds=1, steps=60, progress_bar=False)
+    results[p.name] = ds.test_loss.isel(step=-1, seed=0, alpha=0)
+fig, axes = plt.subplots(1, 2, figsize=(10, 3.5), sharey=True)
+for ax, (name, loss) in zip(axes, results.items()):
+    for width in loss.width.values:
+        ax.semilogx(lrs, loss.sel(width=width), "o-", label=f"width {width}")
+    ax.set(title=name.upper(), xlabel="Adam learning rate", ylim=(0, 2.5))
+axes[0].set_ylabel("test cross-entropy"); axes[1].legend();
+for name, loss in results.items():
+    best = lrs[np.nanargmin(np.nan_to_num(loss.values, nan=np.inf), axis=1)]
+    print(name, "best lr per width:", best)
+"""], "notebooks/02_mup_and_mutransfer.ipynb")
+
+nb(["""md:# Lazy vs rich training
+
+With output scale alpha, `ow.train` trains `alpha (f - f0)` (Chizat et al. 2019): large alpha is
+lazy (kernel) training, small alpha rich. `ow.measure` observables run inside the compiled program.
+The diagonal linear network of Woodworth et al. (2020) shows what richness buys: an l1-like
+implicit bias at small alpha.""",
+"""
+import matplotlib.pyplot as plt
+import numpy as np
+
+import owidth as ow
+
+rng = np.random.default_rng(0)
+x = rng.standard_normal((32, 8)); x /= np.linalg.norm(x, axis=1, keepdims=True) / np.sqrt(8)
+y = np.sin(1.5 * x[:, 0])
+net = ow.serial(ow.Dense(), ow.Tanh(), ow.Dense(out=1))
+alphas = [0.3, 1.0, 3.0, 10.0]
+ds = ow.train(net, (x, y), widths=[64, 512], lr=1.0, alpha=alphas, steps=200, seeds=2, param=ow.NTP,
+              record_every=50, metrics={"ntk_movement": ow.measure.ntk_movement(x)}, progress_bar=False)
+move = ds.ntk_movement.isel(step=-1, lr=0).mean("seed")
+for width in move.width.values:
+    plt.loglog(alphas, move.sel(width=width), "o-", label=f"NTP, width {width}")
+plt.loglog(alphas, move.values[0, 1] / np.array(alphas), "k--", label="1/alpha")
+plt.xlabel("alpha"); plt.ylabel("relative NTK movement"); plt.legend();
+""",
+"""
+from owidth import theory
+
+d, n = 60, 25
+X = rng.standard_normal((n, d)); beta_star = np.zeros(d); beta_star[:3] = [2.0, -1.5, 1.0]
+Y = X @ beta_star
+for alpha in (0.01, 1.0, 10.0):
+    b = theory.woodworth_solution(X, Y, alpha)
+    print(f"alpha={alpha:5}: ||beta - beta*|| = {np.linalg.norm(b - beta_star):.3f}, "
+          f"distance to min-l2 = {np.linalg.norm(b - theory.min_l2_solution(X, Y)):.3f}")
+"""], "notebooks/03_lazy_vs_rich.ipynb")
+
+nb(["""md:# Theory vs practice: wide networks trained by gradient descent
+
+Lee et al. (2019): an infinitely wide NTP network trained by GD on the MSE follows the linearised
+dynamics with the analytic NTK. `ow.predict.gradient_descent` gives that prediction; `ow.train` trains
+real networks (and their linearisations) as an ensemble.""",
+"""
+import jax
+import matplotlib.pyplot as plt
+import numpy as np
+
+import owidth as ow
+
+rng = np.random.default_rng(1)
+x = rng.standard_normal((24, 6)); x /= np.linalg.norm(x, axis=1, keepdims=True) / np.sqrt(6)
+y = np.sin(2 * x[:, 0])
+xt = rng.standard_normal((64, 6)); xt /= np.linalg.norm(xt, axis=1, keepdims=True) / np.sqrt(6)
+yt = np.sin(2 * xt[:, 0])
+net = ow.serial(ow.Dense(w_std=2**0.5), ow.Relu(), ow.Dense(w_std=2**0.5), ow.Relu(), ow.Dense(out=1))
+steps = [0, 10, 30, 100, 300]
+k_train, k_test = ow.kernel(net, x), ow.kernel(net, xt, x)
+pred = ow.predict.gradient_descent(k_train, k_test, y, lr=1.0, steps=steps)
+theory_loss = [0.5 * np.mean((np.asarray(m).reshape(-1) - yt) ** 2) for m in pred.mean_test]
+""",
+"""
+ds = ow.train(net, (x, y), test=(xt, yt), widths=[128, 1024], lr=1.0, steps=300, seeds=4, record_every=10,
+              progress_bar=False)
+for width in ds.width.values:
+    loss = ds.test_loss.sel(width=width).isel(lr=0, alpha=0)
+    plt.semilogx(ds.step[1:], loss.mean("seed")[1:], label=f"width {width} (mean of 4)")
+plt.semilogx(steps[1:], theory_loss[1:], "ko", label="infinite width (mean prediction)")
+plt.xlabel("GD step"); plt.ylabel("test MSE (1/2 mean)"); plt.legend();
+print("final test loss: theory", round(theory_loss[-1], 4), "| width 1024:",
+      round(float(ds.test_loss.sel(width=1024).isel(step=-1).mean()), 4))
+"""], "notebooks/04_theory_vs_practice.ipynb")

@@ -1,0 +1,27 @@
+"""The notebooks in notebooks/ run top to bottom (stored without outputs; public API only)."""
+
+import os
+import pathlib
+
+import pytest
+
+NOTEBOOKS = sorted((pathlib.Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
+
+
+def test_notebooks_exist():
+    assert len(NOTEBOOKS) >= 4
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_runs(path, monkeypatch):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    nb = nbformat.read(path, as_version=4)
+    assert all(not cell.get("outputs") for cell in nb.cells if cell.cell_type == "code"), "store notebooks without outputs"
+    source = "\n".join(cell.source for cell in nb.cells if cell.cell_type == "code")
+    assert "owidth." not in source.replace("import owidth as ow", ""), "notebooks use the public API (ow.*) only"
+    monkeypatch.setenv("OWIDTH_NO_PROGRESS", "1")
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.delenv("JAX_ENABLE_X64", raising=False)
+    client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}})
+    client.execute()

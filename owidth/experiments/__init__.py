@@ -77,6 +77,12 @@ _EXPERIMENTS = (
         "ridge, vs the deterministic-equivalent theory (Mei & Montanari 2019; Simon et al. 2023).",
         "owidth.experiments.double_descent:run",
     ),
+    Experiment(
+        "gradient-coherence",
+        "Gradient confusion and coherence of ReLU MLPs at init vs width and depth, real vs random digit labels, "
+        "vs their infinite-width NTK values (Sankararaman et al. 2020; Chatterjee 2020).",
+        "owidth.experiments.gradient_coherence:run",
+    ),
 )
 REGISTRY: dict[str, Experiment] = {e.name: e for e in _EXPERIMENTS}
 

@@ -43,13 +43,17 @@ def rf_test_mse(x_pool, f_pool, idx, n_features, ridges, rng) -> np.ndarray:
     d = x_pool.shape[1]
     w = rng.standard_normal((d, n_features))
     phi = np.maximum(x_pool @ w / np.sqrt(d), 0.0) / np.sqrt(n_features)  # (M, N)
-    u, s, vt = np.linalg.svd(phi[idx], full_matrices=False)
-    uy = u.T @ f_pool[idx]  # (r, C)
-    pv = phi @ vt.T  # (M, r)
+    pt = phi[idx]  # (P, N)
+    if n_features >= len(idx):  # ridge regression through the P x P Gram: pred = Phi Phi_train^T U (S + r)^-1 U^T y
+        s, u = np.linalg.eigh(pt @ pt.T)
+        left, right = phi @ (pt.T @ u), u.T @ f_pool[idx]
+    else:  # through the N x N feature covariance: pred = Phi V (S + r)^-1 V^T Phi_train^T y
+        s, v = np.linalg.eigh(pt.T @ pt)
+        left, right = phi @ v, v.T @ (pt.T @ f_pool[idx])
+    s = np.clip(s, 0.0, None)
     out = np.empty(len(ridges))
     for i, r in enumerate(ridges):
-        pred = pv @ (uy * (s / (s**2 + r))[:, None])
-        out[i] = np.mean((pred - f_pool) ** 2)
+        out[i] = np.mean((left @ (right / (s + r)[:, None]) - f_pool) ** 2)
     return out
 
 

@@ -139,6 +139,7 @@ def run(*, out: pathlib.Path, quick: bool, seed: int) -> dict:
                 ax.errorbar(widths, mean[i, li, di], yerr=se[i, li, di], fmt=mk, ls=ls, color=col, capsize=3,
                             ms=4, label=f"depth {depth}, {ln} labels")
                 ax.axhline(th[i, li, di], color=col, ls=ls, lw=0.8, alpha=0.7)
+        ax.plot([], [], color="gray", lw=0.8, label="infinite-width NTK theory (horizontal lines)")
         ax.set(xscale="log", xlabel="width", ylabel=ylabel, title=f"{k} at init (lines: infinite-width theory)")
         ax.set_xscale("log", base=2)
         if k == "confusion":

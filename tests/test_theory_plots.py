@@ -5,7 +5,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import xarray as xr
-from scipy.optimize import brentq
 
 import owidth as ow
 from owidth.experiments import double_descent, gradient_coherence

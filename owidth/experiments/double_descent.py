@@ -30,7 +30,7 @@ import numpy as np
 
 import owidth as ow
 from owidth.experiments._common import progress
-from owidth.theory.eigenlearning import pool_spectrum, random_feature_risk
+from owidth.theory.eigenlearning import eigenlearning, pool_spectrum, random_feature_risk
 
 
 def feature_net():
@@ -76,7 +76,7 @@ def run(*, out: pathlib.Path, quick: bool, seed: int) -> dict:
     lam, v2 = pool_spectrum(k, f)
     ridges = scale * np.logspace(-6, 1, 22)  # ridges[0]: the near-ridgeless one
     theory = np.array([[random_feature_risk(lam, v2, p, n, r).test_mse for r in ridges] for n in ns])
-    theory_kernel = np.array([ow.theory.eigenlearning.eigenlearning(lam, v2, p, r).test_mse for r in ridges])
+    theory_kernel = np.array([eigenlearning(lam, v2, p, r).test_mse for r in ridges])
 
     x64 = np.asarray(x, dtype=np.float64)
     rng = np.random.default_rng(seed + 1)

@@ -144,7 +144,7 @@ def run(*, out: pathlib.Path, quick: bool, seed: int) -> dict:
         ax.set_xscale("log", base=2)
         if k == "confusion":
             ax.set_yscale("log")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=6, ncol=2, framealpha=0.6)
     fig.savefig(out / "gradient_coherence.png", dpi=150)
     plt.close(fig)
 

@@ -65,6 +65,24 @@ _EXPERIMENTS = (
         "and test error vs alpha (Woodworth et al. 2020).",
         "owidth.experiments.woodworth:run",
     ),
+    Experiment(
+        "learning-curves",
+        "NTK ridge regression test MSE vs training-set size P on digits and the sphere vs eigenlearning theory "
+        "from the kernel's eigenspectrum (Bordelon et al. 2020; Simon et al. 2021).",
+        "owidth.experiments.learning_curves:run",
+    ),
+    Experiment(
+        "double-descent",
+        "Random-feature ridge regression test error vs N/P: interpolation peak at N = P, monotone at optimal "
+        "ridge, vs the deterministic-equivalent theory (Mei & Montanari 2019; Simon et al. 2023).",
+        "owidth.experiments.double_descent:run",
+    ),
+    Experiment(
+        "gradient-coherence",
+        "Gradient confusion and coherence of ReLU MLPs at init vs width and depth, real vs random digit labels, "
+        "vs their infinite-width NTK values (Sankararaman et al. 2020; Chatterjee 2020).",
+        "owidth.experiments.gradient_coherence:run",
+    ),
 )
 REGISTRY: dict[str, Experiment] = {e.name: e for e in _EXPERIMENTS}
 

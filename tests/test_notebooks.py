@@ -1,6 +1,5 @@
 """The notebooks in notebooks/ run top to bottom (stored without outputs; public API only)."""
 
-import os
 import pathlib
 
 import pytest

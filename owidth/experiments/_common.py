@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from owidth._progress import progress  # noqa: F401 - re-exported for experiments
+from owidth._progress import progress
+
+__all__ = ["digits", "fit_loglog", "progress"]
 
 
 def fit_loglog(x: np.ndarray, y: np.ndarray, *, seed: int = 0, n_boot: int = 500) -> dict:

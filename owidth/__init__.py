@@ -32,7 +32,8 @@ from owidth.spec import (
     serial,
 )
 from owidth.spec_quadrature import ActivationFn, Sigmoid, Silu, Softplus, Swish, Tanh
-from owidth.spec_spatial import Conv, Flatten, GlobalAvgPool
+from owidth.spec_norm import LayerNorm
+from owidth.spec_spatial import AvgPool, Conv, Flatten, GlobalAvgPool
 
 __version__ = "0.1.0"
 
@@ -40,6 +41,7 @@ __all__ = [
     "Abs",
     "Activation",
     "ActivationFn",
+    "AvgPool",
     "Conv",
     "Dense",
     "Erf",
@@ -50,6 +52,7 @@ __all__ = [
     "Identity",
     "Kernel",
     "Layer",
+    "LayerNorm",
     "LeakyRelu",
     "NTP",
     "Parallel",

@@ -27,16 +27,28 @@ def _normalize_get(get) -> tuple[str, ...]:
 
 
 @functools.lru_cache(maxsize=256)
-def _check_structure(net, get: tuple[str, ...], same: bool) -> None:
+def _check_structure(net, get: tuple[str, ...], same: bool, features: tuple[int, ...]) -> None:
     """Trace the layer rules on tiny abstract inputs (no FLOPs, no compilation)
-    so that structural errors surface before anything is compiled. Memoised per
-    (net, get, same): it runs once per architecture."""
-    x = jax.ShapeDtypeStruct((2, 3), jnp.result_type(float))
+    so that structural errors (wrong rank for a conv net, a VALID filter larger
+    than the image) surface before anything is compiled. Memoised per
+    (net, get, same, feature shape): it runs once per architecture."""
+    x = jax.ShapeDtypeStruct((2, *features), jnp.result_type(float))
     jax.eval_shape(lambda a, b: _kernel_impl(net, a, b, get), x, None if same else x)
 
 
+@functools.lru_cache(maxsize=256)
+def _spatial_info(net) -> tuple[bool, bool]:
+    """(has spatial layers, needs all pixel-pixel covariances), from a static pass over the spec."""
+    from owidth.spec_spatial import AvgPool, Conv, Flatten, GlobalAvgPool, needs_full_pixels
+
+    def has(layer):
+        return isinstance(layer, (Conv, AvgPool, Flatten, GlobalAvgPool)) or any(has(c) for c in layer._children())
+
+    return has(net), needs_full_pixels(net)
+
+
 def _kernel_impl(net, x1, x2, get):
-    ks = KState(x1=x1, x2=x2, need_ntk="ntk" in get)
+    ks = KState(x1=x1, x2=x2, need_ntk="ntk" in get, full=_spatial_info(net)[1])
     ks = net._kernel(ks).materialize()
     var2 = ks.var1 if ks.var2 is None else ks.var2
     return Kernel(
@@ -70,8 +82,9 @@ def kernel(net, x1, x2=None, *, get=("nngp", "ntk")) -> Kernel:
 
     Args:
       net: a width-free spec (``ow.serial(...)`` or a single layer).
-      x1: (n1, d) inputs.
-      x2: (n2, d) inputs, or ``None`` for ``x1`` against itself (the result is
+      x1: (n1, d) inputs, or (n1, *spatial, channels) for networks with
+        spatial layers (``Conv``, ``AvgPool``, ``GlobalAvgPool``, ``Flatten``).
+      x2: (n2, d) inputs (same feature shape as ``x1``), or ``None`` for ``x1`` against itself (the result is
         then exactly symmetric).
       get: ``"nngp"``, ``"ntk"`` or both (default); what is not asked for is
         ``None`` in the result (the NTK is skipped with ``get="nngp"``; the
@@ -79,7 +92,8 @@ def kernel(net, x1, x2=None, *, get=("nngp", "ntk")) -> Kernel:
 
     Returns:
       A :class:`Kernel` with ``nngp``/``ntk`` of shape (n1, n2), per output
-      unit. Computed in float64 when ``jax_enable_x64`` is on, else float32.
+      unit (with trailing pixel axes when the network ends on spatial
+      layers). Computed in float64 when ``jax_enable_x64`` is on, else float32.
 
     The computation is jit-compiled once per (net, get, shapes); it can also
     be called inside ``jax.jit``/``jax.grad`` by the user.
@@ -91,9 +105,10 @@ def kernel(net, x1, x2=None, *, get=("nngp", "ntk")) -> Kernel:
     get = _normalize_get(get)
     if not net._has_weights():
         raise ValueError("ow.kernel: net has no weight layer (Dense); add one, e.g. ow.serial(..., ow.Dense(out=1))")
-    _check_structure(net, get, x2 is None)
-    x1 = _checks.as_float_array("x1", x1, where="ow.kernel")
+    rank = None if _spatial_info(net)[0] else 2
+    x1 = _checks.as_float_array("x1", x1, where="ow.kernel", rank=rank)
     if x2 is not None:
-        x2 = _checks.as_float_array("x2", x2, where="ow.kernel")
+        x2 = _checks.as_float_array("x2", x2, where="ow.kernel", rank=rank)
         _checks.same_features(x1, x2, where="ow.kernel")
+    _check_structure(net, get, x2 is None, tuple(x1.shape[1:]))
     return _kernel(net, x1, x2, get)

@@ -91,3 +91,9 @@ def dual_diag(fn, q, *, nodes: int, need_dot: bool):
     if not need_dot:
         return t, None
     return t, jnp.sum(w * derivative(fn)(u) ** 2, axis=-1)
+
+
+def mean(fn, q, *, nodes: int):
+    """``E fn(u)`` for ``u ~ N(0, q)`` by 1-D Gauss-Hermite quadrature."""
+    z, w = (jnp.asarray(a, q.dtype).reshape((1,) * q.ndim + (-1,)) for a in _nodes(nodes))
+    return jnp.sum(w * fn(safe_sqrt(q)[..., None] * z), axis=-1)

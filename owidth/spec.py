@@ -197,10 +197,11 @@ class Dense(Layer):
                 "ow.kernel: a Dense layer follows a Dense(out=k) layer. The infinite-width kernel "
                 "needs every layer but the readout to be hidden: leave out=None on all but the last Dense."
             )
+        first = ks.is_input  # the incoming NTK is zero
         ks = ks.materialize()
         w2, b2 = self.w_std**2, self.b_std**2
         nngp = w2 * ks.nngp + b2
-        ntk = None if ks.ntk is None else w2 * ks.ntk + nngp
+        ntk = None if ks.ntk is None else nngp if first else w2 * ks.ntk + nngp
         if ks.var2 is None:  # variances are the diagonal, bit for bit (see KState.materialize)
             var1, var2 = self_var(nngp), None
         else:

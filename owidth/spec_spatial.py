@@ -125,6 +125,7 @@ class Conv(Layer):
                 "ow.kernel: a Conv layer follows a layer with a fixed out=k. The infinite-width kernel needs "
                 "every weight layer but the readout to be hidden: leave out=None on all but the last one."
             )
+        first = ks.is_input  # the incoming NTK is zero: skip a full-size array of zeros
         ks = ks.materialize()
         where = f"Conv(filter_shape={self.filter_shape})"
         out, pads = sp.out_shape_and_pads(where, ks.spatial, self.filter_shape, self.strides, self.padding)
@@ -136,7 +137,7 @@ class Conv(Layer):
             return sp.window_sum(x, groups, self.filter_shape, self.strides, pads, out) / size
 
         nngp = w2 * patch_mean(ks.nngp, 2) + b2
-        ntk = None if ks.ntk is None else w2 * patch_mean(ks.ntk, 2) + nngp
+        ntk = None if ks.ntk is None else nngp if first else w2 * patch_mean(ks.ntk, 2) + nngp
         if ks.var2 is None:
             var1, var2 = self_var(nngp), None
         else:

@@ -55,7 +55,11 @@ def window_sum(x: jax.Array, groups, window, strides, pads, out) -> jax.Array:
     """``sum_{d in window} x[..., st s + d - lo, ...]`` with the same offset ``d`` on every axis group.
 
     ``groups`` lists the axis indices of each group (one entry per spatial
-    axis). The terms are added in a fixed order, so swapping two groups of a
+    axis). Out-of-range pixels count as zeros (``x`` is zero-padded once).
+    The offsets are visited by a ``fori_loop`` that adds one term at a time
+    into one accumulator: written as a sum of static slices, XLA materialises
+    every term (|window| arrays as large as ``x``, whose pixel axes may be
+    squared). The order of the terms is fixed, so swapping two groups of a
     symmetric input gives a symmetric output bit for bit.
     """
     cfg = [(0, 0)] * x.ndim
@@ -63,15 +67,28 @@ def window_sum(x: jax.Array, groups, window, strides, pads, out) -> jax.Array:
         for ax, pad in zip(group, pads):
             cfg[ax] = pad
     xp = jnp.pad(x, cfg) if any(p != (0, 0) for p in cfg) else x
-    total = None
-    for offs in itertools.product(*[range(f) for f in window]):
-        idx = [slice(None)] * x.ndim
+    offsets = jnp.asarray(list(itertools.product(*[range(f) for f in window])), dtype=jnp.int32)
+    extent = [st * (n - 1) + 1 for st, n in zip(strides, out)]
+
+    def term(k):
+        start = [jnp.zeros((), jnp.int32)] * x.ndim
+        sizes = list(xp.shape)
         for group in groups:
-            for ax, o, st, n in zip(group, offs, strides, out):
-                idx[ax] = slice(o, o + st * (n - 1) + 1, st)
-        term = xp[tuple(idx)]
-        total = term if total is None else total + term
-    return total
+            for i, ax in enumerate(group):
+                start[ax] = offsets[k, i]
+                sizes[ax] = extent[i]
+        t = jax.lax.dynamic_slice(xp, start, sizes)
+        if any(st > 1 for st in strides):
+            idx = [slice(None)] * x.ndim
+            for group in groups:
+                for ax, st in zip(group, strides):
+                    idx[ax] = slice(None, None, st)
+            t = t[tuple(idx)]
+        return t
+
+    if len(offsets) == 1:
+        return term(0)
+    return jax.lax.fori_loop(1, len(offsets), lambda k, acc: acc + term(k), term(0))
 
 
 def pixel_groups(lead: int, nsp: int, full: bool):

@@ -258,7 +258,8 @@ class Activation(Layer):
     Gauss-Hermite quadrature.
     """
 
-    _smooth = True  # False for kinked functions (relu family): no quadrature of their compositions
+    _smooth = True  # False for kinked functions (relu family): no Gauss-Hermite quadrature of their compositions
+    _kink_at_zero_only = False  # True for the relu family: piecewise linear with the kink at 0
 
     def fn(self, x: jax.Array) -> jax.Array:
         raise NotImplementedError
@@ -291,13 +292,17 @@ class Activation(Layer):
                 # consecutive nonlinearities: one elementwise function of the last Gaussian layer
                 from owidth.spec_quadrature import Composed
 
-                if not (ks.act._smooth and self._smooth):
+                # relu family first: second(first(x)) is smooth except at 0 (first vanishes only at
+                # 0 or is 0 on a half-line), so the kink-aware polar rule is exact
+                kink0 = ks.act._kink_at_zero_only and (self._smooth or self._kink_at_zero_only)
+                if not (kink0 or (ks.act._smooth and self._smooth)):
                     raise NotImplementedError(
                         f"ow.kernel: {type(ks.act).__name__} followed by {type(self).__name__}: the composition has "
-                        "a kink, where Gauss-Hermite quadrature of its NTK map converges too slowly (~K^-1/2) to be "
-                        "useful. Put a Dense layer between them, or use smooth activations (Gelu, Silu, Softplus)."
+                        "a kink away from 0 or of unknown position, where Gauss-Hermite quadrature of its NTK map "
+                        "converges too slowly (~K^-1/2) to be useful. Put a Dense layer between them, or use smooth "
+                        "activations (Gelu, Silu, Softplus); a relu-family activation first is supported."
                     )
-                composed = Composed(ks.act, self) if nodes is None else Composed(ks.act, self, nodes=nodes)
+                composed = Composed(ks.act, self, nodes=nodes or 48, kink_at_zero=bool(kink0))
                 return composed._kernel(ks.pre)
             raise NotImplementedError(
                 f"ow.kernel: {type(self).__name__} is applied to a non-Gaussian input: a residual/parallel sum "
@@ -379,6 +384,7 @@ class Relu(Activation):
     """``max(x, 0)``: the degree-1 arc-cosine kernel (Cho & Saul 2009)."""
 
     _smooth = False
+    _kink_at_zero_only = True
 
     def fn(self, x):
         return jax.nn.relu(x)
@@ -398,6 +404,7 @@ class LeakyRelu(Activation):
     """``max(x, a x)`` for slope ``a`` (any real ``a``; ``a = -1`` is ``|x|``)."""
 
     _smooth = False
+    _kink_at_zero_only = True
 
     a: float = 0.01
 
@@ -422,6 +429,7 @@ class Abs(Activation):
     """``|x|``."""
 
     _smooth = False
+    _kink_at_zero_only = True
 
     def fn(self, x):
         return jnp.abs(x)

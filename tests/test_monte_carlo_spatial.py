@@ -48,8 +48,8 @@ CASES = {
     # two conv layers, strides, SAME padding, AvgPool: O(1/width) bias
     "cnn2-avgpool-gap": (ow.serial(ow.Conv(filter_shape=(3, 3), w_std=1.5, b_std=0.2), ow.Relu(),
                                    ow.Conv(filter_shape=(3, 3), strides=2, w_std=1.4), ow.Gelu(),
-                                   ow.AvgPool(window=(2, 2), strides=(1, 1)), ow.GlobalAvgPool(),
-                                   ow.Dense(out=1, w_std=1.0)), (5, 5), 128, False),
+                                   ow.AvgPool(window=(2, 2), strides=(1, 1), padding="SAME"), ow.GlobalAvgPool(),
+                                   ow.Dense(out=1, w_std=1.0)), (4, 4), 64, False),
     "cnn2-flatten": (ow.serial(ow.Conv(filter_shape=(3, 3), w_std=1.5, b_std=0.2), ow.Relu(),
                                ow.Conv(filter_shape=(2, 2), strides=2, padding="VALID", w_std=1.4), ow.Relu(),
                                ow.Flatten(), ow.Dense(out=1, w_std=1.0)), (4, 4), 128, False),
@@ -60,7 +60,8 @@ CASES = {
 def test_cnn_kernels_match_monte_carlo(name):
     net, size, width, ntk = CASES[name]
     # NNGP-only cases are cheap per network: more of them (entries are correlated, so a 1-in-100
-    # fluctuation moves all of them; measured max z 3.3 at M = 400, 1.2 at M = 3000 for avgpool-gap)
+    # fluctuation moves all of them; measured max z 3.3 at M = 400, 1.2 at M = 3000 for avgpool-gap on
+    # 5x5 images at width 128)
     z = z_scores(net, images(3, size, 2, seed=1), width=width, seed=2, ntk=ntk, m=400 if ntk else 1000)
     for what, zz in z.items():
         assert np.all(zz < 4.0), f"{name} {what}: |analytic - MC| / SE = {np.round(zz, 2)}"
@@ -95,3 +96,21 @@ def test_mlp_kernels_match_monte_carlo(name):
     z = z_scores(MLP_CASES[name], sphere(3, 4, seed=3), width=width, seed=4, ntk=True, m=400)
     for what, zz in z.items():
         assert np.all(zz < 4.0), f"{name} {what}: |analytic - MC| / SE = {np.round(zz, 2)}"
+
+
+def test_monte_carlo_detects_wrong_pixel_and_centring_rules():
+    """The checks have power: pooling read as same-pixel covariances (Flatten's rule instead of
+    GAP's), and LayerNorm without centring (dividing by sqrt(var1 var2) alone, the rule for
+    zero-mean inputs), are both rejected."""
+    net, size, width, _ = CASES["cnn1-gap"]
+    x = images(3, size, 2, seed=1)
+    mean, se = mc_moments(net, x, width=width, seed=2, ntk=False, m=400)["nngp"]
+    flat = ow.serial(*net.layers[:2], ow.Flatten(), net.layers[3])
+    assert np.max(np.abs(np.asarray(ow.kernel(flat, x).nngp) - mean) / se) > 4.0
+
+    x = sphere(3, 4, seed=3)
+    mean, se = mc_moments(MLP_CASES["layernorm-after-relu"], x, width=512, seed=4, ntk=False, m=400)["nngp"]
+    post = np.asarray(ow.kernel(ow.serial(ow.Dense(w_std=1.5, b_std=0.3), ow.Relu()), x).nngp)
+    d = np.sqrt(np.diagonal(post))
+    uncentred = 1.1**2 * post / d[:, None] / d[None, :] + 0.1**2
+    assert np.max(np.abs(uncentred - mean) / se) > 4.0

@@ -31,9 +31,10 @@ def rel(a, b):
 def test_tiled_equals_untiled(name):
     net, shape = NETS[name]
     rng = np.random.default_rng(0)
-    x1, x2 = rng.standard_normal((23, *shape)), rng.standard_normal((11, *shape))
+    n1, n2 = (23, 11) if len(shape) == 1 else (13, 7)
+    x1, x2 = rng.standard_normal((n1, *shape)), rng.standard_normal((n2, *shape))
     full, cross = ow.kernel(net, x1), ow.kernel(net, x1, x2)
-    for b in (5, 7):  # neither divides 23 or 11
+    for b in (5, 4):  # divides none of 23, 11, 13, 7
         k = ow.kernel(net, x1, batch_size=b)
         assert np.array_equal(k.nngp, np.asarray(k.nngp).T) and np.array_equal(k.ntk, np.asarray(k.ntk).T)
         for got, ref in [(k.nngp, full.nngp), (k.ntk, full.ntk), (k.var1, full.var1), (k.var2, full.var2)]:

@@ -14,6 +14,7 @@ pixel pairs (``(n1, n2, *S, *S)``).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 
 import jax
@@ -125,9 +126,9 @@ class Conv(Layer):
                 "ow.kernel: a Conv layer follows a layer with a fixed out=k. The infinite-width kernel needs "
                 "every weight layer but the readout to be hidden: leave out=None on all but the last one."
             )
-        first = ks.is_input  # the incoming NTK is zero: skip a full-size array of zeros
-        ks = ks.materialize()
         where = f"Conv(filter_shape={self.filter_shape})"
+        if ks.is_input:
+            return self._kernel_of_data(ks, where)
         out, pads = sp.out_shape_and_pads(where, ks.spatial, self.filter_shape, self.strides, self.padding)
         w2, b2, size = self.w_std**2, self.b_std**2, math.prod(self.filter_shape)
         nsp = len(self.filter_shape)
@@ -137,12 +138,56 @@ class Conv(Layer):
             return sp.window_sum(x, groups, self.filter_shape, self.strides, pads, out) / size
 
         nngp = w2 * patch_mean(ks.nngp, 2) + b2
-        ntk = None if ks.ntk is None else nngp if first else w2 * patch_mean(ks.ntk, 2) + nngp
+        ntk = None if ks.ntk is None else w2 * patch_mean(ks.ntk, 2) + nngp
         if ks.var2 is None:
             var1, var2 = self_var(nngp), None
         else:
             var1, var2 = w2 * patch_mean(ks.var1, 1) + b2, w2 * patch_mean(ks.var2, 1) + b2
         return ks.replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2, spatial=out, gaussian=True,
+                          fixed=self.out is not None, pre=None, act=None, mean1=None, mean2=None)
+
+    def _kernel_of_data(self, ks: KState, where: str) -> KState:
+        """First layer: ``nngp(s, t) = w^2 P1(s) . P2(t) / (|F| C) + b^2`` with ``P`` the image
+        patches (zero-padded), one matrix product instead of a window sum over the data covariance;
+        the NTK equals the NNGP (no earlier parameters)."""
+        x1, x2 = ks.x1, ks.x2
+        spatial = tuple(x1.shape[1:-1])
+        out, pads = sp.out_shape_and_pads(where, spatial, self.filter_shape, self.strides, self.padding)
+        nsp, p = len(spatial), math.prod(out)
+        fan = math.prod(self.filter_shape) * x1.shape[-1]
+        w2, b2 = self.w_std**2, self.b_std**2
+
+        def patches(x):  # (n, P_out, |F| C)
+            xp = jnp.pad(x, [(0, 0), *pads, (0, 0)])
+            taps = []
+            for offs in itertools.product(*[range(f) for f in self.filter_shape]):
+                idx = (slice(None),) + tuple(slice(o, o + st * (n - 1) + 1, st)
+                                             for o, st, n in zip(offs, self.strides, out)) + (slice(None),)
+                taps.append(xp[idx])
+            return jnp.stack(taps, -2).reshape(x.shape[0], p, fan)
+
+        a = patches(x1)
+        b = a if x2 is None else patches(x2)
+        shape = out * (2 if ks.full else 1)
+        if ks.full:
+            g = jnp.einsum("ipk,jqk->ijpq", a, b)
+            swap = (1, 0, 3, 2)
+        else:
+            g = jnp.einsum("ipk,jpk->ijp", a, b)
+            swap = (1, 0, 2)
+        if x2 is None:
+            g = 0.5 * (g + jnp.transpose(g, swap))  # exactly symmetric
+        nngp = w2 * (g.reshape(g.shape[:2] + shape) / fan) + b2
+        if x2 is None:
+            var1, var2 = self_var(nngp), None
+        else:
+            def var(z):
+                v = jnp.einsum("ipk,iqk->ipq", z, z) if ks.full else jnp.sum(z * z, axis=-1)
+                return w2 * (v.reshape((z.shape[0],) + shape) / fan) + b2
+
+            var1, var2 = var(a), var(b)
+        ntk = nngp if ks.need_ntk else None
+        return ks.replace(x1=None, x2=None, nngp=nngp, ntk=ntk, var1=var1, var2=var2, spatial=out, gaussian=True,
                           fixed=self.out is not None, pre=None, act=None, mean1=None, mean2=None)
 
     def _geometry(self, dim: Dim, ctx: FiniteCtx):

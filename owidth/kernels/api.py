@@ -95,8 +95,10 @@ def kernel(net, x1, x2=None, *, get=("nngp", "ntk"), batch_size: int | None = No
         rather than for the whole kernel; tiles are spread over
         ``jax.devices()`` with ``jax.sharding``. Without ``x2`` only tiles on
         and above the diagonal are computed and mirrored (exactly
-        symmetric). Same result as untiled up to rounding (see
-        :func:`_tiled`).
+        symmetric), about half the work of the untiled call: for pooled
+        CNNs, whose kernels keep all pixel pairs, tiles of 32 are both
+        faster and far smaller in memory (``benchmarks/kernels.py``).
+        Same result as untiled up to rounding (see :func:`_tiled`).
 
     Returns:
       A :class:`Kernel` with ``nngp``/``ntk`` of shape (n1, n2), per output

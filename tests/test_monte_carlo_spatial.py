@@ -56,7 +56,8 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "cnn2-flatten" else n
+                                  for n in sorted(CASES)])
 def test_cnn_kernels_match_monte_carlo(name):
     net, size, width, ntk = CASES[name]
     # NNGP-only cases are cheap per network: more of them (entries are correlated, so a 1-in-100

@@ -148,6 +148,12 @@ def dual_polar(fn, q1, q2, c, *, nodes: int, need_dot: bool):
     then exact up to rounding). Averaged over both orders of (u, v), as
     :func:`dual`, for exact symmetry.
     """
+    return _polar_both(fn, q1, q2, c, nodes=nodes, need_dot=need_dot)
+
+
+@functools.partial(jax.jit, static_argnames=("fn", "nodes", "need_dot"))
+def _polar_both(fn, q1, q2, c, *, nodes: int, need_dot: bool):
+    """Both orders, jitted as one (inlined under ``ow.kernel``'s jit; one compilation when called eagerly)."""
     a, ad = _polar_ordered(fn, q1, q2, c, nodes=nodes, need_dot=need_dot)
     b, bd = _polar_ordered(fn, q2, q1, c, nodes=nodes, need_dot=need_dot)
     return 0.5 * (a + b), (0.5 * (ad + bd) if need_dot else None)

@@ -2,11 +2,21 @@
 
     python benchmarks/kernels.py [--quick] [--no-peer] [--out PATH] [--repeats R]
 
-Workload ``ntk_relu_mlp_depth4``: the NNGP and NTK (both asked for) of a
-depth-4 ReLU MLP (4 x [Dense(w_std=sqrt 2, b_std=sqrt 0.1), Relu] then
-Dense(out=1, w_std=1, b_std=0)) between N inputs of dimension 16 and
-themselves (x2=None), for N in {512, 2048} ({64, 128} with --quick), in
-float32 (JAX's default) and float64 (jax_enable_x64 on).
+Workloads, each the NNGP and NTK (both asked for) between N inputs and
+themselves (x2=None), in float32 (JAX's default) and float64 (jax_enable_x64
+on):
+
+* ``ntk_relu_mlp_depth4``: a depth-4 ReLU MLP (4 x [Dense(w_std=sqrt 2,
+  b_std=sqrt 0.1), Relu] then Dense(out=1, w_std=1, b_std=0)) on inputs of
+  dimension 16, N in {512, 2048} ({64, 128} with --quick).
+* ``ntk_relu_mlp_depth4_tiled``: the same net at N = 4096 (256 with
+  --quick), owidth with ``batch_size=1024`` (64); the peer untiled.
+* ``cntk_gap_cnn2_8x8x3``: the pooled CNTK (Arora et al. 2019) of
+  2 x [Conv(3x3, SAME, w_std=sqrt 2, b_std=sqrt 0.1), Relu], GlobalAvgPool,
+  Dense(out=1) on N = 128 images 8x8x3 (16 with --quick): all pixel-pair
+  covariances, (N, N, 8, 8, 8, 8).
+* ``cntk_gap_cnn2_8x8x3_tiled``: the same, owidth with ``batch_size=32``
+  (8 with --quick); the peer untiled (one peer measurement serves both).
 
 Every (library, dtype, N) is measured in its own fresh process, one after the
 other, never concurrently: owidth by this script re-run as
@@ -67,6 +77,13 @@ SIZES = (512, 2048)
 QUICK_SIZES = (64, 128)
 REPEATS = 7
 QUICK_REPEATS = 2
+# name -> (net, input shape without batch, sizes, quick sizes, owidth batch_size (full, quick), repeats)
+WORKLOADS = {
+    WORKLOAD: ("mlp", (D_IN,), SIZES, QUICK_SIZES, (None, None), REPEATS),
+    "ntk_relu_mlp_depth4_tiled": ("mlp", (D_IN,), (4096,), (256,), (1024, 64), 3),
+    "cntk_gap_cnn2_8x8x3": ("cnn", (8, 8, 3), (128,), (16,), (None, None), 3),
+    "cntk_gap_cnn2_8x8x3_tiled": ("cnn", (8, 8, 3), (128,), (16,), (32, 8), 3),
+}
 DTYPES = ("float32", "float64")
 GET = ("nngp", "ntk")
 # Both workers pin the CPU backend and silence TensorFlow/absl start-up noise.
@@ -152,10 +169,15 @@ def emit(stats: dict, kernels, save: str) -> None:
     print(json.dumps(stats), flush=True)
 
 
-def owidth_net():
+def owidth_net(kind: str = "mlp"):
     import owidth as ow
 
-    hidden = [l for _ in range(DEPTH) for l in (ow.Dense(w_std=2**0.5, b_std=0.1**0.5), ow.Relu())]
+    w, b = 2**0.5, 0.1**0.5
+    if kind == "cnn":
+        conv = [l for _ in range(2) for l in (ow.Conv(filter_shape=(3, 3), padding="SAME", w_std=w, b_std=b),
+                                              ow.Relu())]
+        return ow.serial(*conv, ow.GlobalAvgPool(), ow.Dense(out=1, w_std=1.0, b_std=0.0))
+    hidden = [l for _ in range(DEPTH) for l in (ow.Dense(w_std=w, b_std=b), ow.Relu())]
     return ow.serial(*hidden, ow.Dense(out=1, w_std=1.0, b_std=0.0))
 
 
@@ -165,21 +187,31 @@ def owidth_worker(args) -> None:
     jax.config.update("jax_enable_x64", args.dtype == "float64")
     import owidth as ow
 
-    net = owidth_net()
+    net = owidth_net(args.net)
     x = load_input(args.x, args.dtype)
+    bs = args.batch_size
 
     def f(x):
-        k = ow.kernel(net, x, get=GET)
+        k = ow.kernel(net, x, get=GET, batch_size=bs)
         return k.nngp, k.ntk
 
-    stats, kernels = measure(f, f, x, args.repeats)  # ow.kernel jits internally
+    if bs is None:
+        traceable = f
+    else:  # tiles are assembled on the host: compile what they run, one tile with and one without x2
+        def traceable(x):
+            a, b = ow.kernel(net, x[:bs], get=GET), ow.kernel(net, x[:bs], x[bs:2 * bs], get=GET)
+            return a.nngp, a.ntk, b.nngp, b.ntk
+
+    stats, kernels = measure(f, traceable, x, args.repeats)  # ow.kernel jits internally
     emit(stats, kernels, args.save)
 
 
 # ---------------------------------------------------------------- parent side
 def run_worker(cmd: list[str], quiet_stderr: bool = False) -> dict:
     """Run one worker to completion; its last stdout line is its JSON result."""
-    env = {**os.environ, **WORKER_ENV}
+    # this checkout's owidth, whether or not (and wherever) owidth is installed
+    path = os.pathsep.join(p for p in (str(HERE.parent), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, **WORKER_ENV, "PYTHONPATH": path}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=HERE.parent)
     if proc.returncode != 0:
         tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
@@ -237,22 +269,36 @@ def machine_info() -> dict:
     }
 
 
-def bench_one(n: int, dtype: str, x_path: str, tmp: str, repeats: int, peer_python: str | None) -> dict:
-    """Measure owidth (and the peer) for one (N, dtype) and compare their kernels."""
-    common = ["--x", x_path, "--dtype", dtype, "--repeats", str(repeats)]
-    ow_save = os.path.join(tmp, f"ow_{dtype}_{n}.npz")
-    ow_stats = run_worker([sys.executable, str(pathlib.Path(__file__).resolve()), "--worker", *common, "--save", ow_save])
-    entry = {"workload": WORKLOAD, "n": n, "dtype": dtype, "owidth": ow_stats, "neural_tangents": None,
-             "ratio_run": None, "ratio_compile": None,
+def bench_one(workload: str, n: int, dtype: str, x_path: str, tmp: str, repeats: int, peer_python: str | None,
+              batch_size: int | None, peer_cache: dict) -> dict:
+    """Measure owidth (and the peer) for one (workload, N, dtype) and compare their kernels.
+
+    The peer is always untiled; one peer measurement per (net, N, dtype) serves the tiled and the
+    untiled owidth workload (``peer_cache``)."""
+    net = WORKLOADS[workload][0]
+    common = ["--x", x_path, "--dtype", dtype, "--repeats", str(repeats), "--net", net]
+    ow_save = os.path.join(tmp, f"ow_{workload}_{dtype}_{n}.npz")
+    extra = [] if batch_size is None else ["--batch-size", str(batch_size)]
+    ow_stats = run_worker([sys.executable, str(pathlib.Path(__file__).resolve()), "--worker", *common, *extra,
+                           "--save", ow_save])
+    entry = {"workload": workload, "n": n, "dtype": dtype, "batch_size": batch_size, "owidth": ow_stats,
+             "neural_tangents": None, "ratio_run": None, "ratio_compile": None, "ratio_peak_rss": None,
              "max_rel_diff": None, "max_rel_diff_offdiag": None, "max_rel_diff_nngp": None}
     if peer_python is None:
         return entry
-    nt_save = os.path.join(tmp, f"nt_{dtype}_{n}.npz")
+    key = (net, n, dtype)
+    nt_save = os.path.join(tmp, f"nt_{net}_{dtype}_{n}.npz")
     try:
-        nt_stats = run_worker([peer_python, str(NT_RUNNER), *common, "--save", nt_save], quiet_stderr=True)
+        if key not in peer_cache:
+            peer_cache[key] = run_worker([peer_python, str(NT_RUNNER), *common, "--save", nt_save],
+                                         quiet_stderr=True)
+        nt_stats = peer_cache[key]
     except (OSError, RuntimeError, ValueError, IndexError) as err:
-        print(f"[kernels] peer failed for n={n} {dtype}: {err}", file=sys.stderr)
+        print(f"[kernels] peer failed for {workload} n={n} {dtype}: {err}", file=sys.stderr)
         entry["peer_error"] = str(err).splitlines()[0]
+        peer_cache[key] = None
+        return entry
+    if nt_stats is None:
         return entry
     with np.load(ow_save) as ko, np.load(nt_save) as kn:
         entry["max_rel_diff"] = max_rel_diff(ko["ntk"], kn["ntk"])
@@ -261,6 +307,7 @@ def bench_one(n: int, dtype: str, x_path: str, tmp: str, repeats: int, peer_pyth
     entry["neural_tangents"] = nt_stats
     entry["ratio_run"] = ow_stats["run_s"] / nt_stats["run_s"]
     entry["ratio_compile"] = ow_stats["compile_s"] / nt_stats["compile_s"]
+    entry["ratio_peak_rss"] = ow_stats["peak_rss_mib"] / max(nt_stats["peak_rss_mib"], 1e-9)
     return entry
 
 
@@ -269,14 +316,14 @@ def _fmt(v, spec: str) -> str:
 
 
 def markdown_table(results: list[dict]) -> str:
-    head = ("| dtype | N | owidth run ms | NT run ms | run ratio | owidth compile s | NT compile s "
+    head = ("| workload | tile | dtype | N | owidth run ms | NT run ms | run ratio | owidth compile s | NT compile s "
             "| owidth 1st call s | NT 1st call s | owidth RSS MiB | NT RSS MiB | NTK max rel diff | off-diag |")
     rows = [head, "|" + "---|" * head.count(" | ") + "---|"]
     for r in results:
         o, t = r["owidth"], r["neural_tangents"] or {}
         nt_run_ms = t["run_s"] * 1e3 if t else None
         rows.append(
-            f"| {r['dtype']} | {r['n']} | {o['run_s'] * 1e3:.2f} | {_fmt(nt_run_ms, '.2f')} "
+            f"| {r['workload']} | {_fmt(r.get('batch_size'), 'd')} | {r['dtype']} | {r['n']} | {o['run_s'] * 1e3:.2f} | {_fmt(nt_run_ms, '.2f')} "
             f"| {_fmt(r['ratio_run'], '.2f')} | {o['compile_s']:.3f} | {_fmt(t.get('compile_s'), '.3f')} "
             f"| {o['first_call_s']:.3f} | {_fmt(t.get('first_call_s'), '.3f')} "
             f"| {o['peak_rss_mib']:.1f} | {_fmt(t.get('peak_rss_mib'), '.1f')} | {_fmt(r['max_rel_diff'], '.2e')} "
@@ -285,31 +332,44 @@ def markdown_table(results: list[dict]) -> str:
     return "\n".join(rows)
 
 
+def _owidth_version() -> str:
+    text = (HERE.parent / "pyproject.toml").read_text()
+    return next((l.split("=", 1)[1].strip().strip('"') for l in text.splitlines() if l.startswith("version")), "?")
+
+
 def main_parent(args) -> None:
-    sizes, repeats = (QUICK_SIZES, QUICK_REPEATS) if args.quick else (SIZES, REPEATS)
-    repeats = args.repeats if args.repeats is not None else repeats
+    workloads = args.workloads or list(WORKLOADS)
     peer_python = None if args.no_peer else find_peer_python()
     peer = peer_versions(peer_python) if peer_python else None
     if peer is None:
         peer_python = None
 
     results = []
+    peer_cache: dict = {}
     with tempfile.TemporaryDirectory(prefix="owidth-bench-") as tmp:
-        rng = np.random.RandomState(SEED)
-        for n in sizes:
-            x_path = os.path.join(tmp, f"x_{n}.npy")
-            np.save(x_path, rng.randn(n, D_IN))  # float64; each worker casts to its dtype
-            for dtype in DTYPES:
-                print(f"[kernels] n={n} {dtype} ...", file=sys.stderr, flush=True)
-                results.append(bench_one(n, dtype, x_path, tmp, repeats, peer_python))
+        for workload in workloads:
+            _, shape, sizes, quick_sizes, (bs, quick_bs), repeats = WORKLOADS[workload]
+            sizes, bs = (quick_sizes, quick_bs) if args.quick else (sizes, bs)
+            repeats = args.repeats if args.repeats is not None else (QUICK_REPEATS if args.quick else repeats)
+            for n in sizes:
+                x_path = os.path.join(tmp, f"x_{'x'.join(map(str, shape))}_{n}.npy")
+                if not os.path.exists(x_path):  # same inputs for the tiled and untiled workloads
+                    np.save(x_path, np.random.RandomState(SEED).randn(n, *shape))  # float64; workers cast
+                for dtype in DTYPES:
+                    print(f"[kernels] {workload} n={n} {dtype} ...", file=sys.stderr, flush=True)
+                    results.append(bench_one(workload, n, dtype, x_path, tmp, repeats, peer_python, bs, peer_cache))
 
     report = {
         "machine": machine_info(),
         "jax_version": importlib.metadata.version("jax"),
-        "owidth_version": importlib.metadata.version("owidth"),
+        "owidth_version": _owidth_version(),
         "peer": peer,
-        "config": {"workload": WORKLOAD, "depth": DEPTH, "d_in": D_IN, "seed": SEED, "get": list(GET),
-                   "sizes": list(sizes), "dtypes": list(DTYPES), "repeats": repeats, "quick": args.quick},
+        "config": {"workloads": {w: {"net": WORKLOADS[w][0], "input_shape": list(WORKLOADS[w][1]),
+                                     "sizes": list(WORKLOADS[w][3 if args.quick else 2]),
+                                     "batch_size": WORKLOADS[w][4][1 if args.quick else 0],
+                                     "repeats": args.repeats or (QUICK_REPEATS if args.quick else WORKLOADS[w][5])}
+                                 for w in workloads},
+                   "depth_mlp": DEPTH, "seed": SEED, "get": list(GET), "dtypes": list(DTYPES), "quick": args.quick},
         "notes": {"timing": TIMING_NOTE, "peak_rss_mib": PEAK_RSS_NOTE, "max_rel_diff": DIFF_NOTE},
         "results": results,
     }
@@ -322,7 +382,8 @@ def main_parent(args) -> None:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="N in {64, 128}, 2 repeats (smoke test)")
+    p.add_argument("--quick", action="store_true", help="small N, 2 repeats (smoke test)")
+    p.add_argument("--workloads", nargs="*", choices=list(WORKLOADS), help="subset of workloads (default: all)")
     p.add_argument("--no-peer", action="store_true", help="skip neural-tangents")
     p.add_argument("--out", default=str(DEFAULT_OUT), help="JSON output (default: %(default)s)")
     p.add_argument("--repeats", type=int, default=None, help=f"timed calls per measurement (default {REPEATS})")
@@ -331,6 +392,8 @@ def main(argv=None) -> None:
     p.add_argument("--x", help=argparse.SUPPRESS)
     p.add_argument("--dtype", choices=DTYPES, help=argparse.SUPPRESS)
     p.add_argument("--save", help=argparse.SUPPRESS)
+    p.add_argument("--net", choices=("mlp", "cnn"), default="mlp", help=argparse.SUPPRESS)
+    p.add_argument("--batch-size", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
         owidth_worker(args)

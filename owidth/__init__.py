@@ -33,7 +33,8 @@ from owidth.spec import (
     serial,
 )
 from owidth.spec_quadrature import ActivationFn, Sigmoid, Silu, Softplus, Swish, Tanh
-from owidth.spec_spatial import Conv, Flatten, GlobalAvgPool
+from owidth.spec_norm import LayerNorm
+from owidth.spec_spatial import AvgPool, Conv, Flatten, GlobalAvgPool
 from owidth.sweep import Sweep, load_sweep, run_sweep
 from owidth.train import Snapshot, train
 from owidth.measure import coord_check
@@ -44,6 +45,7 @@ __all__ = [
     "Abs",
     "Activation",
     "ActivationFn",
+    "AvgPool",
     "Conv",
     "Dense",
     "Erf",
@@ -56,6 +58,7 @@ __all__ = [
     "Identity",
     "Kernel",
     "Layer",
+    "LayerNorm",
     "LeakyRelu",
     "MF",
     "MUP",

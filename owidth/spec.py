@@ -22,8 +22,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from owidth.kernels import dual
-from owidth.kernels.state import KState
+from owidth.kernels import dual, quadrature
+from owidth.kernels import spatial as sp
+from owidth.kernels.state import KState, self_var
 from owidth.param import Parametrization, Role
 
 __all__ = [
@@ -146,6 +147,15 @@ class Layer:
         """True when the output is a fresh zero-mean weight layer (independent of any other branch)."""
         return False
 
+    def _odd_linear(self) -> bool:
+        """True for layers ``g`` with ``g(-z) = -g(z)`` and no parameters (identity, pooling, flatten,
+        LayerNorm): after a weight layer, flipping its weights and biases flips the output, so the
+        output stays uncorrelated with any other branch."""
+        return False
+
+    def _children(self) -> tuple:
+        return ()
+
 
 # --------------------------------------------------------------------------- #
 # Dense
@@ -189,16 +199,17 @@ class Dense(Layer):
                 "ow.kernel: a Dense layer follows a Dense(out=k) layer. The infinite-width kernel "
                 "needs every layer but the readout to be hidden: leave out=None on all but the last Dense."
             )
+        first = ks.is_input  # the incoming NTK is zero
         ks = ks.materialize()
         w2, b2 = self.w_std**2, self.b_std**2
         nngp = w2 * ks.nngp + b2
-        ntk = None if ks.ntk is None else w2 * ks.ntk + nngp
+        ntk = None if ks.ntk is None else nngp if first else w2 * ks.ntk + nngp
         if ks.var2 is None:  # variances are the diagonal, bit for bit (see KState.materialize)
-            var1, var2 = jnp.diagonal(nngp), None
+            var1, var2 = self_var(nngp), None
         else:
             var1, var2 = w2 * ks.var1 + b2, w2 * ks.var2 + b2
         return ks.replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2, gaussian=True, fixed=self.out is not None,
-                          pre=None, act=None)
+                          pre=None, act=None, mean1=None, mean2=None)
 
     def _out_dim(self, ctx: FiniteCtx) -> Dim:
         return Dim(ctx.width, True) if self.out is None else Dim(self.out, False)
@@ -249,7 +260,8 @@ class Activation(Layer):
     Gauss-Hermite quadrature.
     """
 
-    _smooth = True  # False for kinked functions (relu family): no quadrature of their compositions
+    _smooth = True  # False for kinked functions (relu family): no Gauss-Hermite quadrature of their compositions
+    _kink_at_zero_only = False  # True for the relu family: piecewise linear with the kink at 0
 
     def fn(self, x: jax.Array) -> jax.Array:
         raise NotImplementedError
@@ -261,6 +273,18 @@ class Activation(Layer):
         """``(E phi(u)^2, E phi'(u)^2)`` for ``u ~ N(0, q)`` (the kernel diagonal)."""
         return self.dual(q, q, q, need_dot=need_dot)
 
+    def mean(self, q):
+        """``E phi(u)`` for ``u ~ N(0, q)`` (used by ``LayerNorm``, which centres its input).
+
+        Default: 1-D Gauss-Hermite quadrature with 64 nodes (accurate for smooth
+        ``phi``); kinked activations give a closed form instead.
+        """
+        if not self._smooth:
+            raise NotImplementedError(
+                f"{type(self).__name__}.mean: no closed form for E phi(u); LayerNorm after it is not supported"
+            )
+        return quadrature.mean(self.fn, q, nodes=getattr(self, "nodes", 64))
+
     def _kernel(self, ks: KState) -> KState:
         if ks.is_input:
             return ks.replace(x1=self.fn(ks.x1), x2=None if ks.x2 is None else self.fn(ks.x2))
@@ -270,19 +294,28 @@ class Activation(Layer):
                 # consecutive nonlinearities: one elementwise function of the last Gaussian layer
                 from owidth.spec_quadrature import Composed
 
-                if not (ks.act._smooth and self._smooth):
+                # relu family first: second(first(x)) is smooth except at 0 (first vanishes only at
+                # 0 or is 0 on a half-line), so the kink-aware polar rule is exact
+                kink0 = ks.act._kink_at_zero_only and (self._smooth or self._kink_at_zero_only)
+                if not (kink0 or (ks.act._smooth and self._smooth)):
                     raise NotImplementedError(
                         f"ow.kernel: {type(ks.act).__name__} followed by {type(self).__name__}: the composition has "
-                        "a kink, where Gauss-Hermite quadrature of its NTK map converges too slowly (~K^-1/2) to be "
-                        "useful. Put a Dense layer between them, or use smooth activations (Gelu, Silu, Softplus)."
+                        "a kink away from 0 or of unknown position, where Gauss-Hermite quadrature of its NTK map "
+                        "converges too slowly (~K^-1/2) to be useful. Put a Dense layer between them, or use smooth "
+                        "activations (Gelu, Silu, Softplus); a relu-family activation first is supported."
                     )
-                composed = Composed(ks.act, self) if nodes is None else Composed(ks.act, self, nodes=nodes)
+                composed = Composed(ks.act, self, nodes=nodes or 48, kink_at_zero=bool(kink0))
                 return composed._kernel(ks.pre)
             raise NotImplementedError(
-                f"ow.kernel: {type(self).__name__} is applied to a non-Gaussian sum (a residual or parallel "
-                "branch carrying post-activations). Put a Dense layer before it; the exact kernel of a "
-                "nonlinearity of such a sum is not implemented yet."
+                f"ow.kernel: {type(self).__name__} is applied to a non-Gaussian input: a residual/parallel sum "
+                "with a branch carrying post-activations (e.g. Relu() then Residual(..., Dense()) then "
+                f"{type(self).__name__}()), or a LayerNorm of post-activations. Such an input is a Gaussian "
+                "plus a non-Gaussian part, so its law is not fixed by its covariance and the dual kernel "
+                "E[phi(u) phi(v)] of a bivariate Gaussian does not apply. Put a Dense layer before it (or a Conv), "
+                "or move the identity branch before the activation."
             )
+        if ks.spatial:
+            return self._kernel_spatial(ks)
         need = ks.ntk is not None
         v2 = ks.var1 if ks.var2 is None else ks.var2
         nngp, tdot = self.dual(ks.var1[:, None], v2[None, :], ks.nngp, need_dot=need)
@@ -300,7 +333,46 @@ class Activation(Layer):
             var1 = self.dual_diag(ks.var1, need_dot=False)[0]
             var2 = self.dual_diag(ks.var2, need_dot=False)[0]
         ntk = ks.ntk * tdot if need else None
-        return ks.replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2, gaussian=False, pre=ks, act=self)
+        mean1 = self.mean(ks.var1)
+        mean2 = None if ks.var2 is None else self.mean(ks.var2)
+        return ks.replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2, gaussian=False, pre=ks, act=self,
+                          mean1=mean1, mean2=mean2)
+
+    def _kernel_spatial(self, ks: KState) -> KState:
+        """Pixelwise rule on pixel covariances: entry (i, j, s[, t]) uses the variances of pixel s of
+        x1_i and of pixel s (t) of x2_j. Without x2, same-input same-pixel entries are computed at
+        rho = 1 and the variances are read off the result's diagonal."""
+        need = ks.ntk is not None
+        nsp, full = len(ks.spatial), ks.full
+        p1 = sp.pixel_var(ks.var1, nsp, full)
+        p2 = p1 if ks.var2 is None else sp.pixel_var(ks.var2, nsp, full)
+        qa, qb = sp.outer(p1, p2, nsp, full)
+        nngp, tdot = self.dual(qa, qb, ks.nngp, need_dot=need)
+        d1, dd1 = self.dual_diag(p1, need_dot=need)
+        if ks.var2 is None:
+            mask = sp.diag_mask(nngp.shape[0], nsp, ks.spatial, full)
+            da = sp.outer(d1, d1, nsp, full)[0]
+            nngp = jnp.where(mask, da, nngp)
+            if need:
+                tdot = jnp.where(mask, sp.outer(dd1, dd1, nsp, full)[0], tdot)
+            var1, var2 = self_var(nngp), None
+        else:
+            var1, var2 = self._self_block(ks.var1, p1, d1, ks), self._self_block(ks.var2, p2, None, ks)
+        ntk = ks.ntk * tdot if need else None
+        mean1 = self.mean(p1)
+        mean2 = None if ks.var2 is None else self.mean(p2)
+        return ks.replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2, gaussian=False, pre=ks, act=self,
+                          mean1=mean1, mean2=mean2)
+
+    def _self_block(self, var, p, d, ks):
+        """The rule on a same-input block: per pixel (diagonal), or all pixel pairs (full)."""
+        if d is None:
+            d = self.dual_diag(p, need_dot=False)[0]
+        if not ks.full:
+            return d
+        qa, qb = sp.block(p, len(ks.spatial))
+        t, _ = self.dual(qa, qb, var, need_dot=False)
+        return jnp.where(sp.pixel_eye(ks.spatial), sp.block(d, len(ks.spatial))[0], t)
 
     def _init(self, key, dim, ctx):
         return (), dim
@@ -314,6 +386,7 @@ class Relu(Activation):
     """``max(x, 0)``: the degree-1 arc-cosine kernel (Cho & Saul 2009)."""
 
     _smooth = False
+    _kink_at_zero_only = True
 
     def fn(self, x):
         return jax.nn.relu(x)
@@ -324,12 +397,16 @@ class Relu(Activation):
     def dual_diag(self, q, *, need_dot):
         return dual.leaky_relu_diag(q, a=0.0, need_dot=need_dot)
 
+    def mean(self, q):
+        return dual.leaky_relu_mean(q, a=0.0)
+
 
 @dataclasses.dataclass(frozen=True)
 class LeakyRelu(Activation):
     """``max(x, a x)`` for slope ``a`` (any real ``a``; ``a = -1`` is ``|x|``)."""
 
     _smooth = False
+    _kink_at_zero_only = True
 
     a: float = 0.01
 
@@ -345,12 +422,16 @@ class LeakyRelu(Activation):
     def dual_diag(self, q, *, need_dot):
         return dual.leaky_relu_diag(q, a=self.a, need_dot=need_dot)
 
+    def mean(self, q):
+        return dual.leaky_relu_mean(q, a=self.a)
+
 
 @dataclasses.dataclass(frozen=True)
 class Abs(Activation):
     """``|x|``."""
 
     _smooth = False
+    _kink_at_zero_only = True
 
     def fn(self, x):
         return jnp.abs(x)
@@ -360,6 +441,9 @@ class Abs(Activation):
 
     def dual_diag(self, q, *, need_dot):
         return dual.leaky_relu_diag(q, a=-1.0, need_dot=need_dot)
+
+    def mean(self, q):
+        return dual.leaky_relu_mean(q, a=-1.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -387,6 +471,9 @@ class Erf(_ScaledActivation):
     def fn(self, x):
         return self.a * jax.scipy.special.erf(self.b * x) + self.shift
 
+    def mean(self, q):
+        return jnp.full_like(q, self.shift)  # erf is odd
+
 
 @dataclasses.dataclass(frozen=True)
 class Gelu(Activation):
@@ -398,6 +485,9 @@ class Gelu(Activation):
     def dual(self, q1, q2, c, *, need_dot):
         return dual.gelu(q1, q2, c, need_dot=need_dot)
 
+    def mean(self, q):
+        return q / jnp.sqrt(2.0 * jnp.pi * (1.0 + q))  # Stein: E[u Phi(u)] = q E[phi(u)]
+
 
 @dataclasses.dataclass(frozen=True)
 class Sin(_ScaledActivation):
@@ -407,6 +497,9 @@ class Sin(_ScaledActivation):
 
     def fn(self, x):
         return self.a * jnp.sin(self.b * x + self.shift)
+
+    def mean(self, q):
+        return self.a * math.sin(self.shift) * jnp.exp(-0.5 * self.b**2 * q)  # E sin(w) = sin(E w) e^{-Var w/2}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -421,6 +514,9 @@ class Identity(Activation):
 
     def _kernel(self, ks: KState) -> KState:
         return ks
+
+    def _odd_linear(self) -> bool:
+        return True
 
 
 # --------------------------------------------------------------------------- #
@@ -447,8 +543,14 @@ class Serial(Layer):
         return any(layer._has_weights() for layer in self.layers)
 
     def _ends_in_weights(self) -> bool:
-        last = [layer for layer in self.layers if not isinstance(layer, Identity)]
+        last = [layer for layer in self.layers if not layer._odd_linear()]
         return bool(last) and last[-1]._ends_in_weights()
+
+    def _odd_linear(self) -> bool:
+        return all(layer._odd_linear() for layer in self.layers)
+
+    def _children(self) -> tuple:
+        return self.layers
 
     def _kernel(self, ks):
         for layer in self.layers:
@@ -487,6 +589,9 @@ class Parallel(Layer):
     def _ends_in_weights(self) -> bool:
         return all(b._ends_in_weights() for b in self.branches)
 
+    def _children(self) -> tuple:
+        return self.branches
+
     def _kernel(self, ks):
         if ks.is_input and not self._has_weights():  # a sum of functions of the data itself: exact
             outs = [b._kernel(ks) for b in self.branches]
@@ -508,7 +613,22 @@ class Parallel(Layer):
         fixed = {o.fixed for o in outs}
         if len(fixed) > 1:
             raise ValueError("ow.parallel: branches mix hidden (out=None) and fixed (out=k) widths; make them agree")
+        shapes = {o.nngp.shape for o in outs}
+        if len(shapes) > 1 or len({o.full for o in outs}) > 1:
+            raise ValueError(
+                f"ow.parallel: branch outputs have different spatial shapes ({sorted(o.spatial for o in outs)}); "
+                "a fan-in sum needs equal shapes (use the same strides/padding in every branch)"
+            )
+
+        def total(values):
+            values = [v for v in values if v is not None]
+            return sum(values) if values else None
+
         return ks.replace(
+            spatial=outs[0].spatial,
+            full=outs[0].full,
+            mean1=total(o.mean1 for o in outs),
+            mean2=total(o.mean2 for o in outs),
             x1=None,
             x2=None,
             nngp=sum(o.nngp for o in outs),

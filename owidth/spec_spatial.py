@@ -3,31 +3,64 @@
 Inputs are ``(batch, *spatial, channels)``: NWC for 1-D, NHWC for 2-D. A
 ``Conv`` whose ``out`` is unset has ``width`` channels in a finite network.
 
-Finite networks only in this release: their analytic (infinite-width) kernel
-rules, which need pixel-pixel covariances, are tracked in the kernel-engine
-issue; ``ow.kernel`` raises ``NotImplementedError`` for them.
+Kernels (Arora et al. 2019, CNTK; Novak et al. 2019) act on pixel
+covariances (see :mod:`owidth.kernels.spatial`). ``ow.kernel`` keeps only
+what the architecture needs, decided by a static look at the spec
+(:func:`needs_full_pixels`): without pooling, only same-pixel covariances
+(shape ``(n1, n2, *S)``); with ``AvgPool``/``GlobalAvgPool`` anywhere, all
+pixel pairs (``(n1, n2, *S, *S)``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 
 import jax
 import jax.numpy as jnp
 
-from owidth.kernels.state import KState
+from owidth.kernels import spatial as sp
+from owidth.kernels.state import KState, self_var
 from owidth.param import Role
 from owidth.spec import Dim, FiniteCtx, Layer, _check_weight_layer, init_weights
 
-__all__ = ["Conv", "Flatten", "GlobalAvgPool"]
+__all__ = ["Conv", "AvgPool", "Flatten", "GlobalAvgPool", "needs_full_pixels"]
 
 
-def _no_kernel(name: str):
-    raise NotImplementedError(
-        f"ow.kernel: the analytic kernel of {name} is not implemented yet (convolutional NNGP/NTK rules are "
-        "planned); finite networks, ow.finite and ow.empirical_ntk support it"
-    )
+def needs_full_pixels(layer: Layer) -> bool:
+    """True when the spec pools over pixels (``AvgPool``/``GlobalAvgPool``), so that kernels need all
+    pixel-pixel covariances; otherwise same-pixel covariances suffice (conv and pixelwise layers keep
+    the diagonal representation closed, and ``Flatten`` reads only the diagonal)."""
+    if isinstance(layer, (AvgPool, GlobalAvgPool)):
+        return True
+    return any(needs_full_pixels(child) for child in layer._children())
+
+
+def _need_spatial(ks: KState, where: str) -> None:
+    if not ks.spatial:
+        raise ValueError(
+            f"ow.kernel: {where} needs spatial inputs of shape (batch, *spatial, channels); here its input "
+            "has no spatial axes (rank-2 data, or after Flatten/GlobalAvgPool)"
+        )
+
+
+def _linear_pixels(ks: KState, fn, *, var_fn=None, spatial, full, mean_fn=None) -> KState:
+    """Apply a linear map of the pixel axes to nngp, ntk, the variances and the means.
+
+    ``fn(x, lead)`` maps an array with ``lead`` batch axes; ``mean_fn`` maps the per-pixel means.
+    Without x2 the variances are re-read from the diagonal (bit for bit)."""
+    nngp = fn(ks.nngp, 2)
+    ntk = None if ks.ntk is None else fn(ks.ntk, 2)
+    var_fn = var_fn or fn
+    if ks.var2 is None:
+        var1, var2 = self_var(nngp), None
+    else:
+        var1, var2 = var_fn(ks.var1, 1), var_fn(ks.var2, 1)
+    mean1 = None if ks.mean1 is None or mean_fn is None else mean_fn(ks.mean1)
+    mean2 = None if ks.mean2 is None or mean_fn is None else mean_fn(ks.mean2)
+    return ks.replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2, spatial=spatial, full=full, mean1=mean1,
+                      mean2=mean2, pre=None, act=None)
 
 
 def _int_tuple(cls: str, name: str, value, n: int | None = None) -> tuple[int, ...]:
@@ -81,7 +114,81 @@ class Conv(Layer):
         return True
 
     def _kernel(self, ks: KState) -> KState:
-        _no_kernel("Conv")
+        """CNTK rule (Arora et al. 2019; Novak et al. 2019), ``|F|`` the filter size:
+
+            nngp'(s, t) = w^2 (1/|F|) sum_{d in F} nngp(st s + d, st t + d) + b^2
+            ntk'(s, t)  = w^2 (1/|F|) sum_{d in F} ntk(st s + d, st t + d) + nngp'(s, t)
+
+        (``t = s`` in the diagonal representation); out-of-image pixels are zeros.
+        """
+        if ks.fixed:
+            raise ValueError(
+                "ow.kernel: a Conv layer follows a layer with a fixed out=k. The infinite-width kernel needs "
+                "every weight layer but the readout to be hidden: leave out=None on all but the last one."
+            )
+        where = f"Conv(filter_shape={self.filter_shape})"
+        if ks.is_input:
+            return self._kernel_of_data(ks, where)
+        out, pads = sp.out_shape_and_pads(where, ks.spatial, self.filter_shape, self.strides, self.padding)
+        w2, b2, size = self.w_std**2, self.b_std**2, math.prod(self.filter_shape)
+        nsp = len(self.filter_shape)
+
+        def patch_mean(x, lead):
+            groups = sp.pixel_groups(lead, nsp, ks.full)
+            return sp.window_sum(x, groups, self.filter_shape, self.strides, pads, out) / size
+
+        nngp = w2 * patch_mean(ks.nngp, 2) + b2
+        ntk = None if ks.ntk is None else w2 * patch_mean(ks.ntk, 2) + nngp
+        if ks.var2 is None:
+            var1, var2 = self_var(nngp), None
+        else:
+            var1, var2 = w2 * patch_mean(ks.var1, 1) + b2, w2 * patch_mean(ks.var2, 1) + b2
+        return ks.replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2, spatial=out, gaussian=True,
+                          fixed=self.out is not None, pre=None, act=None, mean1=None, mean2=None)
+
+    def _kernel_of_data(self, ks: KState, where: str) -> KState:
+        """First layer: ``nngp(s, t) = w^2 P1(s) . P2(t) / (|F| C) + b^2`` with ``P`` the image
+        patches (zero-padded), one matrix product instead of a window sum over the data covariance;
+        the NTK equals the NNGP (no earlier parameters)."""
+        x1, x2 = ks.x1, ks.x2
+        spatial = tuple(x1.shape[1:-1])
+        out, pads = sp.out_shape_and_pads(where, spatial, self.filter_shape, self.strides, self.padding)
+        nsp, p = len(spatial), math.prod(out)
+        fan = math.prod(self.filter_shape) * x1.shape[-1]
+        w2, b2 = self.w_std**2, self.b_std**2
+
+        def patches(x):  # (n, P_out, |F| C)
+            xp = jnp.pad(x, [(0, 0), *pads, (0, 0)])
+            taps = []
+            for offs in itertools.product(*[range(f) for f in self.filter_shape]):
+                idx = (slice(None),) + tuple(slice(o, o + st * (n - 1) + 1, st)
+                                             for o, st, n in zip(offs, self.strides, out)) + (slice(None),)
+                taps.append(xp[idx])
+            return jnp.stack(taps, -2).reshape(x.shape[0], p, fan)
+
+        a = patches(x1)
+        b = a if x2 is None else patches(x2)
+        shape = out * (2 if ks.full else 1)
+        if ks.full:
+            g = jnp.einsum("ipk,jqk->ijpq", a, b)
+            swap = (1, 0, 3, 2)
+        else:
+            g = jnp.einsum("ipk,jpk->ijp", a, b)
+            swap = (1, 0, 2)
+        if x2 is None:
+            g = 0.5 * (g + jnp.transpose(g, swap))  # exactly symmetric
+        nngp = w2 * (g.reshape(g.shape[:2] + shape) / fan) + b2
+        if x2 is None:
+            var1, var2 = self_var(nngp), None
+        else:
+            def var(z):
+                v = jnp.einsum("ipk,iqk->ipq", z, z) if ks.full else jnp.sum(z * z, axis=-1)
+                return w2 * (v.reshape((z.shape[0],) + shape) / fan) + b2
+
+            var1, var2 = var(a), var(b)
+        ntk = nngp if ks.need_ntk else None
+        return ks.replace(x1=None, x2=None, nngp=nngp, ntk=ntk, var1=var1, var2=var2, spatial=out, gaussian=True,
+                          fixed=self.out is not None, pre=None, act=None, mean1=None, mean2=None)
 
     def _geometry(self, dim: Dim, ctx: FiniteCtx):
         if len(dim.spatial) != len(self.filter_shape):
@@ -116,11 +223,107 @@ class Conv(Layer):
 
 
 @dataclasses.dataclass(frozen=True)
-class Flatten(Layer):
-    """``(batch, *spatial, channels) -> (batch, prod(spatial) * channels)``."""
+class AvgPool(Layer):
+    """Average pooling over windows of the spatial axes (channels-last).
+
+    ``y[s] = (1/|W|) sum_{d in W} x[st s + d]``; with ``padding="SAME"``
+    out-of-image pixels count as zeros and the divisor stays ``|W|`` (as a
+    convolution with a constant filter). Kernel rule, on all pixel pairs
+    (Novak et al. 2019):
+
+        K'(s, t) = (1/|W|^2) sum_{d, e in W} K(st s + d, st t + e)
+
+    Args:
+      window: spatial window, e.g. ``(2, 2)``.
+      strides: per spatial axis; default: the window (non-overlapping).
+      padding: ``"VALID"`` (default) or ``"SAME"``.
+    """
+
+    window: tuple[int, ...] = (2, 2)
+    strides: tuple[int, ...] | None = None
+    padding: str = "VALID"
+
+    def __post_init__(self):
+        window = _int_tuple("AvgPool", "window", self.window)
+        object.__setattr__(self, "window", window)
+        object.__setattr__(self, "strides", _int_tuple("AvgPool", "strides", self.strides or window, len(window)))
+        if self.padding not in ("SAME", "VALID"):
+            raise ValueError(f"AvgPool(padding={self.padding!r}) must be 'SAME' or 'VALID'")
+
+    def _odd_linear(self) -> bool:
+        return True
+
+    def _geometry(self, spatial):
+        return sp.out_shape_and_pads(f"AvgPool(window={self.window})", spatial, self.window, self.strides,
+                                     self.padding)
+
+    def _pool(self, x, lead, groups, spatial):
+        out, pads = self._geometry(spatial)
+        for group in groups:
+            x = sp.window_sum(x, (group,), self.window, self.strides, pads, out) / math.prod(self.window)
+        return x
 
     def _kernel(self, ks):
-        _no_kernel("Flatten")
+        if ks.is_input:  # the data itself: pool it
+            return ks.replace(x1=self._finite(ks.x1), x2=None if ks.x2 is None else self._finite(ks.x2))
+        _need_spatial(ks, "AvgPool")
+        if not ks.full:
+            raise AssertionError("owidth internal: AvgPool reached with diagonal pixel covariances")
+        out, _ = self._geometry(ks.spatial)
+        nsp = len(ks.spatial)
+
+        def fn(x, lead):
+            y = self._pool(x, lead, sp.pixel_groups(lead, nsp, True), ks.spatial)
+            if lead == 2 and ks.var2 is None:  # the two groups were summed in different orders
+                y = sp.mirror(y, nsp)
+            return y
+
+        return _linear_pixels(ks, fn, spatial=out, full=True,
+                              mean_fn=lambda m: self._pool(m, 1, sp.pixel_groups(1, nsp, False), ks.spatial))
+
+    def _finite(self, x):
+        out, pads = self._geometry(tuple(x.shape[1:-1]))
+        groups = (tuple(range(1, x.ndim - 1)),)
+        return sp.window_sum(x, groups, self.window, self.strides, pads, out) / math.prod(self.window)
+
+    def _init(self, key, dim, ctx):
+        out, _ = self._geometry(dim.spatial)
+        return (), dataclasses.replace(dim, spatial=out)
+
+    def _apply(self, params, x, dim, ctx):
+        out, _ = self._geometry(dim.spatial)
+        return self._finite(x), dataclasses.replace(dim, spatial=out)
+
+
+@dataclasses.dataclass(frozen=True)
+class Flatten(Layer):
+    """``(batch, *spatial, channels) -> (batch, prod(spatial) * channels)``.
+
+    Kernel rule: the mean over pixels of the same-pixel covariances,
+    ``K' = (1/|S|) sum_s K(s, s)`` (the next Dense has fan-in ``|S| C``).
+    """
+
+    def _odd_linear(self) -> bool:
+        return True
+
+    def _kernel(self, ks):
+        if ks.is_input:
+            return ks.replace(x1=ks.x1.reshape(ks.x1.shape[0], -1),
+                              x2=None if ks.x2 is None else ks.x2.reshape(ks.x2.shape[0], -1))
+        if not ks.spatial:
+            return ks
+        nsp = len(ks.spatial)
+
+        def fn(x, lead):
+            x = sp.pixel_var(x, nsp, True) if ks.full and lead == 1 else x
+            if ks.full and lead == 2:
+                p = math.prod(ks.spatial)
+                x = jnp.diagonal(x.reshape(x.shape[:2] + (p, p)), axis1=2, axis2=3)
+            y = jnp.mean(x.reshape(x.shape[:lead] + (-1,)), axis=-1)
+            return sp.mirror(y) if lead == 2 and ks.var2 is None else y
+
+        return _linear_pixels(ks, fn, spatial=(), full=False,
+                              mean_fn=lambda m: jnp.mean(m.reshape(m.shape[0], -1), axis=-1))
 
     def _init(self, key, dim, ctx):
         return (), Dim(math.prod(dim.spatial) * dim.size, dim.scales)
@@ -131,10 +334,32 @@ class Flatten(Layer):
 
 @dataclasses.dataclass(frozen=True)
 class GlobalAvgPool(Layer):
-    """Mean over all spatial axes: ``(batch, *spatial, channels) -> (batch, channels)``."""
+    """Mean over all spatial axes: ``(batch, *spatial, channels) -> (batch, channels)``.
+
+    Kernel rule: the mean over all pixel pairs, ``K' = (1/|S|^2) sum_{s, t} K(s, t)``
+    (Arora et al. 2019; Novak et al. 2019).
+    """
+
+    def _odd_linear(self) -> bool:
+        return True
 
     def _kernel(self, ks):
-        _no_kernel("GlobalAvgPool")
+        if ks.is_input:
+            f = lambda x: jnp.mean(x, axis=tuple(range(1, x.ndim - 1)))  # noqa: E731
+            return ks.replace(x1=f(ks.x1), x2=None if ks.x2 is None else f(ks.x2))
+        _need_spatial(ks, "GlobalAvgPool")
+        if not ks.full:
+            raise AssertionError("owidth internal: GlobalAvgPool reached with diagonal pixel covariances")
+        nsp = len(ks.spatial)
+
+        def fn(x, lead):
+            y = jnp.mean(x.reshape(x.shape[:lead] + (-1,)), axis=-1)
+            if lead == 2 and ks.var2 is None:  # (i, j) and (j, i) may sum the pixel pairs in other orders
+                y = sp.mirror(y)
+            return y
+
+        return _linear_pixels(ks, fn, spatial=(), full=False,
+                              mean_fn=lambda m: jnp.mean(m.reshape(m.shape[0], -1), axis=-1))
 
     def _init(self, key, dim, ctx):
         return (), Dim(dim.size, dim.scales)

@@ -14,12 +14,20 @@ def build(arch):
         if name == "Residual":
             layers.append(ow.Residual(*[build([item])  for item in kw]))
         else:
+            kw = {k: tuple(v) if isinstance(v, list) else v for k, v in kw.items()}  # JSON lists -> tuples
             layers.append(getattr(ow, name)(**kw))
     return layers[0] if len(layers) == 1 else ow.serial(*layers)
 
 
 def load_archs(ref):
     return json.loads(str(ref["archs"]))
+
+
+def load_inputs(ref, name):
+    """(x1, x2) of architecture ``name``: vectors, images or sequences (see nt_reference.py)."""
+    kinds = json.loads(str(ref["inputs"])) if "inputs" in ref else {}
+    kind = kinds.get(name, "x")
+    return ref[f"{kind}1"], ref[f"{kind}2"]
 
 
 def sphere(n, d, seed):

@@ -81,6 +81,8 @@ def test_consecutive_identity_is_transparent():
 
 
 def test_kinked_composition_refused():
-    net = ow.serial(ow.Dense(), ow.Relu(), ow.Tanh(), ow.Dense(out=1))
+    """tanh then relu: a kink where tanh vanishes, not handled by either rule (relu then tanh is:
+    see test_quadrature_kinks.py)."""
+    net = ow.serial(ow.Dense(), ow.Tanh(), ow.Relu(), ow.Dense(out=1))
     with pytest.raises(NotImplementedError, match="has a kink"):
         ow.kernel(net, X)

@@ -5,8 +5,9 @@ Runs inside the legacy venv (jax 0.4.23), never imported by owidth:
     $(bash benchmarks/peers/build_venv.sh) benchmarks/peers/nt_kernels_runner.py \\
         --x X.npy --dtype float32 --repeats 7 --save OUT.npz
 
-Builds the same depth-4 ReLU MLP as the owidth worker (hidden width 512 is
-irrelevant to the infinite-width kernel), jits ``kernel_fn`` as its users do,
+Builds the same net as the owidth worker (``--net mlp``: the depth-4 ReLU
+MLP; ``--net cnn``: 2 x [Conv 3x3 SAME, Relu], GlobalAvgPool, Dense; hidden
+width 512 is irrelevant to the infinite-width kernel), jits ``kernel_fn`` as its users do,
 and times it with :func:`kernels.measure`, the protocol the owidth worker
 uses. Saves the NNGP/NTK to ``--save`` and prints one JSON line on stdout.
 """
@@ -20,10 +21,15 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # benchmar
 import kernels  # noqa: E402  (numpy-only at import; no owidth)
 
 
-def nt_kernel_fn():
+def nt_kernel_fn(kind: str = "mlp"):
     from neural_tangents import stax
 
-    hidden = [l for _ in range(kernels.DEPTH) for l in (stax.Dense(512, W_std=2**0.5, b_std=0.1**0.5), stax.Relu())]
+    w, b = 2**0.5, 0.1**0.5
+    if kind == "cnn":
+        conv = [l for _ in range(2) for l in (stax.Conv(512, (3, 3), padding="SAME", W_std=w, b_std=b), stax.Relu())]
+        _, _, kernel_fn = stax.serial(*conv, stax.GlobalAvgPool(), stax.Dense(1, W_std=1.0, b_std=0.0))
+        return kernel_fn
+    hidden = [l for _ in range(kernels.DEPTH) for l in (stax.Dense(512, W_std=w, b_std=b), stax.Relu())]
     _, _, kernel_fn = stax.serial(*hidden, stax.Dense(1, W_std=1.0, b_std=0.0))
     return kernel_fn
 
@@ -34,12 +40,13 @@ def main():
     p.add_argument("--dtype", choices=kernels.DTYPES, required=True)
     p.add_argument("--repeats", type=int, required=True)
     p.add_argument("--save", required=True, help="where to write the kernels (.npz)")
+    p.add_argument("--net", choices=("mlp", "cnn"), default="mlp", help="the workload's architecture")
     args = p.parse_args()
 
     import jax
 
     jax.config.update("jax_enable_x64", args.dtype == "float64")
-    kernel_fn = nt_kernel_fn()
+    kernel_fn = nt_kernel_fn(args.net)
     x = kernels.load_input(args.x, args.dtype)
 
     def f(x):

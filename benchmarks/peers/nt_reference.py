@@ -6,7 +6,10 @@ Run inside the legacy venv (never imported by owidth or its tests):
 
 writes tests/reference/nt_kernels.npz: the inputs, the architectures as JSON
 (a list of [layer, kwargs] in owidth's names, which the test rebuilds with the
-owidth API) and NT's NNGP/NTK for (x1, x1) and (x1, x2), all float64.
+owidth API), which inputs each architecture takes (``inputs``: JSON name ->
+"x" for (n, d) vectors, "img" for (n, H, W, C) images, "seq" for (n, W, C)
+sequences; arrays ``{kind}1``/``{kind}2``, ``x1``/``x2`` for vectors) and NT's
+NNGP/NTK for (x1, x1) and (x1, x2), all float64.
 """
 
 import json
@@ -48,6 +51,34 @@ ARCHS = {
 }
 
 
+CONV = {"w_std": R2, "b_std": B}
+SPATIAL = {
+    "cnn_gap": [["Conv", {"filter_shape": [3, 3], **CONV}], ["Relu", {}],
+                ["Conv", {"filter_shape": [3, 3], "strides": [2, 2], "padding": "SAME", **CONV}], ["Relu", {}],
+                ["GlobalAvgPool", {}], ["Dense", {"out": 1, "w_std": 1.0, "b_std": 0.0}]],
+    "cnn_flatten": [["Conv", {"filter_shape": [3, 2], "padding": "VALID", **CONV}], ["Erf", {}],
+                    ["Conv", {"filter_shape": [2, 2], "strides": [2, 1], "padding": "SAME", "w_std": 1.3}],
+                    ["Relu", {}], ["Flatten", {}], ["Dense", {"out": 1, "w_std": 1.0, "b_std": 0.1}]],
+    "cnn_avgpool": [["Conv", {"filter_shape": [3, 3], **CONV}], ["Relu", {}],
+                    ["AvgPool", {"window": [2, 2], "strides": [1, 1], "padding": "SAME"}],
+                    ["Conv", {"filter_shape": [2, 2], "padding": "VALID", "w_std": 1.2, "b_std": 0.2}], ["Gelu", {}],
+                    ["AvgPool", {"window": [2, 2], "strides": [2, 2], "padding": "VALID"}],
+                    ["Flatten", {}], ["Dense", {"out": 1, "w_std": 1.0}]],
+    "cnn_residual_gap": [["Conv", {"filter_shape": [3, 3], **CONV}],
+                         ["Residual", [["Relu", {}], ["Conv", {"filter_shape": [3, 3], "w_std": 1.0, "b_std": 0.1}]]],
+                         ["Relu", {}], ["GlobalAvgPool", {}], ["Dense", {"out": 1, "w_std": 1.0}]],
+    "conv1d_gap": [["Conv", {"filter_shape": [3], "strides": [2], **CONV}], ["Relu", {}],
+                   ["Conv", {"filter_shape": [2], "padding": "VALID", "w_std": 1.1}], ["Abs", {}],
+                   ["GlobalAvgPool", {}], ["Dense", {"out": 1, "w_std": 1.0}]],
+}
+ARCHS.update(SPATIAL)
+# LayerNorm of a Gaussian (pre-activation) layer, then ReLU: NT's rule (no centring needed there)
+ARCHS["layernorm_relu"] = [["Dense", {"w_std": 1.5, "b_std": 0.3}], ["LayerNorm", {}], ["Relu", {}],
+                           ["Dense", {"w_std": R2, "b_std": B}], ["LayerNorm", {}], ["Gelu", {}],
+                           ["Dense", {"out": 1, "w_std": 1.0}]]
+INPUTS = {name: ("seq" if name.startswith("conv1d") else "img") if name in SPATIAL else "x" for name in ARCHS}
+
+
 def nt_layer(name, kw):
     if name == "Dense":
         return stax.Dense(kw.get("out", 512), W_std=kw.get("w_std", 1.0), b_std=kw.get("b_std", 0.0))
@@ -65,6 +96,20 @@ def nt_layer(name, kw):
         return stax.Sin(a=kw.get("a", 1.0), b=kw.get("b", 1.0), c=kw.get("shift", 0.0))
     if name == "Identity":
         return stax.Identity()
+    if name == "Conv":
+        fs = tuple(kw["filter_shape"])
+        dn = ("NWC", "WIO", "NWC") if len(fs) == 1 else ("NHWC", "HWIO", "NHWC")
+        return stax.Conv(kw.get("out", 512), fs, strides=tuple(kw["strides"]) if "strides" in kw else None,
+                         padding=kw.get("padding", "SAME"), W_std=kw.get("w_std", 1.0), b_std=kw.get("b_std", 0.0),
+                         dimension_numbers=dn)
+    if name == "AvgPool":
+        return stax.AvgPool(tuple(kw["window"]), strides=tuple(kw["strides"]), padding=kw.get("padding", "VALID"))
+    if name == "GlobalAvgPool":
+        return stax.GlobalAvgPool()
+    if name == "Flatten":
+        return stax.Flatten()
+    if name == "LayerNorm":
+        return stax.LayerNorm(axis=-1)
     if name == "Residual":
         block = stax.serial(*[nt_layer(n, k) for n, k in kw])
         return stax.serial(stax.FanOut(2), stax.parallel(stax.Identity(), block), stax.FanInSum())
@@ -75,8 +120,12 @@ def main():
     rng = np.random.RandomState(1234)
     x1 = rng.randn(6, 5)
     x2 = rng.randn(4, 5)
-    out = {"x1": x1, "x2": x2, "archs": np.array(json.dumps(ARCHS))}
+    data = {"x": (x1, x2), "img": (rng.randn(4, 5, 4, 2), rng.randn(3, 5, 4, 2)),
+            "seq": (rng.randn(4, 9, 2), rng.randn(3, 9, 2))}
+    out = {"x1": x1, "x2": x2, "img1": data["img"][0], "img2": data["img"][1], "seq1": data["seq"][0],
+           "seq2": data["seq"][1], "archs": np.array(json.dumps(ARCHS)), "inputs": np.array(json.dumps(INPUTS))}
     for name, arch in ARCHS.items():
+        x1, x2 = data[INPUTS[name]]
         _, _, kfn = stax.serial(*[nt_layer(n, k) for n, k in arch])
         k11 = kfn(x1, None, ("nngp", "ntk"))
         k12 = kfn(x1, x2, ("nngp", "ntk"))

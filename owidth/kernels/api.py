@@ -27,16 +27,28 @@ def _normalize_get(get) -> tuple[str, ...]:
 
 
 @functools.lru_cache(maxsize=256)
-def _check_structure(net, get: tuple[str, ...], same: bool) -> None:
+def _check_structure(net, get: tuple[str, ...], same: bool, features: tuple[int, ...]) -> None:
     """Trace the layer rules on tiny abstract inputs (no FLOPs, no compilation)
-    so that structural errors surface before anything is compiled. Memoised per
-    (net, get, same): it runs once per architecture."""
-    x = jax.ShapeDtypeStruct((2, 3), jnp.result_type(float))
+    so that structural errors (wrong rank for a conv net, a VALID filter larger
+    than the image) surface before anything is compiled. Memoised per
+    (net, get, same, feature shape): it runs once per architecture."""
+    x = jax.ShapeDtypeStruct((2, *features), jnp.result_type(float))
     jax.eval_shape(lambda a, b: _kernel_impl(net, a, b, get), x, None if same else x)
 
 
+@functools.lru_cache(maxsize=256)
+def _spatial_info(net) -> tuple[bool, bool]:
+    """(has spatial layers, needs all pixel-pixel covariances), from a static pass over the spec."""
+    from owidth.spec_spatial import AvgPool, Conv, Flatten, GlobalAvgPool, needs_full_pixels
+
+    def has(layer):
+        return isinstance(layer, (Conv, AvgPool, Flatten, GlobalAvgPool)) or any(has(c) for c in layer._children())
+
+    return has(net), needs_full_pixels(net)
+
+
 def _kernel_impl(net, x1, x2, get):
-    ks = KState(x1=x1, x2=x2, need_ntk="ntk" in get)
+    ks = KState(x1=x1, x2=x2, need_ntk="ntk" in get, full=_spatial_info(net)[1])
     ks = net._kernel(ks).materialize()
     var2 = ks.var1 if ks.var2 is None else ks.var2
     return Kernel(
@@ -50,7 +62,7 @@ def _kernel_impl(net, x1, x2, get):
 _kernel = jax.jit(_kernel_impl, static_argnames=("net", "get"))
 
 
-def kernel(net, x1, x2=None, *, get=("nngp", "ntk")) -> Kernel:
+def kernel(net, x1, x2=None, *, get=("nngp", "ntk"), batch_size: int | None = None) -> Kernel:
     """Infinite-width NNGP and NTK of ``net`` between ``x1`` and ``x2``.
 
     For a network whose hidden layers are infinitely wide, the output at
@@ -70,16 +82,28 @@ def kernel(net, x1, x2=None, *, get=("nngp", "ntk")) -> Kernel:
 
     Args:
       net: a width-free spec (``ow.serial(...)`` or a single layer).
-      x1: (n1, d) inputs.
-      x2: (n2, d) inputs, or ``None`` for ``x1`` against itself (the result is
+      x1: (n1, d) inputs, or (n1, *spatial, channels) for networks with
+        spatial layers (``Conv``, ``AvgPool``, ``GlobalAvgPool``, ``Flatten``).
+      x2: (n2, d) inputs (same feature shape as ``x1``), or ``None`` for ``x1`` against itself (the result is
         then exactly symmetric).
       get: ``"nngp"``, ``"ntk"`` or both (default); what is not asked for is
         ``None`` in the result (the NTK is skipped with ``get="nngp"``; the
         NTK always needs the NNGP).
+      batch_size: if set, compute in tiles of ``batch_size`` rows of ``x1``
+        by ``batch_size`` rows of ``x2`` (any N: the last tile is padded and
+        cropped), so that intermediates take memory for one tile per device
+        rather than for the whole kernel; tiles are spread over
+        ``jax.devices()`` with ``jax.sharding``. Without ``x2`` only tiles on
+        and above the diagonal are computed and mirrored (exactly
+        symmetric), about half the work of the untiled call: for pooled
+        CNNs, whose kernels keep all pixel pairs, tiles of 32 are both
+        faster and far smaller in memory (``benchmarks/kernels.py``).
+        Same result as untiled up to rounding (see :func:`_tiled`).
 
     Returns:
       A :class:`Kernel` with ``nngp``/``ntk`` of shape (n1, n2), per output
-      unit. Computed in float64 when ``jax_enable_x64`` is on, else float32.
+      unit (with trailing pixel axes when the network ends on spatial
+      layers). Computed in float64 when ``jax_enable_x64`` is on, else float32.
 
     The computation is jit-compiled once per (net, get, shapes); it can also
     be called inside ``jax.jit``/``jax.grad`` by the user.
@@ -91,9 +115,111 @@ def kernel(net, x1, x2=None, *, get=("nngp", "ntk")) -> Kernel:
     get = _normalize_get(get)
     if not net._has_weights():
         raise ValueError("ow.kernel: net has no weight layer (Dense); add one, e.g. ow.serial(..., ow.Dense(out=1))")
-    _check_structure(net, get, x2 is None)
-    x1 = _checks.as_float_array("x1", x1, where="ow.kernel")
+    rank = None if _spatial_info(net)[0] else 2
+    x1 = _checks.as_float_array("x1", x1, where="ow.kernel", rank=rank)
     if x2 is not None:
-        x2 = _checks.as_float_array("x2", x2, where="ow.kernel")
+        x2 = _checks.as_float_array("x2", x2, where="ow.kernel", rank=rank)
         _checks.same_features(x1, x2, where="ow.kernel")
+    _check_structure(net, get, x2 is None, tuple(x1.shape[1:]))
+    if batch_size is not None:
+        batch_size = _checks.positive_int("batch_size", batch_size, where="ow.kernel")
+        if max(x1.shape[0], 0 if x2 is None else x2.shape[0]) > batch_size:
+            return _tiled(net, x1, x2, get, batch_size)
     return _kernel(net, x1, x2, get)
+
+
+@functools.partial(jax.jit, static_argnames=("net", "get"))
+def _kernel_tiles(net, a, b, get):
+    """``_kernel_impl`` over a stack of tiles (leading axis, sharded over devices by the caller)."""
+    if b is None:
+        return jax.vmap(lambda u: _kernel_impl(net, u, None, get))(a)
+    return jax.vmap(lambda u, v: _kernel_impl(net, u, v, get))(a, b)
+
+
+def _tiled(net, x1, x2, get, size: int) -> Kernel:
+    """Tiled kernel: blocks (I, J) of ``size`` rows are computed with ``x2`` given (off-diagonal
+    blocks, and all blocks when ``x2`` is given) or without it (diagonal blocks of x1 against itself,
+    exactly symmetric with rho = 1 on the diagonal), and assembled on the host.
+
+    Blocks go to the devices ``len(jax.devices())`` at a time: stacked on a leading axis that a
+    ``NamedSharding`` splits over a 1-D mesh, so each device computes its own tile. Rows are padded
+    to a multiple of ``size`` by repeating the last input, so every block has one shape (two
+    compilations: with and without x2) whatever N. Off-diagonal blocks differ from the untiled
+    computation only by rounding (the untiled one reads the variances off the diagonal, the tiled
+    one computes them as in the x2 case).
+    """
+    import numpy as np
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    if any(isinstance(x, jax.core.Tracer) for x in (x1, x2) if x is not None):
+        raise ValueError("ow.kernel: batch_size needs concrete inputs (tiles are assembled on the host); "
+                         "call it outside jax.jit/grad, or leave batch_size=None inside a transformation")
+    devices = jax.devices()
+    mesh = Mesh(np.array(devices), ("tiles",))
+    shard = NamedSharding(mesh, PartitionSpec("tiles"))
+
+    def tiles(x):
+        n = x.shape[0]
+        t = -(-n // size)
+        pad = jnp.concatenate([x, jnp.repeat(x[-1:], t * size - n, axis=0)]) if t * size > n else x
+        return pad.reshape((t, size) + x.shape[1:]), t
+
+    def run(pairs, ta, tb):
+        """Kernels of the blocks ``pairs`` [(I, J)], ``len(devices)`` at a time (tb None: diagonal blocks)."""
+        out = []
+        d = len(devices)
+        for k in range(0, len(pairs), d):
+            chunk = pairs[k:k + d]
+            chunk = chunk + [chunk[0]] * (d - len(chunk))  # same shape for every call
+            a = jax.device_put(ta[np.array([i for i, _ in chunk])], shard)
+            b = None if tb is None else jax.device_put(tb[np.array([j for _, j in chunk])], shard)
+            res = jax.block_until_ready(_kernel_tiles(net, a, b, get))
+            host = {f: None if getattr(res, f) is None else np.asarray(getattr(res, f))
+                    for f in ("nngp", "ntk", "var1", "var2")}
+            out.extend({f: None if v is None else v[m] for f, v in host.items()} for m in range(len(pairs[k:k + d])))
+        return out
+
+    t1x, t1 = tiles(x1)
+    n1 = x1.shape[0]
+    fields = [f for f in ("nngp", "ntk") if f in get]
+    if x2 is None:
+        diag = run([(i, i) for i in range(t1)], t1x, None)
+        upper = [(i, j) for i in range(t1) for j in range(i + 1, t1)]
+        off = dict(zip(upper, run(upper, t1x, t1x)))
+        trail = diag[0]["var1"].shape[1:]
+        full_out = len(diag[0]["nngp"].shape) > 2 and _spatial_info(net)[1]
+        nsp = len(trail) // 2 if full_out else 0
+
+        def transpose(block):  # (j, i) block from the (i, j) one: swap inputs (and pixel groups)
+            rest = tuple(range(2 + nsp, 2 + 2 * nsp)) + tuple(range(2, 2 + nsp)) if full_out else \
+                tuple(range(2, block.ndim))
+            return np.transpose(block, (1, 0) + rest)
+
+        result = {}
+        for f in fields:
+            shape = (t1 * size, t1 * size) + diag[0][f].shape[2:]
+            full = np.empty(shape, diag[0][f].dtype)
+            upper = np.triu(np.ones((size, size), bool)).reshape((size, size) + (1,) * (full.ndim - 2))
+            for i in range(t1):
+                # the vmapped self-kernel may round (i, j) and (j, i) differently (other fusion than
+                # the untiled one): keep the upper triangle and mirror it, so the result is symmetric
+                full[i * size:(i + 1) * size, i * size:(i + 1) * size] = np.where(upper, diag[i][f],
+                                                                                transpose(diag[i][f]))
+            for (i, j), blk in off.items():
+                full[i * size:(i + 1) * size, j * size:(j + 1) * size] = blk[f]
+                full[j * size:(j + 1) * size, i * size:(i + 1) * size] = transpose(blk[f])
+            result[f] = jnp.asarray(full[:n1, :n1])
+        var1 = jnp.asarray(np.concatenate([blk["var1"] for blk in diag])[:n1])
+        var2 = var1
+    else:
+        t2x, t2 = tiles(x2)
+        n2 = x2.shape[0]
+        pairs = [(i, j) for i in range(t1) for j in range(t2)]
+        blocks = dict(zip(pairs, run(pairs, t1x, t2x)))
+        result = {}
+        for f in fields:
+            rows = [np.concatenate([blocks[i, j][f] for j in range(t2)], axis=1) for i in range(t1)]
+            result[f] = jnp.asarray(np.concatenate(rows, axis=0)[:n1, :n2])
+        var1 = jnp.asarray(np.concatenate([blocks[i, 0]["var1"] for i in range(t1)])[:n1])
+        var2 = jnp.asarray(np.concatenate([blocks[0, j]["var2"] for j in range(t2)])[:n2])
+    return Kernel(nngp=result.get("nngp"), ntk=result.get("ntk"), var1=var1, var2=var2)

@@ -167,6 +167,11 @@ def leaky_relu_diag(q, *, a: float, need_dot: bool = True):
     return t, (jnp.full_like(q, p * p + m * m) if need_dot else None)
 
 
+def leaky_relu_mean(q, *, a: float):
+    """``E max(u, a u) = m E|u| = m sqrt(2 q / pi)`` for ``u ~ N(0, q)``, ``m = (1 - a)/2``."""
+    return 0.5 * (1.0 - a) * safe_sqrt(2.0 * q / _PI)
+
+
 def erf(q1, q2, c, *, a: float = 1.0, b: float = 1.0, shift: float = 0.0, need_dot: bool = True):
     """phi(x) = a erf(b x) + shift (Williams 1997).
 
@@ -207,14 +212,15 @@ def gelu(q1, q2, c, *, need_dot: bool = True):
     # every consumer of the next layer, and compile time would grow ~depth^2
     # (see ``leaky_relu``). r and norm come out of divide/sqrt, which XLA stores.
     c = r * norm
-    det = 1.0 + q1 + q2 + jnp.maximum(q1 * q2 - c * c, 0.0)
+    # (q1 + q2) and (s1 * s2) grouped so that the result is symmetric in (1, 2) bit for bit
+    det = 1.0 + (q1 + q2) + jnp.maximum(q1 * q2 - c * c, 0.0)
     sqd = jnp.sqrt(det)
     orth = 0.25 + safe_arcsin(r) / (2.0 * _PI)
     # q1 (q2 s1 - c^2) / s1 + c^2 / s2 = q1 q2 - c^2 + c^2 (1/s1 + 1/s2): symmetric in (1, 2)
     t = c * orth + (q1 * q2 - c * c + c * c * (1.0 / s1 + 1.0 / s2)) / (2.0 * _PI * sqd)
     if not need_dot:
         return t, None
-    td = orth + c * (s1 + s2) / (2.0 * _PI * s1 * s2 * sqd) + c / (2.0 * _PI * det * sqd)
+    td = orth + c * (s1 + s2) / (2.0 * _PI * (s1 * s2) * sqd) + c / (2.0 * _PI * det * sqd)
     return t, td
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -42,6 +43,18 @@ class KState:
     Afterwards the state holds per-unit covariances of an infinitely wide
     layer: ``nngp[i, j] = lim (1/n) sum_k z_k(x1_i) z_k(x2_j)`` and
     ``var1``, ``var2`` the matching diagonals.
+
+    Spatial inputs ``(n, *S, C)`` (Arora et al. 2019; Novak et al. 2019):
+    ``spatial`` is ``S`` and ``full`` says which pixel covariances are kept.
+    Diagonal (``full=False``): ``nngp[i, j, s]`` is the covariance of pixel
+    ``s`` of ``x1_i`` with the same pixel of ``x2_j``, shape ``(n1, n2, *S)``,
+    and ``var1[i, s]`` the variance, ``(n1, *S)``. Full: ``nngp[i, j, s, t]``,
+    ``(n1, n2, *S, *S)``, and ``var1[i, s, t]`` the covariance of pixels
+    ``s, t`` of the same input, ``(n1, *S, *S)``. Without ``x2`` the
+    variances are the (i, i) diagonal of ``nngp``, bit for bit.
+    ``mean1``/``mean2`` (per pixel, ``None`` for zero) are the per-unit
+    means ``E z_k(x)``, nonzero after an activation; only ``LayerNorm``
+    (which centres its input) needs them.
     """
 
     x1: jax.Array | None = None
@@ -55,6 +68,15 @@ class KState:
     fixed: bool = False  # a weight layer with a fixed ``out`` was applied
     pre: KState | None = None  # the Gaussian state before the last activation (for compositions)
     act: object = None  # that activation
+    spatial: tuple[int, ...] = ()  # pixel shape S of (n, *S, C) inputs
+    full: bool = False  # keep all pixel-pixel covariances (pooling ahead) rather than the diagonal
+    mean1: jax.Array | None = None  # per-unit means E z(x1) per pixel (None: zero)
+    mean2: jax.Array | None = None
+
+    @property
+    def pixel_axes(self) -> int:
+        """Number of trailing pixel axes of ``nngp``: ``len(S)`` (diagonal) or ``2 len(S)`` (full)."""
+        return len(self.spatial) * (2 if self.full else 1)
 
     @property
     def is_input(self) -> bool:
@@ -69,6 +91,8 @@ class KState:
             return self
         x1, x2 = self.x1, self.x2
         d = x1.shape[-1]
+        if x1.ndim > 2:
+            return self._materialize_spatial()
         if x2 is None:
             g = x1 @ x1.T / d
             nngp = 0.5 * (g + g.T)
@@ -81,3 +105,36 @@ class KState:
             var2 = jnp.sum(x2 * x2, axis=-1) / d
         ntk = jnp.zeros_like(nngp) if self.need_ntk else None
         return self.replace(x1=None, x2=None, nngp=nngp, ntk=ntk, var1=var1, var2=var2)
+
+    def _materialize_spatial(self) -> KState:
+        """Pixel covariances of raw ``(n, *S, C)`` data: ``sum_c x1[i, s, c] x2[j, t, c] / C``."""
+        x1, x2 = self.x1, self.x2
+        spatial, c = tuple(x1.shape[1:-1]), x1.shape[-1]
+        p = math.prod(spatial)
+        a = x1.reshape(x1.shape[0], p, c)
+        b = a if x2 is None else x2.reshape(x2.shape[0], p, c)
+        if self.full:
+            nngp = jnp.einsum("ipc,jqc->ijpq", a, b) / c
+            swap = (1, 0, 3, 2)
+        else:
+            nngp = jnp.einsum("ipc,jpc->ijp", a, b) / c
+            swap = (1, 0, 2)
+        if x2 is None:
+            nngp = 0.5 * (nngp + jnp.transpose(nngp, swap))  # exactly symmetric
+        shape = spatial * (2 if self.full else 1)
+        nngp = nngp.reshape(nngp.shape[:2] + shape)
+        if x2 is None:
+            var1, var2 = self_var(nngp), None
+        else:
+            def var(z):
+                v = jnp.einsum("ipc,iqc->ipq", z, z) if self.full else jnp.sum(z * z, axis=-1)
+                return (v / c).reshape((z.shape[0],) + shape)
+
+            var1, var2 = var(a), var(b)
+        ntk = jnp.zeros_like(nngp) if self.need_ntk else None
+        return self.replace(x1=None, x2=None, nngp=nngp, ntk=ntk, var1=var1, var2=var2, spatial=spatial)
+
+
+def self_var(nngp: jax.Array) -> jax.Array:
+    """The (i, i) diagonal of ``nngp`` (n, n, ...) as an (n, ...) array: the variances without ``x2``."""
+    return jnp.moveaxis(jnp.diagonal(nngp, axis1=0, axis2=1), -1, 0)

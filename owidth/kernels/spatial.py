@@ -1,0 +1,154 @@
+"""Pixel-covariance helpers for the kernels of spatial layers (internal).
+
+Layout (see :class:`owidth.kernels.state.KState`): a kernel has two leading
+batch axes ``(n1, n2)`` followed by the pixel axes, ``S`` for the diagonal
+representation (pixel ``s`` of ``x1`` against the same pixel of ``x2``) and
+``S + S`` for the full one (pixel ``s`` of ``x1`` against pixel ``t`` of
+``x2``). Same-input blocks (``var1``) have one batch axis.
+
+The window sums below realise convolution and average pooling on these
+covariances (Arora et al. 2019, CNTK; Novak et al. 2019):
+
+* conv, filter ``F``: ``K'(s, t) = (1/|F|) sum_{d in F} K(st s + d, st t + d)``
+  (the same offset on both sides: different filter taps have independent
+  weights), on either representation;
+* pooling, window ``W``: ``K'(s, t) = (1/|W|^2) sum_{d, e in W} K(st s + d, st t + e)``
+  (needs the full representation).
+
+Out-of-image pixels (SAME padding) count as zeros, as in the finite network.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import jax
+import jax.numpy as jnp
+
+
+def out_shape_and_pads(where: str, spatial, window, strides, padding: str):
+    """Output pixel shape and per-axis ``(low, high)`` padding, as ``lax.conv_general_dilated`` pads."""
+    if len(spatial) != len(window):
+        raise ValueError(
+            f"{where} needs inputs with {len(window)} spatial axes, shape (batch, *spatial, channels) with "
+            f"{len(window)} spatial axes; got {len(spatial)} spatial axes {tuple(spatial)}. "
+            f"Pass inputs of rank {len(window) + 2} or change the layer's window/filter_shape."
+        )
+    if padding == "SAME":
+        out = tuple(-(-s // st) for s, st in zip(spatial, strides))
+        pads = []
+        for s, f, st, o in zip(spatial, window, strides, out):
+            total = max((o - 1) * st + f - s, 0)
+            pads.append((total // 2, total - total // 2))
+        return out, tuple(pads)
+    out = tuple((s - f) // st + 1 for s, f, st in zip(spatial, window, strides))
+    if min(out) <= 0:
+        raise ValueError(
+            f"{where}: a VALID window {tuple(window)} does not fit inputs of spatial size {tuple(spatial)}; "
+            "use padding='SAME' or a smaller window"
+        )
+    return out, tuple((0, 0) for _ in spatial)
+
+
+def window_sum(x: jax.Array, groups, window, strides, pads, out) -> jax.Array:
+    """``sum_{d in window} x[..., st s + d - lo, ...]`` with the same offset ``d`` on every axis group.
+
+    ``groups`` lists the axis indices of each group (one entry per spatial
+    axis). Out-of-range pixels count as zeros (``x`` is zero-padded once).
+    The offsets are visited by a ``fori_loop`` that adds one term at a time
+    into one accumulator: written as a sum of static slices, XLA materialises
+    every term (|window| arrays as large as ``x``, whose pixel axes may be
+    squared). The order of the terms is fixed, so swapping two groups of a
+    symmetric input gives a symmetric output bit for bit.
+    """
+    cfg = [(0, 0)] * x.ndim
+    for group in groups:
+        for ax, pad in zip(group, pads):
+            cfg[ax] = pad
+    xp = jnp.pad(x, cfg) if any(p != (0, 0) for p in cfg) else x
+    offsets = jnp.asarray(list(itertools.product(*[range(f) for f in window])), dtype=jnp.int32)
+    extent = [st * (n - 1) + 1 for st, n in zip(strides, out)]
+
+    def term(k):
+        start = [jnp.zeros((), jnp.int32)] * x.ndim
+        sizes = list(xp.shape)
+        for group in groups:
+            for i, ax in enumerate(group):
+                start[ax] = offsets[k, i]
+                sizes[ax] = extent[i]
+        t = jax.lax.dynamic_slice(xp, start, sizes)
+        if any(st > 1 for st in strides):
+            idx = [slice(None)] * x.ndim
+            for group in groups:
+                for ax, st in zip(group, strides):
+                    idx[ax] = slice(None, None, st)
+            t = t[tuple(idx)]
+        return t
+
+    if len(offsets) == 1:
+        return term(0)
+    return jax.lax.fori_loop(1, len(offsets), lambda k, acc: acc + term(k), term(0))
+
+
+def pixel_groups(lead: int, nsp: int, full: bool):
+    """Axis groups of the pixel axes after ``lead`` batch axes."""
+    g1 = tuple(range(lead, lead + nsp))
+    return (g1, tuple(range(lead + nsp, lead + 2 * nsp))) if full else (g1,)
+
+
+def pixel_var(var: jax.Array, nsp: int, full: bool) -> jax.Array:
+    """Per-pixel variances ``(n, *S)`` from a same-input block ((n, *S) or (n, *S, *S))."""
+    if not full or nsp == 0:
+        return var
+    spatial = var.shape[1:1 + nsp]
+    p = math.prod(spatial)
+    return jnp.diagonal(var.reshape(var.shape[0], p, p), axis1=1, axis2=2).reshape(var.shape[:1 + nsp])
+
+
+def outer(a: jax.Array, b: jax.Array, nsp: int, full: bool):
+    """Broadcast per-pixel ``a`` (n1, *S) and ``b`` (n2, *S) to the kernel layout (n1, n2, pixels)."""
+    ones = (1,) * nsp
+    if full:
+        return (a.reshape(a.shape[:1] + (1,) + a.shape[1:] + ones),
+                b.reshape((1,) + b.shape[:1] + ones + b.shape[1:]))
+    return a[:, None], b[None, :]
+
+
+def block(a: jax.Array, nsp: int):
+    """Broadcast per-pixel ``a`` (n, *S) to a full same-input block (n, *S, *S): ``(a[s], a[t])``."""
+    ones = (1,) * nsp
+    return a.reshape(a.shape + ones), a.reshape(a.shape[:1] + ones + a.shape[1:])
+
+
+def diag_mask(n: int, nsp: int, spatial, full: bool) -> jax.Array:
+    """Boolean mask of the entries with the same input and the same pixel, kernel layout."""
+    eye = jnp.eye(n, dtype=bool).reshape((n, n) + (1,) * (2 * nsp if full else nsp))
+    if not full or nsp == 0:
+        return eye
+    p = math.prod(spatial)
+    return eye & jnp.eye(p, dtype=bool).reshape((1, 1) + tuple(spatial) * 2)
+
+
+def pixel_eye(spatial) -> jax.Array:
+    """Boolean (1, *S, *S) mask of same-pixel pairs (for same-input blocks)."""
+    p = math.prod(spatial)
+    return jnp.eye(p, dtype=bool).reshape((1,) + tuple(spatial) * 2)
+
+
+def mirror(y: jax.Array, nsp: int = 0) -> jax.Array:
+    """Exactly symmetric copy of a nearly symmetric self-kernel: entry (i, s; j, t) is read from
+    (min, max) of the flat indices (i, s) and (j, t), so both entries are the same computation.
+
+    ``y`` is (n, n) or, in the full representation, (n, n, *S, *S). Used after reductions over
+    pixels, whose summation order XLA may choose differently for (i, j) and (j, i)."""
+    n = y.shape[0]
+    spatial = y.shape[2:2 + nsp]
+    p = math.prod(spatial)
+    flat = y.reshape((n, n, p, p)).transpose(0, 2, 1, 3).reshape(n * p, n * p) if nsp else y
+    i = jnp.arange(n * p)
+    lo, hi = jnp.minimum(i[:, None], i[None, :]), jnp.maximum(i[:, None], i[None, :])
+    flat = flat[lo, hi]
+    if not nsp:
+        return flat
+    return flat.reshape(n, p, n, p).transpose(0, 2, 1, 3).reshape(y.shape)

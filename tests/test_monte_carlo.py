@@ -171,7 +171,7 @@ def test_conv_ntk_monte_carlo_sanity():
     assert np.all(np.abs(prod.mean(0) - ref) < 4 * se)
 
 
-def test_parallel_with_correlated_branches_is_refused_and_accepted_sum_is_exact():
+def test_parallel_with_correlated_branches_is_refused():
     ok = ow.serial(ow.Dense(w_std=1.3), ow.Relu(), ow.parallel(ow.Identity(), ow.Relu(), ow.serial(ow.Dense())),
                    ow.Dense(out=1))
     with pytest.raises(NotImplementedError, match="do not end in a weight layer"):
@@ -180,7 +180,11 @@ def test_parallel_with_correlated_branches_is_refused_and_accepted_sum_is_exact(
                 ow.parallel(ow.serial(ow.Dense(), ow.Relu()), ow.serial(ow.Dense(), ow.Relu()))):
         with pytest.raises(NotImplementedError, match="do not end in a weight layer"):
             ow.kernel(ow.serial(ow.Dense(), ow.Relu(), bad, ow.Dense(out=1)), X)
-    # identity + two weight-ended branches: kernels add; checked by Monte Carlo
+
+
+@pytest.mark.slow  # ~20 s of Monte Carlo
+def test_parallel_sum_of_weight_ended_branches_is_exact():
+    """identity + two weight-ended branches: kernels add; checked by Monte Carlo"""
     net = ow.serial(ow.Dense(w_std=1.3, b_std=0.2), ow.Relu(),
                     ow.parallel(ow.Identity(), ow.Dense(w_std=0.7), ow.serial(ow.Dense(), ow.Erf(), ow.Dense())),
                     ow.Dense(out=1, w_std=1.0, b_std=0.1))

@@ -116,7 +116,7 @@ def test_mean_field_form_trains_exactly_as_mup(optimizer):
     assert np.max(np.abs(got - ref)) / np.max(np.abs(ref)) < 1e-10
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+@pytest.mark.parametrize("optimizer", ["sgd", pytest.param("adam", marks=pytest.mark.slow)])
 def test_at_base_width_every_parametrization_is_the_same_network(optimizer):
     ref = _trained_outputs(ow.SP.with_base_width(32), optimizer)
     for p in (ow.NTP, ow.MUP, ow.MF):

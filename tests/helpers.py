@@ -34,3 +34,24 @@ def sphere(n, d, seed):
     rng = np.random.RandomState(seed)
     x = rng.randn(n, d)
     return x / np.linalg.norm(x, axis=1, keepdims=True) * np.sqrt(d)
+
+
+def compiles_nothing(fn):
+    """Run fn and check that no new ow.kernel compilation happened."""
+    from owidth.kernels import api
+
+    before = api._kernel._cache_size()
+    fn()
+    assert api._kernel._cache_size() == before
+
+
+def raises_before_compiling(fn, exc, msg):
+    """fn raises exc whose message contains msg, and nothing was compiled on the way."""
+    import pytest
+
+    def call():
+        with pytest.raises(exc) as info:
+            fn()
+        assert msg in str(info.value), str(info.value)
+
+    compiles_nothing(call)

@@ -6,18 +6,10 @@ import numpy as np
 import pytest
 
 import owidth as ow
+from helpers import compiles_nothing, raises_before_compiling
 
 NET = ow.serial(ow.Dense(w_std=1.0), ow.Relu(), ow.Dense(out=1))
 X = np.ones((3, 4))
-
-
-def compiles_nothing(fn):
-    """Run fn and check that no new kernel compilation happened."""
-    from owidth.kernels import api
-
-    before = api._kernel._cache_size()
-    fn()
-    assert api._kernel._cache_size() == before
 
 
 CASES = [
@@ -61,12 +53,7 @@ CASES = [
 
 @pytest.mark.parametrize("what,fn,exc,msg", CASES, ids=[c[0] for c in CASES])
 def test_bad_input(what, fn, exc, msg):
-    def call():
-        with pytest.raises(exc) as info:
-            fn()
-        assert msg in str(info.value), str(info.value)
-
-    compiles_nothing(call)
+    raises_before_compiling(fn, exc, msg)
 
 
 def test_inputs_under_outer_jit_still_checked_for_shape():

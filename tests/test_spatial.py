@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import owidth as ow
+from helpers import compiles_nothing, raises_before_compiling
 from owidth.kernels import api as kernel_api
 
 
@@ -128,12 +129,6 @@ def test_flatten_keeps_only_same_pixel_covariances():
     assert largest(ow.serial(*conv, ow.GlobalAvgPool(), ow.Dense(out=1))) >= n * n * p * p
 
 
-def compiles_nothing(fn):
-    before = kernel_api._kernel._cache_size()
-    fn()
-    assert kernel_api._kernel._cache_size() == before
-
-
 CNN = ow.serial(ow.Conv(filter_shape=(3, 3)), ow.Relu(), ow.GlobalAvgPool(), ow.Dense(out=1))
 BAD = [
     ("conv net, rank-3 input", lambda: ow.kernel(CNN, np.ones((2, 5, 3))), ValueError, "2 spatial axes"),
@@ -160,12 +155,7 @@ BAD = [
 
 @pytest.mark.parametrize("what,fn,exc,msg", BAD, ids=[b[0] for b in BAD])
 def test_bad_input(what, fn, exc, msg):
-    def call():
-        with pytest.raises(exc) as info:
-            fn()
-        assert msg in str(info.value), str(info.value)
-
-    compiles_nothing(call)
+    raises_before_compiling(fn, exc, msg)
 
 
 def test_activation_after_layernorm_of_post_activations_is_refused():

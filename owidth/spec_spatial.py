@@ -153,7 +153,7 @@ class Conv(Layer):
         x1, x2 = ks.x1, ks.x2
         spatial = tuple(x1.shape[1:-1])
         out, pads = sp.out_shape_and_pads(where, spatial, self.filter_shape, self.strides, self.padding)
-        nsp, p = len(spatial), math.prod(out)
+        p = math.prod(out)
         fan = math.prod(self.filter_shape) * x1.shape[-1]
         w2, b2 = self.w_std**2, self.b_std**2
 
@@ -350,7 +350,6 @@ class GlobalAvgPool(Layer):
         _need_spatial(ks, "GlobalAvgPool")
         if not ks.full:
             raise AssertionError("owidth internal: GlobalAvgPool reached with diagonal pixel covariances")
-        nsp = len(ks.spatial)
 
         def fn(x, lead):
             y = jnp.mean(x.reshape(x.shape[:lead] + (-1,)), axis=-1)

@@ -76,7 +76,7 @@ class FiniteModel:
 
     def lr_scales(self, x, *, optimizer: str) -> Any:
         """Pytree of per-tensor learning-rate multipliers ``(width / base_width)^-c_role`` (Python floats)."""
-        return jax.tree.map(lambda r: self.param.lr_scale(r, width=self.width, optimizer=optimizer), self.roles(x))
+        return self.param.lr_scales(self.roles(x), width=self.width, optimizer=optimizer)
 
     def _only_dense_params(self) -> bool:
         """True when every parameter belongs to a Dense layer (the structured NTK applies)."""

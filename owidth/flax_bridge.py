@@ -129,7 +129,7 @@ class FlaxModel:
 
     def lr_scales(self, x=None, *, optimizer: str) -> Any:
         """Per-tensor learning-rate multipliers ``(width / base_width)^-c_role``."""
-        return jax.tree.map(lambda r: self.param.lr_scale(r, width=self.width, optimizer=optimizer), self.roles())
+        return self.param.lr_scales(self.roles(), width=self.width, optimizer=optimizer)
 
     def _exponents(self):
         ratio = self.width / self.param.base_width

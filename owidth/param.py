@@ -218,6 +218,12 @@ class Parametrization:
             return 1.0
         return (width / self.base_width) ** (-self.c(optimizer)[_INDEX[role]])
 
+    def lr_scales(self, roles, *, width: int, optimizer: str):
+        """:meth:`lr_scale` of every :class:`Role` in the pytree ``roles`` (same structure, Python floats)."""
+        import jax
+
+        return jax.tree.map(lambda r: self.lr_scale(r, width=width, optimizer=optimizer), roles)
+
     def regime(self, *, depth: int = 2, optimizer: str = "sgd") -> Regime:
         """Stability, triviality and feature learning of an MLP with ``depth`` hidden layers.
 
@@ -312,10 +318,13 @@ def scale_by_width(model, x, *, optimizer: str):
     The multipliers are Python floats computed once from the model's roles
     (``model.lr_scales``); nothing is stored on the parameters.
     """
+    return scale_updates(model.lr_scales(x, optimizer=optimizer))
+
+
+def scale_updates(scales):
+    """optax transformation multiplying each update leaf by the matching float in ``scales`` (internal)."""
     import jax
     import optax
-
-    scales = model.lr_scales(x, optimizer=optimizer)
 
     def init_fn(params):
         del params
@@ -323,6 +332,6 @@ def scale_by_width(model, x, *, optimizer: str):
 
     def update_fn(updates, state, params=None):
         del params
-        return jax.tree.map(lambda u, s: u * s, updates, scales), state
+        return jax.tree.map(lambda u, c: u * c, updates, scales), state
 
     return optax.GradientTransformation(init_fn, update_fn)

@@ -32,7 +32,7 @@ import numpy as np
 
 from owidth import _checks
 from owidth._progress import progress
-from owidth.param import NTP, Parametrization, optimizer_family
+from owidth.param import NTP, Parametrization, optimizer_family, scale_updates
 
 _LOSSES = ("mse", "xent")
 
@@ -118,9 +118,7 @@ def _tx(cfg: _Cfg, lr, alpha, scales):
         parts.append(optax.trace(decay=cfg.momentum))
     if family == "adam":
         parts.append(optax.scale_by_adam(eps=cfg.eps))
-    parts.append(optax.GradientTransformation(
-        lambda p: optax.EmptyState(),
-        lambda u, s, p=None: (jax.tree.map(lambda a, c: a * c, u, scales), s)))
+    parts.append(scale_updates(scales))
     if cfg.weight_decay and cfg.optimizer == "adamw":  # decoupled: lr * wd fixed across widths, as MuAdamW
         parts.append(optax.add_decayed_weights(cfg.weight_decay))
     parts.append(optax.scale(-lr * rich))

@@ -54,8 +54,13 @@ def dual(fn, q1, q2, c, *, nodes: int, need_dot: bool):
     it with the roles swapped makes the result exactly symmetric in (q1, q2),
     so kernel matrices are symmetric bit for bit, at twice the cost.
     """
-    a, ad = _dual_ordered(fn, q1, q2, c, nodes=nodes, need_dot=need_dot)
-    b, bd = _dual_ordered(fn, q2, q1, c, nodes=nodes, need_dot=need_dot)
+    return _both_orders(_dual_ordered, fn, q1, q2, c, nodes=nodes, need_dot=need_dot)
+
+
+def _both_orders(ordered, fn, q1, q2, c, *, nodes: int, need_dot: bool):
+    """Average of an ordered rule over (u, v) and (v, u): exactly symmetric in (q1, q2)."""
+    a, ad = ordered(fn, q1, q2, c, nodes=nodes, need_dot=need_dot)
+    b, bd = ordered(fn, q2, q1, c, nodes=nodes, need_dot=need_dot)
     return 0.5 * (a + b), (0.5 * (ad + bd) if need_dot else None)
 
 
@@ -154,9 +159,7 @@ def dual_polar(fn, q1, q2, c, *, nodes: int, need_dot: bool):
 @functools.partial(jax.jit, static_argnames=("fn", "nodes", "need_dot"))
 def _polar_both(fn, q1, q2, c, *, nodes: int, need_dot: bool):
     """Both orders, jitted as one (inlined under ``ow.kernel``'s jit; one compilation when called eagerly)."""
-    a, ad = _polar_ordered(fn, q1, q2, c, nodes=nodes, need_dot=need_dot)
-    b, bd = _polar_ordered(fn, q2, q1, c, nodes=nodes, need_dot=need_dot)
-    return 0.5 * (a + b), (0.5 * (ad + bd) if need_dot else None)
+    return _both_orders(_polar_ordered, fn, q1, q2, c, nodes=nodes, need_dot=need_dot)
 
 
 def _polar_ordered(fn, q1, q2, c, *, nodes: int, need_dot: bool):

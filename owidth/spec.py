@@ -204,10 +204,11 @@ class Dense(Layer):
         w2, b2 = self.w_std**2, self.b_std**2
         nngp = w2 * ks.nngp + b2
         ntk = None if ks.ntk is None else nngp if first else w2 * ks.ntk + nngp
-        if ks.var2 is None:  # variances are the diagonal, bit for bit (see KState.materialize)
-            var1, var2 = self_var(nngp), None
-        else:
-            var1, var2 = w2 * ks.var1 + b2, w2 * ks.var2 + b2
+        # The same elementwise map on the variances: without x2 they stay the diagonal of nngp
+        # (which the previous layer made equal to var1), and no per-layer gather of that diagonal
+        # splits XLA's fusion of the whole recursion into one pass over the (n1, n2) entries.
+        var1 = w2 * ks.var1 + b2
+        var2 = None if ks.var2 is None else w2 * ks.var2 + b2
         return ks.replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2, gaussian=True, fixed=self.out is not None,
                           pre=None, act=None, mean1=None, mean2=None)
 

@@ -172,3 +172,45 @@ def test_deep_tanh_like_and_linear_depth_scaling():
         for l in range(1, depth + 1)
     )
     np.testing.assert_allclose(k.ntk, ntk_ref, rtol=1e-13)
+
+
+# --------------------------------------------------------------------------- #
+# Fast paths: polynomial arcsin and blocked self-kernels
+# --------------------------------------------------------------------------- #
+@pytest.mark.parametrize("dtype, max_ulp", [(np.float64, 4.0), (np.float32, 3.0)])
+def test_fast_arcsin_is_accurate_to_a_few_ulp(dtype, max_ulp):
+    from owidth.kernels.dual import fast_arcsin
+
+    x = np.concatenate([np.linspace(-1, 1, 200_001), 1 - np.logspace(-15, 0, 2000), -np.logspace(-30, 0, 2000),
+                        [0.5, np.nextafter(0.5, 1.0), np.nextafter(0.5, 0.0), 1.0, -1.0, 0.0]]).astype(dtype)
+    got = np.asarray(jax.jit(fast_arcsin)(jnp.asarray(x))).astype(np.float64)
+    ref = np.arcsin(x.astype(np.float64))  # numpy's libm asin as the reference
+    ulp = np.spacing(np.abs(ref).astype(dtype)).astype(np.float64)
+    keep = np.abs(ref) > np.finfo(dtype).tiny  # normal numbers (ulp of subnormals is not relative)
+    assert np.max(np.abs(got - ref)[keep] / ulp[keep]) <= max_ulp
+    assert np.all(np.abs(got) <= float(dtype(np.pi / 2)))  # pi/2 rounded to the dtype
+    assert got[x == 0.0].tolist() == [0.0] * int(np.sum(x == 0.0))
+
+
+def test_blocked_self_kernel_matches_one_piece():
+    """Large x2=None kernels are computed by blocks of rows (api._self_blocked): exactly symmetric,
+    variances the diagonal bit for bit, the one-piece values to rounding, and differentiable."""
+    net = mlp(ow.Relu(), depth=3)
+    n = 1100  # not a multiple of the block: padding and cropping are exercised
+    assert n * n * 8 > kernel_api._SELF_BLOCK_BYTES and n > 2 * kernel_api._SELF_BLOCK
+    x = sphere(n, 5, seed=3)
+    x[7] = x[900]  # a duplicated input across blocks: correlation one off the diagonal
+    k = ow.kernel(net, x)
+    one = jax.jit(kernel_api._kernel_impl, static_argnames=("net", "get"))(net, x, None, ("nngp", "ntk"))
+    for a, b in ((k.nngp, one.nngp), (k.ntk, one.ntk)):
+        assert np.array_equal(a, a.T)
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=0)
+    assert np.array_equal(np.diagonal(k.nngp), k.var1)
+    np.testing.assert_allclose(k.ntk[7, 900], k.ntk[900, 900], rtol=1e-7)
+
+    def loss(scale):
+        return jnp.sum(ow.kernel(net, scale * x, get="ntk").ntk[:3])
+
+    g = jax.grad(loss)(1.3)
+    fd = (loss(1.3 + 1e-5) - loss(1.3 - 1e-5)) / 2e-5
+    np.testing.assert_allclose(g, fd, rtol=1e-5)

@@ -59,7 +59,66 @@ def _kernel_impl(net, x1, x2, get):
     )
 
 
-_kernel = jax.jit(_kernel_impl, static_argnames=("net", "get"))
+# Self-kernels (x2=None) of non-spatial nets whose (n, n) kernel exceeds _SELF_BLOCK_BYTES are
+# computed in blocks of _SELF_BLOCK rows inside the compiled program (:func:`_self_blocked`).
+# Measured on a 2-core CPU (depth-4 ReLU NNGP+NTK): the elementwise recursion is memory-bound once
+# its (n, n) intermediates leave the cache; blocks of 256 rows stay in cache and skip the lower
+# triangle: n = 2048 float64 0.71 s -> 0.21 s, n = 4096 float32 0.75 s -> 0.33 s (blocks of 128
+# and 512 were slower; below ~4 MiB the one-piece computation is as fast).
+_SELF_BLOCK = 256
+_SELF_BLOCK_BYTES = 4 * 2**20
+
+
+def _kernel_auto(net, x1, x2, get):
+    n = x1.shape[0]
+    big = n * n * x1.dtype.itemsize > _SELF_BLOCK_BYTES and n > 2 * _SELF_BLOCK
+    if x2 is None and x1.ndim == 2 and big and not _spatial_info(net)[0]:
+        return _self_blocked(net, x1, get, _SELF_BLOCK)
+    return _kernel_impl(net, x1, x2, get)
+
+
+def _self_blocked(net, x, get, size: int) -> Kernel:
+    """``_kernel_impl(net, x, None, get)`` for an MLP-type net, by blocks of ``size`` rows.
+
+    Diagonal blocks are self-kernels (rho = 1 exactly on the diagonal, made exactly symmetric),
+    the blocks above them kernels between two row blocks, one block at a time (``lax.map``, so the
+    intermediates of one block stay in cache), mirrored below the diagonal: about
+    ``(t + 1) / (2 t)`` of the untiled work for ``t`` blocks. Rows are padded to a multiple of
+    ``size`` by repeating the last input and cropped. Off-diagonal blocks differ from the
+    one-piece computation only by rounding (their variances are computed as with ``x2`` given
+    rather than read off a diagonal), as for ``batch_size`` tiles.
+    """
+    import numpy as np
+
+    n = x.shape[0]
+    t = -(-n // size)
+    xp = jnp.concatenate([x, jnp.repeat(x[-1:], t * size - n, axis=0)]) if t * size > n else x
+    xb = xp.reshape((t, size) + x.shape[1:])
+    upper = np.triu(np.ones((size, size), bool))
+
+    def self_block(u):
+        k = _kernel_impl(net, u, None, get)
+        sym = {f: None if getattr(k, f) is None else jnp.where(upper, getattr(k, f), getattr(k, f).T)
+               for f in ("nngp", "ntk")}
+        return Kernel(nngp=sym["nngp"], ntk=sym["ntk"], var1=k.var1, var2=k.var1)
+
+    diag = jax.lax.map(self_block, xb)
+    ii, jj = np.triu_indices(t, 1)
+    off = jax.lax.map(lambda ij: _kernel_impl(net, xb[ij[0]], xb[ij[1]], get), (jnp.asarray(ii), jnp.asarray(jj)))
+
+    def assemble(d, o):
+        blocks = jnp.zeros((t, t, size, size), d.dtype)
+        blocks = blocks.at[np.arange(t), np.arange(t)].set(d)
+        blocks = blocks.at[ii, jj].set(o).at[jj, ii].set(jnp.swapaxes(o, 1, 2))
+        return blocks.transpose(0, 2, 1, 3).reshape(t * size, t * size)[:n, :n]
+
+    out = {f: None if getattr(diag, f) is None else assemble(getattr(diag, f), getattr(off, f))
+           for f in ("nngp", "ntk")}
+    var = diag.var1.reshape(t * size)[:n]
+    return Kernel(nngp=out["nngp"], ntk=out["ntk"], var1=var, var2=var)
+
+
+_kernel = jax.jit(_kernel_auto, static_argnames=("net", "get"))
 
 
 def kernel(net, x1, x2=None, *, get=("nngp", "ntk"), batch_size: int | None = None) -> Kernel:

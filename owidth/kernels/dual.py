@@ -23,8 +23,70 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 _PI = math.pi
+
+
+# --------------------------------------------------------------------------- #
+# arcsin by polynomial
+# --------------------------------------------------------------------------- #
+def _asin_series_ratio(z: np.ndarray) -> np.ndarray:
+    """``R(z) = (asin(x) - x) / x^3`` at ``z = x^2``, by its Taylor series (z <= 1/4).
+
+    ``asin x = sum_n binom(2n, n) / (4^n (2n + 1)) x^(2n+1)`` (Abramowitz &
+    Stegun 4.4.40); all terms are positive, so the float64 sum has no
+    cancellation, and 80 terms leave a remainder below 4^-80.
+    """
+    out, term = np.zeros_like(z), np.ones_like(z)
+    coef = 1.0
+    for n in range(1, 80):
+        coef *= (2 * n - 1) / (2 * n)  # binom(2n, n) / 4^n
+        out += coef / (2 * n + 1) * term
+        term = term * z
+    return out
+
+
+def _asin_chebyshev(degree: int) -> tuple[float, ...]:
+    """Chebyshev coefficients of ``R`` on z in [0, 1/4] (variable t = 8 z - 1)."""
+    c = np.polynomial.chebyshev.chebinterpolate(lambda t: _asin_series_ratio((t + 1.0) / 8.0), degree)
+    return tuple(float(v) for v in c)
+
+
+# R is analytic with its nearest singularity at z = 1, so the Chebyshev
+# coefficients on [0, 1/4] fall like (7 + sqrt 48)^-k ~ 14^-k: degree 14
+# reaches float64 rounding, degree 6 float32 (checked in tests/test_kernels.py).
+_ASIN_CHEB = {np.dtype(np.float64): _asin_chebyshev(14), np.dtype(np.float32): _asin_chebyshev(6)}
+
+
+def fast_arcsin(x: jax.Array) -> jax.Array:
+    """``arcsin(x)`` for ``x`` in [-1, 1], to within a few ulp, from mul/add/sqrt only.
+
+    XLA lowers ``asin`` through ``atan2``, which on CPU is a scalar library
+    call per element (about 7 ns each, ~50x a multiply-add: profiled in
+    ``benchmarks/kernels.py``'s workloads, where it took ~75% of a depth-4
+    ReLU NTK). Here, as in classic libm designs (Cody & Waite 1980):
+
+        |x| <= 1/2:  asin x = x + x z R(z),                     z = x^2
+        |x| >  1/2:  asin x = sign(x) (pi/2 - 2 asin s),        s = sqrt((1 - |x|) / 2)
+
+    (``cos(pi/2 - 2 asin s) = 1 - 2 s^2 = |x|``; ``1 - |x|`` is exact there
+    by Sterbenz's lemma), with ``R`` a Chebyshev interpolant on z in [0, 1/4]
+    evaluated by Clenshaw's recurrence. Primal only: callers give derivatives.
+    """
+    dtype = jnp.result_type(x)
+    coeffs = _ASIN_CHEB.get(np.dtype(dtype), _ASIN_CHEB[np.dtype(np.float64)])
+    a = jnp.abs(x)
+    big = a > 0.5
+    z = jnp.where(big, 0.5 * (1.0 - a), a * a)
+    s = jnp.where(big, jnp.sqrt(z), a)
+    t = 8.0 * z - 1.0
+    b1 = b2 = jnp.zeros_like(z)
+    for c in coeffs[:0:-1]:  # Clenshaw: b_k = c_k + 2 t b_{k+1} - b_{k+2}
+        b1, b2 = c + 2.0 * t * b1 - b2, b1
+    r = coeffs[0] + t * b1 - b2
+    p = s + s * z * r
+    return jnp.sign(x) * jnp.where(big, 0.5 * _PI - 2.0 * p, p)
 
 
 def _tiny(x: jax.Array) -> float:
@@ -63,7 +125,7 @@ def safe_arcsin(rho: jax.Array) -> jax.Array:
     rho = 1 identically, are computed without a correlation at all (see
     ``leaky_relu_diag``).
     """
-    return jnp.arcsin(_clip_corr(rho))
+    return fast_arcsin(_clip_corr(rho))
 
 
 @safe_arcsin.defjvp
@@ -72,7 +134,7 @@ def _safe_arcsin_jvp(primals, tangents):
     r = _clip_corr(rho)
     d = 1.0 / jnp.sqrt(jnp.maximum(1.0 - r * r, float(jnp.finfo(jnp.result_type(r)).eps)))
     d = jnp.where(jnp.abs(rho) <= 1.0, d, 0.0)
-    return jnp.arcsin(r), d * t
+    return fast_arcsin(r), d * t
 
 
 def safe_arccos(rho: jax.Array) -> jax.Array:
@@ -91,7 +153,7 @@ def _j_abs(rho: jax.Array):
     ``asin'`` is capped as in :func:`safe_arcsin`.
     """
     r = _clip_corr(rho)
-    a = jnp.arcsin(r)
+    a = fast_arcsin(r)
     return jnp.sqrt(jnp.maximum(1.0 - r * r, 0.0)) + r * a, a
 
 

@@ -55,7 +55,9 @@ import tempfile
 import numpy as np
 
 import kernels  # numpy-only at import; shared measurement protocol and parent helpers
-from kernels import _fmt, run_worker
+from _table import fmt as _fmt
+from _table import markdown
+from kernels import run_worker
 
 HERE = pathlib.Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "results" / "empirical_ntk_cpu.json"
@@ -97,9 +99,9 @@ def workload_name(arch: str, width: int) -> str:
     return f"{arch}_w{width}"
 
 
-def ow_impls(arch: str) -> list[str]:
+def ow_impls(arch: str, only=None) -> list[str]:
     dense_only = all(name != "Conv" for name, _ in ARCHS[arch])
-    return [i for i in OW_IMPLS if i != "structured" or dense_only]
+    return [i for i in OW_IMPLS if (i != "structured" or dense_only) and (only is None or i in only or i == "auto")]
 
 
 def load_params(path: str) -> list[dict]:
@@ -182,7 +184,7 @@ def best(stats: dict) -> str | None:
     return min(ok, key=lambda impl: ok[impl]["run_s"]) if ok else None
 
 
-def bench_workload(arch, width, n, shape, tmp, repeats, peer_python) -> dict:
+def bench_workload(arch, width, n, shape, tmp, repeats, peer_python, only_impls=None) -> dict:
     name = workload_name(arch, width)
     x_path = os.path.join(tmp, f"x_{name}.npy")
     np.save(x_path, np.random.RandomState(SEED).randn(n, *shape))  # float64; workers cast to float32
@@ -200,7 +202,7 @@ def bench_workload(arch, width, n, shape, tmp, repeats, peer_python) -> dict:
     common = ["--arch", arch, "--width", str(width), "--x", x_path, "--params", params_path,
               "--repeats", str(repeats)]
     saved = {}
-    for impl in ow_impls(arch):
+    for impl in ow_impls(arch, only_impls):
         print(f"[empirical_ntk] {name} owidth {impl} ...", file=sys.stderr, flush=True)
         save = os.path.join(tmp, f"ow_{name}_{impl}.npz")
         entry["owidth"][impl] = run_worker([sys.executable, str(pathlib.Path(__file__).resolve()), "--worker",
@@ -251,39 +253,39 @@ def _ms(stats: dict | None) -> str:
 
 
 def markdown_tables(results: list[dict]) -> str:
-    head = ("| workload | N | params | owidth auto ms | owidth best ms | NT best ms | auto / NT | best / NT "
-            "| owidth auto compile s | NT best compile s | owidth auto RSS MiB | NT best RSS MiB | max rel diff |")
-    rows = [head, "|" + "---|" * head.count(" | ") + "---|"]
+    head = ("workload", "N", "params", "owidth auto ms", "owidth best ms", "NT best ms", "auto / NT", "best / NT",
+            "owidth auto compile s", "NT best compile s", "owidth auto RSS MiB", "NT best RSS MiB", "max rel diff")
+    rows = []
     for r in results:
         o = r["owidth"]
         t = (r["neural_tangents"] or {}).get(r["nt_best"]) or {}
-        rows.append(
-            f"| {r['workload']} | {r['n']} | {r['n_params']} | {_ms(o['auto'])} ({r['auto_expected']}) "
-            f"| {_ms(o[r['owidth_best']])} ({r['owidth_best']}) | {_ms(t)} ({r['nt_best'] or '-'}) "
-            f"| {_fmt(r['ratio_run_auto'], '.2f')} | {_fmt(r['ratio_run_best'], '.2f')} "
-            f"| {o['auto']['compile_s']:.3f} | {_fmt(t.get('compile_s'), '.3f')} "
-            f"| {o['auto']['peak_rss_mib']:.1f} | {_fmt(t.get('peak_rss_mib'), '.1f')} "
-            f"| {_fmt(r['max_rel_diff'], '.2e')} |"
-        )
-    head2 = ("| workload | library | implementation | run ms (median) | run ms (min) | compile s | 1st call s "
-             "| RSS MiB | max rel diff vs NT best |")
-    rows += ["", head2, "|" + "---|" * head2.count(" | ") + "---|"]
+        rows.append((
+            r["workload"], r["n"], r["n_params"], f"{_ms(o['auto'])} ({r['auto_expected']})",
+            f"{_ms(o[r['owidth_best']])} ({r['owidth_best']})", f"{_ms(t)} ({r['nt_best'] or '-'})",
+            _fmt(r["ratio_run_auto"], ".2f"), _fmt(r["ratio_run_best"], ".2f"), f"{o['auto']['compile_s']:.3f}",
+            _fmt(t.get("compile_s"), ".3f"), f"{o['auto']['peak_rss_mib']:.1f}", _fmt(t.get("peak_rss_mib"), ".1f"),
+            _fmt(r["max_rel_diff"], ".2e"),
+        ))
+    head2 = ("workload", "library", "implementation", "run ms (median)", "run ms (min)", "compile s", "1st call s",
+             "RSS MiB", "max rel diff vs NT best")
+    rows2 = []
     for r in results:
         for lib, key in (("owidth", "owidth"), ("neural-tangents", "neural_tangents")):
             for impl, s in (r[key] or {}).items():
                 d = (r["max_rel_diff_by_impl"] or {}).get(f"{key}/{impl}")
                 if s is None:
-                    rows.append(f"| {r['workload']} | {lib} | {impl} | failed | | | | | |")
+                    rows2.append((r["workload"], lib, impl, "failed", "", "", "", "", ""))
                     continue
-                rows.append(
-                    f"| {r['workload']} | {lib} | {impl} | {s['run_s'] * 1e3:.2f} | {s['run_s_min'] * 1e3:.2f} "
-                    f"| {s['compile_s']:.3f} | {s['first_call_s']:.3f} | {s['peak_rss_mib']:.1f} | {_fmt(d, '.2e')} |"
-                )
-    return "\n".join(rows)
+                rows2.append((r["workload"], lib, impl, f"{s['run_s'] * 1e3:.2f}", f"{s['run_s_min'] * 1e3:.2f}",
+                              f"{s['compile_s']:.3f}", f"{s['first_call_s']:.3f}", f"{s['peak_rss_mib']:.1f}",
+                              _fmt(d, ".2e")))
+    return markdown(head, rows) + "\n\n" + markdown(head2, rows2)
 
 
 def main_parent(args) -> None:
     workloads, repeats = (QUICK_WORKLOADS, QUICK_REPEATS) if args.quick else (WORKLOADS, REPEATS)
+    if args.archs:
+        workloads = tuple(w for w in workloads if w[0] in args.archs)
     repeats = args.repeats if args.repeats is not None else repeats
     peer_python = None if args.no_peer else kernels.find_peer_python()
     peer = kernels.peer_versions(peer_python) if peer_python else None
@@ -291,7 +293,7 @@ def main_parent(args) -> None:
         peer_python = None
 
     with tempfile.TemporaryDirectory(prefix="owidth-bench-entk-") as tmp:
-        results = [bench_workload(*w, tmp, repeats, peer_python) for w in workloads]
+        results = [bench_workload(*w, tmp, repeats, peer_python, args.impls) for w in workloads]
 
     report = {
         "machine": kernels.machine_info(),
@@ -332,6 +334,8 @@ def worker_args(p: argparse.ArgumentParser, hidden: bool = False) -> None:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="mlp_w128 (N=16) and cnn_w16 (N=8), 2 repeats")
+    p.add_argument("--archs", nargs="+", choices=sorted(ARCHS), help="only these networks (default: all)")
+    p.add_argument("--impls", nargs="+", choices=OW_IMPLS, help="only these owidth implementations (default: all)")
     p.add_argument("--no-peer", action="store_true", help="skip neural-tangents")
     p.add_argument("--out", default=str(DEFAULT_OUT), help="JSON output (default: %(default)s)")
     p.add_argument("--repeats", type=int, default=None, help=f"timed calls per measurement (default {REPEATS})")

@@ -9,8 +9,8 @@ on):
 * ``ntk_relu_mlp_depth4``: a depth-4 ReLU MLP (4 x [Dense(w_std=sqrt 2,
   b_std=sqrt 0.1), Relu] then Dense(out=1, w_std=1, b_std=0)) on inputs of
   dimension 16, N in {512, 2048} ({64, 128} with --quick).
-* ``ntk_relu_mlp_depth4_tiled``: the same net at N = 4096 (256 with
-  --quick), owidth with ``batch_size=1024`` (64); the peer untiled.
+* ``ntk_relu_mlp_depth4_tiled``: the same net at N = 8192 (256 with
+  --quick), owidth with ``batch_size=2048`` (64); the peer untiled.
 * ``cntk_gap_cnn2_8x8x3``: the pooled CNTK (Arora et al. 2019) of
   2 x [Conv(3x3, SAME, w_std=sqrt 2, b_std=sqrt 0.1), Relu], GlobalAvgPool,
   Dense(out=1) on N = 128 images 8x8x3 (16 with --quick): all pixel-pair
@@ -64,6 +64,9 @@ import time
 
 import numpy as np
 
+from _table import fmt as _fmt
+from _table import markdown
+
 HERE = pathlib.Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "results" / "kernels_cpu.json"
 BUILD_VENV = HERE / "peers" / "build_venv.sh"
@@ -80,14 +83,16 @@ QUICK_REPEATS = 2
 # name -> (net, input shape without batch, sizes, quick sizes, owidth batch_size (full, quick), repeats)
 WORKLOADS = {
     WORKLOAD: ("mlp", (D_IN,), SIZES, QUICK_SIZES, (None, None), REPEATS),
-    "ntk_relu_mlp_depth4_tiled": ("mlp", (D_IN,), (4096,), (256,), (1024, 64), 3),
+    "ntk_relu_mlp_depth4_tiled": ("mlp", (D_IN,), (8192,), (256,), (2048, 64), 3),
     "cntk_gap_cnn2_8x8x3": ("cnn", (8, 8, 3), (128,), (16,), (None, None), 3),
     "cntk_gap_cnn2_8x8x3_tiled": ("cnn", (8, 8, 3), (128,), (16,), (32, 8), 3),
 }
 DTYPES = ("float32", "float64")
 GET = ("nngp", "ntk")
-# Both workers pin the CPU backend and silence TensorFlow/absl start-up noise.
-WORKER_ENV = {"JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3"}
+# Both workers pin one backend (OWIDTH_BENCH_PLATFORM: cpu unless benchmarks/run.py --platform says
+# otherwise) and silence TensorFlow/absl start-up noise.
+PLATFORM = os.environ.get("OWIDTH_BENCH_PLATFORM", "cpu")
+WORKER_ENV = {"JAX_PLATFORMS": PLATFORM, "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 PEAK_RSS_NOTE = (
     "peak_rss_mib: ru_maxrss of a fresh process running only this measurement, minus its value after "
@@ -265,7 +270,7 @@ def machine_info() -> dict:
         "cpu": cpu,
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
-        "backend": "cpu",
+        "backend": PLATFORM,
     }
 
 
@@ -311,25 +316,21 @@ def bench_one(workload: str, n: int, dtype: str, x_path: str, tmp: str, repeats:
     return entry
 
 
-def _fmt(v, spec: str) -> str:
-    return "-" if v is None else format(v, spec)
-
-
 def markdown_table(results: list[dict]) -> str:
-    head = ("| workload | tile | dtype | N | owidth run ms | NT run ms | run ratio | owidth compile s | NT compile s "
-            "| owidth 1st call s | NT 1st call s | owidth RSS MiB | NT RSS MiB | NTK max rel diff | off-diag |")
-    rows = [head, "|" + "---|" * head.count(" | ") + "---|"]
+    head = ("workload", "tile", "dtype", "N", "owidth run ms", "NT run ms", "run ratio", "owidth compile s",
+            "NT compile s", "owidth 1st call s", "NT 1st call s", "owidth RSS MiB", "NT RSS MiB", "NTK max rel diff",
+            "off-diag")
+    rows = []
     for r in results:
         o, t = r["owidth"], r["neural_tangents"] or {}
-        nt_run_ms = t["run_s"] * 1e3 if t else None
-        rows.append(
-            f"| {r['workload']} | {_fmt(r.get('batch_size'), 'd')} | {r['dtype']} | {r['n']} | {o['run_s'] * 1e3:.2f} | {_fmt(nt_run_ms, '.2f')} "
-            f"| {_fmt(r['ratio_run'], '.2f')} | {o['compile_s']:.3f} | {_fmt(t.get('compile_s'), '.3f')} "
-            f"| {o['first_call_s']:.3f} | {_fmt(t.get('first_call_s'), '.3f')} "
-            f"| {o['peak_rss_mib']:.1f} | {_fmt(t.get('peak_rss_mib'), '.1f')} | {_fmt(r['max_rel_diff'], '.2e')} "
-            f"| {_fmt(r['max_rel_diff_offdiag'], '.2e')} |"
-        )
-    return "\n".join(rows)
+        rows.append((
+            r["workload"], _fmt(r.get("batch_size"), "d"), r["dtype"], r["n"], f"{o['run_s'] * 1e3:.2f}",
+            _fmt(t["run_s"] * 1e3 if t else None, ".2f"), _fmt(r["ratio_run"], ".2f"), f"{o['compile_s']:.3f}",
+            _fmt(t.get("compile_s"), ".3f"), f"{o['first_call_s']:.3f}", _fmt(t.get("first_call_s"), ".3f"),
+            f"{o['peak_rss_mib']:.1f}", _fmt(t.get("peak_rss_mib"), ".1f"), _fmt(r["max_rel_diff"], ".2e"),
+            _fmt(r["max_rel_diff_offdiag"], ".2e"),
+        ))
+    return markdown(head, rows)
 
 
 def _owidth_version() -> str:
@@ -355,7 +356,7 @@ def main_parent(args) -> None:
                 x_path = os.path.join(tmp, f"x_{'x'.join(map(str, shape))}_{n}.npy")
                 if not os.path.exists(x_path):  # same inputs for the tiled and untiled workloads
                     np.save(x_path, np.random.RandomState(SEED).randn(n, *shape))  # float64; workers cast
-                for dtype in DTYPES:
+                for dtype in args.dtypes:
                     print(f"[kernels] {workload} n={n} {dtype} ...", file=sys.stderr, flush=True)
                     results.append(bench_one(workload, n, dtype, x_path, tmp, repeats, peer_python, bs, peer_cache))
 
@@ -369,7 +370,7 @@ def main_parent(args) -> None:
                                      "batch_size": WORKLOADS[w][4][1 if args.quick else 0],
                                      "repeats": args.repeats or (QUICK_REPEATS if args.quick else WORKLOADS[w][5])}
                                  for w in workloads},
-                   "depth_mlp": DEPTH, "seed": SEED, "get": list(GET), "dtypes": list(DTYPES), "quick": args.quick},
+                   "depth_mlp": DEPTH, "seed": SEED, "get": list(GET), "dtypes": list(args.dtypes), "quick": args.quick},
         "notes": {"timing": TIMING_NOTE, "peak_rss_mib": PEAK_RSS_NOTE, "max_rel_diff": DIFF_NOTE},
         "results": results,
     }
@@ -384,6 +385,7 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="small N, 2 repeats (smoke test)")
     p.add_argument("--workloads", nargs="*", choices=list(WORKLOADS), help="subset of workloads (default: all)")
+    p.add_argument("--dtypes", nargs="+", choices=DTYPES, default=list(DTYPES), help="dtypes (default: both)")
     p.add_argument("--no-peer", action="store_true", help="skip neural-tangents")
     p.add_argument("--out", default=str(DEFAULT_OUT), help="JSON output (default: %(default)s)")
     p.add_argument("--repeats", type=int, default=None, help=f"timed calls per measurement (default {REPEATS})")

@@ -193,7 +193,7 @@ def test_fast_arcsin_is_accurate_to_a_few_ulp(dtype, max_ulp):
 
 
 def test_blocked_self_kernel_matches_one_piece():
-    """Large x2=None kernels are computed by blocks of rows (api._self_blocked): exactly symmetric,
+    """Large x2=None kernels are computed by blocks of rows (api._blocked): exactly symmetric,
     variances the diagonal bit for bit, the one-piece values to rounding, and differentiable."""
     net = mlp(ow.Relu(), depth=3)
     n = 1100  # not a multiple of the block: padding and cropping are exercised
@@ -207,6 +207,11 @@ def test_blocked_self_kernel_matches_one_piece():
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=0)
     assert np.array_equal(np.diagonal(k.nngp), k.var1)
     np.testing.assert_allclose(k.ntk[7, 900], k.ntk[900, 900], rtol=1e-7)
+    x2 = sphere(600, 5, seed=4)  # with x2 given: every block pair, variances per side
+    k12 = ow.kernel(net, x, x2)
+    one12 = jax.jit(kernel_api._kernel_impl, static_argnames=("net", "get"))(net, x, x2, ("nngp", "ntk"))
+    np.testing.assert_allclose(k12.ntk, one12.ntk, rtol=1e-12, atol=0)
+    assert np.array_equal(k12.var1, one12.var1) and np.array_equal(k12.var2, one12.var2)
 
     def loss(scale):
         return jnp.sum(ow.kernel(net, scale * x, get="ntk").ntk[:3])

@@ -1,0 +1,259 @@
+"""Every benchmark in one command, with owidth/peer ratios against the project's targets.
+
+    python benchmarks/run.py [--quick] [--no-peer] [--only AREA ...] [--out-dir DIR] [--platform cpu|gpu]
+
+Areas, each run by its own script in its own processes, one after another
+(never concurrently, so that no measurement shares the machine with another):
+
+=========  ==========================================================  ===========================
+area       what                                                        target (issue 8)
+=========  ==========================================================  ===========================
+kernels    ``ow.kernel`` NNGP+NTK vs neural-tangents 0.6.5: depth-4     run time <= 0.5x NT; pooled
+           ReLU MLP, N = 512, 2048 and 8192 (tiled); pooled CNTK of a   CNTK also lower peak memory
+           2-conv net on 128 images 8x8x3 (``kernels.py``)
+empirical  ``ow.empirical_ntk`` (auto) vs NT's best implementation:    run time <= 1.0x NT's best
+           MLP widths 512 and 2048, a small CNN (``empirical_ntk.py``)
+ensembles  256 networks as one vmapped ``ow.train`` vs a loop of        >= 10x faster than the loop
+           ``ow.train`` calls (``ensembles.py``)
+import     ``import owidth`` in a fresh interpreter, median of 5        < 1.5 s
+dmft       ``ow.dmft`` time and peak memory as P and T grow             P = T = 100, 2 hidden
+           (``dmft.py``, when present)                                 layers: < 60 s
+=========  ==========================================================  ===========================
+
+Each area writes its own JSON (``DIR/kernels_TAG.json``, ...; every number
+with its protocol: compile and steady state timed separately, steady state
+the median of repeats ended by ``block_until_ready``); this runner then writes
+``DIR/summary_TAG.json`` and ``DIR/summary_TAG.md``, one row per workload:
+owidth's time, the peer's, the ratio, the target and whether it was met.
+TAG is ``cpu`` or ``gpu`` (``--platform``); the JAX version and the machine
+are recorded. Targets are reported, never asserted: a missed target is a row
+that says "no".
+
+``--quick`` is a smoke run (small sizes, float32, no peer unless
+``--peer``), written to a fresh temporary directory unless ``--out-dir`` is
+given; ``tests/test_benchmarks.py`` runs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from _table import fmt, markdown
+
+HERE = pathlib.Path(__file__).resolve().parent
+ROOT = HERE.parent
+AREAS = ("kernels", "empirical", "ensembles", "import", "dmft")
+IMPORT_REPEATS = 5
+
+KERNEL_TARGET = 0.5
+EMPIRICAL_TARGET = 1.0
+ENSEMBLE_TARGET = 10.0
+IMPORT_TARGET_S = 1.5
+DMFT_TARGET_S = 60.0
+
+
+def _env(platform_name: str) -> dict:
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "PYTHONPATH": path, "JAX_PLATFORMS": platform_name, "OWIDTH_BENCH_PLATFORM": platform_name,
+            "OWIDTH_NO_PROGRESS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+
+def _run(cmd: list[str], env: dict, label: str) -> None:
+    print(f"[run] {label}: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-20:])
+        raise RuntimeError(f"{label} failed (rc {proc.returncode}):\n{tail}")
+    print(f"[run] {label}: done in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------- areas
+def run_kernels(out: pathlib.Path, args, env) -> list[dict]:
+    cmd = [sys.executable, str(HERE / "kernels.py"), "--out", str(out)]
+    if args.quick:
+        cmd += ["--quick", "--dtypes", "float32", "--workloads", "ntk_relu_mlp_depth4_tiled"]
+    if not args.peer:
+        cmd.append("--no-peer")
+    _run(cmd, env, "kernels")
+    rows = []
+    for r in json.loads(out.read_text())["results"]:
+        cntk = r["workload"].startswith("cntk")
+        tile = f", tiles of {r['batch_size']}" if r.get("batch_size") else ""
+        o, t = r["owidth"], r["neural_tangents"]
+        met = None
+        if r["ratio_run"] is not None:
+            met = r["ratio_run"] <= KERNEL_TARGET and (not cntk or r["ratio_peak_rss"] < 1.0)
+        rows.append(_row("kernels", f"{r['workload']} N={r['n']} {r['dtype']}{tile}", o["run_s"],
+                         t and t["run_s"], o["peak_rss_mib"], t and t["peak_rss_mib"],
+                         f"<= {KERNEL_TARGET}x NT" + (", less memory" if cntk else ""), met, ratio=r["ratio_run"]))
+    return rows
+
+
+def run_empirical(out: pathlib.Path, args, env) -> list[dict]:
+    cmd = [sys.executable, str(HERE / "empirical_ntk.py"), "--out", str(out)]
+    if args.quick:
+        cmd += ["--quick", "--archs", "mlp", "--impls", "auto"]
+    if not args.peer:
+        cmd.append("--no-peer")
+    _run(cmd, env, "empirical")
+    rows = []
+    for r in json.loads(out.read_text())["results"]:
+        o = r["owidth"]["auto"]
+        t = (r["neural_tangents"] or {}).get(r["nt_best"]) if r["nt_best"] else None
+        ratio = r["ratio_run_auto"]
+        rows.append(_row("empirical", f"{r['workload']} N={r['n']} (owidth auto vs NT {r['nt_best'] or '-'})",
+                         o["run_s"], t and t["run_s"], o["peak_rss_mib"], t and t["peak_rss_mib"],
+                         f"<= {EMPIRICAL_TARGET}x NT best", None if ratio is None else ratio <= EMPIRICAL_TARGET,
+                         ratio=ratio))
+    return rows
+
+
+def run_ensembles(out: pathlib.Path, args, env) -> list[dict]:
+    cmd = [sys.executable, str(HERE / "ensembles.py"), "--out", str(out)]
+    if args.quick:
+        cmd += ["--quick", "--workloads", "small"]
+    _run(cmd, env, "ensembles")
+    report = json.loads(out.read_text())
+    rows = []
+    for name, w in report.items():
+        if name == "machine":
+            continue
+        res = w["results"]
+        speedup = w["speedup_vs_loop_train"]
+        rows.append(_row("ensembles", f"{name}: {w['workload']}; peer = loop of ow.train", res["vmapped"]["run_s"],
+                         res["loop_train"]["run_s"], None, None, f">= {ENSEMBLE_TARGET:g}x faster than the loop",
+                         speedup >= ENSEMBLE_TARGET, ratio=res["vmapped"]["run_s"] / res["loop_train"]["run_s"]))
+    return rows
+
+
+def run_import(out: pathlib.Path, args, env) -> list[dict]:
+    """Wall time of ``import owidth`` (and of ``import jax`` alone) in fresh interpreters."""
+    code = "import time; t = time.perf_counter(); import {mod}; print(time.perf_counter() - t)"
+    result = {}
+    for mod in ("jax", "owidth"):
+        times = []
+        for _ in range(2 if args.quick else IMPORT_REPEATS):
+            proc = subprocess.run([sys.executable, "-c", code.format(mod=mod)], env=env, cwd=tempfile.gettempdir(),
+                                  capture_output=True, text=True, check=True)
+            times.append(float(proc.stdout.strip().splitlines()[-1]))
+        result[mod] = {"median_s": statistics.median(times), "times_s": times}
+    out.write_text(json.dumps({"machine": _machine(args.platform), "import": result,
+                               "note": "wall time of `import MOD` in a fresh interpreter (OS file cache warm after the "
+                                       "first run); median over the runs"}, indent=2) + "\n")
+    s = result["owidth"]["median_s"]
+    return [_row("import", f"import owidth (import jax alone: {result['jax']['median_s']:.2f} s)", s, None, None, None,
+                 f"< {IMPORT_TARGET_S} s", s < IMPORT_TARGET_S)]
+
+
+def run_dmft(out: pathlib.Path, args, env) -> list[dict]:
+    script = HERE / "dmft.py"
+    if not script.exists():
+        print("[run] dmft: benchmarks/dmft.py not present, skipped", file=sys.stderr)
+        return []
+    _run([sys.executable, str(script), "--out", str(out), *(["--quick"] if args.quick else [])], env, "dmft")
+    report = json.loads(out.read_text())
+    rows = []
+    for r in report["results"]:
+        total = r.get("compile_s", 0.0) + r["run_s"]
+        headline = r.get("P") == 100 and r.get("T") == 100
+        rows.append(_row("dmft", f"{r['workload']} P={r.get('P')} T={r.get('T')} samples={r.get('samples', '-')} "
+                                 "(compile + run)", total, None, r.get("peak_mb"), None,
+                         f"< {DMFT_TARGET_S:g} s" if headline else "-", (total < DMFT_TARGET_S) if headline else None))
+    return rows
+
+
+RUNNERS = {"kernels": run_kernels, "empirical": run_empirical, "ensembles": run_ensembles, "import": run_import,
+           "dmft": run_dmft}
+FILES = {"kernels": "kernels", "empirical": "empirical_ntk", "ensembles": "ensembles", "import": "import",
+         "dmft": "dmft"}
+
+
+# ----------------------------------------------------------------- summary
+def _row(area, workload, owidth_s, peer_s, owidth_mib, peer_mib, target, met, ratio=None) -> dict:
+    if ratio is None and owidth_s is not None and peer_s:
+        ratio = owidth_s / peer_s
+    return {"area": area, "workload": workload, "owidth_s": owidth_s, "peer_s": peer_s, "ratio": ratio,
+            "owidth_peak_mib": owidth_mib, "peer_peak_mib": peer_mib, "target": target, "met": met}
+
+
+def _machine(platform_name: str) -> dict:
+    import importlib.metadata
+
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(),
+            "python": platform.python_version(), "jax": importlib.metadata.version("jax"), "backend": platform_name}
+
+
+def _seconds(v) -> str:
+    if v is None:
+        return "-"
+    return f"{v * 1e3:.2f} ms" if v < 1.0 else f"{v:.2f} s"
+
+
+def summary_markdown(summary: dict) -> str:
+    m = summary["machine"]
+    head = ("area", "workload", "owidth", "peer", "owidth / peer", "peak MiB owidth / peer", "target", "met")
+    rows = [(r["area"], r["workload"], _seconds(r["owidth_s"]), _seconds(r["peer_s"]), fmt(r["ratio"], ".2f"),
+             f"{fmt(r['owidth_peak_mib'], '.0f')} / {fmt(r['peer_peak_mib'], '.0f')}", r["target"],
+             {True: "yes", False: "**no**", None: "-"}[r["met"]]) for r in summary["rows"]]
+    title = (f"# Benchmarks ({m['backend']}, {m['cpu']}, {m['cpu_count']} cores, jax {m['jax']}"
+             f"{', quick' if summary['quick'] else ''})\n\n"
+             "Peer: neural-tangents 0.6.5 on jax 0.4.23 (isolated venv, benchmarks/peers/) for kernels and "
+             "empirical NTKs; a Python loop of `ow.train` calls for ensembles. Times are steady state (median of "
+             "repeats, `block_until_ready`); compile times and every raw number are in the per-area JSON files.\n\n")
+    return title + markdown(head, rows) + "\n"
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="smoke run: small sizes, float32, no peer")
+    p.add_argument("--peer", action=argparse.BooleanOptionalAction, default=None,
+                   help="time neural-tangents in its legacy venv (default: yes, except with --quick)")
+    p.add_argument("--only", nargs="+", choices=AREAS, help="areas to run (default: all)")
+    p.add_argument("--out-dir", type=pathlib.Path, default=None,
+                   help="where the JSON and markdown go (default: benchmarks/results, or a temp dir with --quick)")
+    p.add_argument("--platform", choices=("cpu", "gpu"), default="cpu", help="JAX backend to benchmark")
+    args = p.parse_args(argv)
+    if args.peer is None:
+        args.peer = not args.quick
+    out_dir = args.out_dir or (pathlib.Path(tempfile.mkdtemp(prefix="owidth-bench-")) if args.quick
+                               else HERE / "results")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    env = _env(args.platform)
+    tag = args.platform
+
+    rows, failed = [], {}
+    for area in args.only or AREAS:
+        try:
+            rows += RUNNERS[area](out_dir / f"{FILES[area]}_{tag}.json", args, env)
+        except (RuntimeError, OSError, KeyError, ValueError) as err:
+            print(f"[run] {area} failed: {err}", file=sys.stderr)
+            failed[area] = str(err).splitlines()[0]
+    summary = {"machine": _machine(args.platform), "quick": args.quick, "peer": args.peer, "rows": rows,
+               "failed": failed}
+    (out_dir / f"summary_{tag}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    md = summary_markdown(summary)
+    (out_dir / f"summary_{tag}.md").write_text(md)
+    print(md)
+    print(f"wrote {out_dir / f'summary_{tag}.md'} (and .json)")
+    if failed:
+        sys.exit(f"benchmark areas failed: {', '.join(failed)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -19,7 +19,11 @@ theory sweeps) and ``large`` (width 128, 512 points: compute dominates).
   times (no ``ow.train`` bookkeeping): the fastest possible loop.
 
 Each is timed twice: the first pass includes compilation (``first_s``); the
-second pass (``run_s``) is steady state. Every call ends in host numpy arrays,
+second pass (``run_s``) is steady state. ``roofline``: the FLOPs of the
+training (XLA's cost analysis of one member's compiled step x steps x members)
+and the GFLOP/s each variant reaches, next to a large float32 matmul's rate on
+the same machine: when the loop already runs near that rate, no batching can
+make the ensemble much faster than the loop. Every call ends in host numpy arrays,
 so all work is finished (``block_until_ready`` semantics). Writes JSON
 (default ``benchmarks/results/ensembles_cpu.json``) and prints a table.
 """
@@ -42,6 +46,17 @@ import owidth as ow  # noqa: E402
 from owidth.experiments._common import digits  # noqa: E402
 
 HERE = pathlib.Path(__file__).resolve().parent
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """Steady-state GFLOP/s of an (n, n) x (n, n) float32 matmul: the machine's practical peak."""
+    a = jax.random.normal(jax.random.key(0), (n, n), jax.numpy.float32)
+    f = jax.jit(lambda a: a @ a)
+    jax.block_until_ready(f(a))
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        jax.block_until_ready(f(a))
+    return 2 * n**3 / ((time.perf_counter() - t0) / repeats) / 1e9
 
 
 def workload(*, width: int, points: int, quick: bool) -> dict:
@@ -92,7 +107,20 @@ def workload(*, width: int, points: int, quick: bool) -> dict:
         fn()
         results[name] = {"first_s": first, "run_s": time.perf_counter() - t0}
     members = n_seed * n_lr * n_alpha
+    # Roofline: FLOPs of one member's training step (XLA's cost analysis of the compiled step) times
+    # steps and members, against the rate of a large float32 matmul on this machine.
+    from owidth.train import _step
+
+    st = jax.tree.map(lambda a: a[0], _init_all(cfg, jax.random.key(0)[None], jax.numpy.full(1, lrs[0]),
+                                                 jax.numpy.full(1, alphas[0]), xj, None))
+    cost = jax.jit(lambda s: _step(cfg, s, 0, xj, yj)).lower(st).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    total_flops = float(cost["flops"]) * steps * members
+    roofline = {"flops_per_member_step": float(cost["flops"]), "total_gflop": total_flops / 1e9,
+                "matmul_gflops": matmul_gflops(),
+                **{f"{k}_gflops": total_flops / 1e9 / v["run_s"] for k, v in results.items()}}
     return {
+        "roofline": roofline,
         "workload": f"{n_seed} seeds x {n_lr} lrs x {n_alpha} alphas = {members} MLPs (width {width}, 2 hidden ReLU "
                     f"layers, muP), full-batch GD, {steps} steps, {points} digits, float32",
         "results": results,
@@ -123,8 +151,12 @@ def main() -> None:
     for wl in args.workloads:
         for name, r in report[wl]["results"].items():
             print(f"| {wl} | {name} | {r['first_s']:.2f} | {r['run_s']:.2f} |")
-        print(f"{wl}: vmapped speed-up {report[wl]['speedup_vs_loop_train']:.1f}x vs a loop of ow.train calls, "
-              f"{report[wl]['speedup_vs_loop_jit'] or float('nan'):.1f}x vs a loop of the compiled single-member program")
+        rf = report[wl]["roofline"]
+        print(f"{wl}: {rf['total_gflop']:.1f} GFLOP of training; vmapped {rf['vmapped_gflops']:.1f} GFLOP/s, "
+              f"loop of ow.train {rf['loop_train_gflops']:.1f} GFLOP/s, a 2048^2 matmul {rf['matmul_gflops']:.1f} GFLOP/s")
+        jit_loop = report[wl]["speedup_vs_loop_jit"]
+        print(f"{wl}: vmapped speed-up {report[wl]['speedup_vs_loop_train']:.1f}x vs a loop of ow.train calls"
+              + ("" if jit_loop is None else f", {jit_loop:.1f}x vs a loop of the compiled single-member program"))
 
 
 if __name__ == "__main__":

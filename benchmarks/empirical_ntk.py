@@ -55,8 +55,8 @@ import tempfile
 import numpy as np
 
 import kernels  # numpy-only at import; shared measurement protocol and parent helpers
-from _table import fmt as _fmt
-from _table import markdown
+from _common import fmt as _fmt
+from _common import markdown
 from kernels import run_worker
 
 HERE = pathlib.Path(__file__).resolve().parent

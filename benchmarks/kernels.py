@@ -54,7 +54,6 @@ import importlib.metadata
 import json
 import os
 import pathlib
-import platform
 import resource
 import statistics
 import subprocess
@@ -64,8 +63,9 @@ import time
 
 import numpy as np
 
-from _table import fmt as _fmt
-from _table import markdown
+from _common import fmt as _fmt
+from _common import machine_info as _machine_info
+from _common import markdown
 
 HERE = pathlib.Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "results" / "kernels_cpu.json"
@@ -259,19 +259,7 @@ def max_rel_diff(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -
 
 
 def machine_info() -> dict:
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {
-        "platform": platform.platform(),
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "backend": PLATFORM,
-    }
+    return _machine_info(PLATFORM)
 
 
 def bench_one(workload: str, n: int, dtype: str, x_path: str, tmp: str, repeats: int, peer_python: str | None,

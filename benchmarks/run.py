@@ -40,14 +40,13 @@ import argparse
 import json
 import os
 import pathlib
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
-from _table import fmt, markdown
+from _common import fmt, machine_info, markdown
 
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -78,15 +77,22 @@ def _run(cmd: list[str], env: dict, label: str) -> None:
 
 
 # ----------------------------------------------------------------- areas
-def run_kernels(out: pathlib.Path, args, env) -> list[dict]:
-    cmd = [sys.executable, str(HERE / "kernels.py"), "--out", str(out)]
+def _script(script: str, out: pathlib.Path, args, env, label: str, quick: list[str], peer: bool = True) -> dict:
+    """Run ``benchmarks/SCRIPT --out OUT`` (with ``--quick`` and ``quick`` arguments, ``--no-peer``); its JSON."""
+    cmd = [sys.executable, str(HERE / script), "--out", str(out)]
     if args.quick:
-        cmd += ["--quick", "--dtypes", "float32", "--workloads", "ntk_relu_mlp_depth4_tiled"]
-    if not args.peer:
+        cmd += ["--quick", *quick]
+    if peer and not args.peer:
         cmd.append("--no-peer")
-    _run(cmd, env, "kernels")
+    _run(cmd, env, label)
+    return json.loads(out.read_text())
+
+
+def run_kernels(out: pathlib.Path, args, env) -> list[dict]:
+    report = _script("kernels.py", out, args, env, "kernels",
+                     ["--dtypes", "float32", "--workloads", "ntk_relu_mlp_depth4_tiled"])
     rows = []
-    for r in json.loads(out.read_text())["results"]:
+    for r in report["results"]:
         cntk = r["workload"].startswith("cntk")
         tile = f", tiles of {r['batch_size']}" if r.get("batch_size") else ""
         o, t = r["owidth"], r["neural_tangents"]
@@ -100,14 +106,9 @@ def run_kernels(out: pathlib.Path, args, env) -> list[dict]:
 
 
 def run_empirical(out: pathlib.Path, args, env) -> list[dict]:
-    cmd = [sys.executable, str(HERE / "empirical_ntk.py"), "--out", str(out)]
-    if args.quick:
-        cmd += ["--quick", "--archs", "mlp", "--impls", "auto"]
-    if not args.peer:
-        cmd.append("--no-peer")
-    _run(cmd, env, "empirical")
+    report = _script("empirical_ntk.py", out, args, env, "empirical", ["--archs", "mlp", "--impls", "auto"])
     rows = []
-    for r in json.loads(out.read_text())["results"]:
+    for r in report["results"]:
         o = r["owidth"]["auto"]
         t = (r["neural_tangents"] or {}).get(r["nt_best"]) if r["nt_best"] else None
         ratio = r["ratio_run_auto"]
@@ -119,11 +120,7 @@ def run_empirical(out: pathlib.Path, args, env) -> list[dict]:
 
 
 def run_ensembles(out: pathlib.Path, args, env) -> list[dict]:
-    cmd = [sys.executable, str(HERE / "ensembles.py"), "--out", str(out)]
-    if args.quick:
-        cmd += ["--quick", "--workloads", "small"]
-    _run(cmd, env, "ensembles")
-    report = json.loads(out.read_text())
+    report = _script("ensembles.py", out, args, env, "ensembles", ["--workloads", "small"], peer=False)
     rows = []
     for name, w in report.items():
         if name == "machine":
@@ -160,8 +157,7 @@ def run_dmft(out: pathlib.Path, args, env) -> list[dict]:
     if not script.exists():
         print("[run] dmft: benchmarks/dmft.py not present, skipped", file=sys.stderr)
         return []
-    _run([sys.executable, str(script), "--out", str(out), *(["--quick"] if args.quick else [])], env, "dmft")
-    report = json.loads(out.read_text())
+    report = _script("dmft.py", out, args, env, "dmft", [], peer=False)
     rows = []
     for r in report["results"]:
         total = r.get("compile_s", 0.0) + r["run_s"]
@@ -189,14 +185,7 @@ def _row(area, workload, owidth_s, peer_s, owidth_mib, peer_mib, target, met, ra
 def _machine(platform_name: str) -> dict:
     import importlib.metadata
 
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(),
-            "python": platform.python_version(), "jax": importlib.metadata.version("jax"), "backend": platform_name}
+    return {**machine_info(platform_name), "jax": importlib.metadata.version("jax")}
 
 
 def _seconds(v) -> str:

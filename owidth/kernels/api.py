@@ -39,10 +39,12 @@ def _check_structure(net, get: tuple[str, ...], same: bool, features: tuple[int,
 @functools.lru_cache(maxsize=256)
 def _spatial_info(net) -> tuple[bool, bool]:
     """(has spatial layers, needs all pixel-pixel covariances), from a static pass over the spec."""
+    from owidth.spec_seq import Attention, Embedding, TakePosition
     from owidth.spec_spatial import AvgPool, Conv, Flatten, GlobalAvgPool, needs_full_pixels
 
     def has(layer):
-        return isinstance(layer, (Conv, AvgPool, Flatten, GlobalAvgPool)) or any(has(c) for c in layer._children())
+        return isinstance(layer, (Conv, AvgPool, Flatten, GlobalAvgPool, Attention, Embedding, TakePosition)) or any(
+            has(c) for c in layer._children())
 
     return has(net), needs_full_pixels(net)
 

@@ -116,7 +116,8 @@ def test_kernel_monte_carlo(n_nets, width):
     k = ow.kernel(net, tokens, get="nngp").nngp
     model = ow.finite(net, width=width, param=dataclasses.replace(ow.NTP, attn=1.0))
     keys = jax.random.split(jax.random.key(0), n_nets)
-    f = jax.jit(jax.vmap(lambda key: model.apply(model.init(key, tokens), tokens)[:, 0]))(keys)  # (nets, 4)
+    f = jax.jit(lambda ks: jax.lax.map(lambda key: model.apply(model.init(key, tokens), tokens)[:, 0], ks,
+                                       batch_size=100))(keys)  # (nets, 4), 100 networks in memory at a time
     f = np.asarray(f)
     prods = f[:, :, None] * f[:, None, :]
     mean, se = prods.mean(0), prods.std(0) / np.sqrt(n_nets)

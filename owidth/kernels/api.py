@@ -85,7 +85,10 @@ def kernel(net, x1, x2=None, *, get=("nngp", "ntk"), batch_size: int | None = No
     Args:
       net: a width-free spec (``ow.serial(...)`` or a single layer).
       x1: (n1, d) inputs, or (n1, *spatial, channels) for networks with
-        spatial layers (``Conv``, ``AvgPool``, ``GlobalAvgPool``, ``Flatten``).
+        spatial layers (``Conv``, ``AvgPool``, ``GlobalAvgPool``, ``Flatten``),
+        or (n1, length) tokens for sequence networks starting with
+        ``Embedding`` (``Attention`` is taken in its ``1/d``-logit limit: see
+        :class:`ow.Attention`).
       x2: (n2, d) inputs (same feature shape as ``x1``), or ``None`` for ``x1`` against itself (the result is
         then exactly symmetric).
       get: ``"nngp"``, ``"ntk"`` or both (default); what is not asked for is

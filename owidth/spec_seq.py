@@ -168,10 +168,11 @@ class Attention(Layer):
     Hron et al. 2020, Sec. 3, for the ``1/d`` limit). Not implemented: the
     ``1/sqrt(d)`` limit, in which the logits stay ``O(1)`` Gaussian and the
     output is a Gaussian process only as ``heads -> inf`` (Hron et al. 2020,
-    Thm 3), with a kernel that needs expectations of softmax(Gaussian logits);
-    ``ow.kernel`` has no parametrization argument, so its result for a spec
-    with ``Attention`` describes finite networks with ``attn = 1`` (muP/MF
-    logit scale) only.
+    Thm 3), with a kernel that needs expectations of softmax(Gaussian logits):
+    ``ow.kernel(net, x, attn=0.5)`` raises ``NotImplementedError`` saying so.
+    By default ``ow.kernel`` describes finite networks with ``attn > 1/2``
+    (e.g. the muP/MF logit scale ``attn = 1``), whatever the rest of their
+    parametrization (the NNGP/NTK are those of NTP-scaled weights).
 
     Args:
       heads: number of heads (the width must be a multiple of it).

@@ -188,6 +188,16 @@ def test_mutransfer_transformer_quick(tmp_path, monkeypatch):
     assert (tmp_path / "mutransfer_transformer.png").stat().st_size > 10_000
 
 
+def test_kernel_of_sqrt_d_attention_is_refused_with_the_reason():
+    net = ow.transformer(depth=1, heads=2, vocab=VOCAB)
+    for p in (ow.SP, ow.NTP):
+        with pytest.raises(NotImplementedError, match="Hron et al. 2020"):
+            ow.kernel(net, TOKENS, attn=p.attn)
+    np.testing.assert_array_equal(ow.kernel(net, TOKENS, attn=ow.MUP.attn).ntk, ow.kernel(net, TOKENS).ntk)
+    mlp = ow.serial(ow.Dense(), ow.Relu(), ow.Dense(out=1))  # no attention: attn does not matter
+    ow.kernel(mlp, np.ones((2, 3)), attn=0.5)
+
+
 def test_bad_inputs():
     with pytest.raises(ValueError, match="heads"):
         ow.Attention(heads=0)

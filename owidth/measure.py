@@ -233,8 +233,8 @@ def coord_check(
 
     jax.eval_shape(trace_names, jax.random.key(0))  # layer names only: no FLOPs
     dims = ("width", "seed", "step", "layer")
-    coords = {"width": widths, "seed": np.arange(seeds), "step": np.arange(steps + 1), "layer": np.arange(size.shape[-1]),
-              "layer_name": ("layer", names)}
+    coords = {"width": widths, "seed": np.arange(seeds), "step": np.arange(steps + 1),
+              "layer": np.arange(size.shape[-1]), "layer_name": ("layer", names)}
     slope_delta = slope(delta)
     return xr.Dataset(
         {"size": (dims, size), "delta": (dims, delta), "slope_size": (("step", "layer"), slope(size)),

@@ -34,6 +34,7 @@ from owidth.spec import (
 )
 from owidth.spec_quadrature import ActivationFn, Sigmoid, Silu, Softplus, Swish, Tanh
 from owidth.spec_norm import LayerNorm
+from owidth.spec_seq import Attention, Embedding, TakePosition, transformer
 from owidth.spec_spatial import AvgPool, Conv, Flatten, GlobalAvgPool
 from owidth.sweep import Sweep, load_sweep, run_sweep
 from owidth.train import Snapshot, train
@@ -45,9 +46,11 @@ __all__ = [
     "Abs",
     "Activation",
     "ActivationFn",
+    "Attention",
     "AvgPool",
     "Conv",
     "Dense",
+    "Embedding",
     "Erf",
     "FiniteModel",
     "Flatten",
@@ -78,6 +81,7 @@ __all__ = [
     "Softplus",
     "Sweep",
     "Swish",
+    "TakePosition",
     "Tanh",
     "coord_check",
     "empirical_ntk",
@@ -95,4 +99,5 @@ __all__ = [
     "serial",
     "theory",
     "train",
+    "transformer",
 ]

@@ -127,11 +127,12 @@ def effective_rank(x):
 
 
 def _layer_sizes(model, params, x, params0):
-    """Mean |h| and mean |h - h0| of every weight layer's output (pre-activation)."""
+    """Mean |h| and mean |h - h0| of every weight layer's output (pre-activation) and every other recorded
+    observable (embeddings; attention projections, logits and outputs), in network order."""
     _, tape = model._apply_taped(params, x)
     _, tape0 = model._apply_taped(params0, x)
-    size = jnp.stack([jnp.mean(jnp.abs(h)) for h in tape.outputs])
-    delta = jnp.stack([jnp.mean(jnp.abs(h - h0)) for h, h0 in zip(tape.outputs, tape0.outputs)])
+    size = jnp.stack([jnp.mean(jnp.abs(h)) for _, h in tape.coords])
+    delta = jnp.stack([jnp.mean(jnp.abs(h - h0)) for (_, h), (_, h0) in zip(tape.coords, tape0.coords)])
     # two traces of the same parameters may round differently (fusion): a layer that has not
     # moved has delta ~ 1e-16 |h|, which is no update at all
     eps = 100 * jnp.finfo(size.dtype).eps
@@ -163,7 +164,10 @@ def coord_check(
 
     Returns:
       ``xarray.Dataset`` with ``size`` (mean ``|h|``) and ``delta`` (mean
-      ``|h_t - h_0|``) over ``(width, seed, step, layer)``, and ``slope_size``
+      ``|h_t - h_0|``) over ``(width, seed, step, layer)`` (``layer_name``
+      says what each is: ``"dense"`` outputs, ``"embedding"``, and for
+      ``Attention`` ``"attn.q"``, ``"attn.k"``, ``"attn.v"``, ``"attn.logits"``
+      (the causal part), ``"attn.o"``), and ``slope_size``
       / ``slope_delta`` over ``(step, layer)``: the least-squares log-log
       slope of the seed-averaged value against width (0 means width-stable;
       NaN where a value is exactly 0, e.g. ``delta`` at step 0).
@@ -220,8 +224,17 @@ def coord_check(
                 out[idx] = np.polyfit(lw, np.log(col), 1)[0]
         return out
 
+    names = []
+
+    def trace_names(key, model=finite(net, width=widths[0], param=param)):
+        _, tape = model._apply_taped(model.init(key, x), x)
+        names.extend(name for name, _ in tape.coords)
+        return 0.0
+
+    jax.eval_shape(trace_names, jax.random.key(0))  # layer names only: no FLOPs
     dims = ("width", "seed", "step", "layer")
-    coords = {"width": widths, "seed": np.arange(seeds), "step": np.arange(steps + 1), "layer": np.arange(size.shape[-1])}
+    coords = {"width": widths, "seed": np.arange(seeds), "step": np.arange(steps + 1),
+              "layer": np.arange(size.shape[-1]), "layer_name": ("layer", names)}
     slope_delta = slope(delta)
     return xr.Dataset(
         {"size": (dims, size), "delta": (dims, delta), "slope_size": (("step", "layer"), slope(size)),

@@ -31,14 +31,20 @@ input 1, as in Tensor Programs IV); the readout bias never scales.
 
 The presets (``a``, ``b``; ``c`` for SGD and for Adam), for (input, hidden, output):
 
-====== ============== ================ ================ =============== =========================
-preset a              b                c (SGD)          c (Adam)        regime (TP IV, Thm 3.3)
-====== ============== ================ ================ =============== =========================
-SP     (0, 0, 0)      (0, 1/2, 1/2)    (0, 0, 0)        (0, 0, 0)       unstable (SGD stable at c=1)
-NTP    (0, 1/2, 1/2)  (0, 0, 0)        (0, 0, 0)        (1/2, 1, 1/2)   stable, kernel (r = 1/2)
-MUP    (0, 0, 1)      (0, 1/2, 0)      (-1, 0, -1)      (0, 1, 0)       stable, feature learning
-MF     (0, 1/2, 1)    (0, 0, 0)        (-1, -1, -1)     (0, 1/2, 0)     = MUP (same network, see below)
-====== ============== ================ ================ =============== =========================
+====== ============== ================ ================ =============== ====== =========================
+preset a              b                c (SGD)          c (Adam)        attn   regime (TP IV, Thm 3.3)
+====== ============== ================ ================ =============== ====== =========================
+SP     (0, 0, 0)      (0, 1/2, 1/2)    (0, 0, 0)        (0, 0, 0)       1/2    unstable (SGD stable at c=1)
+NTP    (0, 1/2, 1/2)  (0, 0, 0)        (0, 0, 0)        (1/2, 1, 1/2)   1/2    stable, kernel (r = 1/2)
+MUP    (0, 0, 1)      (0, 1/2, 0)      (-1, 0, -1)      (0, 1, 0)       1      stable, feature learning
+MF     (0, 1/2, 1)    (0, 0, 0)        (-1, -1, -1)     (0, 1/2, 0)     1      = MUP (same network, see below)
+====== ============== ================ ================ =============== ====== =========================
+
+``attn`` is the exponent of the attention-logit scale ``d_head^-attn`` (relative
+to the base width, see :meth:`Parametrization.attn_scale`): ``1/sqrt(d)`` in
+standard practice, ``1/d`` under muP (Yang et al. 2022, Tensor Programs V).
+Query, key, value and output projections of ``Attention`` are hidden tensors,
+``Embedding`` tables input tensors.
 
 ``SP`` is standard practice (PyTorch/flax initialisation, one learning rate
 at every width). ``MUP`` is the form of the microsoft/mup package (readout
@@ -153,6 +159,15 @@ class Parametrization:
         Tensor Programs V, Sec. D.2) recommend it for muP: it removes the
         random ``O(n^-1/2)`` output at initialisation (and with it the
         ``f0`` part of coordinate checks) without changing the limit.
+      attn: exponent ``e`` of the attention-logit scale: an ``Attention``
+        layer with head dimension ``d`` (``d / d0 = n / n0``) computes
+        ``q . k * d^-1/2 * (n / n0)^-(e - 1/2)``, i.e. ``1/sqrt(d)`` for
+        ``e = 1/2`` (SP, NTP: Vaswani et al. 2017) and ``~ 1/d`` for ``e = 1``
+        (MUP, MF: Yang et al. 2022, Tensor Programs V, Sec. 4 / Appendix J),
+        all equal to ``1/sqrt(d0)`` at the base width.
+      zero_query: initialise the query projections of ``Attention`` layers at
+        0 (Tensor Programs V, Sec. D.2, recommends it with muP: attention is
+        then exactly uniform at initialisation at every width).
 
     See the module docstring for the conventions and the preset table.
     """
@@ -164,6 +179,8 @@ class Parametrization:
     c_adam: tuple[float, float, float] = (0.0, 0.0, 0.0)
     base_width: int = 1
     zero_readout: bool = False
+    attn: float = 0.5
+    zero_query: bool = False
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
@@ -172,8 +189,13 @@ class Parametrization:
             object.__setattr__(self, field, _check_triple(field, getattr(self, field)))
         if not isinstance(self.base_width, int) or isinstance(self.base_width, bool) or self.base_width <= 0:
             raise ValueError(f"Parametrization.base_width must be a positive int, got {self.base_width!r}")
-        if not isinstance(self.zero_readout, bool):
-            raise TypeError(f"Parametrization.zero_readout must be a bool, got {self.zero_readout!r}")
+        for flag in ("zero_readout", "zero_query"):
+            if not isinstance(getattr(self, flag), bool):
+                raise TypeError(f"Parametrization.{flag} must be a bool, got {getattr(self, flag)!r}")
+        if isinstance(self.attn, bool) or not isinstance(self.attn, (int, float)) or not math.isfinite(self.attn):
+            raise ValueError(f"Parametrization.attn must be a finite float (1/2: 1/sqrt(d) logits, 1: 1/d), "
+                             f"got {self.attn!r}")
+        object.__setattr__(self, "attn", float(self.attn))
 
     def with_base_width(self, base_width: int) -> Parametrization:
         """The same exponents relative to another base width (where it equals every other preset)."""
@@ -211,6 +233,16 @@ class Parametrization:
             return DenseScale(w_mult, 0.0 if self.zero_readout else ratio ** (-self.b[i]), b_std, 1.0)
         # biases of width-sized layers are input-role tensors (weights from the constant input 1)
         return DenseScale(w_mult, ratio ** (-self.b[i]), b_std * ratio ** (-self.a[0]), ratio ** (-self.b[0]))
+
+    def attn_scale(self, *, d_head: int, width: int) -> float:
+        """Attention-logit multiplier ``d^-1/2 (n / n0)^-(attn - 1/2)`` for head dimension ``d`` at ``width`` ``n``.
+
+        With heads fixed, ``d`` grows like ``n``; at the base width every
+        parametrization uses ``1/sqrt(d0)``. ``attn = 1`` is Tensor Programs V's
+        ``1/d`` rule (the logits ``q . k`` of correlated ``q``, ``k`` grow like
+        ``d`` after training), ``attn = 1/2`` the usual ``1/sqrt(d)``.
+        """
+        return d_head ** -0.5 * (width / self.base_width) ** (-(self.attn - 0.5))
 
     def lr_scale(self, role: Role, *, width: int, optimizer: str) -> float:
         """Learning-rate multiplier ``(n / n0)^-c_role`` of a tensor with this role."""
@@ -292,11 +324,11 @@ Its ``width -> inf`` limit under SGD is the kernel regime described by
 :func:`ow.kernel`; the Adam exponents keep Adam in the same regime."""
 
 MUP = Parametrization(name="mup", a=(0.0, 0.0, 1.0), b=(0.0, 0.5, 0.0), c_sgd=(-1.0, 0.0, -1.0),
-                      c_adam=(0.0, 1.0, 0.0))
+                      c_adam=(0.0, 1.0, 0.0), attn=1.0)
 """Maximal-update parametrization (Yang & Hu 2021; Yang et al. 2022), microsoft/mup form."""
 
 MF = Parametrization(name="mf", a=(0.0, 0.5, 1.0), b=(0.0, 0.0, 0.0), c_sgd=(-1.0, -1.0, -1.0),
-                     c_adam=(0.0, 0.5, 0.0))
+                     c_adam=(0.0, 0.5, 0.0), attn=1.0)
 """Mean-field form of muP (Mei et al. 2018; Bordelon & Pehlevan 2022): ``N(0, 1)`` weights."""
 
 PRESETS = {p.name: p for p in (SP, NTP, MUP, MF)}

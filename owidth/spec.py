@@ -69,14 +69,20 @@ class Tape:
         self.layers: list = []  # (DenseScale, has_bias)
         self.out_shapes: list = []
         self.outputs: list = []  # pre-activations (before taps), for coordinate checks
+        self.coords: list = []  # (name, array) in network order: weight-layer outputs and other observables
 
-    def record(self, x, scale, has_bias, y):
+    def record(self, x, scale, has_bias, y, name: str = "dense"):
         i = len(self.inputs)
         self.inputs.append(x)
         self.layers.append((scale, has_bias))
         self.out_shapes.append(y.shape)
         self.outputs.append(y)
+        self.coords.append((name, y))
         return y if self.taps is None else y + self.taps[i]
+
+    def observe(self, name: str, y) -> None:
+        """Record an intermediate (embedding output, attention logits, ...) for coordinate checks only."""
+        self.coords.append((name, y))
 
 
 @dataclasses.dataclass(frozen=True)

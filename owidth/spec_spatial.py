@@ -32,7 +32,7 @@ def needs_full_pixels(layer: Layer) -> bool:
     """True when the spec pools over pixels (``AvgPool``/``GlobalAvgPool``), so that kernels need all
     pixel-pixel covariances; otherwise same-pixel covariances suffice (conv and pixelwise layers keep
     the diagonal representation closed, and ``Flatten`` reads only the diagonal)."""
-    if isinstance(layer, (AvgPool, GlobalAvgPool)):
+    if isinstance(layer, (AvgPool, GlobalAvgPool)) or getattr(layer, "_mixes_positions", False):
         return True
     return any(needs_full_pixels(child) for child in layer._children())
 

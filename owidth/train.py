@@ -102,8 +102,8 @@ def _apply_fn(cfg: _Cfg, params0):
 def _loss(kind: str, f, y):
     if kind == "mse":
         return 0.5 * jnp.mean(jnp.sum((f - y) ** 2, axis=-1))
-    logz = jax.nn.logsumexp(f, axis=-1)
-    return jnp.mean(logz - jnp.take_along_axis(f, y[:, None], axis=-1)[:, 0])
+    logz = jax.nn.logsumexp(f, axis=-1)  # labels (N,) or (N, length) for sequence outputs
+    return jnp.mean(logz - jnp.take_along_axis(f, y[..., None], axis=-1)[..., 0])
 
 
 def _tx(cfg: _Cfg, lr, alpha, scales):
@@ -261,8 +261,9 @@ def _targets(name: str, y, n: int, loss: str, *, where: str) -> jax.Array:
     if y.shape[:1] != (n,):
         raise ValueError(f"{where}: {name} has {y.shape[0] if y.ndim else 'no'} rows but the inputs have {n}")
     if loss == "xent":
-        if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
-            raise ValueError(f"{where}: loss='xent' needs integer class labels of shape ({n},), got {y.dtype} {y.shape}")
+        if y.ndim not in (1, 2) or not np.issubdtype(y.dtype, np.integer):
+            raise ValueError(f"{where}: loss='xent' needs integer class labels of shape ({n},) (or ({n}, length) for "
+                             f"sequence outputs), got {y.dtype} {y.shape}")
         return jnp.asarray(y)
     if y.ndim == 1:
         y = y[:, None]
@@ -286,10 +287,15 @@ def _check_outputs(model, x, y, loss: str, *, where: str) -> None:
     """The network's output size must match the targets (no silent broadcasting)."""
     key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype)
     out = jax.eval_shape(lambda k, xs: model.apply(model.init(k, xs), xs), key, x)
-    if len(out.shape) != 2:
+    if loss == "xent" and y.ndim == 2:  # per-position labels: (batch, length, k) outputs
+        if out.shape[:-1] != y.shape:
+            raise ValueError(f"{where}: labels of shape {y.shape} need outputs of shape {y.shape + ('k',)}, the "
+                             f"network gives {out.shape} (leave out TakePosition for per-position outputs)")
+    elif len(out.shape) != 2:
         raise ValueError(f"{where}: the network's output has shape {out.shape}; ow.train needs (batch, k) outputs "
-                         "(end the network in ow.Dense(out=k), after a Flatten or GlobalAvgPool for images)")
-    k = out.shape[1]
+                         "(end the network in ow.Dense(out=k), after a Flatten or GlobalAvgPool for images; "
+                         "(batch, length, k) outputs need (batch, length) labels with loss='xent')")
+    k = out.shape[-1]
     if loss == "mse" and y.shape[1] != k:
         raise ValueError(f"{where}: targets have {y.shape[1]} columns but the network has {k} outputs")
     if loss == "xent":
@@ -342,7 +348,10 @@ def train(
     Args:
       net: width-free spec or :func:`ow.from_flax` bridge.
       data: ``(x_train, y_train)``; ``y`` is ``(N,)``/``(N, k)`` real targets
-        for ``loss="mse"``, ``(N,)`` integer labels for ``loss="xent"``.
+        for ``loss="mse"``, ``(N,)`` integer labels for ``loss="xent"`` (or
+        ``(N, length)`` labels for sequence outputs ``(N, length, k)``, e.g.
+        next-token prediction; the loss and accuracy average over positions).
+        Token inputs ``(N, length)`` for ``ow.Embedding`` are integers.
       widths: one width or a list (one compiled program each).
       lr: base learning rate(s) ``eta``; tensor ``r`` uses ``eta (n/n0)^-c_r``
         (see :class:`ow.Parametrization`). Non-positive or non-finite values

@@ -21,7 +21,7 @@ def test_list(capsys):
 
 def test_unknown_experiment(capsys):
     assert cli.main(["run", "no-such-thing"]) == 2
-    assert "available: coord-check, double-descent, gradient-coherence, lazy-rich, learning-curves, mutransfer" in capsys.readouterr().err
+    assert "available: coord-check, double-descent, gradient-coherence, grokking, lazy-rich, learning-curves, mutransfer, mutransfer-transformer" in capsys.readouterr().err
 
 
 def test_wide_vs_kernel_quick(tmp_path, monkeypatch):

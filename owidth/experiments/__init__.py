@@ -54,6 +54,18 @@ _EXPERIMENTS = (
         "owidth.experiments.mutransfer:run",
     ),
     Experiment(
+        "mutransfer-transformer",
+        "Train loss vs Adam learning rate for a 1-block transformer on an order-2 Markov chain at widths 64..512: "
+        "the best learning rate stays put under muP (1/d attention) and drifts under SP (Yang et al. 2022).",
+        "owidth.experiments.mutransfer_transformer:run",
+    ),
+    Experiment(
+        "grokking",
+        "Modular addition with a 2-layer MLP and weight decay at several output scales alpha: the step at which "
+        "test accuracy passes 90% grows as training gets lazier (Kumar et al. 2023; Power et al. 2022).",
+        "owidth.experiments.grokking:run",
+    ),
+    Experiment(
         "lazy-rich",
         "Width x alpha phase diagram of NTK movement under NTP and muP: the kernel freezes like 1/alpha and "
         "with width under NTP, stays O(1) under muP (Chizat et al. 2019; Yang & Hu 2021).",

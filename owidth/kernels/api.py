@@ -39,10 +39,12 @@ def _check_structure(net, get: tuple[str, ...], same: bool, features: tuple[int,
 @functools.lru_cache(maxsize=256)
 def _spatial_info(net) -> tuple[bool, bool]:
     """(has spatial layers, needs all pixel-pixel covariances), from a static pass over the spec."""
+    from owidth.spec_seq import Attention, Embedding, TakePosition
     from owidth.spec_spatial import AvgPool, Conv, Flatten, GlobalAvgPool, needs_full_pixels
 
     def has(layer):
-        return isinstance(layer, (Conv, AvgPool, Flatten, GlobalAvgPool)) or any(has(c) for c in layer._children())
+        return isinstance(layer, (Conv, AvgPool, Flatten, GlobalAvgPool, Attention, Embedding, TakePosition)) or any(
+            has(c) for c in layer._children())
 
     return has(net), needs_full_pixels(net)
 
@@ -145,7 +147,32 @@ def _blocked(net, x1, x2, get, size: int) -> Kernel:
 _kernel = jax.jit(_kernel_auto, static_argnames=("net", "get"))
 
 
-def kernel(net, x1, x2=None, *, get=("nngp", "ntk"), batch_size: int | None = None) -> Kernel:
+def _check_attn(net, attn) -> None:
+    """``ow.kernel(..., attn=)``: the attention limit is implemented for logit exponents above 1/2 only."""
+    if attn is None:
+        return
+    if isinstance(attn, bool) or not isinstance(attn, (int, float)) or attn != attn:
+        raise TypeError(f"ow.kernel: attn must be a float (Parametrization.attn), got {attn!r}")
+    from owidth.spec_seq import Attention
+
+    def has(layer):
+        return isinstance(layer, Attention) or any(has(c) for c in layer._children())
+
+    if attn <= 0.5 and has(net):
+        what = ("the logits q.k / sqrt(d) stay O(1) Gaussian at infinite width, so attention stays random; the "
+                "output is a Gaussian process only when heads -> inf as well (Hron et al. 2020, Thm 3), with a "
+                "kernel needing E[softmax(u) softmax(v)^T] over Gaussian logits u, v, which owidth does not compute"
+                if attn == 0.5 else
+                "the logits grow with width and attention tends to a hard (argmax) attention with no Gaussian limit")
+        raise NotImplementedError(
+            f"ow.kernel: the infinite-width kernel of Attention with attention-logit exponent attn={attn:g} is not "
+            f"implemented: {what}. Implemented: attn > 1/2 (e.g. the 1/d logits of ow.MUP and ow.MF, attn=1), "
+            "where the logits vanish and attention is uniform causal averaging."
+        )
+
+
+def kernel(net, x1, x2=None, *, get=("nngp", "ntk"), batch_size: int | None = None,
+           attn: float | None = None) -> Kernel:
     """Infinite-width NNGP and NTK of ``net`` between ``x1`` and ``x2``.
 
     For a network whose hidden layers are infinitely wide, the output at
@@ -166,7 +193,10 @@ def kernel(net, x1, x2=None, *, get=("nngp", "ntk"), batch_size: int | None = No
     Args:
       net: a width-free spec (``ow.serial(...)`` or a single layer).
       x1: (n1, d) inputs, or (n1, *spatial, channels) for networks with
-        spatial layers (``Conv``, ``AvgPool``, ``GlobalAvgPool``, ``Flatten``).
+        spatial layers (``Conv``, ``AvgPool``, ``GlobalAvgPool``, ``Flatten``),
+        or (n1, length) tokens for sequence networks starting with
+        ``Embedding`` (``Attention`` is taken in its ``1/d``-logit limit: see
+        :class:`ow.Attention`).
       x2: (n2, d) inputs (same feature shape as ``x1``), or ``None`` for ``x1`` against itself (the result is
         then exactly symmetric).
       get: ``"nngp"``, ``"ntk"`` or both (default); what is not asked for is
@@ -182,6 +212,14 @@ def kernel(net, x1, x2=None, *, get=("nngp", "ntk"), batch_size: int | None = No
         CNNs, whose kernels keep all pixel pairs, tiles of 32 are both
         faster and far smaller in memory (``benchmarks/kernels.py``).
         Same result as untiled up to rounding (see :func:`_tiled`).
+      attn: the attention-logit exponent (:attr:`ow.Parametrization.attn`)
+        of the finite networks whose limit is wanted, for specs with
+        ``Attention``. ``None`` (default) or any value above 1/2: logits
+        vanish at infinite width (the ``1/d`` rule of muP has ``attn = 1``)
+        and the kernel is that of uniform causal averaging (see
+        :class:`ow.Attention`). ``attn <= 1/2`` (``1/sqrt(d)``: SP, NTP)
+        raises ``NotImplementedError``: that limit (Hron et al. 2020) is not
+        implemented.
 
     Returns:
       A :class:`Kernel` with ``nngp``/``ntk`` of shape (n1, n2), per output
@@ -196,6 +234,7 @@ def kernel(net, x1, x2=None, *, get=("nngp", "ntk"), batch_size: int | None = No
     if not isinstance(net, Layer):
         raise TypeError(f"ow.kernel: net must be an owidth layer or ow.serial(...), got {type(net).__name__}")
     get = _normalize_get(get)
+    _check_attn(net, attn)
     if not net._has_weights():
         raise ValueError("ow.kernel: net has no weight layer (Dense); add one, e.g. ow.serial(..., ow.Dense(out=1))")
     rank = None if _spatial_info(net)[0] else 2

@@ -10,6 +10,7 @@ One width-free spec, several interpretations::
 """
 
 from owidth import experiments, measure, predict, theory
+from owidth.dmft import DMFTConvergenceError, DMFTResult, dmft
 from owidth.empirical import empirical_ntk, linearize
 from owidth.finite import FiniteModel, finite
 from owidth.flax_bridge import FlaxModel, FlaxNet, from_flax
@@ -47,6 +48,8 @@ __all__ = [
     "ActivationFn",
     "AvgPool",
     "Conv",
+    "DMFTConvergenceError",
+    "DMFTResult",
     "Dense",
     "Erf",
     "FiniteModel",
@@ -80,6 +83,7 @@ __all__ = [
     "Swish",
     "Tanh",
     "coord_check",
+    "dmft",
     "empirical_ntk",
     "experiments",
     "finite",

@@ -257,10 +257,11 @@ def _iterate(step, st, *, steps, damping, tol, max_iter, yscale):
         new, extra = step(st, horizon)
         res = _residual({k: v / (yscale if k in ("beta", "f") else 1.0) for k, v in new.items()},
                         {k: v / (yscale if k in ("beta", "f") else 1.0) for k, v in st.items()})
-        if not math.isfinite(res):
+        if not math.isfinite(res) or not all(bool(jnp.all(jnp.isfinite(v))) for v in jax.tree.leaves(new)):
             raise DMFTConvergenceError(
-                f"ow.dmft: the self-consistent iteration diverged (non-finite residual at iteration {it + 1}); "
-                "use damping (e.g. 0.5), a smaller lr or gamma0, or fewer steps")
+                f"ow.dmft: non-finite values at iteration {it + 1} (horizon {horizon} steps): either the "
+                "infinite-width gradient descent itself diverges (lower lr; larger gamma0 needs a smaller lr) or the "
+                "iteration does (use damping, e.g. 0.5)")
         st = new if damping == 0 else jax.tree.map(lambda a, b: damping * a + (1 - damping) * b, st, new)
         if horizon == steps and res < tol:
             return st, extra, it + 1, res

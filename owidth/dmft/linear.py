@@ -39,7 +39,7 @@ from owidth.dmft._spec import MLP
 def _factor(s):
     """A factor ``F`` with ``F F^T = s`` for a PSD matrix (eigenvalues clipped at 0)."""
     lam, vec = jnp.linalg.eigh(0.5 * (s + s.T))
-    return vec * jnp.sqrt(jnp.clip(lam, 0.0))
+    return vec * jnp.sqrt(jnp.clip(lam, 0.0))[None, :]
 
 
 def _coefficients(mlp: MLP, st, c, x, y):

@@ -38,7 +38,7 @@ from owidth.dmft._spec import MLP
 
 def _sqrtm(s):
     lam, vec = jnp.linalg.eigh(0.5 * (s + s.T))
-    return (vec * jnp.sqrt(jnp.clip(lam, 0.0))) @ vec.T
+    return (vec * jnp.sqrt(jnp.clip(lam, 0.0))[None, :]) @ vec.T
 
 
 def _coefficients(mlp: MLP, st, c, kx, y, p):

@@ -10,7 +10,7 @@ One width-free spec, several interpretations::
 """
 
 from owidth import experiments, measure, predict, theory
-from owidth.dmft import DMFTConvergenceError, DMFTResult, dmft
+from owidth.meanfield import DMFTConvergenceError, DMFTResult, dmft
 from owidth.empirical import empirical_ntk, linearize
 from owidth.finite import FiniteModel, finite
 from owidth.flax_bridge import FlaxModel, FlaxNet, from_flax

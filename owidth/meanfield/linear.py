@@ -1,4 +1,4 @@
-"""Deterministic DMFT of deep linear networks in weight space (internal; see :mod:`owidth.dmft`).
+"""Deterministic DMFT of deep linear networks in weight space (internal; see :mod:`owidth.meanfield`).
 
 For ``phi(h) = h`` every field of one neuron is linear in the Gaussian sources, and the
 backward fields do not depend on the input: ``h^l_i(x, t) = v^l_i(t) . x`` with a
@@ -33,7 +33,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from owidth.dmft._spec import MLP
+from owidth.meanfield._spec import MLP
 
 
 def _factor(s):
@@ -42,15 +42,15 @@ def _factor(s):
     return vec * jnp.sqrt(jnp.clip(lam, 0.0))[None, :]
 
 
-def _coefficients(mlp: MLP, st, c, x, y):
+def _coefficients(mlp: MLP, st, c, x, y, horizon):
     """The kernels of the single-site equations for the current state."""
     tau, d = st["beta"].shape
     L, sig = mlp.depth, mlp.w_std
     p = x.shape[0]
     resid = y[None, :] - st["beta"] @ x.T  # (tau, P): Delta(t)
     e = resid @ x / p  # (tau, d)
-    e = e.at[-1].set(0.0)  # no update after the last step
     t_idx = jnp.arange(tau)
+    e = e * (t_idx < horizon)[:, None]  # no update after the last step (or after the horizon)
     lt = (t_idx[None, :] < t_idx[:, None]).astype(e.dtype)  # [t, s] = s < t
     le = (t_idx[None, :] <= t_idx[:, None]).astype(e.dtype)
     kv1 = (c * sig[0] ** 2 / x.shape[1]) * lt[:, :, None] * e[None]  # (tau, tau, d)
@@ -90,12 +90,12 @@ def _single(mlp: MLP, coefs, v0, w, us, rs):
 def iterate(mlp: MLP, st, c, gamma0, x, y, horizon):
     """One pass of the self-consistency map: new state (no damping) from ``st``.
 
-    Outputs after ``horizon`` are frozen at their value there (a causal continuation that
-    keeps the Picard iteration from blowing up on a wrong late-time guess)."""
+    Learning stops at ``horizon`` (the truncated problem: a causal continuation that keeps
+    the Picard iteration from blowing up on a wrong late-time guess)."""
     tau, d = st["beta"].shape
     L, sig = mlp.depth, mlp.w_std
     dt = st["beta"].dtype
-    coefs = _coefficients(mlp, st, c, x, y)
+    coefs = _coefficients(mlp, st, c, x, y, horizon)
     single = functools.partial(_single, mlp, coefs)
     zero_v, zero_u, zero_r = jnp.zeros(d, dt), jnp.zeros((tau, d), dt), jnp.zeros(tau, dt)
     zu = [zero_u] * (L - 1)
@@ -122,7 +122,6 @@ def iterate(mlp: MLP, st, c, gamma0, x, y, horizon):
     }
     zl, vl = zs[-1], vs[-1]
     new["beta"] = (mlp.c_out / gamma0) * (jnp.einsum("nt,ntd->td", zl, vl) - jnp.einsum("n,nd->d", zl[:, 0], vl[:, 0])[None])
-    new["beta"] = new["beta"][jnp.minimum(jnp.arange(tau), horizon)]
     if L > 1:
         def fields(us, rs):
             return single(zero_v, 0.0, us, rs)

@@ -1,4 +1,4 @@
-"""Monte Carlo DMFT of nonlinear MLPs in function space (internal; see :mod:`owidth.dmft`).
+"""Monte Carlo DMFT of nonlinear MLPs in function space (internal; see :mod:`owidth.meanfield`).
 
 Fields of one neuron on ``Q = P + M`` points (train, then test) at ``tau = T + 1`` times,
 flattened to ``tau Q`` vectors. With ``c = gamma0 eta sigma_{L+1} / sqrt(n0)``,
@@ -33,7 +33,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from owidth.dmft._spec import MLP
+from owidth.meanfield._spec import MLP
 
 
 def _sqrtm(s):
@@ -41,12 +41,12 @@ def _sqrtm(s):
     return (vec * jnp.sqrt(jnp.clip(lam, 0.0))[None, :]) @ vec.T
 
 
-def _coefficients(mlp: MLP, st, c, kx, y, p):
+def _coefficients(mlp: MLP, st, c, kx, y, p, horizon):
     tau, q = st["f"].shape
     L, sig = mlp.depth, mlp.w_std
     resid = y[None, :] - st["f"][:, :p]  # (tau, P)
-    wts = jnp.zeros((tau, q), resid.dtype).at[:, :p].set(resid / p).at[-1].set(0.0)  # w_nu(s)
     t_idx = jnp.arange(tau)
+    wts = jnp.zeros((tau, q), resid.dtype).at[:, :p].set(resid / p) * (t_idx < horizon)[:, None]  # w_nu(s)
     lt = (t_idx[None, :] < t_idx[:, None]).astype(wts.dtype)  # [t, s]
     le = (t_idx[None, :] <= t_idx[:, None]).astype(wts.dtype)
     lt4 = lt[:, None, :, None]
@@ -109,7 +109,7 @@ def iterate(mlp: MLP, st, eps, c, gamma0, kx, y, horizon, *, p: int, response_sa
     """One pass of the self-consistency map; returns the new state and per-entry standard errors."""
     tau, q = st["f"].shape
     L, sig = mlp.depth, mlp.w_std
-    coefs = _coefficients(mlp, st, c, kx, y, p)
+    coefs = _coefficients(mlp, st, c, kx, y, p, horizon)
     single = functools.partial(_single, mlp, coefs)
     chi = eps["chi"] @ _sqrtm(sig[0] ** 2 * kx)
     roots_u = [_sqrtm(sig[j + 1] ** 2 * st["Phi"][j]) for j in range(L - 1)]
@@ -134,7 +134,6 @@ def iterate(mlp: MLP, st, eps, c, gamma0, kx, y, horizon, *, p: int, response_sa
     out = zs[-1] * ph[-1] - (zs[-1][:, :1] * ph[-1][:, :1])  # (S, tau, Q)
     new["f"] = (mlp.c_out / gamma0) * out.mean(0)
     f_se = (mlp.c_out / gamma0) * out.std(0) / jnp.sqrt(n)
-    new["f"] = new["f"][jnp.minimum(jnp.arange(tau), horizon)]
     if L > 1:
         def fields(u, r, ch, w):
             ph_, _, gs_ = single(ch, w, list(u), list(r))

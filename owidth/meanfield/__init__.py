@@ -19,8 +19,8 @@ and ``c_out = s_{L+1} sqrt(n0)`` (B&P's convention is ``n0 = 1``, ``s = 1``, whe
 
 * preactivations ``h^l_mu(t)``, backward fields ``z^l`` (``g^l = phi'(h^l) z^l``, ``z^L = w`` the
   readout weight), kernels ``Phi^l(t, s) = <phi(h^l(t)) phi(h^l(s))^T>``, ``G^l = <g^l g^l^T>``;
-* the single-site equations of :mod:`owidth.dmft.nonlinear` (function space) and
-  :mod:`owidth.dmft.linear` (weight space, exact for ``phi(h) = h``), with the response
+* the single-site equations of :mod:`owidth.meanfield.nonlinear` (function space) and
+  :mod:`owidth.meanfield.linear` (weight space, exact for ``phi(h) = h``), with the response
   functions ``A^l = <d phi^l / d r^l>``, ``B^l = <d g^{l+1} / d u^{l+1}>`` of the hidden-to-hidden
   weights (B&P eq. 12, in discrete time);
 * the output ``F_mu(t) = (c_out / gamma0) <z^L(t) phi(h^L_mu(t)) - z^L(0) phi(h^L_mu(0))>`` and the
@@ -30,10 +30,13 @@ and ``c_out = s_{L+1} sqrt(n0)`` (B&P's convention is ``n0 = 1``, ``s = 1``, whe
 As ``gamma0 -> 0`` the fields stop moving (corrections ``O(gamma0^2)``) and
 ``F(t + 1) = F(t) + lr / P K(0) (y - F(t))``: ``ow.predict.gradient_descent(K(0), ..., lr=lr)``.
 
-The two-time equations are solved by Picard iteration on the whole trajectory, with the
-late-time outputs frozen beyond a horizon that grows by one step per iteration (the
-equations are causal, so the solution up to the horizon does not depend on what comes
-after it) and optional damping.
+The two-time equations are solved by Picard iteration on the whole trajectory. Learning is
+switched off after a horizon that grows by one step per iteration (the equations are
+causal, so the solution up to the horizon does not depend on what comes after it, and a
+wrong guess for late times cannot blow up); optional damping. (Growing the horizon by
+several steps per iteration diverges for gamma0 ~ 1: Picard iteration propagates the
+correct solution about one step per iteration, so a solve takes at least ``steps``
+iterations.)
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from owidth import _checks
-from owidth.dmft import _spec, linear, nonlinear
+from owidth.meanfield import _spec, linear, nonlinear
 from owidth.param import MUP, Parametrization
 
 __all__ = ["DMFTConvergenceError", "DMFTResult", "dmft"]

@@ -164,7 +164,10 @@ def dmft(net, x_train, y_train, *, gamma0: float, lr: float, steps: int, param: 
       damping: ``state <- damping state + (1 - damping) map(state)``; default 0 (exact) or 0.5
         (Monte Carlo, where the undamped map of a deep network oscillates).
       tol: default 1e-10 (exact) or 1e-5 (Monte Carlo: the square roots of the sampled kernels
-        make the map Hoelder, not smooth, at rank-deficient directions); convergence threshold on the largest change of outputs (relative to ``max |y|``) and
+        make the map Hoelder, not smooth, at rank-deficient directions) in float64; 1e-5 and
+        1e-4 in float32 (float64, ``jax_enable_x64``, is recommended: near ``gamma0 = 0`` the
+        output is ``O(gamma0)`` field changes divided by ``gamma0``); convergence threshold on
+        the largest change of outputs (relative to ``max |y|``) and
         kernels (relative to their largest entry) in one iteration.
       max_iter: iteration cap (default ``3 steps + 100``, ``6 steps + 200`` for Monte Carlo); exceeding it raises
         :class:`DMFTConvergenceError` with the last residual.
@@ -209,7 +212,10 @@ def dmft(net, x_train, y_train, *, gamma0: float, lr: float, steps: int, param: 
         damping = 0.0 if exact else 0.5
     if not 0 <= damping < 1:
         raise ValueError(f"{where}: damping must lie in [0, 1), got {damping!r}")
-    tol = _positive("tol", (1e-10 if exact else 1e-5) if tol is None else tol, where=where)
+    f64 = x.dtype == np.float64
+    if tol is None:
+        tol = (1e-10 if f64 else 1e-5) if exact else (1e-5 if f64 else 1e-4)
+    tol = _positive("tol", tol, where=where)
     if max_iter is None:
         max_iter = 3 * steps + 100 if exact else 6 * steps + 200
     max_iter = _checks.positive_int("max_iter", max_iter, where=where)
@@ -357,7 +363,9 @@ def _combine(reps):
             out[k] = max(o[k] for o in reps)
         else:
             out[k] = np.mean([o[k] for o in reps], axis=0)
-    se = lambda a: (np.std(a, axis=0, ddof=1) / math.sqrt(r)) if r > 1 else np.full(np.shape(a[0]), np.nan)  # noqa: E731
+    def se(a):
+        return np.std(a, axis=0, ddof=1) / math.sqrt(r) if r > 1 else np.full(np.shape(a[0]), np.nan)
+
     out["f_se"] = se([o["f"] for o in reps])
     out["phi_se"] = se([o["phi"] for o in reps])
     out["loss_se"] = None  # filled by the caller from the replicas' losses

@@ -54,7 +54,8 @@ def _same_exponents(p: Parametrization, q: Parametrization) -> bool:
 def parse(net, param, *, where: str) -> MLP:
     """Validate ``net`` (an MLP of Dense + activation layers) and ``param`` (MUP or MF, SGD)."""
     if not isinstance(net, Layer):
-        raise TypeError(f"{where}: net must be an owidth spec such as ow.serial(ow.Dense(), ow.Tanh(), ow.Dense(out=1)), "
+        raise TypeError(f"{where}: net must be an owidth spec such as "
+                        "ow.serial(ow.Dense(), ow.Tanh(), ow.Dense(out=1)), "
                         f"got {type(net).__name__}")
     if not isinstance(param, Parametrization) or not (_same_exponents(param, MUP) or _same_exponents(param, MF)):
         raise ValueError(f"{where}: the DMFT describes the muP / mean-field limit; param must be ow.MUP or ow.MF "

@@ -121,7 +121,8 @@ def iterate(mlp: MLP, st, c, gamma0, x, y, horizon):
         "G": jnp.stack([jnp.einsum("nt,ns->ts", z, z) for z in zs]),
     }
     zl, vl = zs[-1], vs[-1]
-    new["beta"] = (mlp.c_out / gamma0) * (jnp.einsum("nt,ntd->td", zl, vl) - jnp.einsum("n,nd->d", zl[:, 0], vl[:, 0])[None])
+    zv = jnp.einsum("nt,ntd->td", zl, vl)
+    new["beta"] = (mlp.c_out / gamma0) * (zv - jnp.einsum("n,nd->d", zl[:, 0], vl[:, 0])[None])
     if L > 1:
         def fields(us, rs):
             return single(zero_v, 0.0, us, rs)

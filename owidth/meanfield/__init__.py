@@ -59,6 +59,10 @@ class DMFTConvergenceError(RuntimeError):
     """The self-consistent iteration did not reach ``tol`` within ``max_iter`` iterations."""
 
 
+class _Diverged(DMFTConvergenceError):
+    """Non-finite values during the iteration (retried with more damping when damping is automatic)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class DMFTResult:
     """Infinite-width training dynamics (numpy arrays; ``tau = steps + 1`` times ``0..steps``).
@@ -74,7 +78,7 @@ class DMFTResult:
       f_train_se, f_test_se, train_loss_se, phi_se: Monte Carlo standard errors (spread of
         independent replicas / sqrt(replicas)); zeros for the exact linear solver.
       method: ``"exact-linear"`` or ``"monte-carlo"``. iterations, residual, converged: the iteration.
-      gamma0, lr, steps, samples, replicas: the settings.
+      gamma0, lr, steps, samples, replicas, damping: the settings (damping: the one that converged).
     """
 
     f_train: np.ndarray
@@ -99,6 +103,7 @@ class DMFTResult:
     steps: int
     samples: int
     replicas: int
+    damping: float
 
     @property
     def times(self) -> np.ndarray:
@@ -125,7 +130,7 @@ class DMFTResult:
         if self.test_loss is not None:
             v["test_loss"] = (("step",), self.test_loss)
         attrs = {k: getattr(self, k) for k in ("method", "iterations", "residual", "gamma0", "lr", "steps",
-                                                   "samples", "replicas")}
+                                                   "samples", "replicas", "damping")}
         attrs["converged"] = int(self.converged)
         return xr.Dataset(v, coords={"step": self.times, "layer": np.arange(1, L + 1)}, attrs=attrs)
 
@@ -161,15 +166,16 @@ def dmft(net, x_train, y_train, *, gamma0: float, lr: float, steps: int, param: 
       samples: Monte Carlo neurons per replica. response_samples: how many of them give the
         pathwise response functions. replicas: independent replicas (their spread gives the
         Monte Carlo error; the result is their mean).
-      damping: ``state <- damping state + (1 - damping) map(state)``; default 0 (exact) or 0.5
-        (Monte Carlo, where the undamped map of a deep network oscillates).
+      damping: ``state <- damping state + (1 - damping) map(state)``. Default: 0 (exact) or 0.5
+        (Monte Carlo, where the undamped map of a deep network oscillates), retried with 0.5 and
+        0.8 when the iteration produces non-finite values (strong feature learning, long runs).
       tol: default 1e-10 (exact) or 1e-5 (Monte Carlo: the square roots of the sampled kernels
         make the map Hoelder, not smooth, at rank-deficient directions) in float64; 1e-5 and
         1e-4 in float32 (float64, ``jax_enable_x64``, is recommended: near ``gamma0 = 0`` the
         output is ``O(gamma0)`` field changes divided by ``gamma0``); convergence threshold on
         the largest change of outputs (relative to ``max |y|``) and
         kernels (relative to their largest entry) in one iteration.
-      max_iter: iteration cap (default ``3 steps + 100``, ``6 steps + 200`` for Monte Carlo); exceeding it raises
+      max_iter: iteration cap (default ``(3 steps + 100) / (1 - damping)``); exceeding it raises
         :class:`DMFTConvergenceError` with the last residual.
       seed: random seed of the Monte Carlo sources. chunk: samples per vectorised batch.
       two_time_limit: store two-time kernels when ``(steps + 1) P`` is at most this.
@@ -209,27 +215,36 @@ def dmft(net, x_train, y_train, *, gamma0: float, lr: float, steps: int, param: 
         _checks.positive_int(name, v, where=where)
     exact = method == "exact" or (method == "auto" and mlp.linear)
     if damping is None:
-        damping = 0.0 if exact else 0.5
-    if not 0 <= damping < 1:
-        raise ValueError(f"{where}: damping must lie in [0, 1), got {damping!r}")
+        dampings = (0.0, 0.5, 0.8) if exact else (0.5, 0.8)
+    else:
+        if not 0 <= damping < 1:
+            raise ValueError(f"{where}: damping must lie in [0, 1), got {damping!r}")
+        dampings = (float(damping),)
     f64 = x.dtype == np.float64
     if tol is None:
         tol = (1e-10 if f64 else 1e-5) if exact else (1e-5 if f64 else 1e-4)
     tol = _positive("tol", tol, where=where)
-    if max_iter is None:
-        max_iter = 3 * steps + 100 if exact else 6 * steps + 200
-    max_iter = _checks.positive_int("max_iter", max_iter, where=where)
-    settings = dict(mlp=mlp, x=x, y=y, xt=xt, gamma0=gamma0, lr=lr, steps=steps, damping=damping, tol=tol,
-                    max_iter=max_iter)
-    if exact:
-        out = _solve_linear(**settings)
-        replicas_used, samples_used = 1, 0
-    else:
-        response_samples = min(response_samples, samples)
-        reps = [_solve_mc(**settings, samples=samples, response_samples=response_samples, chunk=min(chunk, samples),
-                          key=jax.random.fold_in(jax.random.key(seed), r)) for r in range(replicas)]
-        out = _combine(reps)
-        replicas_used, samples_used = replicas, samples
+    if max_iter is not None:
+        max_iter = _checks.positive_int("max_iter", max_iter, where=where)
+    response_samples = min(response_samples, samples)
+    for k, damp in enumerate(dampings):
+        cap = max_iter or int((3 * steps + 100) / (1 - damp))
+        settings = dict(mlp=mlp, x=x, y=y, xt=xt, gamma0=gamma0, lr=lr, steps=steps, damping=damp, tol=tol,
+                        max_iter=cap)
+        try:
+            if exact:
+                out = _solve_linear(**settings)
+                replicas_used, samples_used = 1, 0
+            else:
+                reps = [_solve_mc(**settings, samples=samples, response_samples=response_samples,
+                                  chunk=min(chunk, samples), key=jax.random.fold_in(jax.random.key(seed), r))
+                        for r in range(replicas)]
+                out = _combine(reps)
+                replicas_used, samples_used = replicas, samples
+            break
+        except _Diverged as err:
+            if k == len(dampings) - 1:
+                raise DMFTConvergenceError(str(err) + (f" (tried damping {dampings})" if len(dampings) > 1 else ""))
     p = x.shape[0]
     f = out["f"]
     if not exact:
@@ -244,7 +259,7 @@ def dmft(net, x_train, y_train, *, gamma0: float, lr: float, steps: int, param: 
         f_train_se=out["f_se"][:, :p], f_test_se=None if xt is None else out["f_se"][:, p:],
         train_loss_se=out["loss_se"], phi_se=out["phi_se"], method="exact-linear" if exact else "monte-carlo",
         iterations=out["iterations"], residual=out["residual"], converged=True, gamma0=gamma0, lr=lr, steps=steps,
-        samples=samples_used, replicas=replicas_used)
+        samples=samples_used, replicas=replicas_used, damping=damp)
 
 
 def _residual(new, old):
@@ -267,7 +282,7 @@ def _iterate(step, st, *, steps, damping, tol, max_iter, yscale):
         res = _residual({k: v / (yscale if k in ("beta", "f") else 1.0) for k, v in new.items()},
                         {k: v / (yscale if k in ("beta", "f") else 1.0) for k, v in st.items()})
         if not math.isfinite(res) or not all(bool(jnp.all(jnp.isfinite(v))) for v in jax.tree.leaves(new)):
-            raise DMFTConvergenceError(
+            raise _Diverged(
                 f"ow.dmft: non-finite values at iteration {it + 1} (horizon {horizon} steps): either the "
                 "infinite-width gradient descent itself diverges (lower lr; larger gamma0 needs a smaller lr) or the "
                 "iteration does (use damping, e.g. 0.5)")

@@ -62,9 +62,9 @@ def run(quick: bool) -> list[dict]:
     if quick:
         grid = [("linear", 20, 20, 0), ("linear", 100, 20, 0), ("tanh", 4, 8, 200)]
     else:
-        grid = [("linear", p, 100, 0) for p in (10, 100, 1000)] + [("linear", 100, t, 0) for t in (25, 50)]
-        grid += [("tanh", p, 10, 1000) for p in (4, 8, 16)] + [("tanh", 8, t, 1000) for t in (20, 40)]
-        grid += [("tanh", 8, 10, s) for s in (250, 4000)]
+        grid = [("linear", 100, t, 0) for t in (25, 50, 100)] + [("linear", p, 100, 0) for p in (10, 1000)]
+        grid += [("tanh", p, 10, 1000) for p in (4, 8)] + [("tanh", 8, 20, 1000)]
+        grid += [("tanh", 4, 10, s) for s in (250, 4000)]
     rows = []
     for kind, p, t, samples in grid:
         m = _measure(kind, p, t, samples)

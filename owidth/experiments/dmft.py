@@ -171,6 +171,8 @@ def _run(*, out: pathlib.Path, quick: bool, seed: int) -> dict:
                     label=f"tanh gamma0=1 ({fits['tanh_gamma0_1.0']['slope']:+.2f})")
     ax[0, 1].loglog(w, dist[2].mean(1)[0] * (w / w[0]) ** -0.5, "k:", lw=1, label="width^-1/2")
     ax[0, 1].set(xlabel="width", ylabel="RMS |f_net - f_DMFT| over the trajectory", title="distance to the DMFT")
+    ax[0, 1].set_xticks(widths, [str(v) for v in widths], minor=False)
+    ax[0, 1].set_xticks([], minor=True)
     ax[0, 1].legend(fontsize=7)
     for i, g in enumerate(GAMMAS):
         ax[0, 2].plot(align[i], color=colors[i], label=f"gamma0={g:g}")

@@ -182,6 +182,13 @@ def dmft(net, x_train, y_train, *, gamma0: float, lr: float, steps: int, param: 
 
     Returns:
       :class:`DMFTResult`.
+
+    Cost (``benchmarks/dmft.py``, 2 CPU cores, float64, 2 hidden layers): deep linear networks
+    take at least ``steps`` iterations of ``O(steps^2 D (steps D))`` work, independent of P, e.g.
+    P = 100, T = 100, D = 8 in 16 s; the returned equal-time kernels need ``O(L T P^2)`` memory.
+    Monte Carlo: per iteration ``O(S (T Q)^2 L)`` for the fields, ``O(S_r (T Q)^3 L)`` for the
+    responses and ``O(L (T Q)^2)`` memory for the two-time kernels (``Q`` train + test points),
+    so it is meant for ``T Q`` up to a few hundred (P = 8, T = 20, 1000 samples: 20 s per replica).
     """
     where = "ow.dmft"
     mlp = _spec.parse(net, param, where=where)

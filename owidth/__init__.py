@@ -10,6 +10,7 @@ One width-free spec, several interpretations::
 """
 
 from owidth import experiments, measure, predict, theory
+from owidth.meanfield import DMFTConvergenceError, DMFTResult, dmft
 from owidth.empirical import empirical_ntk, linearize
 from owidth.finite import FiniteModel, finite
 from owidth.flax_bridge import FlaxModel, FlaxNet, from_flax
@@ -49,6 +50,8 @@ __all__ = [
     "Attention",
     "AvgPool",
     "Conv",
+    "DMFTConvergenceError",
+    "DMFTResult",
     "Dense",
     "Embedding",
     "Erf",
@@ -84,6 +87,7 @@ __all__ = [
     "TakePosition",
     "Tanh",
     "coord_check",
+    "dmft",
     "empirical_ntk",
     "experiments",
     "finite",

@@ -21,7 +21,8 @@ def test_list(capsys):
 
 def test_unknown_experiment(capsys):
     assert cli.main(["run", "no-such-thing"]) == 2
-    assert "available: coord-check, double-descent, gradient-coherence, grokking, lazy-rich, learning-curves, mutransfer, mutransfer-transformer" in capsys.readouterr().err
+    assert ("available: coord-check, dmft, double-descent, gradient-coherence, grokking, lazy-rich, learning-curves, "
+            "mutransfer, mutransfer-transformer") in capsys.readouterr().err
 
 
 def test_wide_vs_kernel_quick(tmp_path, monkeypatch):
@@ -97,6 +98,23 @@ def test_lazy_rich_quick(tmp_path, monkeypatch):
     with xr.open_dataset(tmp_path / "lazy_rich.nc") as ds:
         assert ds.ntk_movement.dims == ("param", "width", "seed", "lr", "alpha", "step")
     assert (tmp_path / "lazy_rich.png").stat().st_size > 10_000
+
+
+def test_dmft_quick(tmp_path, monkeypatch):
+    """muP networks approach the DMFT as width grows; gamma0 -> 0 is the NTK prediction; richer is faster."""
+    monkeypatch.setenv("OWIDTH_NO_PROGRESS", "1")
+    summary = ow.experiments.run("dmft", out=tmp_path, quick=True)
+    assert summary["lazy_relative_error"] < 1e-6
+    for g in ("0.5", "1.0", "2.0"):
+        assert summary["fits"][f"linear_gamma0_{g}"]["slope"] < -0.3, summary["fits"]
+    loss = summary["loss_at_half"]
+    assert loss["0"] > loss["0.5"] > loss["1"] > loss["2"], loss
+    gain = summary["alignment_gain"]
+    assert gain["0"] < gain["0.5"] < gain["1"] < gain["2"], gain
+    with xr.open_dataset(tmp_path / "dmft.nc") as ds:
+        assert ds.f_net.dims == ("gamma0", "width", "seed", "step", "train")
+        np.testing.assert_allclose(ds.f_dmft.sel(gamma0=0.0), ds.f_ntk_prediction, atol=1e-6)
+    assert (tmp_path / "dmft.png").stat().st_size > 10_000
 
 
 def test_console_script_installed():

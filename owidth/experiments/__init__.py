@@ -95,6 +95,12 @@ _EXPERIMENTS = (
         "vs their infinite-width NTK values (Sankararaman et al. 2020; Chatterjee 2020).",
         "owidth.experiments.gradient_coherence:run",
     ),
+    Experiment(
+        "dmft",
+        "Infinite-width feature learning: the self-consistent DMFT (exact for deep linear nets, Monte Carlo for tanh) "
+        "vs muP networks of width 128..4096 at richness gamma0 in {0, 0.5, 1, 2} (Bordelon & Pehlevan 2022).",
+        "owidth.experiments.dmft:run",
+    ),
 )
 REGISTRY: dict[str, Experiment] = {e.name: e for e in _EXPERIMENTS}
 

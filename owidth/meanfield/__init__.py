@@ -1,0 +1,395 @@
+"""Infinite-width feature learning: the self-consistent DMFT of Bordelon & Pehlevan (2022).
+
+``ow.dmft(net, x, y, gamma0=, lr=, steps=)`` gives the ``width -> inf`` limit of what
+
+    ow.train(net, (x, y), widths=n, lr=lr, steps=steps, param=ow.MUP (or ow.MF), optimizer="sgd",
+             gamma0=gamma0, center=True)
+
+trains: full-batch gradient descent, in discrete time, on ``L = 1/(2P) sum_mu (F_mu - y_mu)^2``
+with ``F = (f - f_0) / gamma0`` and learning rate ``lr gamma0^2`` times the muP per-layer
+multipliers. Bordelon & Pehlevan (NeurIPS 2022, "Self-consistent dynamical field theory of
+kernel evolution in wide neural networks", eqs. 9-12) write the same limit in continuous time.
+
+Constants (derived in the mean-field form, which equals ``MUP`` by the abc symmetry): for
+``net = serial(Dense(w_std=s_1), act, ..., Dense(w_std=s_L), act, Dense(out=1, w_std=s_{L+1}))``
+at base width ``n0`` the network is ``h^1 = s_1 W^0 x / sqrt(D)``, ``h^{l+1} = s_{l+1} W^l phi(h^l)
+/ sqrt(n)``, ``f = s_{L+1} sqrt(n0) / n  w . phi(h^L)`` with ``N(0, 1)`` weights and every weight
+trained with learning rate ``lr gamma0^2 n / n0``. Then, with ``c = gamma0 lr s_{L+1} / sqrt(n0)``
+and ``c_out = s_{L+1} sqrt(n0)`` (B&P's convention is ``n0 = 1``, ``s = 1``, where ``c = gamma0 lr``):
+
+* preactivations ``h^l_mu(t)``, backward fields ``z^l`` (``g^l = phi'(h^l) z^l``, ``z^L = w`` the
+  readout weight), kernels ``Phi^l(t, s) = <phi(h^l(t)) phi(h^l(s))^T>``, ``G^l = <g^l g^l^T>``;
+* the single-site equations of :mod:`owidth.meanfield.nonlinear` (function space) and
+  :mod:`owidth.meanfield.linear` (weight space, exact for ``phi(h) = h``), with the response
+  functions ``A^l = <d phi^l / d r^l>``, ``B^l = <d g^{l+1} / d u^{l+1}>`` of the hidden-to-hidden
+  weights (B&P eq. 12, in discrete time);
+* the output ``F_mu(t) = (c_out / gamma0) <z^L(t) phi(h^L_mu(t)) - z^L(0) phi(h^L_mu(0))>`` and the
+  NTK ``K(t) = s_{L+1}^2 [Phi^L + sum_{l<L} s_{l+1}^2 G^{l+1} Phi^l + s_1^2 G^1 K^x](t, t)``,
+  ``K^x = x x'^T / D``, which at ``t = 0`` is ``ow.kernel(net, x).ntk``.
+
+As ``gamma0 -> 0`` the fields stop moving (corrections ``O(gamma0^2)``) and
+``F(t + 1) = F(t) + lr / P K(0) (y - F(t))``: ``ow.predict.gradient_descent(K(0), ..., lr=lr)``.
+
+The two-time equations are solved by Picard iteration on the whole trajectory. Learning is
+switched off after a horizon that grows by one step per iteration (the equations are
+causal, so the solution up to the horizon does not depend on what comes after it, and a
+wrong guess for late times cannot blow up); optional damping. (Growing the horizon by
+several steps per iteration diverges for gamma0 ~ 1: Picard iteration propagates the
+correct solution about one step per iteration, so a solve takes at least ``steps``
+iterations.)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from owidth import _checks
+from owidth.meanfield import _spec, linear, nonlinear
+from owidth.param import MUP, Parametrization
+
+__all__ = ["DMFTConvergenceError", "DMFTResult", "dmft"]
+
+
+class DMFTConvergenceError(RuntimeError):
+    """The self-consistent iteration did not reach ``tol`` within ``max_iter`` iterations."""
+
+
+class _Diverged(DMFTConvergenceError):
+    """Non-finite values during the iteration (retried with more damping when damping is automatic)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DMFTResult:
+    """Infinite-width training dynamics (numpy arrays; ``tau = steps + 1`` times ``0..steps``).
+
+    Attributes:
+      f_train, f_test: (tau, P) and (tau, M) network outputs ``F`` (``f_test`` None without test points).
+      train_loss, test_loss: (tau,) ``1/(2P) sum (F - y)^2`` (test: with ``y_test``, else None).
+      phi, g: (L, tau, P, P) equal-time feature kernels ``Phi^l(t, t)`` and gradient kernels
+        ``G^l(t, t)`` on the training points, ``l = 1..L``.
+      ntk: (tau, P, P) the NTK ``K(t)`` on the training points.
+      phi_two_time, g_two_time: (L, tau, P, tau, P) two-time kernels, or None when
+        ``tau P > two_time_limit``.
+      f_train_se, f_test_se, train_loss_se, phi_se: Monte Carlo standard errors (spread of
+        independent replicas / sqrt(replicas)); zeros for the exact linear solver.
+      method: ``"exact-linear"`` or ``"monte-carlo"``. iterations, residual, converged: the iteration.
+      gamma0, lr, steps, samples, replicas, damping: the settings (damping: the one that converged).
+    """
+
+    f_train: np.ndarray
+    f_test: np.ndarray | None
+    train_loss: np.ndarray
+    test_loss: np.ndarray | None
+    phi: np.ndarray
+    g: np.ndarray
+    ntk: np.ndarray
+    phi_two_time: np.ndarray | None
+    g_two_time: np.ndarray | None
+    f_train_se: np.ndarray
+    f_test_se: np.ndarray | None
+    train_loss_se: np.ndarray
+    phi_se: np.ndarray
+    method: str
+    iterations: int
+    residual: float
+    converged: bool
+    gamma0: float
+    lr: float
+    steps: int
+    samples: int
+    replicas: int
+    damping: float
+
+    @property
+    def times(self) -> np.ndarray:
+        return np.arange(self.steps + 1)
+
+    def to_xarray(self):
+        """``xarray.Dataset`` over ``(step, layer, train, train2, test)``."""
+        import xarray as xr
+
+        L = self.phi.shape[0]
+        v = {
+            "f_train": (("step", "train"), self.f_train),
+            "f_train_se": (("step", "train"), self.f_train_se),
+            "train_loss": (("step",), self.train_loss),
+            "train_loss_se": (("step",), self.train_loss_se),
+            "phi": (("layer", "step", "train", "train2"), self.phi),
+            "phi_se": (("layer", "step", "train", "train2"), self.phi_se),
+            "g": (("layer", "step", "train", "train2"), self.g),
+            "ntk": (("step", "train", "train2"), self.ntk),
+        }
+        if self.f_test is not None:
+            v["f_test"] = (("step", "test"), self.f_test)
+            v["f_test_se"] = (("step", "test"), self.f_test_se)
+        if self.test_loss is not None:
+            v["test_loss"] = (("step",), self.test_loss)
+        attrs = {k: getattr(self, k) for k in ("method", "iterations", "residual", "gamma0", "lr", "steps",
+                                                   "samples", "replicas", "damping")}
+        attrs["converged"] = int(self.converged)
+        return xr.Dataset(v, coords={"step": self.times, "layer": np.arange(1, L + 1)}, attrs=attrs)
+
+
+def _positive(name, value, *, where):
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) or not (
+            math.isfinite(value) and value > 0):
+        raise ValueError(f"{where}: {name} must be a positive finite number, got {value!r}")
+    return float(value)
+
+
+def _loss(f, y):
+    return 0.5 * np.mean((f - y[None]) ** 2, axis=-1)
+
+
+def dmft(net, x_train, y_train, *, gamma0: float, lr: float, steps: int, param: Parametrization = MUP,
+         x_test=None, y_test=None, method: str = "auto", samples: int = 2000, response_samples: int = 256,
+         replicas: int = 4, damping: float | None = None, tol: float | None = None, max_iter: int | None = None,
+         seed: int = 0, chunk: int = 256, two_time_limit: int = 2000) -> DMFTResult:
+    """Solve the infinite-width (DMFT) training dynamics of an MLP under muP / mean-field scaling.
+
+    Args:
+      net: ``ow.serial(ow.Dense(w_std=.), act, ..., ow.Dense(out=1, w_std=.))`` without biases;
+        ``act`` any elementwise activation (``ow.Identity()`` for a deep linear network).
+      x_train: (P, D) inputs; y_train: (P,) or (P, 1) targets.
+      gamma0: richness (> 0; ``gamma0 -> 0`` is the NTK limit). lr: the base learning rate ``eta0``.
+      steps: number of gradient-descent steps T.
+      param: ``ow.MUP`` or ``ow.MF`` at any base width (the limit depends on the base width
+        through ``c`` and ``c_out``, see the module docstring).
+      x_test, y_test: optional test points (outputs, and the test loss when ``y_test`` is given).
+      method: ``"exact"`` (deep linear networks only: deterministic, no sampling), ``"monte-carlo"``
+        or ``"auto"`` (exact when every activation is ``Identity``).
+      samples: Monte Carlo neurons per replica. response_samples: how many of them give the
+        pathwise response functions. replicas: independent replicas (their spread gives the
+        Monte Carlo error; the result is their mean).
+      damping: ``state <- damping state + (1 - damping) map(state)``. Default: 0 (exact) or 0.5
+        (Monte Carlo, where the undamped map of a deep network oscillates), retried with 0.5 and
+        0.8 when the iteration produces non-finite values (strong feature learning, long runs).
+      tol: default 1e-10 (exact) or 1e-5 (Monte Carlo: the square roots of the sampled kernels
+        make the map Hoelder, not smooth, at rank-deficient directions) in float64; 1e-5 and
+        1e-4 in float32 (float64, ``jax_enable_x64``, is recommended: near ``gamma0 = 0`` the
+        output is ``O(gamma0)`` field changes divided by ``gamma0``); convergence threshold on
+        the largest change of outputs (relative to ``max |y|``) and
+        kernels (relative to their largest entry) in one iteration.
+      max_iter: iteration cap (default ``(3 steps + 100) / (1 - damping)``); exceeding it raises
+        :class:`DMFTConvergenceError` with the last residual.
+      seed: random seed of the Monte Carlo sources. chunk: samples per vectorised batch.
+      two_time_limit: store two-time kernels when ``(steps + 1) P`` is at most this.
+
+    Returns:
+      :class:`DMFTResult`.
+
+    Cost (``benchmarks/dmft.py``, 2 CPU cores, float64, 2 hidden layers): deep linear networks
+    take at least ``steps`` iterations of ``O(steps^2 D (steps D))`` work, independent of P, e.g.
+    P = 100, T = 100, D = 8 in 16 s; the returned equal-time kernels need ``O(L T P^2)`` memory.
+    Monte Carlo: per iteration ``O(S (T Q)^2 L)`` for the fields, ``O(S_r (T Q)^3 L)`` for the
+    responses and ``O(L (T Q)^2)`` memory for the two-time kernels (``Q`` train + test points),
+    so it is meant for ``T Q`` up to a few hundred (P = 8, T = 20, 1000 samples: 20 s per replica).
+    """
+    where = "ow.dmft"
+    mlp = _spec.parse(net, param, where=where)
+    gamma0 = _positive("gamma0", gamma0, where=where)
+    lr = _positive("lr", lr, where=where)
+    steps = _checks.positive_int("steps", steps, where=where)
+    x = np.asarray(_checks.as_float_array("x_train", x_train, where=where, rank=2))
+    y = np.asarray(y_train, dtype=x.dtype)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.shape != (x.shape[0],):
+        raise ValueError(f"{where}: y_train must have shape ({x.shape[0]},) or ({x.shape[0]}, 1), got {y.shape}")
+    xt = None
+    if x_test is not None:
+        xt = np.asarray(_checks.as_float_array("x_test", x_test, where=where, rank=2))
+        _checks.same_features(x, xt, where=where)
+    yt = None
+    if y_test is not None:
+        if xt is None:
+            raise ValueError(f"{where}: y_test needs x_test")
+        yt = np.asarray(y_test, dtype=x.dtype).reshape(-1)
+        if yt.shape != (xt.shape[0],):
+            raise ValueError(f"{where}: y_test must have {xt.shape[0]} entries, got {np.shape(y_test)}")
+    if method not in ("auto", "exact", "monte-carlo"):
+        raise ValueError(f"{where}: method={method!r} is not known; use 'auto', 'exact' or 'monte-carlo'")
+    if method == "exact" and not mlp.linear:
+        raise ValueError(f"{where}: method='exact' needs a deep linear network (every activation ow.Identity()); "
+                         "use method='monte-carlo' for nonlinear networks")
+    for name, v in (("samples", samples), ("response_samples", response_samples), ("replicas", replicas),
+                    ("chunk", chunk)):
+        _checks.positive_int(name, v, where=where)
+    exact = method == "exact" or (method == "auto" and mlp.linear)
+    if damping is None:
+        dampings = (0.0, 0.5, 0.8) if exact else (0.5, 0.8)
+    else:
+        if not 0 <= damping < 1:
+            raise ValueError(f"{where}: damping must lie in [0, 1), got {damping!r}")
+        dampings = (float(damping),)
+    f64 = x.dtype == np.float64
+    if tol is None:
+        tol = (1e-10 if f64 else 1e-5) if exact else (1e-5 if f64 else 1e-4)
+    tol = _positive("tol", tol, where=where)
+    if max_iter is not None:
+        max_iter = _checks.positive_int("max_iter", max_iter, where=where)
+    response_samples = min(response_samples, samples)
+    for k, damp in enumerate(dampings):
+        cap = max_iter or int((3 * steps + 100) / (1 - damp))
+        settings = dict(mlp=mlp, x=x, y=y, xt=xt, gamma0=gamma0, lr=lr, steps=steps, damping=damp, tol=tol,
+                        max_iter=cap)
+        try:
+            if exact:
+                out = _solve_linear(**settings)
+                replicas_used, samples_used = 1, 0
+            else:
+                reps = [_solve_mc(**settings, samples=samples, response_samples=response_samples,
+                                  chunk=min(chunk, samples), key=jax.random.fold_in(jax.random.key(seed), r))
+                        for r in range(replicas)]
+                out = _combine(reps)
+                replicas_used, samples_used = replicas, samples
+            break
+        except _Diverged as err:
+            if k == len(dampings) - 1:
+                raise DMFTConvergenceError(str(err) + (f" (tried damping {dampings})" if len(dampings) > 1 else ""))
+    p = x.shape[0]
+    f = out["f"]
+    if not exact:
+        per_rep = np.array([_loss(fr[:, :p], y) for fr in out["_reps_f"]])
+        out["loss_se"] = per_rep.std(0, ddof=1) / math.sqrt(replicas) if replicas > 1 else np.full(steps + 1, np.nan)
+    f_train, f_test = f[:, :p], (f[:, p:] if xt is not None else None)
+    losses = _loss(f_train, y)
+    test_loss = None if yt is None else _loss(f_test, yt)
+    return DMFTResult(
+        f_train=f_train, f_test=f_test, train_loss=losses, test_loss=test_loss, phi=out["phi"], g=out["g"],
+        ntk=out["ntk"], phi_two_time=out.get("phi2"), g_two_time=out.get("g2"),
+        f_train_se=out["f_se"][:, :p], f_test_se=None if xt is None else out["f_se"][:, p:],
+        train_loss_se=out["loss_se"], phi_se=out["phi_se"], method="exact-linear" if exact else "monte-carlo",
+        iterations=out["iterations"], residual=out["residual"], converged=True, gamma0=gamma0, lr=lr, steps=steps,
+        samples=samples_used, replicas=replicas_used, damping=damp)
+
+
+def _residual(new, old):
+    res = 0.0
+    for k in new:
+        if new[k].size == 0:
+            continue
+        scale = max(float(jnp.max(jnp.abs(new[k]))), 1e-300)
+        if k in ("beta", "f"):
+            scale = 1.0
+        res = max(res, float(jnp.max(jnp.abs(new[k] - old[k]))) / scale)
+    return res
+
+
+def _iterate(step, st, *, steps, damping, tol, max_iter, yscale):
+    res = math.inf
+    for it in range(max_iter):
+        horizon = min(steps, it + 1)
+        new, extra = step(st, horizon)
+        res = _residual({k: v / (yscale if k in ("beta", "f") else 1.0) for k, v in new.items()},
+                        {k: v / (yscale if k in ("beta", "f") else 1.0) for k, v in st.items()})
+        if not math.isfinite(res) or not all(bool(jnp.all(jnp.isfinite(v))) for v in jax.tree.leaves(new)):
+            raise _Diverged(
+                f"ow.dmft: non-finite values at iteration {it + 1} (horizon {horizon} steps): either the "
+                "infinite-width gradient descent itself diverges (lower lr; larger gamma0 needs a smaller lr) or the "
+                "iteration does (use damping, e.g. 0.5)")
+        st = new if damping == 0 else jax.tree.map(lambda a, b: damping * a + (1 - damping) * b, st, new)
+        if horizon == steps and res < tol:
+            return st, extra, it + 1, res
+    raise DMFTConvergenceError(
+        f"ow.dmft: no convergence after max_iter={max_iter} iterations (last residual {res:.3g} > tol={tol:g}); "
+        "raise max_iter, add damping (e.g. 0.5), or loosen tol")
+
+
+def _solve_linear(*, mlp, x, y, xt, gamma0, lr, steps, damping, tol, max_iter):
+    xj, yj = jnp.asarray(x), jnp.asarray(y)
+    tau, d = steps + 1, x.shape[1]
+    c = gamma0 * lr * mlp.w_std[-1] / math.sqrt(mlp.base_width)
+    st = linear.initial_state(mlp, tau, d, xj.dtype)
+    yscale = max(float(np.max(np.abs(y))), 1e-12)
+
+    def step(st, horizon):
+        new, _ = linear.iterate(mlp, st, c, gamma0, xj, yj, horizon)
+        return new, None
+
+    st, _, its, res = _iterate(step, st, steps=steps, damping=damping, tol=tol, max_iter=max_iter, yscale=yscale)
+    xa = x if xt is None else np.concatenate([x, xt])
+    beta = np.asarray(st["beta"])
+    f = beta @ xa.T
+    m = np.asarray(st["M"])  # (L, tau, d, tau, d)
+    gk = np.asarray(st["G"])  # (L, tau, tau)
+    ti = np.arange(tau)
+    m_eq = m[:, ti, :, ti, :]  # (tau, L, d, d)
+    m_eq = np.moveaxis(m_eq, 0, 1)
+    phi = np.einsum("pd,ltde,qe->ltpq", x, m_eq, x)
+    g_eq = gk[:, ti, ti]  # (L, tau)
+    p = x.shape[0]
+    g = g_eq[:, :, None, None] * np.ones((1, 1, p, p))
+    out = {"f": f, "phi": phi, "g": g, "ntk": _ntk(mlp, phi, g, x), "iterations": its, "residual": res,
+           "f_se": np.zeros_like(f), "loss_se": np.zeros(tau), "phi_se": np.zeros_like(phi)}
+    if tau * p <= 2000:
+        out["phi2"] = np.einsum("pd,ltdse,qe->ltpsq", x, m, x)
+        out["g2"] = gk[:, :, None, :, None] * np.ones((1, 1, p, 1, p))
+    return out
+
+
+def _ntk(mlp, phi, g, x):
+    """``K(t)`` on the training points from equal-time kernels (L, tau, P, P)."""
+    s = mlp.w_std
+    L = mlp.depth
+    kx = x @ x.T / x.shape[1]
+    k = phi[L - 1].copy()
+    for l in range(L - 1):
+        k += s[l + 1] ** 2 * g[l + 1] * phi[l]
+    k += s[0] ** 2 * g[0] * kx[None]
+    return s[-1] ** 2 * k
+
+
+def _solve_mc(*, mlp, x, y, xt, gamma0, lr, steps, damping, tol, max_iter, samples, response_samples, chunk, key):
+    xa = x if xt is None else np.concatenate([x, xt])
+    p, q, tau = x.shape[0], xa.shape[0], steps + 1
+    kx = jnp.asarray(xa @ xa.T / xa.shape[1])
+    yj = jnp.asarray(y)
+    c = gamma0 * lr * mlp.w_std[-1] / math.sqrt(mlp.base_width)
+    eps = nonlinear.draws(key, mlp, samples, tau, q, kx.dtype)
+    st = nonlinear.initial_state(mlp, tau, q, kx.dtype)
+    yscale = max(float(np.max(np.abs(y))), 1e-12)
+
+    def step(st, horizon):
+        new, se, _ = nonlinear.iterate(mlp, st, eps, c, gamma0, kx, yj, horizon, p=p,
+                                       response_samples=response_samples, chunk=chunk)
+        return new, se
+
+    st, se, its, res = _iterate(step, st, steps=steps, damping=damping, tol=tol, max_iter=max_iter, yscale=yscale)
+    L = mlp.depth
+    ti = np.arange(tau)
+    phi4 = np.asarray(st["Phi"]).reshape(L, tau, q, tau, q)
+    g4 = np.asarray(st["G"]).reshape(L, tau, q, tau, q)
+    phi = phi4[:, ti, :p, ti, :p].transpose(1, 0, 2, 3)
+    g = g4[:, ti, :p, ti, :p].transpose(1, 0, 2, 3)
+    out = {"f": np.asarray(st["f"]), "phi": phi, "g": g, "ntk": _ntk(mlp, phi, g, x), "iterations": its,
+           "residual": res}
+    if tau * p <= 2000:
+        out["phi2"] = phi4[:, :, :p, :, :p]
+        out["g2"] = g4[:, :, :p, :, :p]
+    return out
+
+
+def _combine(reps):
+    r = len(reps)
+    out = {}
+    for k in reps[0]:
+        if k in ("iterations",):
+            out[k] = max(o[k] for o in reps)
+        elif k == "residual":
+            out[k] = max(o[k] for o in reps)
+        else:
+            out[k] = np.mean([o[k] for o in reps], axis=0)
+    def se(a):
+        return np.std(a, axis=0, ddof=1) / math.sqrt(r) if r > 1 else np.full(np.shape(a[0]), np.nan)
+
+    out["f_se"] = se([o["f"] for o in reps])
+    out["phi_se"] = se([o["phi"] for o in reps])
+    out["loss_se"] = None  # filled by the caller from the replicas' losses
+    out["_reps_f"] = [o["f"] for o in reps]
+    return out

@@ -1,0 +1,87 @@
+"""Reading a width-free MLP spec for the DMFT solvers (internal)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+
+from owidth.param import MF, MUP, Parametrization
+from owidth.spec import Activation, Dense, Identity, Layer, Serial
+
+
+@dataclasses.dataclass(frozen=True)
+class MLP:
+    """``Dense, act, ..., Dense, act, Dense(out=1)`` without biases: ``w_std`` of every Dense, the activations."""
+
+    w_std: tuple[float, ...]  # sigma_1 .. sigma_{L+1}
+    acts: tuple[Activation, ...]  # L activations
+    base_width: int
+    zero_readout: bool
+
+    @property
+    def depth(self) -> int:
+        return len(self.acts)
+
+    @property
+    def linear(self) -> bool:
+        return all(isinstance(a, Identity) for a in self.acts)
+
+    @property
+    def c_out(self) -> float:
+        """Readout multiplier times the width: ``f = c_out / n sum_i w_i phi_i``."""
+        return self.w_std[-1] * math.sqrt(self.base_width)
+
+    def phi(self, l: int):
+        return self.acts[l].fn
+
+    def dphi(self, l: int):
+        fn = self.acts[l].fn
+        return jax.vmap(jax.grad(lambda u: fn(u)))  # elementwise derivative of a 1-D array
+
+
+def _flatten(layer: Layer) -> list[Layer]:
+    if isinstance(layer, Serial):
+        return [x for child in layer.layers for x in _flatten(child)]
+    return [layer]
+
+
+def _same_exponents(p: Parametrization, q: Parametrization) -> bool:
+    return p.a == q.a and p.b == q.b and p.c_sgd == q.c_sgd
+
+
+def parse(net, param, *, where: str) -> MLP:
+    """Validate ``net`` (an MLP of Dense + activation layers) and ``param`` (MUP or MF, SGD)."""
+    if not isinstance(net, Layer):
+        raise TypeError(f"{where}: net must be an owidth spec such as "
+                        "ow.serial(ow.Dense(), ow.Tanh(), ow.Dense(out=1)), "
+                        f"got {type(net).__name__}")
+    if not isinstance(param, Parametrization) or not (_same_exponents(param, MUP) or _same_exponents(param, MF)):
+        raise ValueError(f"{where}: the DMFT describes the muP / mean-field limit; param must be ow.MUP or ow.MF "
+                         f"(any base width), got {param!r}")
+    layers = _flatten(net)
+    expected = "ow.serial(ow.Dense(), act, ..., ow.Dense(), act, ow.Dense(out=1))"
+    if len(layers) < 3 or len(layers) % 2 == 0:
+        raise ValueError(f"{where}: the DMFT solver supports MLPs {expected}; got {len(layers)} layers")
+    w_std, acts = [], []
+    for i, layer in enumerate(layers):
+        if i % 2 == 0:
+            if not isinstance(layer, Dense):
+                raise ValueError(f"{where}: layer {i} is {type(layer).__name__}; the DMFT solver supports only "
+                                 f"{expected} (Dense layers alternating with elementwise activations)")
+            if layer.b_std != 0:
+                raise ValueError(f"{where}: layer {i} has b_std={layer.b_std}; biases are not supported by the DMFT "
+                                 "solver yet, use b_std=0")
+            last = i == len(layers) - 1
+            if last and layer.out != 1:
+                raise ValueError(f"{where}: the readout must be ow.Dense(out=1) (one output), got out={layer.out}")
+            if not last and layer.out is not None:
+                raise ValueError(f"{where}: layer {i} has out={layer.out}; hidden Dense layers must leave out unset")
+            w_std.append(float(layer.w_std))
+        else:
+            if not isinstance(layer, Activation):
+                raise ValueError(f"{where}: layer {i} is {type(layer).__name__}; expected an elementwise activation "
+                                 f"(ow.Identity() for a linear network) in {expected}")
+            acts.append(layer)
+    return MLP(tuple(w_std), tuple(acts), param.base_width, param.zero_readout)

@@ -1,0 +1,165 @@
+"""The infinite-width DMFT solver (``ow.dmft``): exact cases, the lazy limit, Monte Carlo vs exact."""
+
+import math
+import os
+
+import numpy as np
+import pytest
+
+import owidth as ow
+
+os.environ.setdefault("OWIDTH_NO_PROGRESS", "1")
+
+
+def closed_form_one_point(x, y, *, gamma0, lr, steps, s1, s2, n0):
+    """Two-layer linear net, one training point, centred output: the DMFT by hand.
+
+    With ``a = s1^2 |x|^2 / D`` the preactivation ``h = v . x`` and readout ``z`` of a neuron obey
+    ``h(t+1) = h(t) + c Delta(t) a z(t)``, ``z(t+1) = z(t) + c Delta(t) h(t)``
+    (``c = gamma0 lr s2 / sqrt(n0)``, ``Delta = y - F``), from ``h(0) ~ N(0, a)``, ``z(0) ~ N(0, 1)``.
+    In ``p = h / sqrt(a)`` the sums ``p +- z`` are multiplied by ``1 +- c Delta sqrt(a)`` at each
+    step, and ``Var(p(0) +- z(0)) = 2``, so
+    ``F(t) = (c_out / gamma0) <z h - z0 h0> = c_out sqrt(a) / (2 gamma0) (Pi_+(t) - Pi_-(t))``
+    with ``Pi_pm(t) = prod_{s<t} (1 +- c Delta(s) sqrt(a))^2`` and ``c_out = s2 sqrt(n0)``.
+    """
+    a = s1**2 * float(x @ x) / len(x)
+    c = gamma0 * lr * s2 / math.sqrt(n0)
+    c_out = s2 * math.sqrt(n0)
+    plus = minus = 1.0
+    out = []
+    for _ in range(steps + 1):
+        f = c_out * math.sqrt(a) / (2 * gamma0) * (plus - minus)
+        out.append(f)
+        delta = y - f
+        plus *= (1 + c * delta * math.sqrt(a)) ** 2
+        minus *= (1 - c * delta * math.sqrt(a)) ** 2
+    return np.array(out)
+
+
+X1 = np.array([[0.3, -1.2, 0.8]])
+ONE_POINT = dict(gamma0=1.5, lr=0.4, steps=12)
+TWO_LAYER = ow.serial(ow.Dense(w_std=1.3), ow.Identity(), ow.Dense(out=1, w_std=0.7))
+
+
+@pytest.mark.parametrize("gamma0", [0.1, 1.5, 3.0])
+def test_two_layer_linear_one_point_matches_closed_form(gamma0):
+    param = ow.MUP.with_base_width(4)
+    r = ow.dmft(TWO_LAYER, X1, [1.0], gamma0=gamma0, lr=0.4, steps=12, param=param)
+    expected = closed_form_one_point(X1[0], 1.0, gamma0=gamma0, lr=0.4, steps=12, s1=1.3, s2=0.7, n0=4)
+    assert r.method == "exact-linear" and r.converged
+    np.testing.assert_allclose(r.f_train[:, 0], expected, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(r.train_loss, 0.5 * (expected - 1.0) ** 2, rtol=1e-6, atol=1e-12)
+
+
+def test_closed_form_is_what_wide_networks_do():
+    """The hand-derived recursion (not the solver) against muP networks of width 4096, 16 seeds."""
+    param = ow.MUP.with_base_width(4)
+    expected = closed_form_one_point(X1[0], 1.0, **ONE_POINT, s1=1.3, s2=0.7, n0=4)
+    ds = ow.train(TWO_LAYER, (X1, [1.0]), test=(X1, [1.0]), widths=4096, lr=ONE_POINT["lr"], steps=12,
+                  param=param, gamma0=ONE_POINT["gamma0"], seeds=16, record_every=1, record_outputs=True,
+                  progress_bar=False)
+    f = ds.test_output.values[0, :, 0, 0, :, 0, 0]  # (seed, step)
+    mean, se = f.mean(0), f.std(0, ddof=1) / 4
+    # finite-width bias O(1/n) + seed noise: within 4 standard errors + 1e-3
+    assert np.all(np.abs(mean - expected) < 4 * se + 1e-3), (mean - expected, se)
+    # and the lazy (NTK) dynamics differ from it by far more: feature learning is visible
+    ntk = 2 * 1.3**2 * 0.7**2 * float(X1[0] @ X1[0]) / 3
+    lazy = 1.0 - (1 - ONE_POINT["lr"] * ntk) ** np.arange(13)
+    assert np.max(np.abs(lazy - expected)) > 3 * (4 * se.max() + 1e-3)
+
+
+def _data(p=6, d=4, m=3, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((p + m, d))
+    y = np.sin(x[:, 0] + 0.5 * x[:, 1])
+    return x[:p], y[:p], x[p:], y[p:]
+
+
+DEEP_LINEAR = ow.serial(ow.Dense(w_std=1.2), ow.Identity(), ow.Dense(w_std=0.9), ow.Identity(),
+                        ow.Dense(out=1, w_std=1.1))
+
+
+def test_lazy_limit_is_ntk_gradient_descent():
+    """gamma0 -> 0: the DMFT equals ow.predict.gradient_descent with the analytic NTK (to 1e-6 relative)."""
+    x, y, xt, _ = _data()
+    r = ow.dmft(DEEP_LINEAR, x, y, gamma0=1e-4, lr=0.3, steps=15, x_test=xt, param=ow.MUP.with_base_width(8))
+    k = ow.kernel(DEEP_LINEAR, x)
+    kt = ow.kernel(DEEP_LINEAR, xt, x)
+    pred = ow.predict.gradient_descent(k.ntk, kt.ntk, y, lr=0.3, steps=np.arange(16))
+    for got, want in ((r.f_train, pred.mean_train), (r.f_test, pred.mean_test)):
+        want = np.asarray(want)
+        assert np.max(np.abs(got - want)) < 1e-6 * np.max(np.abs(want))
+    np.testing.assert_allclose(r.ntk[0], k.ntk, rtol=1e-10)  # K(0) is the NTK of ow.kernel
+    assert np.max(np.abs(r.ntk[-1] - r.ntk[0])) < 1e-6 * np.max(np.abs(k.ntk))  # and it stays put
+
+
+def test_richness_speeds_up_learning_and_aligns_the_kernel():
+    """Bordelon & Pehlevan (2022, Fig. 2): larger gamma0, faster loss decrease, NTK more aligned with y."""
+    x, y, _, _ = _data(p=8, d=6)
+    def alignment(k):
+        return float(y @ k @ y / (np.linalg.norm(k) * (y @ y)))
+
+    losses, gains = [], []
+    for g in (0.1, 1.0, 2.0):
+        r = ow.dmft(DEEP_LINEAR, x, y, gamma0=g, lr=0.1, steps=12)
+        losses.append(r.train_loss[-1])
+        gains.append(alignment(r.ntk[-1]) - alignment(r.ntk[0]))
+    assert losses[0] > losses[1] > losses[2], losses
+    assert gains[0] < gains[1] < gains[2] and gains[2] > 0.05, gains
+
+
+def test_monte_carlo_agrees_with_exact_linear_solver():
+    """The sampled function-space solver on a deep linear net is within its own error bars of the exact one."""
+    x, y, xt, _ = _data(p=4, d=3, m=2)
+    exact = ow.dmft(DEEP_LINEAR, x, y, gamma0=1.0, lr=0.3, steps=6, x_test=xt)
+    mc = ow.dmft(DEEP_LINEAR, x, y, gamma0=1.0, lr=0.3, steps=6, x_test=xt, method="monte-carlo", samples=400,
+                 response_samples=64, replicas=4, seed=1)
+    assert mc.method == "monte-carlo" and np.all(mc.f_train_se[1:] > 0)
+    for got, want, se in ((mc.f_train, exact.f_train, mc.f_train_se), (mc.f_test, exact.f_test, mc.f_test_se)):
+        assert np.all(np.abs(got - want) < 4 * se + 1e-3), (got - want, se)
+    assert np.all(np.abs(mc.phi - exact.phi) < 4 * mc.phi_se + 1e-3)
+
+
+def test_result_shapes_and_xarray():
+    x, y, xt, yt = _data(p=5, d=3, m=2)
+    r = ow.dmft(DEEP_LINEAR, x, y, gamma0=0.5, lr=0.3, steps=4, x_test=xt, y_test=yt)
+    assert r.f_train.shape == (5, 5) and r.f_test.shape == (5, 2) and r.phi.shape == (2, 5, 5, 5)
+    assert r.phi_two_time.shape == (2, 5, 5, 5, 5)
+    ti = np.arange(5)
+    np.testing.assert_allclose(r.phi_two_time[:, ti, :, ti, :].transpose(1, 0, 2, 3), r.phi)
+    for k in (r.phi, r.g, r.ntk[None]):  # symmetric PSD equal-time kernels
+        np.testing.assert_allclose(k, np.swapaxes(k, -1, -2), atol=1e-12)
+        assert np.linalg.eigvalsh(k).min() > -1e-10
+    ds = r.to_xarray()
+    assert ds.phi.dims == ("layer", "step", "train", "train2") and "test_loss" in ds
+    assert r.train_loss[-1] < r.train_loss[0]
+
+
+@pytest.mark.parametrize("net, msg", [
+    (ow.serial(ow.Dense(b_std=0.1), ow.Relu(), ow.Dense(out=1)), "biases are not supported"),
+    (ow.serial(ow.Dense(), ow.Relu(), ow.Dense(out=2)), "out=1"),
+    (ow.serial(ow.Dense(), ow.Relu(), ow.Relu(), ow.Dense(out=1)), "supports MLPs"),
+    (ow.serial(ow.Dense(), ow.LayerNorm(), ow.Dense(out=1)), "elementwise activation"),
+])
+def test_unsupported_networks_raise(net, msg):
+    x, y, _, _ = _data(p=3, d=2)
+    with pytest.raises(ValueError, match=msg):
+        ow.dmft(net, x, y, gamma0=1.0, lr=0.1, steps=2)
+
+
+def test_bad_arguments_raise():
+    x, y, _, _ = _data(p=3, d=2)
+    with pytest.raises(ValueError, match="ow.MUP or ow.MF"):
+        ow.dmft(DEEP_LINEAR, x, y, gamma0=1.0, lr=0.1, steps=2, param=ow.NTP)
+    with pytest.raises(ValueError, match="gamma0"):
+        ow.dmft(DEEP_LINEAR, x, y, gamma0=0.0, lr=0.1, steps=2)
+    with pytest.raises(ValueError, match="y_train"):
+        ow.dmft(DEEP_LINEAR, x, y[:2], gamma0=1.0, lr=0.1, steps=2)
+    with pytest.raises(ValueError, match="method='exact'"):
+        ow.dmft(ow.serial(ow.Dense(), ow.Tanh(), ow.Dense(out=1)), x, y, gamma0=1.0, lr=0.1, steps=2, method="exact")
+
+
+def test_no_convergence_says_so():
+    x, y, _, _ = _data(p=3, d=2)
+    with pytest.raises(ow.DMFTConvergenceError, match="last residual"):
+        ow.dmft(DEEP_LINEAR, x, y, gamma0=1.0, lr=0.3, steps=10, max_iter=5)

@@ -1,7 +1,9 @@
 """Smoke test of the benchmark runner: ``benchmarks/run.py --quick`` without the peer.
 
 Timings are never asserted (speed is measured in benchmarks/, not in tests); this checks that every
-area runs end to end on this checkout and reports its numbers in the summary.
+area runs end to end on this checkout and reports its numbers in the summary. Marked slow (about a
+minute: a dozen fresh processes, each importing JAX and compiling), so it runs in CI's slow pass
+and keeps the default suite under its 10-minute budget.
 """
 
 import json
@@ -12,6 +14,7 @@ import sys
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,8 @@ on):
 
 * ``ntk_relu_mlp_depth4``: a depth-4 ReLU MLP (4 x [Dense(w_std=sqrt 2,
   b_std=sqrt 0.1), Relu] then Dense(out=1, w_std=1, b_std=0)) on inputs of
-  dimension 16, N in {512, 2048} ({64, 128} with --quick).
+  dimension 16, N in {512, 2048, 8192} ({64, 128} with --quick); owidth computes N > 1024 (float32)
+  in blocks of 256 rows inside one compiled call (no batch_size needed).
 * ``ntk_relu_mlp_depth4_tiled``: the same net at N = 8192 (256 with
   --quick), owidth with ``batch_size=2048`` (64); the peer untiled.
 * ``cntk_gap_cnn2_8x8x3``: the pooled CNTK (Arora et al. 2019) of
@@ -76,7 +77,7 @@ WORKLOAD = "ntk_relu_mlp_depth4"
 DEPTH = 4
 D_IN = 16
 SEED = 0
-SIZES = (512, 2048)
+SIZES = (512, 2048, 8192)
 QUICK_SIZES = (64, 128)
 REPEATS = 7
 QUICK_REPEATS = 2

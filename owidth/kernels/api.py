@@ -132,11 +132,15 @@ def _blocked(net, x1, x2, get, size: int) -> Kernel:
     off = jax.lax.map(lambda ij: _kernel_impl(net, b1[ij[0]], b1[ij[1]], get), (jnp.asarray(ii), jnp.asarray(jj)))
     n = x1.shape[0]
 
+    # block (I, J) of the result: diag[I] on the diagonal, off[k] above it and off[k]^T below,
+    # where k numbers the pairs I < J; one static gather builds the grid
+    pair = {(i, j): k for k, (i, j) in enumerate(zip(ii, jj))}
+    src = np.array([[i if i == j else t1 + pair[i, j] if i < j else t1 + len(ii) + pair[j, i] for j in range(t1)]
+                    for i in range(t1)])
+
     def assemble(d, o):
-        blocks = jnp.zeros((t1, t1, size, size), d.dtype)
-        blocks = blocks.at[np.arange(t1), np.arange(t1)].set(d)
-        blocks = blocks.at[ii, jj].set(o).at[jj, ii].set(jnp.swapaxes(o, 1, 2))
-        return grid(blocks, t1, t1)[:n, :n]
+        stacked = jnp.concatenate([d, o, jnp.swapaxes(o, 1, 2)])
+        return grid(stacked[src], t1, t1)[:n, :n]
 
     out = {f: None if getattr(diag, f) is None else assemble(getattr(diag, f), getattr(off, f))
            for f in ("nngp", "ntk")}

@@ -1,3 +1,4 @@
+import pytest
 """The console script and the experiment registry."""
 
 import json
@@ -58,6 +59,7 @@ def test_ntk_convergence_quick(tmp_path, capsys, monkeypatch):
     assert (tmp_path / "ntk_convergence.png").stat().st_size > 10_000
 
 
+@pytest.mark.slow  # default suite was 9:59 in CI; these three take ~80 s
 def test_coord_check_quick(tmp_path, monkeypatch):
     monkeypatch.setenv("OWIDTH_NO_PROGRESS", "1")
     with jax.enable_x64(False):  # as users run it (the test suite turns x64 on)
@@ -68,6 +70,7 @@ def test_coord_check_quick(tmp_path, monkeypatch):
     assert (tmp_path / "coord_check.png").stat().st_size > 10_000
 
 
+@pytest.mark.slow  # default suite was 9:59 in CI; these three take ~80 s
 def test_mutransfer_quick(tmp_path, monkeypatch):
     """The best Adam learning rate stays within one grid step (x2) under muP and drifts under SP."""
     monkeypatch.setenv("OWIDTH_NO_PROGRESS", "1")
@@ -100,6 +103,7 @@ def test_lazy_rich_quick(tmp_path, monkeypatch):
     assert (tmp_path / "lazy_rich.png").stat().st_size > 10_000
 
 
+@pytest.mark.slow  # default suite was 9:59 in CI; these three take ~80 s
 def test_dmft_quick(tmp_path, monkeypatch):
     """muP networks approach the DMFT as width grows; gamma0 -> 0 is the NTK prediction; richer is faster."""
     monkeypatch.setenv("OWIDTH_NO_PROGRESS", "1")

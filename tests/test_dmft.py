@@ -112,12 +112,40 @@ def test_monte_carlo_agrees_with_exact_linear_solver():
     """The sampled function-space solver on a deep linear net is within its own error bars of the exact one."""
     x, y, xt, _ = _data(p=4, d=3, m=2)
     exact = ow.dmft(DEEP_LINEAR, x, y, gamma0=1.0, lr=0.3, steps=6, x_test=xt)
-    mc = ow.dmft(DEEP_LINEAR, x, y, gamma0=1.0, lr=0.3, steps=6, x_test=xt, method="monte-carlo", samples=400,
-                 response_samples=64, replicas=4, seed=1)
+    mc = ow.dmft(DEEP_LINEAR, x, y, gamma0=1.0, lr=0.3, steps=6, x_test=xt, method="monte-carlo", samples=800,
+                 response_samples=64, replicas=8, seed=1)
     assert mc.method == "monte-carlo" and np.all(mc.f_train_se[1:] > 0)
     for got, want, se in ((mc.f_train, exact.f_train, mc.f_train_se), (mc.f_test, exact.f_test, mc.f_test_se)):
         assert np.all(np.abs(got - want) < 4 * se + 1e-3), (got - want, se)
     assert np.all(np.abs(mc.phi - exact.phi) < 4 * mc.phi_se + 1e-3)
+
+
+TANH = ow.serial(ow.Dense(w_std=1.2), ow.Tanh(), ow.Dense(w_std=1.3), ow.Tanh(), ow.Dense(out=1, w_std=1.1))
+
+
+def test_tanh_lazy_limit_is_ntk_gradient_descent():
+    """2 hidden tanh layers, gamma0 -> 0: the sampled DMFT is NTK gradient descent with the analytic tanh NTK.
+
+    The hidden-to-hidden weight's share of the NTK reaches the output only through the response
+    functions A and B (they are O(gamma0), like the field changes), so this fails without them."""
+    x, y, xt, _ = _data(p=5, d=3, m=2)
+    r = ow.dmft(TANH, x, y, gamma0=1e-3, lr=0.4, steps=8, x_test=xt, samples=2000, response_samples=128,
+                replicas=6, seed=3)
+    k, kt = ow.kernel(TANH, x), ow.kernel(TANH, xt, x)
+    pred = ow.predict.gradient_descent(k.ntk, kt.ntk, y, lr=0.4, steps=np.arange(9))
+    for got, want, se in ((r.f_train, pred.mean_train, r.f_train_se), (r.f_test, pred.mean_test, r.f_test_se)):
+        z = (got - np.asarray(want))[1:] / se[1:]
+        assert np.all(np.abs(z) < 4.5), z
+    assert np.abs(r.ntk[0] - k.ntk).max() < 0.05 * np.abs(k.ntk).max()  # sampled K(0) vs the analytic NTK
+
+
+def test_monte_carlo_sweep_refuses_iteration_settings_and_huge_problems():
+    x, y, _, _ = _data(p=4, d=3, m=0)
+    with pytest.raises(ValueError, match="no iteration"):
+        ow.dmft(TANH, x, y, gamma0=1.0, lr=0.3, steps=4, damping=0.5)
+    big = np.tile(x, (25, 1))  # 100 points, 100 steps: response Jacobians of (101 * 100)^2 entries each
+    with pytest.raises(MemoryError, match="response_samples"):
+        ow.dmft(TANH, big, np.tile(y, 25), gamma0=1.0, lr=0.3, steps=100)
 
 
 def test_result_shapes_and_xarray():

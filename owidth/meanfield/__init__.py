@@ -30,25 +30,31 @@ and ``c_out = s_{L+1} sqrt(n0)`` (B&P's convention is ``n0 = 1``, ``s = 1``, whe
 As ``gamma0 -> 0`` the fields stop moving (corrections ``O(gamma0^2)``) and
 ``F(t + 1) = F(t) + lr / P K(0) (y - F(t))``: ``ow.predict.gradient_descent(K(0), ..., lr=lr)``.
 
-The two-time equations are solved by Picard iteration on the whole trajectory. Learning is
-switched off after a horizon that grows by one step per iteration (the equations are
-causal, so the solution up to the horizon does not depend on what comes after it, and a
-wrong guess for late times cannot blow up); optional damping. (Growing the horizon by
-several steps per iteration diverges for gamma0 ~ 1: Picard iteration propagates the
-correct solution about one step per iteration, so a solve takes at least ``steps``
-iterations.)
+Deep linear networks: the two-time equations are solved exactly (no sampling) by Picard
+iteration on the whole trajectory. Learning is switched off after a horizon that grows by one
+step per iteration (the equations are causal, so the solution up to the horizon does not
+depend on what comes after it, and a wrong guess for late times cannot blow up); optional
+damping. (Growing the horizon by several steps per iteration diverges for gamma0 ~ 1: Picard
+iteration propagates the correct solution about one step per iteration, so a solve takes at
+least ``steps`` iterations.)
+
+Nonlinear networks: Monte Carlo, one causal sweep forward in time over a population of
+sampled neurons, with low-rank (population) Gaussian sources and pathwise response functions
+(:mod:`owidth.meanfield.nonlinear`); independent replicas give the error bars.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from owidth import _checks
+from owidth._progress import progress
 from owidth.meanfield import _spec, linear, nonlinear
 from owidth.param import MUP, Parametrization
 
@@ -149,7 +155,7 @@ def _loss(f, y):
 def dmft(net, x_train, y_train, *, gamma0: float, lr: float, steps: int, param: Parametrization = MUP,
          x_test=None, y_test=None, method: str = "auto", samples: int = 2000, response_samples: int = 256,
          replicas: int = 4, damping: float | None = None, tol: float | None = None, max_iter: int | None = None,
-         seed: int = 0, chunk: int = 256, two_time_limit: int = 2000) -> DMFTResult:
+         seed: int = 0, two_time_limit: int = 2000, progress_bar: bool = True) -> DMFTResult:
     """Solve the infinite-width (DMFT) training dynamics of an MLP under muP / mean-field scaling.
 
     Args:
@@ -166,19 +172,18 @@ def dmft(net, x_train, y_train, *, gamma0: float, lr: float, steps: int, param: 
       samples: Monte Carlo neurons per replica. response_samples: how many of them give the
         pathwise response functions. replicas: independent replicas (their spread gives the
         Monte Carlo error; the result is their mean).
-      damping: ``state <- damping state + (1 - damping) map(state)``. Default: 0 (exact) or 0.5
-        (Monte Carlo, where the undamped map of a deep network oscillates), retried with 0.5 and
-        0.8 when the iteration produces non-finite values (strong feature learning, long runs).
-      tol: default 1e-10 (exact) or 1e-5 (Monte Carlo: the square roots of the sampled kernels
-        make the map Hoelder, not smooth, at rank-deficient directions) in float64; 1e-5 and
-        1e-4 in float32 (float64, ``jax_enable_x64``, is recommended: near ``gamma0 = 0`` the
-        output is ``O(gamma0)`` field changes divided by ``gamma0``); convergence threshold on
-        the largest change of outputs (relative to ``max |y|``) and
-        kernels (relative to their largest entry) in one iteration.
-      max_iter: iteration cap (default ``(3 steps + 100) / (1 - damping)``); exceeding it raises
+      damping, tol, max_iter: the fixed-point iteration of the exact deep-linear solver (the
+        Monte Carlo solver is one causal sweep over time, so it refuses them).
+        damping: ``state <- damping state + (1 - damping) map(state)``; default 0, retried with
+        0.5 and 0.8 when the iteration produces non-finite values. tol: default 1e-10 (float64)
+        or 1e-5 (float32; float64, ``jax_enable_x64``, is recommended: near ``gamma0 = 0`` the
+        output is ``O(gamma0)`` field changes divided by ``gamma0``), the largest change of
+        outputs (relative to ``max |y|``) and kernels (relative to their largest entry) in one
+        iteration. max_iter: default ``(3 steps + 100) / (1 - damping)``; exceeding it raises
         :class:`DMFTConvergenceError` with the last residual.
-      seed: random seed of the Monte Carlo sources. chunk: samples per vectorised batch.
+      seed: random seed of the Monte Carlo sources.
       two_time_limit: store two-time kernels when ``(steps + 1) P`` is at most this.
+      progress_bar: a tqdm bar over the Monte Carlo replicas (also silenced by OWIDTH_NO_PROGRESS=1).
 
     Returns:
       :class:`DMFTResult`.
@@ -217,41 +222,53 @@ def dmft(net, x_train, y_train, *, gamma0: float, lr: float, steps: int, param: 
     if method == "exact" and not mlp.linear:
         raise ValueError(f"{where}: method='exact' needs a deep linear network (every activation ow.Identity()); "
                          "use method='monte-carlo' for nonlinear networks")
-    for name, v in (("samples", samples), ("response_samples", response_samples), ("replicas", replicas),
-                    ("chunk", chunk)):
+    for name, v in (("samples", samples), ("response_samples", response_samples), ("replicas", replicas)):
         _checks.positive_int(name, v, where=where)
     exact = method == "exact" or (method == "auto" and mlp.linear)
+    if not exact:
+        given = [k for k, v in (("damping", damping), ("tol", tol), ("max_iter", max_iter)) if v is not None]
+        if given:
+            raise ValueError(f"{where}: {', '.join(given)} set the fixed-point iteration of the exact deep-linear "
+                             "solver; the Monte Carlo solver is one causal sweep over time and has no iteration "
+                             "(its accuracy is set by samples, response_samples and replicas)")
     if damping is None:
-        dampings = (0.0, 0.5, 0.8) if exact else (0.5, 0.8)
+        dampings = (0.0, 0.5, 0.8)
     else:
         if not 0 <= damping < 1:
             raise ValueError(f"{where}: damping must lie in [0, 1), got {damping!r}")
         dampings = (float(damping),)
     f64 = x.dtype == np.float64
     if tol is None:
-        tol = (1e-10 if f64 else 1e-5) if exact else (1e-5 if f64 else 1e-4)
+        tol = 1e-10 if f64 else 1e-5
     tol = _positive("tol", tol, where=where)
     if max_iter is not None:
         max_iter = _checks.positive_int("max_iter", max_iter, where=where)
     response_samples = min(response_samples, samples)
-    for k, damp in enumerate(dampings):
-        cap = max_iter or int((3 * steps + 100) / (1 - damp))
-        settings = dict(mlp=mlp, x=x, y=y, xt=xt, gamma0=gamma0, lr=lr, steps=steps, damping=damp, tol=tol,
-                        max_iter=cap)
-        try:
-            if exact:
-                out = _solve_linear(**settings)
-                replicas_used, samples_used = 1, 0
-            else:
-                reps = [_solve_mc(**settings, samples=samples, response_samples=response_samples,
-                                  chunk=min(chunk, samples), key=jax.random.fold_in(jax.random.key(seed), r))
-                        for r in range(replicas)]
-                out = _combine(reps)
-                replicas_used, samples_used = replicas, samples
-            break
-        except _Diverged as err:
-            if k == len(dampings) - 1:
-                raise DMFTConvergenceError(str(err) + (f" (tried damping {dampings})" if len(dampings) > 1 else ""))
+    if exact:
+        for k, damp in enumerate(dampings):
+            cap = max_iter or int((3 * steps + 100) / (1 - damp))
+            try:
+                out = _solve_linear(mlp=mlp, x=x, y=y, xt=xt, gamma0=gamma0, lr=lr, steps=steps, damping=damp,
+                                    tol=tol, max_iter=cap, two_time_limit=two_time_limit)
+                break
+            except _Diverged as err:
+                if k == len(dampings) - 1:
+                    raise DMFTConvergenceError(
+                        str(err) + (f" (tried damping {dampings})" if len(dampings) > 1 else ""))
+        replicas_used, samples_used = 1, 0
+    else:
+        q = x.shape[0] + (0 if xt is None else xt.shape[0])
+        _check_memory(mlp, samples=samples, response_samples=response_samples, tau=steps + 1, q=q,
+                      itemsize=x.dtype.itemsize, where=where)
+        reps = []
+        with progress(total=replicas, desc=f"{where} replicas", enabled=progress_bar) as bar:
+            for r in range(replicas):
+                reps.append(_solve_mc(mlp=mlp, x=x, y=y, xt=xt, gamma0=gamma0, lr=lr, steps=steps, samples=samples,
+                                      response_samples=response_samples, two_time_limit=two_time_limit,
+                                      key=jax.random.fold_in(jax.random.key(seed), r)))
+                bar.update(1)
+        out = _combine(reps)
+        replicas_used, samples_used, damp = replicas, samples, 0.0
     p = x.shape[0]
     f = out["f"]
     if not exact:
@@ -301,7 +318,7 @@ def _iterate(step, st, *, steps, damping, tol, max_iter, yscale):
         "raise max_iter, add damping (e.g. 0.5), or loosen tol")
 
 
-def _solve_linear(*, mlp, x, y, xt, gamma0, lr, steps, damping, tol, max_iter):
+def _solve_linear(*, mlp, x, y, xt, gamma0, lr, steps, damping, tol, max_iter, two_time_limit):
     xj, yj = jnp.asarray(x), jnp.asarray(y)
     tau, d = steps + 1, x.shape[1]
     c = gamma0 * lr * mlp.w_std[-1] / math.sqrt(mlp.base_width)
@@ -327,10 +344,26 @@ def _solve_linear(*, mlp, x, y, xt, gamma0, lr, steps, damping, tol, max_iter):
     g = g_eq[:, :, None, None] * np.ones((1, 1, p, p))
     out = {"f": f, "phi": phi, "g": g, "ntk": _ntk(mlp, phi, g, x), "iterations": its, "residual": res,
            "f_se": np.zeros_like(f), "loss_se": np.zeros(tau), "phi_se": np.zeros_like(phi)}
-    if tau * p <= 2000:
+    if tau * p <= two_time_limit:
         out["phi2"] = np.einsum("pd,ltdse,qe->ltpsq", x, m, x)
         out["g2"] = gk[:, :, None, :, None] * np.ones((1, 1, p, 1, p))
     return out
+
+
+def _check_memory(mlp, *, samples, response_samples, tau, q, itemsize, where):
+    """Refuse, before compiling, a Monte Carlo solve whose carried arrays exceed half the machine's memory."""
+    need = nonlinear.memory_bytes(mlp, samples=samples, response_samples=response_samples, tau=tau, q=q,
+                                  itemsize=itemsize)
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return
+    if jax.default_backend() == "cpu" and need > total / 2:
+        raise MemoryError(
+            f"{where}: the Monte Carlo DMFT with (steps + 1) * points = {tau * q}, samples={samples} and "
+            f"response_samples={response_samples} needs about {need / 2**30:.1f} GiB (this machine has "
+            f"{total / 2**30:.1f} GiB); the response Jacobians take response_samples * (2 (L - 1)) * 2 * "
+            "((steps + 1) * points)^2 numbers: lower response_samples, steps or the number of points")
 
 
 def _ntk(mlp, phi, g, x):
@@ -345,31 +378,28 @@ def _ntk(mlp, phi, g, x):
     return s[-1] ** 2 * k
 
 
-def _solve_mc(*, mlp, x, y, xt, gamma0, lr, steps, damping, tol, max_iter, samples, response_samples, chunk, key):
+def _solve_mc(*, mlp, x, y, xt, gamma0, lr, steps, samples, response_samples, two_time_limit, key):
     xa = x if xt is None else np.concatenate([x, xt])
     p, q, tau = x.shape[0], xa.shape[0], steps + 1
     kx = jnp.asarray(xa @ xa.T / xa.shape[1])
-    yj = jnp.asarray(y)
     c = gamma0 * lr * mlp.w_std[-1] / math.sqrt(mlp.base_width)
-    eps = nonlinear.draws(key, mlp, samples, tau, q, kx.dtype)
-    st = nonlinear.initial_state(mlp, tau, q, kx.dtype)
-    yscale = max(float(np.max(np.abs(y))), 1e-12)
-
-    def step(st, horizon):
-        new, se, _ = nonlinear.iterate(mlp, st, eps, c, gamma0, kx, yj, horizon, p=p,
-                                       response_samples=response_samples, chunk=chunk)
-        return new, se
-
-    st, se, its, res = _iterate(step, st, steps=steps, damping=damping, tol=tol, max_iter=max_iter, yscale=yscale)
+    eps = nonlinear.draws(key, mlp, samples, q, kx.dtype)
+    st, se = nonlinear.solve(mlp, eps, c, gamma0, kx, jnp.asarray(y), tau=tau, p=p,
+                             response_samples=response_samples)
+    st = {k: np.asarray(v) for k, v in st.items()}
+    if not all(np.all(np.isfinite(v)) for v in st.values()):
+        first = int(np.argmax(~np.all(np.isfinite(st["f"]), axis=1))) if not np.all(np.isfinite(st["f"])) else steps
+        raise DMFTConvergenceError(
+            f"ow.dmft: non-finite values from step {first} on: the infinite-width gradient descent diverges; "
+            "lower lr (larger gamma0 needs a smaller lr)")
     L = mlp.depth
     ti = np.arange(tau)
-    phi4 = np.asarray(st["Phi"]).reshape(L, tau, q, tau, q)
-    g4 = np.asarray(st["G"]).reshape(L, tau, q, tau, q)
+    phi4 = st["Phi"].reshape(L, tau, q, tau, q)
+    g4 = st["G"].reshape(L, tau, q, tau, q)
     phi = phi4[:, ti, :p, ti, :p].transpose(1, 0, 2, 3)
     g = g4[:, ti, :p, ti, :p].transpose(1, 0, 2, 3)
-    out = {"f": np.asarray(st["f"]), "phi": phi, "g": g, "ntk": _ntk(mlp, phi, g, x), "iterations": its,
-           "residual": res}
-    if tau * p <= 2000:
+    out = {"f": st["f"], "phi": phi, "g": g, "ntk": _ntk(mlp, phi, g, x), "iterations": 1, "residual": 0.0}
+    if tau * p <= two_time_limit:
         out["phi2"] = phi4[:, :, :p, :, :p]
         out["g2"] = g4[:, :, :p, :, :p]
     return out

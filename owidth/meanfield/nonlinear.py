@@ -1,4 +1,5 @@
-"""Monte Carlo DMFT of nonlinear MLPs in function space (internal; see :mod:`owidth.meanfield`).
+"""Monte Carlo DMFT of nonlinear MLPs in function space, solved forward in time (internal; see
+:mod:`owidth.meanfield`).
 
 Fields of one neuron on ``Q = P + M`` points (train, then test) at ``tau = T + 1`` times,
 flattened to ``tau Q`` vectors. With ``c = gamma0 eta sigma_{L+1} / sqrt(n0)``,
@@ -15,15 +16,32 @@ causal mask, the single-site equations are
 ``Phi^l = <phi(h^l) phi(h^l)^T>``, ``G^l = <g^l g^l^T>`` and the output
 ``f_mu(t) = (c_out / gamma0) <z^L(t) phi(h^L_mu(t)) - z^L(0) phi(h^L_mu(0))>``.
 
-Sampling: the standard normals behind the sources are drawn once and kept across
-iterations (common random numbers), the sources are ``S^{1/2} eps`` with the symmetric
-(continuous) square root of the current covariance, so the iteration is a deterministic map
-whose fixed point is the DMFT with ``samples`` Monte Carlo neurons. The responses are
-pathwise: forward-mode Jacobians of each sample's fields with respect to its own sources,
-averaged over the first ``response_samples`` samples.
+These equations are causal: the fields of every neuron at step ``t`` need the kernels and
+responses only at ``(t, s)`` with ``s <= t``, and those need only the fields up to ``t``.
+So a population of ``S`` Monte Carlo neurons per layer is advanced one step at a time, layer by layer (forward
+fields ``h`` for ``l = 1..L``, then backward fields ``z`` for ``l = L..1``), and each new row
+``(t, .)`` of the kernels is averaged from the population as soon as its fields exist:
 
-Cost per iteration: ``O(S tau^2 Q^2 L)`` for the fields, ``O(S_r (tau Q)^3 L)`` for the
-responses, ``O(L (tau Q)^3)`` for the square roots; memory ``O(L (tau Q)^2 + S tau Q L)``.
+* Gaussian sources with the population's own kernel, causally: ``u^{l+1}_j(t) = sigma_{l+1}
+  S^{-1/2} sum_i Xi_{ji} phi(h^l_i(t))`` with fixed ``Xi_{ji} ~ N(0, 1)`` (independent of
+  everything else), so ``Cov(u^{l+1}) = sigma_{l+1}^2 Phi^l`` exactly for the sampled
+  ``Phi^l`` and ``u(t)`` never changes once drawn. Likewise ``r^l`` from ``g^{l+1}``.
+  No square roots, no ``(tau Q)^3`` factorisations.
+* Responses ``A^l(t, s) = <d phi(h^l(t)) / d r^l(s)>`` and ``B^l(t, s) = <d g^{l+1}(t) / d
+  u^{l+1}(s)>`` pathwise: the first ``S_r`` neurons carry forward-mode tangents of their
+  fields with respect to every coordinate ``(s, nu)`` of their own source (the kernels held
+  fixed, as in the DMFT), updated by the linearised single-site equations.
+
+There is no fixed-point iteration: for the given draws this is the fixed point that Picard
+iteration of the whole trajectory converges to (one more exact step per iteration), reached
+in one pass. (An earlier version iterated: ``>= T`` damped iterations, each with symmetric
+square roots of the kernels and full Jacobians of every response neuron; the sweep agrees
+with it within Monte Carlo error.)
+
+Cost with ``Q`` points, ``tau = T + 1`` times and ``L`` hidden layers: fields and kernels
+``O(L S tau^2 Q^2 + L S^2 tau Q)``; responses ``O((L - 1) S_r tau^3 Q^3)``; memory ``O(L S
+tau Q + L S^2 + L (tau Q)^2 + (L - 1) S_r (tau Q)^2)`` (the last term, one Jacobian per
+response neuron, is what bounds ``tau Q`` to about a thousand).
 """
 
 from __future__ import annotations
@@ -41,128 +59,134 @@ def _sqrtm(s):
     return (vec * jnp.sqrt(jnp.clip(lam, 0.0))[None, :]) @ vec.T
 
 
-def _coefficients(mlp: MLP, st, c, kx, y, p, horizon):
-    tau, q = st["f"].shape
-    L, sig = mlp.depth, mlp.w_std
-    resid = y[None, :] - st["f"][:, :p]  # (tau, P)
-    t_idx = jnp.arange(tau)
-    wts = jnp.zeros((tau, q), resid.dtype).at[:, :p].set(resid / p) * (t_idx < horizon)[:, None]  # w_nu(s)
-    lt = (t_idx[None, :] < t_idx[:, None]).astype(wts.dtype)  # [t, s]
-    le = (t_idx[None, :] <= t_idx[:, None]).astype(wts.dtype)
-    lt4 = lt[:, None, :, None]
-    k1 = c * sig[0] ** 2 * lt4 * kx[None, :, None, :] * wts[None, None]  # (tau, Q, tau, Q)
-    kh, kz = [], []
-    for j in range(L - 1):
-        s2 = sig[j + 1] ** 2
-        phi = st["Phi"][j].reshape(tau, q, tau, q)
-        a = st["A"][j].reshape(tau, q, tau, q)
-        kh.append(s2 * lt4 * (a + c * phi * wts[None, None]))
-        g = st["G"][j + 1].reshape(tau, q, tau, q)
-        b = st["B"][j].reshape(tau, q, tau, q)
-        kz.append(s2 * (le[:, None, :, None] * b + c * lt4 * g * wts[None, None]))
-    kzl = c * lt[:, :, None] * wts[None]  # (tau, tau, Q)
-    return k1, kh, kz, kzl, resid
-
-
-def _single(mlp: MLP, coefs, chi, w, us, rs):
-    """Fields of one neuron: H[l], Z[l] (tau, Q) for given sources (us, rs: (tau, Q) each)."""
-    k1, kh, kz, kzl, _ = coefs
-    tau, q = k1.shape[:2]
-    L = mlp.depth
-    phis = [mlp.phi(l) for l in range(L)]
-    dphis = [mlp.dphi(l) for l in range(L)]
-
-    def step(carry, t):
-        hs, ph, zs, gs = (list(a) for a in carry)
-        hs[0] = hs[0].at[t].set(chi + jnp.einsum("msn,sn->m", k1[t], gs[0]))
-        ph[0] = ph[0].at[t].set(phis[0](hs[0][t]))
-        for j in range(L - 1):
-            hs[j + 1] = hs[j + 1].at[t].set(us[j][t] + jnp.einsum("msn,sn->m", kh[j][t], gs[j + 1]))
-            ph[j + 1] = ph[j + 1].at[t].set(phis[j + 1](hs[j + 1][t]))
-        zl = w + jnp.sum(kzl[t] * ph[L - 1])
-        zs[L - 1] = zs[L - 1].at[t].set(jnp.full(q, zl))
-        gs[L - 1] = gs[L - 1].at[t].set(dphis[L - 1](hs[L - 1][t]) * zl)
-        for j in reversed(range(L - 1)):
-            zs[j] = zs[j].at[t].set(rs[j][t] + jnp.einsum("msn,sn->m", kz[j][t], ph[j]))
-            gs[j] = gs[j].at[t].set(dphis[j](hs[j][t]) * zs[j][t])
-        return tuple(tuple(a) for a in (hs, ph, zs, gs)), None
-
-    zero = tuple(jnp.zeros((tau, q), k1.dtype) for _ in range(L))
-    (hs, ph, zs, gs), _ = jax.lax.scan(step, (zero, zero, zero, zero), jnp.arange(tau))
-    return ph, zs, gs
-
-
-def draws(key, mlp: MLP, samples: int, tau: int, q: int, dtype):
-    """The fixed standard normals behind every source of ``samples`` neurons."""
+def draws(key, mlp: MLP, samples: int, q: int, dtype):
+    """Standard normals behind every source: ``chi`` (S, Q), readout ``w`` (S,), ``Xi`` (S, S) per hidden weight."""
     k1, k2, k3, k4 = jax.random.split(key, 4)
-    L = mlp.depth
+    n = max(mlp.depth - 1, 0)
     return {
         "chi": jax.random.normal(k1, (samples, q), dtype),
         "w": jnp.zeros(samples, dtype) if mlp.zero_readout else jax.random.normal(k2, (samples,), dtype),
-        "u": jax.random.normal(k3, (max(L - 1, 0), samples, tau * q), dtype),
-        "r": jax.random.normal(k4, (max(L - 1, 0), samples, tau * q), dtype),
+        "xi_u": jax.random.normal(k3, (n, samples, samples), dtype),
+        "xi_r": jax.random.normal(k4, (n, samples, samples), dtype),
     }
 
 
-@functools.partial(jax.jit, static_argnames=("mlp", "p", "response_samples", "chunk"))
-def iterate(mlp: MLP, st, eps, c, gamma0, kx, y, horizon, *, p: int, response_samples: int, chunk: int):
-    """One pass of the self-consistency map; returns the new state and per-entry standard errors."""
-    tau, q = st["f"].shape
+def memory_bytes(mlp: MLP, *, samples: int, response_samples: int, tau: int, q: int, itemsize: int) -> int:
+    """The arrays :func:`solve` carries through its scan (the peak is about twice this)."""
+    L, n = mlp.depth, max(mlp.depth - 1, 0)
+    d = tau * q
+    sets = 2 * n  # tangent sets: d/dr for layers 1..L-1, d/du for layers 2..L
+    return itemsize * (2 * L * samples * d + 2 * n * samples**2 + (2 * L + 2 * n) * d * d
+                       + 2 * sets * response_samples * d * d)
+
+
+def _elementwise(fn):
+    return lambda a: fn(a.reshape(-1)).reshape(a.shape)
+
+
+@functools.partial(jax.jit, static_argnames=("mlp", "tau", "p", "response_samples"))
+def solve(mlp: MLP, eps, c, gamma0, kx, y, *, tau: int, p: int, response_samples: int):
+    """The whole trajectory: ``f`` (tau, Q), its standard error, kernels (L, tau Q, tau Q), responses."""
+    q = kx.shape[0]
     L, sig = mlp.depth, mlp.w_std
-    coefs = _coefficients(mlp, st, c, kx, y, p, horizon)
-    single = functools.partial(_single, mlp, coefs)
+    S, R = eps["chi"].shape[0], response_samples
+    dt = kx.dtype
+    D = tau * q  # tangent directions: source coordinates (s, nu)
+    phis = [_elementwise(mlp.phi(l)) for l in range(L)]
+    d1 = [_elementwise(mlp.dphi(l)) for l in range(L)]
+    d2 = [(lambda f: (lambda a: jax.jvp(f, (a,), (jnp.ones_like(a),))[1]))(d1[l]) for l in range(L)]
     chi = eps["chi"] @ _sqrtm(sig[0] ** 2 * kx)
-    roots_u = [_sqrtm(sig[j + 1] ** 2 * st["Phi"][j]) for j in range(L - 1)]
-    roots_r = [_sqrtm(sig[j + 1] ** 2 * st["G"][j + 1]) for j in range(L - 1)]
-    us = jnp.stack([eps["u"][j] @ roots_u[j] for j in range(L - 1)]) if L > 1 else eps["u"]
-    rs = jnp.stack([eps["r"][j] @ roots_r[j] for j in range(L - 1)]) if L > 1 else eps["r"]
-    us = us.reshape(us.shape[0], us.shape[1], tau, q)
-    rs = rs.reshape(rs.shape[0], rs.shape[1], tau, q)
-    srcs = (chi, eps["w"], jnp.moveaxis(us, 1, 0), jnp.moveaxis(rs, 1, 0))
+    times = jnp.arange(tau)
+    eye = jnp.eye(q, dtype=dt)
+    tangent_r = [l <= L - 2 for l in range(L)]  # layer l carries d/d r^l (for A^l)
+    tangent_u = [l >= 1 for l in range(L)]  # layer l carries d/d u^l (for B^{l-1})
+    sets = [(k, s) for k in range(L) for s, on in ((0, tangent_r[k]), (1, tangent_u[k])) if on]
+    slot = {ks: i for i, ks in enumerate(sets)}
+    zeros = lambda *shape: jnp.zeros(shape, dt)  # noqa: E731
 
-    def run(src):
-        ch, w, u, r = src
-        return single(ch, w, list(u), list(r))
-
-    ph, zs, gs = jax.lax.map(run, srcs, batch_size=chunk)  # each: (L, S, tau, Q) as tuples over L
-    n = ph[0].shape[0]
-    flat = lambda a: a.reshape(n, tau * q)  # noqa: E731
-    new = {
-        "Phi": jnp.stack([flat(a).T @ flat(a) / n for a in ph]),
-        "G": jnp.stack([flat(a).T @ flat(a) / n for a in gs]),
+    carry0 = {
+        "ph": zeros(L, S, tau, q), "g": zeros(L, S, tau, q), "zl": zeros(S, tau),
+        "Phi": zeros(L, tau, q, tau, q), "G": zeros(L, tau, q, tau, q),
+        "A": zeros(max(L - 1, 0), tau, q, tau, q), "B": zeros(max(L - 1, 0), tau, q, tau, q),
+        "f": zeros(tau, q), "f_se": zeros(tau, q), "wts": zeros(tau, q),
+        # tangent histories of the response neurons: (set, R, D, tau, Q) for phi and g
+        "dph": zeros(len(sets), R, D, tau, q), "dg": zeros(len(sets), R, D, tau, q),
     }
-    out = zs[-1] * ph[-1] - (zs[-1][:, :1] * ph[-1][:, :1])  # (S, tau, Q)
-    new["f"] = (mlp.c_out / gamma0) * out.mean(0)
-    f_se = (mlp.c_out / gamma0) * out.std(0) / jnp.sqrt(n)
-    if L > 1:
-        def fields(u, r, ch, w):
-            ph_, _, gs_ = single(ch, w, list(u), list(r))
-            return jnp.stack(ph_), jnp.stack(gs_)
 
-        jac = jax.jacfwd(fields, argnums=(0, 1))
+    def row(hist_t, hist):
+        """Population kernel row ``K(t, s) = <a(t) a(s)^T>``: (Q, tau, Q)."""
+        return jnp.einsum("im,isn->msn", hist_t, hist) / S
 
-        def responses(src):
-            ch, w, u, r = src
-            (dph_du, dph_dr), (dg_du, dg_dr) = jac(u, r, ch, w)  # (L, tau, Q, L-1, tau, Q)
-            a = jnp.stack([dph_dr[j, :, :, j] for j in range(L - 1)])
-            b = jnp.stack([dg_du[j + 1, :, :, j] for j in range(L - 1)])
-            return a, b
+    def set_sym(k, l, t, r):
+        k = k.at[l, t].set(r)
+        return k.at[l, :, :, t, :].set(jnp.moveaxis(r, 0, 2))
 
-        sub = jax.tree.map(lambda a: a[:response_samples], srcs)
-        a, b = jax.lax.map(responses, sub, batch_size=min(chunk, response_samples))
-        new["A"] = a.mean(0).reshape(L - 1, tau * q, tau * q)
-        new["B"] = b.mean(0).reshape(L - 1, tau * q, tau * q)
-    else:
-        new["A"], new["B"] = st["A"], st["B"]
-    return new, {"f": f_se}, coefs[-1]
+    def step(cr, t):
+        cr = dict(cr)
+        past = (times < t).astype(dt)[None, :, None]  # (1, tau, 1) over s
+        upto = (times <= t).astype(dt)[None, :, None]
+        wts = cr["wts"]
+        src_dir = ((times == t).astype(dt)[:, None, None] * eye[None]).reshape(D, q)  # d source(t) / d (s, nu)
+        hs = [None] * L
 
+        def tangent_forward(k, s, kh, dsrc):
+            """d h^k(t), d phi^k(t) for tangent set s (0: r, 1: u) of layer k."""
+            idx = slot[(k, s)]
+            dh = jnp.einsum("msn,rdsn->rdm", kh, cr["dg"][idx]) + dsrc
+            dph = d1[k](hs[k][:R])[:, None, :] * dh
+            cr["dph"] = cr["dph"].at[idx, :, :, t].set(dph)
+            return dh
 
-def initial_state(mlp: MLP, tau: int, q: int, dtype):
-    L = mlp.depth
-    return {
-        "f": jnp.zeros((tau, q), dtype),
-        "Phi": jnp.zeros((L, tau * q, tau * q), dtype),
-        "G": jnp.zeros((L, tau * q, tau * q), dtype),
-        "A": jnp.zeros((max(L - 1, 0), tau * q, tau * q), dtype),
-        "B": jnp.zeros((max(L - 1, 0), tau * q, tau * q), dtype),
-    }
+        dhs = {}
+        for k in range(L):  # forward fields
+            if k == 0:
+                acc = jnp.einsum("sn,isn->in", wts * past[0], cr["g"][0])
+                h = chi + c * sig[0] ** 2 * acc @ kx
+                kh0 = c * sig[0] ** 2 * kx[:, None, :] * (wts * past[0])[None]  # (Q, tau, Q)
+            else:
+                kh = sig[k] ** 2 * (cr["A"][k - 1, t] + c * cr["Phi"][k - 1, t] * wts[None]) * past
+                u = sig[k] * eps["xi_u"][k - 1] @ cr["ph"][k - 1, :, t] / jnp.sqrt(S)
+                h = u + jnp.einsum("msn,isn->im", kh, cr["g"][k])
+            hs[k] = h
+            cr["ph"] = cr["ph"].at[k, :, t].set(phis[k](h))
+            kk = kh0 if k == 0 else kh
+            if tangent_r[k]:
+                dhs[(k, 0)] = tangent_forward(k, 0, kk, 0.0)
+            if tangent_u[k]:
+                dhs[(k, 1)] = tangent_forward(k, 1, kk, src_dir[None])
+            cr["Phi"] = set_sym(cr["Phi"], k, t, row(cr["ph"][k, :, t], cr["ph"][k]))
+            if tangent_r[k]:
+                cr["A"] = cr["A"].at[k, t].set(jnp.moveaxis(cr["dph"][slot[(k, 0)], :, :, t].mean(0), 0, 1).reshape(q, tau, q))
+        cr["zl"] = cr["zl"].at[:, t].set(eps["w"] + c * jnp.einsum("sn,isn->i", wts * past[0], cr["ph"][L - 1]))
+        for k in reversed(range(L)):  # backward fields
+            if k == L - 1:
+                z = jnp.broadcast_to(cr["zl"][:, t, None], (S, q))
+                kz = c * jnp.broadcast_to((wts * past[0])[None], (q, tau, q))
+            else:
+                kz = sig[k + 1] ** 2 * (cr["B"][k, t] * upto + c * cr["G"][k + 1, t] * wts[None] * past)
+                r = sig[k + 1] * eps["xi_r"][k] @ cr["g"][k + 1, :, t] / jnp.sqrt(S)
+                z = r + jnp.einsum("msn,isn->im", kz, cr["ph"][k])
+            g = d1[k](hs[k]) * z
+            cr["g"] = cr["g"].at[k, :, t].set(g)
+            for s, on in ((0, tangent_r[k]), (1, tangent_u[k])):
+                if not on:
+                    continue
+                idx = slot[(k, s)]
+                dz = jnp.einsum("msn,rdsn->rdm", kz, cr["dph"][idx]) + (src_dir[None] if s == 0 else 0.0)
+                hr, zr = hs[k][:R, None, :], z[:R, None, :]
+                dg = d2[k](hr) * zr * dhs[(k, s)] + d1[k](hr) * dz
+                cr["dg"] = cr["dg"].at[idx, :, :, t].set(dg)
+            cr["G"] = set_sym(cr["G"], k, t, row(g, cr["g"][k]))
+            if tangent_u[k]:
+                cr["B"] = cr["B"].at[k - 1, t].set(jnp.moveaxis(cr["dg"][slot[(k, 1)], :, :, t].mean(0), 0, 1).reshape(q, tau, q))
+        out = cr["zl"][:, t, None] * cr["ph"][L - 1, :, t] - cr["zl"][:, 0, None] * cr["ph"][L - 1, :, 0]
+        f_t = (mlp.c_out / gamma0) * out.mean(0)
+        cr["f"] = cr["f"].at[t].set(f_t)
+        cr["f_se"] = cr["f_se"].at[t].set((mlp.c_out / gamma0) * out.std(0) / jnp.sqrt(S))
+        cr["wts"] = wts.at[t, :p].set((y - f_t[:p]) / p)
+        return cr, None
+
+    cr, _ = jax.lax.scan(step, carry0, times)
+    flat = lambda a: a.reshape(a.shape[0], D, D)  # noqa: E731
+    st = {"f": cr["f"], "Phi": flat(cr["Phi"]), "G": flat(cr["G"]), "A": flat(cr["A"]), "B": flat(cr["B"])}
+    return st, {"f": cr["f_se"]}

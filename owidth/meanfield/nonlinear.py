@@ -75,9 +75,16 @@ def memory_bytes(mlp: MLP, *, samples: int, response_samples: int, tau: int, q: 
     """The arrays :func:`solve` carries through its scan (the peak is about twice this)."""
     L, n = mlp.depth, max(mlp.depth - 1, 0)
     d = tau * q
-    sets = 2 * n  # tangent sets: d/dr for layers 1..L-1, d/du for layers 2..L
+    histories = sum((k < L - 1) + (k >= 1) for k, _ in _tangent_sets(L).values())
     return itemsize * (2 * L * samples * d + 2 * n * samples**2 + (2 * L + 2 * n) * d * d
-                       + 2 * sets * response_samples * d * d)
+                       + histories * response_samples * d * d)
+
+
+def _tangent_sets(L: int) -> dict:
+    """Response tangents: d/d r^k for k = 0..L-2 (gives A^k), d/d u^k for k = 1..L-1 (gives B^{k-1})."""
+    sets = {f"{k}r": (k, "r") for k in range(L - 1)}
+    sets.update({f"{k}u": (k, "u") for k in range(1, L)})
+    return sets
 
 
 def _elementwise(fn):
@@ -98,19 +105,21 @@ def solve(mlp: MLP, eps, c, gamma0, kx, y, *, tau: int, p: int, response_samples
     chi = eps["chi"] @ _sqrtm(sig[0] ** 2 * kx)
     times = jnp.arange(tau)
     eye = jnp.eye(q, dtype=dt)
-    tangent_r = [l <= L - 2 for l in range(L)]  # layer l carries d/d r^l (for A^l)
-    tangent_u = [l >= 1 for l in range(L)]  # layer l carries d/d u^l (for B^{l-1})
-    sets = [(k, s) for k in range(L) for s, on in ((0, tangent_r[k]), (1, tangent_u[k])) if on]
-    slot = {ks: i for i, ks in enumerate(sets)}
+    sets = _tangent_sets(L)
     zeros = lambda *shape: jnp.zeros(shape, dt)  # noqa: E731
-
+    # Tangents of the response neurons, per set "k,s" (layer k, source s = "r" or "u"); every direction
+    # d = (s', nu) is one coordinate of that source. History is kept only where a dense two-time
+    # kernel needs it (the A-term of h^k for k >= 1, the B-term of z^k for k < L - 1); the
+    # first layer's h and the readout's z have separable kernels, summed in running accumulators.
     carry0 = {
         "ph": zeros(L, S, tau, q), "g": zeros(L, S, tau, q), "zl": zeros(S, tau),
         "Phi": zeros(L, tau, q, tau, q), "G": zeros(L, tau, q, tau, q),
         "A": zeros(max(L - 1, 0), tau, q, tau, q), "B": zeros(max(L - 1, 0), tau, q, tau, q),
         "f": zeros(tau, q), "f_se": zeros(tau, q), "wts": zeros(tau, q),
-        # tangent histories of the response neurons: (set, R, D, tau, Q) for phi and g
-        "dph": zeros(len(sets), R, D, tau, q), "dg": zeros(len(sets), R, D, tau, q),
+        "tph": {n: zeros(R, D, tau, q) for n, (k, _) in sets.items() if k < L - 1},
+        "tg": {n: zeros(R, D, tau, q) for n, (k, _) in sets.items() if k >= 1},
+        "acc_g": {n: zeros(R, D, q) for n, (k, _) in sets.items() if k == 0},
+        "acc_ph": {n: zeros(R, D) for n, (k, _) in sets.items() if k == L - 1},
     }
 
     def row(hist_t, hist):
@@ -121,69 +130,75 @@ def solve(mlp: MLP, eps, c, gamma0, kx, y, *, tau: int, p: int, response_samples
         k = k.at[l, t].set(r)
         return k.at[l, :, :, t, :].set(jnp.moveaxis(r, 0, 2))
 
+    def mean_row(tan):
+        """Response row from the tangents at time t, (R, D, Q) -> (Q, tau, Q)."""
+        return tan.mean(0).T.reshape(q, tau, q)
+
     def step(cr, t):
-        cr = dict(cr)
+        cr = {k: (dict(v) if isinstance(v, dict) else v) for k, v in cr.items()}
         past = (times < t).astype(dt)[None, :, None]  # (1, tau, 1) over s
         upto = (times <= t).astype(dt)[None, :, None]
         wts = cr["wts"]
         src_dir = ((times == t).astype(dt)[:, None, None] * eye[None]).reshape(D, q)  # d source(t) / d (s, nu)
-        hs = [None] * L
-
-        def tangent_forward(k, s, kh, dsrc):
-            """d h^k(t), d phi^k(t) for tangent set s (0: r, 1: u) of layer k."""
-            idx = slot[(k, s)]
-            dh = jnp.einsum("msn,rdsn->rdm", kh, cr["dg"][idx]) + dsrc
-            dph = d1[k](hs[k][:R])[:, None, :] * dh
-            cr["dph"] = cr["dph"].at[idx, :, :, t].set(dph)
-            return dh
-
-        dhs = {}
+        hs, zs, dh, dph, dg = [None] * L, [None] * L, {}, {}, {}
         for k in range(L):  # forward fields
             if k == 0:
                 acc = jnp.einsum("sn,isn->in", wts * past[0], cr["g"][0])
                 h = chi + c * sig[0] ** 2 * acc @ kx
-                kh0 = c * sig[0] ** 2 * kx[:, None, :] * (wts * past[0])[None]  # (Q, tau, Q)
             else:
                 kh = sig[k] ** 2 * (cr["A"][k - 1, t] + c * cr["Phi"][k - 1, t] * wts[None]) * past
                 u = sig[k] * eps["xi_u"][k - 1] @ cr["ph"][k - 1, :, t] / jnp.sqrt(S)
                 h = u + jnp.einsum("msn,isn->im", kh, cr["g"][k])
             hs[k] = h
             cr["ph"] = cr["ph"].at[k, :, t].set(phis[k](h))
-            kk = kh0 if k == 0 else kh
-            if tangent_r[k]:
-                dhs[(k, 0)] = tangent_forward(k, 0, kk, 0.0)
-            if tangent_u[k]:
-                dhs[(k, 1)] = tangent_forward(k, 1, kk, src_dir[None])
+            for n, (kk, src) in sets.items():
+                if kk != k:
+                    continue
+                if k == 0:
+                    dh[n] = c * sig[0] ** 2 * cr["acc_g"][n] @ kx
+                else:
+                    dh[n] = jnp.einsum("msn,rdsn->rdm", kh, cr["tg"][n]) + (src_dir[None] if src == "u" else 0.0)
+                dph[n] = d1[k](hs[k][:R])[:, None, :] * dh[n]
+                if n in cr["tph"]:
+                    cr["tph"][n] = cr["tph"][n].at[:, :, t].set(dph[n])
+                if src == "r":
+                    cr["A"] = cr["A"].at[k, t].set(mean_row(dph[n]))
             cr["Phi"] = set_sym(cr["Phi"], k, t, row(cr["ph"][k, :, t], cr["ph"][k]))
-            if tangent_r[k]:
-                cr["A"] = cr["A"].at[k, t].set(jnp.moveaxis(cr["dph"][slot[(k, 0)], :, :, t].mean(0), 0, 1).reshape(q, tau, q))
         cr["zl"] = cr["zl"].at[:, t].set(eps["w"] + c * jnp.einsum("sn,isn->i", wts * past[0], cr["ph"][L - 1]))
         for k in reversed(range(L)):  # backward fields
             if k == L - 1:
                 z = jnp.broadcast_to(cr["zl"][:, t, None], (S, q))
-                kz = c * jnp.broadcast_to((wts * past[0])[None], (q, tau, q))
             else:
                 kz = sig[k + 1] ** 2 * (cr["B"][k, t] * upto + c * cr["G"][k + 1, t] * wts[None] * past)
                 r = sig[k + 1] * eps["xi_r"][k] @ cr["g"][k + 1, :, t] / jnp.sqrt(S)
                 z = r + jnp.einsum("msn,isn->im", kz, cr["ph"][k])
+            zs[k] = z
             g = d1[k](hs[k]) * z
             cr["g"] = cr["g"].at[k, :, t].set(g)
-            for s, on in ((0, tangent_r[k]), (1, tangent_u[k])):
-                if not on:
+            for n, (kk, src) in sets.items():
+                if kk != k:
                     continue
-                idx = slot[(k, s)]
-                dz = jnp.einsum("msn,rdsn->rdm", kz, cr["dph"][idx]) + (src_dir[None] if s == 0 else 0.0)
+                if k == L - 1:
+                    dz = c * cr["acc_ph"][n][..., None]
+                else:
+                    dz = jnp.einsum("msn,rdsn->rdm", kz, cr["tph"][n]) + (src_dir[None] if src == "r" else 0.0)
                 hr, zr = hs[k][:R, None, :], z[:R, None, :]
-                dg = d2[k](hr) * zr * dhs[(k, s)] + d1[k](hr) * dz
-                cr["dg"] = cr["dg"].at[idx, :, :, t].set(dg)
+                dg[n] = d2[k](hr) * zr * dh[n] + d1[k](hr) * dz
+                if n in cr["tg"]:
+                    cr["tg"][n] = cr["tg"][n].at[:, :, t].set(dg[n])
+                if src == "u":
+                    cr["B"] = cr["B"].at[k - 1, t].set(mean_row(dg[n]))
             cr["G"] = set_sym(cr["G"], k, t, row(g, cr["g"][k]))
-            if tangent_u[k]:
-                cr["B"] = cr["B"].at[k - 1, t].set(jnp.moveaxis(cr["dg"][slot[(k, 1)], :, :, t].mean(0), 0, 1).reshape(q, tau, q))
         out = cr["zl"][:, t, None] * cr["ph"][L - 1, :, t] - cr["zl"][:, 0, None] * cr["ph"][L - 1, :, 0]
         f_t = (mlp.c_out / gamma0) * out.mean(0)
         cr["f"] = cr["f"].at[t].set(f_t)
         cr["f_se"] = cr["f_se"].at[t].set((mlp.c_out / gamma0) * out.std(0) / jnp.sqrt(S))
-        cr["wts"] = wts.at[t, :p].set((y - f_t[:p]) / p)
+        w_t = jnp.zeros(q, dt).at[:p].set((y - f_t[:p]) / p)
+        cr["wts"] = wts.at[t].set(w_t)
+        for n in cr["acc_g"]:  # the separable sums now include step t (used from step t + 1 on)
+            cr["acc_g"][n] = cr["acc_g"][n] + w_t[None, None] * dg[n]
+        for n in cr["acc_ph"]:
+            cr["acc_ph"][n] = cr["acc_ph"][n] + dph[n] @ w_t
         return cr, None
 
     cr, _ = jax.lax.scan(step, carry0, times)

@@ -162,7 +162,8 @@ def run_dmft(out: pathlib.Path, args, env) -> list[dict]:
     for r in report["rows"]:
         total = r["compile_s"] + r["run_s"]
         headline = r["P"] == 100 and r["T"] == 100
-        mc = f", {r['samples']} MC samples" if r["samples"] else " (exact)"
+        mc = (f", {r['samples']} MC samples ({r.get('response_samples', 64)} response)" if r["samples"]
+              else " (exact)")
         rows.append(_row("dmft", f"{r['workload']} 2-hidden-layer MLP, P={r['P']} T={r['T']}{mc}; compile + run",
                          total, None, r["peak_mb"], None, f"< {DMFT_TARGET_S:g} s" if headline else "-",
                          (total < DMFT_TARGET_S) if headline else None))

@@ -3,6 +3,7 @@
 import math
 import os
 
+import jax
 import numpy as np
 import pytest
 
@@ -137,6 +138,23 @@ def test_tanh_lazy_limit_is_ntk_gradient_descent():
         z = (got - np.asarray(want))[1:] / se[1:]
         assert np.all(np.abs(z) < 4.5), z
     assert np.abs(r.ntk[0] - k.ntk).max() < 0.05 * np.abs(k.ntk).max()  # sampled K(0) vs the analytic NTK
+
+
+def test_causal_blocks_change_nothing(monkeypatch):
+    """The sweep runs the tangents on growing leading corners (causality); one block gives the same numbers."""
+    from owidth.meanfield import nonlinear
+
+    x, y, _, _ = _data(p=8, d=3, m=0)
+    kw = dict(gamma0=1.0, lr=0.3, steps=40, samples=200, response_samples=16, replicas=1, seed=2)
+    assert len(nonlinear._blocks(41, 8)) > 1
+    blocked = ow.dmft(TANH, x, y, **kw)
+    calls = []
+    monkeypatch.setattr(nonlinear, "_blocks", lambda tau, q: calls.append(tau) or [tau])
+    jax.clear_caches()  # retrace the jitted sweep with one block
+    whole = ow.dmft(TANH, x, y, **kw)
+    assert calls == [41]
+    np.testing.assert_allclose(blocked.f_train, whole.f_train, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(blocked.phi, whole.phi, rtol=0, atol=1e-12)
 
 
 def test_monte_carlo_sweep_refuses_iteration_settings_and_huge_problems():

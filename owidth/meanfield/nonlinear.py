@@ -47,6 +47,7 @@ response neuron, is what bounds ``tau Q`` to about a thousand).
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -87,6 +88,12 @@ def _tangent_sets(L: int) -> dict:
     return sets
 
 
+def _blocks(tau: int, q: int) -> list[int]:
+    """Ends of the time blocks: about one per 256 tangent directions, at most 8 (compile time grows with them)."""
+    nb = max(1, min(8, tau, math.ceil(tau * q / 256)))
+    return [math.ceil((b + 1) * tau / nb) for b in range(nb)]
+
+
 def _elementwise(fn):
     return lambda a: fn(a.reshape(-1)).reshape(a.shape)
 
@@ -116,10 +123,10 @@ def solve(mlp: MLP, eps, c, gamma0, kx, y, *, tau: int, p: int, response_samples
         "Phi": zeros(L, tau, q, tau, q), "G": zeros(L, tau, q, tau, q),
         "A": zeros(max(L - 1, 0), tau, q, tau, q), "B": zeros(max(L - 1, 0), tau, q, tau, q),
         "f": zeros(tau, q), "f_se": zeros(tau, q), "wts": zeros(tau, q),
-        "tph": {n: zeros(R, D, tau, q) for n, (k, _) in sets.items() if k < L - 1},
-        "tg": {n: zeros(R, D, tau, q) for n, (k, _) in sets.items() if k >= 1},
-        "acc_g": {n: zeros(R, D, q) for n, (k, _) in sets.items() if k == 0},
-        "acc_ph": {n: zeros(R, D) for n, (k, _) in sets.items() if k == L - 1},
+        "tph": {n: zeros(R, 0, 0, q) for n, (k, _) in sets.items() if k < L - 1},
+        "tg": {n: zeros(R, 0, 0, q) for n, (k, _) in sets.items() if k >= 1},
+        "acc_g": {n: zeros(R, 0, q) for n, (k, _) in sets.items() if k == 0},
+        "acc_ph": {n: zeros(R, 0) for n, (k, _) in sets.items() if k == L - 1},
     }
 
     def row(hist_t, hist):
@@ -130,16 +137,18 @@ def solve(mlp: MLP, eps, c, gamma0, kx, y, *, tau: int, p: int, response_samples
         k = k.at[l, t].set(r)
         return k.at[l, :, :, t, :].set(jnp.moveaxis(r, 0, 2))
 
-    def mean_row(tan):
-        """Response row from the tangents at time t, (R, D, Q) -> (Q, tau, Q)."""
-        return tan.mean(0).T.reshape(q, tau, q)
-
-    def step(cr, t):
+    def step(cr, t, tp):
+        """Step t; the tangents live on the first tp times (directions and history): all are zero beyond."""
         cr = {k: (dict(v) if isinstance(v, dict) else v) for k, v in cr.items()}
         past = (times < t).astype(dt)[None, :, None]  # (1, tau, 1) over s
         upto = (times <= t).astype(dt)[None, :, None]
         wts = cr["wts"]
-        src_dir = ((times == t).astype(dt)[:, None, None] * eye[None]).reshape(D, q)  # d source(t) / d (s, nu)
+        src_dir = ((times[:tp] == t).astype(dt)[:, None, None] * eye[None]).reshape(tp * q, q)  # d source(t)/d(s, nu)
+
+        def mean_row(tan):
+            """Response row from the tangents at time t, (R, tp Q, Q) -> (Q, tau, Q)."""
+            return jnp.zeros((q, tau, q), dt).at[:, :tp].set(tan.mean(0).T.reshape(q, tp, q))
+
         hs, zs, dh, dph, dg = [None] * L, [None] * L, {}, {}, {}
         for k in range(L):  # forward fields
             if k == 0:
@@ -157,7 +166,7 @@ def solve(mlp: MLP, eps, c, gamma0, kx, y, *, tau: int, p: int, response_samples
                 if k == 0:
                     dh[n] = c * sig[0] ** 2 * cr["acc_g"][n] @ kx
                 else:
-                    dh[n] = jnp.einsum("msn,rdsn->rdm", kh, cr["tg"][n]) + (src_dir[None] if src == "u" else 0.0)
+                    dh[n] = jnp.einsum("msn,rdsn->rdm", kh[:, :tp], cr["tg"][n]) + (src_dir[None] if src == "u" else 0.0)
                 dph[n] = d1[k](hs[k][:R])[:, None, :] * dh[n]
                 if n in cr["tph"]:
                     cr["tph"][n] = cr["tph"][n].at[:, :, t].set(dph[n])
@@ -181,7 +190,7 @@ def solve(mlp: MLP, eps, c, gamma0, kx, y, *, tau: int, p: int, response_samples
                 if k == L - 1:
                     dz = c * cr["acc_ph"][n][..., None]
                 else:
-                    dz = jnp.einsum("msn,rdsn->rdm", kz, cr["tph"][n]) + (src_dir[None] if src == "r" else 0.0)
+                    dz = jnp.einsum("msn,rdsn->rdm", kz[:, :tp], cr["tph"][n]) + (src_dir[None] if src == "r" else 0.0)
                 hr, zr = hs[k][:R, None, :], z[:R, None, :]
                 dg[n] = d2[k](hr) * zr * dh[n] + d1[k](hr) * dz
                 if n in cr["tg"]:
@@ -201,7 +210,18 @@ def solve(mlp: MLP, eps, c, gamma0, kx, y, *, tau: int, p: int, response_samples
             cr["acc_ph"][n] = cr["acc_ph"][n] + dph[n] @ w_t
         return cr, None
 
-    cr, _ = jax.lax.scan(step, carry0, times)
+    # Causality: at steps t < tp every tangent is zero in directions (s', nu) with s' >= tp and at
+    # times >= tp, so the steps run in blocks, each on the tangents' leading tp x tp corner.
+    cr = carry0
+    ends = _blocks(tau, q)
+    for start, end in zip([0] + ends[:-1], ends):
+        def grow(a, axes):
+            return jnp.pad(a, [(0, end * q - a.shape[i]) if i == axes[0] else
+                               (0, end - a.shape[i]) if i in axes[1:] else (0, 0) for i in range(a.ndim)])
+
+        for name, axes in (("tph", (1, 2)), ("tg", (1, 2)), ("acc_g", (1,)), ("acc_ph", (1,))):
+            cr[name] = {n: grow(a, axes) for n, a in cr[name].items()}
+        cr, _ = jax.lax.scan(functools.partial(step, tp=end), cr, times[start:end])
     flat = lambda a: a.reshape(a.shape[0], D, D)  # noqa: E731
     st = {"f": cr["f"], "Phi": flat(cr["Phi"]), "G": flat(cr["G"]), "A": flat(cr["A"]), "B": flat(cr["B"])}
     return st, {"f": cr["f_se"]}

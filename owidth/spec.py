@@ -166,6 +166,14 @@ class Layer:
 # --------------------------------------------------------------------------- #
 # Dense
 # --------------------------------------------------------------------------- #
+def _enter_weights(ks: KState, fixed_message: str) -> tuple[KState, bool]:
+    """Kernel of a weight layer's input: refuse a fixed-width (out=k) input; also say whether it is the
+    network's input (whose incoming NTK is zero)."""
+    if ks.fixed:
+        raise ValueError(fixed_message)
+    return ks.materialize(), ks.is_input
+
+
 @dataclasses.dataclass(frozen=True)
 class Dense(Layer):
     """Fully connected layer ``z = W x + b`` in the NTK convention.
@@ -200,13 +208,9 @@ class Dense(Layer):
         return True
 
     def _kernel(self, ks: KState) -> KState:
-        if ks.fixed:
-            raise ValueError(
-                "ow.kernel: a Dense layer follows a Dense(out=k) layer. The infinite-width kernel "
-                "needs every layer but the readout to be hidden: leave out=None on all but the last Dense."
-            )
-        first = ks.is_input  # the incoming NTK is zero
-        ks = ks.materialize()
+        ks, first = _enter_weights(
+            ks, "ow.kernel: a Dense layer follows a Dense(out=k) layer. The infinite-width kernel "
+            "needs every layer but the readout to be hidden: leave out=None on all but the last Dense.")
         w2, b2 = self.w_std**2, self.b_std**2
         nngp = w2 * ks.nngp + b2
         ntk = None if ks.ntk is None else nngp if first else w2 * ks.ntk + nngp

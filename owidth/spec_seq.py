@@ -24,7 +24,7 @@ import numpy as np
 
 from owidth.kernels.state import KState, self_var
 from owidth.param import Role
-from owidth.spec import Dim, FiniteCtx, Layer, _check_std, init_weights
+from owidth.spec import Dim, FiniteCtx, Layer, _check_std, _enter_weights, init_weights
 
 __all__ = ["Embedding", "Attention", "TakePosition", "transformer"]
 
@@ -198,10 +198,8 @@ class Attention(Layer):
         return True
 
     def _kernel(self, ks: KState) -> KState:
-        if ks.fixed:
-            raise ValueError("ow.kernel: Attention follows a layer with a fixed out=k; leave out=None before it")
-        first = ks.is_input
-        ks = ks.materialize()
+        ks, first = _enter_weights(
+            ks, "ow.kernel: Attention follows a layer with a fixed out=k; leave out=None before it")
         if len(ks.spatial) != 1 or not ks.full:
             raise ValueError(f"ow.kernel: Attention needs (batch, length, features) sequences or Embedding tokens; "
                              f"its input here has spatial shape {ks.spatial}")

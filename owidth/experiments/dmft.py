@@ -115,16 +115,19 @@ def _run(*, out: pathlib.Path, quick: bool, seed: int) -> dict:
 
     # ---- tanh: Monte Carlo DMFT at gamma0 = 1 ----------------------------------------------------
     gt = 1.0
-    pt, tt = (6, 8) if quick else (8, 20)
+    pt, tt = (6, 8) if quick else (p, steps)  # full run: the deep-linear problem itself
     xt_, yt_ = x[:pt], y[:pt]
-    mc = dict(samples=300, response_samples=64, replicas=3) if quick else dict(samples=1000, response_samples=128,
-                                                                               replicas=4)
+    mc = dict(samples=500, response_samples=64, replicas=4) if quick else dict(samples=4000, response_samples=128,
+                                                                               replicas=16)
     t1 = time.perf_counter()
     rt = ow.dmft(tanh, xt_, yt_, gamma0=gt, lr=0.5, steps=tt, seed=seed, **mc)
     tanh_solve_s = time.perf_counter() - t1
     ft_net, _ = _finite(tanh, xt_, yt_, widths=widths, seeds=seeds, gamma0=gt, lr=0.5, steps=tt)
     tdist = _distance(ft_net, rt.f_train)
     fits["tanh_gamma0_1.0"] = fit_loglog(np.array(widths, float), tdist, seed=seed)
+    # the per-seed spread alone (no DMFT in it): finite-width fluctuations ~ width^-1/2
+    tfluct = np.sqrt(ft_net.var(1, ddof=1).mean((-2, -1)))  # (W,)
+    tfluct_slope = float(np.polyfit(np.log(widths), np.log(tfluct), 1)[0])
     mean_net = ft_net[-1].mean(0)
     z = (mean_net - rt.f_train) / np.sqrt(rt.f_train_se**2 + ft_net[-1].var(0, ddof=1) / seeds)
     tanh_z = float(np.max(np.abs(z[1:])))  # step 0 is exactly 0 on both sides (centred outputs)
@@ -169,6 +172,7 @@ def _run(*, out: pathlib.Path, quick: bool, seed: int) -> dict:
                         label=f"linear gamma0={g:g} ({fits[key]['slope']:+.2f})")
     ax[0, 1].loglog(w, tdist.mean(1), "s--", color="C2",
                     label=f"tanh gamma0=1 ({fits['tanh_gamma0_1.0']['slope']:+.2f})")
+    ax[0, 1].loglog(w, tfluct, "^:", color="C2", alpha=0.7, label=f"tanh per-seed spread ({tfluct_slope:+.2f})")
     ax[0, 1].loglog(w, dist[2].mean(1)[0] * (w / w[0]) ** -0.5, "k:", lw=1, label="width^-1/2")
     ax[0, 1].set(xlabel="width", ylabel="RMS |f_net - f_DMFT| over the trajectory", title="distance to the DMFT")
     ax[0, 1].set_xticks(widths, [str(v) for v in widths], minor=False)
@@ -200,11 +204,12 @@ def _run(*, out: pathlib.Path, quick: bool, seed: int) -> dict:
     gain = {f"{g:g}": float(align[i, -1] - align[i, 0]) for i, g in enumerate(GAMMAS)}
     print(f"dmft: lazy DMFT vs NTK gradient descent: {lazy_err:.2e} relative; distance slopes "
           + ", ".join(f"{k} {v['slope']:+.2f}±{v['slope_se']:.2f}" for k, v in fits.items())
-          + f"; tanh mean-output |z| max {tanh_z:.2f}")
+          + f"; tanh per-seed fluctuation slope {tfluct_slope:+.2f}; tanh mean-output |z| max {tanh_z:.2f}")
     return {
         "widths": widths, "gammas": list(GAMMAS), "lazy_relative_error": lazy_err, "fits": fits,
         "kernel_fits": kfits, "loss_at_half": loss_at, "alignment_gain": gain, "tanh_max_abs_z": tanh_z,
-        "tanh_f_se_max": float(rt.f_train_se.max()), "solve_seconds_linear": solve_s,
+        "tanh_f_se_max": float(rt.f_train_se.max()), "tanh_fluctuation_slope": tfluct_slope,
+        "tanh_problem": {"P": pt, "T": tt, **mc}, "solve_seconds_linear": solve_s,
         "solve_seconds_tanh": tanh_solve_s, "total_seconds": time.perf_counter() - t0,
         "files": ["dmft.nc", "dmft.png", "summary.json"],
     }

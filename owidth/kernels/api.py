@@ -285,10 +285,8 @@ def _tiled(net, x1, x2, get, size: int) -> Kernel:
     shard = NamedSharding(mesh, PartitionSpec("tiles"))
 
     def tiles(x):
-        n = x.shape[0]
-        t = -(-n // size)
-        pad = jnp.concatenate([x, jnp.repeat(x[-1:], t * size - n, axis=0)]) if t * size > n else x
-        return pad.reshape((t, size) + x.shape[1:]), t
+        b = _blocks(x, size)
+        return b, b.shape[0]
 
     def run(pairs, ta, tb):
         """Kernels of the blocks ``pairs`` [(I, J)], ``len(devices)`` at a time (tb None: diagonal blocks)."""

@@ -18,9 +18,10 @@ causal mask, the single-site equations are
 
 These equations are causal: the fields of every neuron at step ``t`` need the kernels and
 responses only at ``(t, s)`` with ``s <= t``, and those need only the fields up to ``t``.
-So a population of ``S`` Monte Carlo neurons per layer is advanced one step at a time, layer by layer (forward
-fields ``h`` for ``l = 1..L``, then backward fields ``z`` for ``l = L..1``), and each new row
-``(t, .)`` of the kernels is averaged from the population as soon as its fields exist:
+So a population of ``S`` Monte Carlo neurons per layer is advanced one step at a time,
+layer by layer (forward fields ``h`` for ``l = 1..L``, then backward fields ``z`` for
+``l = L..1``), and each new row ``(t, .)`` of the kernels is averaged from the population
+as soon as its fields exist:
 
 * Gaussian sources with the population's own kernel, causally: ``u^{l+1}_j(t) = sigma_{l+1}
   S^{-1/2} sum_i Xi_{ji} phi(h^l_i(t))`` with fixed ``Xi_{ji} ~ N(0, 1)`` (independent of
@@ -30,7 +31,10 @@ fields ``h`` for ``l = 1..L``, then backward fields ``z`` for ``l = L..1``), and
 * Responses ``A^l(t, s) = <d phi(h^l(t)) / d r^l(s)>`` and ``B^l(t, s) = <d g^{l+1}(t) / d
   u^{l+1}(s)>`` pathwise: the first ``S_r`` neurons carry forward-mode tangents of their
   fields with respect to every coordinate ``(s, nu)`` of their own source (the kernels held
-  fixed, as in the DMFT), updated by the linearised single-site equations.
+  fixed, as in the DMFT), updated by the linearised single-site equations. The first
+  layer's ``h`` and the readout's ``z`` have separable kernels, so their tangents need only
+  running sums; by causality a tangent in direction ``(s, nu)`` vanishes before ``s``, so
+  the steps run in time blocks, each on the tangents' leading corner.
 
 There is no fixed-point iteration: for the given draws this is the fixed point that Picard
 iteration of the whole trajectory converges to (one more exact step per iteration), reached
@@ -40,8 +44,10 @@ with it within Monte Carlo error.)
 
 Cost with ``Q`` points, ``tau = T + 1`` times and ``L`` hidden layers: fields and kernels
 ``O(L S tau^2 Q^2 + L S^2 tau Q)``; responses ``O((L - 1) S_r tau^3 Q^3)``; memory ``O(L S
-tau Q + L S^2 + L (tau Q)^2 + (L - 1) S_r (tau Q)^2)`` (the last term, one Jacobian per
-response neuron, is what bounds ``tau Q`` to about a thousand).
+tau Q + L S^2 + L (tau Q)^2 + (L - 1) S_r (tau Q)^2)`` (:func:`memory_bytes`). The last
+terms, one ``tau Q x tau Q`` Jacobian per response neuron, bound ``tau Q`` to a few
+thousand on a CPU: exact responses at ``P = T = 100`` (``tau Q = 10100``) would need
+``2 x 64 x 10100^2`` float64 numbers (104 GB) for 64 response neurons.
 """
 
 from __future__ import annotations

@@ -183,6 +183,12 @@ def test_causal_blocks_change_nothing(monkeypatch):
 
 def test_monte_carlo_sweep_refuses_iteration_settings_and_huge_problems():
     x, y, _, _ = _data(p=4, d=3, m=0)
+    relu = ow.serial(ow.Dense(), ow.Relu(), ow.Dense(), ow.Relu(), ow.Dense(out=1))
+    with pytest.raises(ValueError, match="kinked activation"):
+        ow.dmft(relu, x, y, gamma0=1.0, lr=0.3, steps=4)
+    one = ow.dmft(ow.serial(ow.Dense(), ow.Relu(), ow.Dense(out=1)), x, y, gamma0=1.0, lr=0.3, steps=4, samples=200,
+                  replicas=2)  # one hidden layer: no responses, Relu is fine
+    assert one.train_loss[-1] < one.train_loss[0]
     with pytest.raises(ValueError, match="no iteration"):
         ow.dmft(TANH, x, y, gamma0=1.0, lr=0.3, steps=4, damping=0.5)
     big = np.tile(x, (25, 1))  # 100 points, 100 steps: response Jacobians of (101 * 100)^2 entries each

@@ -79,7 +79,7 @@ def draws(key, mlp: MLP, samples: int, q: int, dtype):
 
 
 def memory_bytes(mlp: MLP, *, samples: int, response_samples: int, tau: int, q: int, itemsize: int) -> int:
-    """The arrays :func:`solve` carries through its scan (the peak is about twice this)."""
+    """The arrays :func:`solve` carries through its scan (measured peak RSS: 2.5-3x this, plus the process)."""
     L, n = mlp.depth, max(mlp.depth - 1, 0)
     d = tau * q
     histories = sum((k < L - 1) + (k >= 1) for k, _ in _tangent_sets(L).values())

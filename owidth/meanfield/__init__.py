@@ -83,8 +83,10 @@ class DMFTResult:
         ``tau P > two_time_limit``.
       f_train_se, f_test_se, train_loss_se, phi_se: Monte Carlo standard errors (spread of
         independent replicas / sqrt(replicas)); zeros for the exact linear solver.
-      method: ``"exact-linear"`` or ``"monte-carlo"``. iterations, residual, converged: the iteration.
-      gamma0, lr, steps, samples, replicas, damping: the settings (damping: the one that converged).
+      method: ``"exact-linear"`` or ``"monte-carlo"``. iterations, residual, converged: the
+        exact solver's Picard iteration (the Monte Carlo sweep: 1, 0.0, True).
+      gamma0, lr, steps, samples, replicas, damping: the settings (damping: the one that converged;
+        0 for the Monte Carlo sweep).
     """
 
     f_train: np.ndarray

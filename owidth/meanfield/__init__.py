@@ -404,8 +404,7 @@ def _solve_mc(*, mlp, x, y, xt, gamma0, lr, steps, samples, response_samples, tw
     kx = jnp.asarray(xa @ xa.T / xa.shape[1])
     c = gamma0 * lr * mlp.w_std[-1] / math.sqrt(mlp.base_width)
     eps = nonlinear.draws(key, mlp, samples, q, kx.dtype)
-    st, se = nonlinear.solve(mlp, eps, c, gamma0, kx, jnp.asarray(y), tau=tau, p=p,
-                             response_samples=response_samples)
+    st = nonlinear.solve(mlp, eps, c, gamma0, kx, jnp.asarray(y), tau=tau, p=p, response_samples=response_samples)
     st = {k: np.asarray(v) for k, v in st.items()}
     if not all(np.all(np.isfinite(v)) for v in st.values()):
         first = int(np.argmax(~np.all(np.isfinite(st["f"]), axis=1))) if not np.all(np.isfinite(st["f"])) else steps

@@ -106,7 +106,7 @@ def _elementwise(fn):
 
 @functools.partial(jax.jit, static_argnames=("mlp", "tau", "p", "response_samples"))
 def solve(mlp: MLP, eps, c, gamma0, kx, y, *, tau: int, p: int, response_samples: int):
-    """The whole trajectory: ``f`` (tau, Q), its standard error, kernels (L, tau Q, tau Q), responses."""
+    """The whole trajectory: ``f`` (tau, Q), kernels ``Phi``, ``G`` (L, tau Q, tau Q), responses ``A``, ``B``."""
     q = kx.shape[0]
     L, sig = mlp.depth, mlp.w_std
     S, R = eps["chi"].shape[0], response_samples
@@ -128,7 +128,7 @@ def solve(mlp: MLP, eps, c, gamma0, kx, y, *, tau: int, p: int, response_samples
         "ph": zeros(L, S, tau, q), "g": zeros(L, S, tau, q), "zl": zeros(S, tau),
         "Phi": zeros(L, tau, q, tau, q), "G": zeros(L, tau, q, tau, q),
         "A": zeros(max(L - 1, 0), tau, q, tau, q), "B": zeros(max(L - 1, 0), tau, q, tau, q),
-        "f": zeros(tau, q), "f_se": zeros(tau, q), "wts": zeros(tau, q),
+        "f": zeros(tau, q), "wts": zeros(tau, q),
         "tph": {n: zeros(R, 0, 0, q) for n, (k, _) in sets.items() if k < L - 1},
         "tg": {n: zeros(R, 0, 0, q) for n, (k, _) in sets.items() if k >= 1},
         "acc_g": {n: zeros(R, 0, q) for n, (k, _) in sets.items() if k == 0},
@@ -207,7 +207,6 @@ def solve(mlp: MLP, eps, c, gamma0, kx, y, *, tau: int, p: int, response_samples
         out = cr["zl"][:, t, None] * cr["ph"][L - 1, :, t] - cr["zl"][:, 0, None] * cr["ph"][L - 1, :, 0]
         f_t = (mlp.c_out / gamma0) * out.mean(0)
         cr["f"] = cr["f"].at[t].set(f_t)
-        cr["f_se"] = cr["f_se"].at[t].set((mlp.c_out / gamma0) * out.std(0) / jnp.sqrt(S))
         w_t = jnp.zeros(q, dt).at[:p].set((y - f_t[:p]) / p)
         cr["wts"] = wts.at[t].set(w_t)
         for n in cr["acc_g"]:  # the separable sums now include step t (used from step t + 1 on)
@@ -230,4 +229,4 @@ def solve(mlp: MLP, eps, c, gamma0, kx, y, *, tau: int, p: int, response_samples
         cr, _ = jax.lax.scan(functools.partial(step, tp=end), cr, times[start:end])
     flat = lambda a: a.reshape(a.shape[0], D, D)  # noqa: E731
     st = {"f": cr["f"], "Phi": flat(cr["Phi"]), "G": flat(cr["G"]), "A": flat(cr["A"]), "B": flat(cr["B"])}
-    return st, {"f": cr["f_se"]}
+    return st

@@ -166,6 +166,16 @@ class Layer:
 # --------------------------------------------------------------------------- #
 # Dense
 # --------------------------------------------------------------------------- #
+class WeightLayer(Layer):
+    """A layer that owns weights and ends in them (Dense, Conv, Embedding, Attention)."""
+
+    def _has_weights(self) -> bool:
+        return True
+
+    def _ends_in_weights(self) -> bool:
+        return True
+
+
 def _enter_weights(ks: KState, fixed_message: str) -> tuple[KState, bool]:
     """Kernel of a weight layer's input: refuse a fixed-width (out=k) input; also say whether it is the
     network's input (whose incoming NTK is zero)."""
@@ -175,7 +185,7 @@ def _enter_weights(ks: KState, fixed_message: str) -> tuple[KState, bool]:
 
 
 @dataclasses.dataclass(frozen=True)
-class Dense(Layer):
+class Dense(WeightLayer):
     """Fully connected layer ``z = W x + b`` in the NTK convention.
 
     ``W_ij ~ N(0, w_std^2 / fan_in)``, ``b_i ~ N(0, b_std^2)`` at
@@ -200,12 +210,6 @@ class Dense(Layer):
 
     def __post_init__(self):
         _check_weight_layer(self)
-
-    def _has_weights(self) -> bool:
-        return True
-
-    def _ends_in_weights(self) -> bool:
-        return True
 
     def _kernel(self, ks: KState) -> KState:
         ks, first = _enter_weights(

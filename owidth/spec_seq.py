@@ -24,7 +24,7 @@ import numpy as np
 
 from owidth.kernels.state import KState, self_var
 from owidth.param import Role
-from owidth.spec import Dim, FiniteCtx, Layer, _check_std, _enter_weights, init_weights
+from owidth.spec import Dim, FiniteCtx, Layer, WeightLayer, _check_std, _enter_weights, init_weights
 
 __all__ = ["Embedding", "Attention", "TakePosition", "transformer"]
 
@@ -39,7 +39,7 @@ def _positive(cls: str, name: str, value) -> int:
 # Embedding
 # --------------------------------------------------------------------------- #
 @dataclasses.dataclass(frozen=True)
-class Embedding(Layer):
+class Embedding(WeightLayer):
     """Token embedding (input layer): ``h[s] = w_std E[tok_s] + pos_std P[s]``.
 
     ``E`` (``vocab x width``) and ``P`` (``length x width``, the learned
@@ -66,12 +66,6 @@ class Embedding(Layer):
         object.__setattr__(self, "vocab", _positive("Embedding", "vocab", self.vocab))
         object.__setattr__(self, "w_std", _check_std("Embedding", "w_std", self.w_std))
         object.__setattr__(self, "pos_std", _check_std("Embedding", "pos_std", self.pos_std))
-
-    def _has_weights(self) -> bool:
-        return True
-
-    def _ends_in_weights(self) -> bool:
-        return True
 
     def _kernel(self, ks: KState) -> KState:
         if not ks.is_input or ks.x1.ndim != 2:
@@ -142,7 +136,7 @@ def causal_mean(length: int, dtype) -> jax.Array:
 
 
 @dataclasses.dataclass(frozen=True)
-class Attention(Layer):
+class Attention(WeightLayer):
     """Multi-head causal self-attention on ``(batch, length, features)``.
 
     Finite network at width ``n`` (``heads`` heads of dimension ``d = n / heads``):
@@ -190,12 +184,6 @@ class Attention(Layer):
         object.__setattr__(self, "qk_std", _check_std("Attention", "qk_std", self.qk_std))
 
     _mixes_positions = True
-
-    def _has_weights(self) -> bool:
-        return True
-
-    def _ends_in_weights(self) -> bool:
-        return True
 
     def _kernel(self, ks: KState) -> KState:
         ks, first = _enter_weights(

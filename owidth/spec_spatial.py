@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from owidth.kernels import spatial as sp
 from owidth.kernels.state import KState, self_var
 from owidth.param import Role
-from owidth.spec import Dim, FiniteCtx, Layer, _check_weight_layer, init_weights
+from owidth.spec import Dim, FiniteCtx, Layer, WeightLayer, _check_weight_layer, init_weights
 
 __all__ = ["Conv", "AvgPool", "Flatten", "GlobalAvgPool", "needs_full_pixels"]
 
@@ -78,7 +78,7 @@ def _int_tuple(cls: str, name: str, value, n: int | None = None) -> tuple[int, .
 
 
 @dataclasses.dataclass(frozen=True)
-class Conv(Layer):
+class Conv(WeightLayer):
     """Convolution over the spatial axes of channels-last inputs, NTK convention.
 
     ``z = (w_std / sqrt(prod(filter_shape) * C_in)) W * x + b_std b`` with
@@ -106,12 +106,6 @@ class Conv(Layer):
         object.__setattr__(self, "strides", _int_tuple("Conv", "strides", self.strides or 1, len(fs)))
         if self.padding not in ("SAME", "VALID"):
             raise ValueError(f"Conv(padding={self.padding!r}) must be 'SAME' or 'VALID'")
-
-    def _has_weights(self) -> bool:
-        return True
-
-    def _ends_in_weights(self) -> bool:
-        return True
 
     def _kernel(self, ks: KState) -> KState:
         """CNTK rule (Arora et al. 2019; Novak et al. 2019), ``|F|`` the filter size:

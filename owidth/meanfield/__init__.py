@@ -176,9 +176,9 @@ def dmft(net, x_train, y_train, *, gamma0: float, lr: float, steps: int, param: 
       samples: Monte Carlo neurons per replica. response_samples: how many of them carry the
         pathwise response Jacobians. replicas: independent replicas; the result is their mean
         and the ``*_se`` fields their spread / sqrt(replicas). That is the statistical error;
-        Monte Carlo DMFT also has a bias of order ``1 / samples`` (measured on a small deep
-        linear net: 1e-3 of the output at 1000 samples, 1e-4 at 8000), which replicas do not
-        reveal: raise ``samples`` for it.
+        Monte Carlo DMFT also has a bias of order ``1 / samples`` (measured on a small linear
+        net: about 1e-3 on outputs of order 0.5 at 1000 samples, 1e-4 at 8000), which replicas
+        do not reveal: raise ``samples`` for it.
       damping, tol, max_iter: the fixed-point iteration of the exact deep-linear solver (the
         Monte Carlo solver is one causal sweep over time, so it refuses them).
         damping: ``state <- damping state + (1 - damping) map(state)``; default 0, retried with
@@ -201,9 +201,9 @@ def dmft(net, x_train, y_train, *, gamma0: float, lr: float, steps: int, param: 
     ``O(L T P^2)`` memory. Monte Carlo (one replica, one sweep, Q = train + test points):
     ``O(S (T Q)^2 + S^2 T Q)`` for the fields and kernels and ``O(S_r (T Q)^3)`` for the
     response Jacobians, with ``O(S T Q + S^2 + S_r (T Q)^2)`` memory; with 1000 samples and
-    64 response samples: P = 8, T = 20 in 0.13 s; P = 10, T = 100 in 7.0 s (2.7 GiB peak);
+    64 response samples: P = 8, T = 20 in 0.13 s; P = 10, T = 100 in 7.0 s (2.6 GiB peak);
     P = 20, T = 50 in 4.8 s. The ``S_r (T Q)^2`` Jacobians make P = T = 100 (T Q = 10^4) out of
-    reach on a CPU (about 100 GB); the solver refuses, before compiling, problems whose estimated
+    reach on a CPU (102 GiB of carried arrays at S_r = 64); the solver refuses, before compiling, problems whose estimated
     peak exceeds 80% of the machine's memory.
     """
     where = "ow.dmft"

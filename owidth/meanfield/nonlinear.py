@@ -155,7 +155,7 @@ def solve(mlp: MLP, eps, c, gamma0, kx, y, *, tau: int, p: int, response_samples
             """Response row from the tangents at time t, (R, tp Q, Q) -> (Q, tau, Q)."""
             return jnp.zeros((q, tau, q), dt).at[:, :tp].set(tan.mean(0).T.reshape(q, tp, q))
 
-        hs, zs, dh, dph, dg = [None] * L, [None] * L, {}, {}, {}
+        hs, dps, dh, dph, dg = [None] * L, [None] * L, {}, {}, {}  # h^k(t), phi'(h^k(t)), tangents
         for k in range(L):  # forward fields
             if k == 0:
                 acc = jnp.einsum("sn,isn->in", wts * past[0], cr["g"][0])
@@ -164,7 +164,7 @@ def solve(mlp: MLP, eps, c, gamma0, kx, y, *, tau: int, p: int, response_samples
                 kh = sig[k] ** 2 * (cr["A"][k - 1, t] + c * cr["Phi"][k - 1, t] * wts[None]) * past
                 u = sig[k] * eps["xi_u"][k - 1] @ cr["ph"][k - 1, :, t] / jnp.sqrt(S)
                 h = u + jnp.einsum("msn,isn->im", kh, cr["g"][k])
-            hs[k] = h
+            hs[k], dps[k] = h, d1[k](h)
             cr["ph"] = cr["ph"].at[k, :, t].set(phis[k](h))
             for n, (kk, src) in sets.items():
                 if kk != k:
@@ -173,7 +173,7 @@ def solve(mlp: MLP, eps, c, gamma0, kx, y, *, tau: int, p: int, response_samples
                     dh[n] = c * sig[0] ** 2 * cr["acc_g"][n] @ kx
                 else:
                     dh[n] = jnp.einsum("msn,rdsn->rdm", kh[:, :tp], cr["tg"][n]) + (src_dir[None] if src == "u" else 0.0)
-                dph[n] = d1[k](hs[k][:R])[:, None, :] * dh[n]
+                dph[n] = dps[k][:R, None, :] * dh[n]
                 if n in cr["tph"]:
                     cr["tph"][n] = cr["tph"][n].at[:, :, t].set(dph[n])
                 if src == "r":
@@ -187,8 +187,7 @@ def solve(mlp: MLP, eps, c, gamma0, kx, y, *, tau: int, p: int, response_samples
                 kz = sig[k + 1] ** 2 * (cr["B"][k, t] * upto + c * cr["G"][k + 1, t] * wts[None] * past)
                 r = sig[k + 1] * eps["xi_r"][k] @ cr["g"][k + 1, :, t] / jnp.sqrt(S)
                 z = r + jnp.einsum("msn,isn->im", kz, cr["ph"][k])
-            zs[k] = z
-            g = d1[k](hs[k]) * z
+            g = dps[k] * z
             cr["g"] = cr["g"].at[k, :, t].set(g)
             for n, (kk, src) in sets.items():
                 if kk != k:
@@ -197,8 +196,7 @@ def solve(mlp: MLP, eps, c, gamma0, kx, y, *, tau: int, p: int, response_samples
                     dz = c * cr["acc_ph"][n][..., None]
                 else:
                     dz = jnp.einsum("msn,rdsn->rdm", kz[:, :tp], cr["tph"][n]) + (src_dir[None] if src == "r" else 0.0)
-                hr, zr = hs[k][:R, None, :], z[:R, None, :]
-                dg[n] = d2[k](hr) * zr * dh[n] + d1[k](hr) * dz
+                dg[n] = d2[k](hs[k][:R, None, :]) * z[:R, None, :] * dh[n] + dps[k][:R, None, :] * dz
                 if n in cr["tg"]:
                     cr["tg"][n] = cr["tg"][n].at[:, :, t].set(dg[n])
                 if src == "u":

@@ -6,9 +6,10 @@ import os
 import sys
 
 
-def progress(*, total: int, desc: str, enabled: bool = True):
-    """A tqdm progress bar on stderr (silenced by ``enabled=False`` or OWIDTH_NO_PROGRESS=1)."""
+def progress(*, total: int, desc: str, enabled: bool = True, delay: float = 0.0):
+    """A tqdm progress bar on stderr (silenced by ``enabled=False`` or OWIDTH_NO_PROGRESS=1); with
+    ``delay`` it appears only once the work has taken that many seconds."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, file=sys.stderr,
+    return tqdm(total=total, desc=desc, file=sys.stderr, delay=delay,
                 disable=not enabled or os.environ.get("OWIDTH_NO_PROGRESS") == "1")

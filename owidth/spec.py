@@ -135,7 +135,15 @@ def init_weights(key, w_shape: tuple[int, ...], out_size: int, scale, has_bias: 
 
 
 class Layer:
-    """Base class of all layers. Subclasses are frozen dataclasses."""
+    """Base class of all layers. Subclasses are frozen dataclasses.
+
+    Capabilities are declared as class attributes and read by one tree walk (:meth:`_supports`):
+    ``_pixel_var`` says that the kernel rule handles per-pixel variances in the full pixel
+    representation (``KState.var_pixel``; see :class:`~owidth.kernels.state.VarTape`), which the
+    tiled kernel of pooled CNNs uses.
+    """
+
+    _pixel_var = False
 
     def _kernel(self, ks: KState) -> KState:
         raise NotImplementedError
@@ -161,6 +169,10 @@ class Layer:
 
     def _children(self) -> tuple:
         return ()
+
+    def _supports(self, capability: str) -> bool:
+        """True when this layer and every layer inside it declare ``capability`` (e.g. ``"_pixel_var"``)."""
+        return bool(getattr(self, capability)) and all(c._supports(capability) for c in self._children())
 
 
 # --------------------------------------------------------------------------- #
@@ -203,6 +215,8 @@ class Dense(WeightLayer):
       w_std: weight standard deviation (times ``1/sqrt(fan_in)``).
       b_std: bias standard deviation; ``0`` means no bias parameter.
     """
+
+    _pixel_var = True
 
     out: int | None = None
     w_std: float = 1.0
@@ -274,6 +288,8 @@ class Activation(Layer):
     last Gaussian layer as one function, whose dual kernels are computed by
     Gauss-Hermite quadrature.
     """
+
+    _pixel_var = True
 
     _smooth = True  # False for kinked functions (relu family): no Gauss-Hermite quadrature of their compositions
     _kink_at_zero_only = False  # True for the relu family: piecewise linear with the kink at 0
@@ -359,8 +375,11 @@ class Activation(Layer):
         rho = 1 and the variances are read off the result's diagonal."""
         need = ks.ntk is not None
         nsp, full = len(ks.spatial), ks.full
-        p1 = sp.pixel_var(ks.var1, nsp, full)
-        p2 = p1 if ks.var2 is None else sp.pixel_var(ks.var2, nsp, full)
+        if ks.var_pixel:  # per-pixel variances already (tiles of two different inputs)
+            p1, p2 = ks.var1, ks.var2
+        else:
+            p1 = sp.pixel_var(ks.var1, nsp, full)
+            p2 = p1 if ks.var2 is None else sp.pixel_var(ks.var2, nsp, full)
         qa, qb = sp.outer(p1, p2, nsp, full)
         nngp, tdot = self.dual(qa, qb, ks.nngp, need_dot=need)
         d1, dd1 = self.dual_diag(p1, need_dot=need)
@@ -371,6 +390,8 @@ class Activation(Layer):
             if need:
                 tdot = jnp.where(mask, sp.outer(dd1, dd1, nsp, full)[0], tdot)
             var1, var2 = self_var(nngp), None
+        elif ks.var_pixel:
+            var1, var2 = d1, self.dual_diag(p2, need_dot=False)[0]
         else:
             var1, var2 = self._self_block(ks.var1, p1, d1, ks), self._self_block(ks.var2, p2, None, ks)
         ntk = ks.ntk * tdot if need else None
@@ -552,6 +573,8 @@ def _check_layers(where: str, layers) -> tuple[Layer, ...]:
 class Serial(Layer):
     """Composition ``layers[-1] ∘ ... ∘ layers[0]``; build it with :func:`serial`."""
 
+    _pixel_var = True
+
     layers: tuple[Layer, ...]
 
     def _has_weights(self) -> bool:
@@ -595,6 +618,8 @@ class Parallel(Layer):
     one branch may end otherwise (an identity, an activation); ``ow.kernel``
     refuses other sums, whose kernels need the cross terms.
     """
+
+    _pixel_var = True
 
     branches: tuple[Layer, ...]
 

@@ -45,22 +45,32 @@ def _need_spatial(ks: KState, where: str) -> None:
         )
 
 
-def _linear_pixels(ks: KState, fn, *, var_fn=None, spatial, full, mean_fn=None) -> KState:
+def _linear_pixels(ks: KState, fn, *, var_fn=None, spatial, full, mean_fn=None, mixes=True) -> KState:
     """Apply a linear map of the pixel axes to nngp, ntk, the variances and the means.
 
     ``fn(x, lead)`` maps an array with ``lead`` batch axes; ``mean_fn`` maps the per-pixel means.
-    Without x2 the variances are re-read from the diagonal (bit for bit)."""
+    Without x2 the variances are re-read from the diagonal (bit for bit). A map that ``mixes``
+    pixels needs the full same-input blocks for its output variances: with per-pixel variances
+    (``ks.var_pixel``) it takes them from the :class:`~owidth.kernels.state.VarTape`, and it records
+    them there when the tape is recording."""
     nngp = fn(ks.nngp, 2)
     ntk = None if ks.ntk is None else fn(ks.ntk, 2)
     var_fn = var_fn or fn
-    if ks.var2 is None:
+    if ks.var_pixel and mixes:
+        var1, var2 = ks.tape.take()
+    elif ks.var2 is None:
         var1, var2 = self_var(nngp), None
     else:
         var1, var2 = var_fn(ks.var1, 1), var_fn(ks.var2, 1)
+    if mixes and ks.tape is not None and ks.tape.recording:
+        ks.tape.record(sp.pixel_var(var1, len(spatial), full))
+    var_pixel = ks.var_pixel and bool(spatial)
+    if var_pixel and ks.var2 is None:
+        raise AssertionError("owidth internal: per-pixel variances need x2")
     mean1 = None if ks.mean1 is None or mean_fn is None else mean_fn(ks.mean1)
     mean2 = None if ks.mean2 is None or mean_fn is None else mean_fn(ks.mean2)
     return ks.replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2, spatial=spatial, full=full, mean1=mean1,
-                      mean2=mean2, pre=None, act=None)
+                      mean2=mean2, pre=None, act=None, var_pixel=var_pixel)
 
 
 def _int_tuple(cls: str, name: str, value, n: int | None = None) -> tuple[int, ...]:
@@ -91,6 +101,8 @@ class Conv(WeightLayer):
       padding: ``"SAME"`` or ``"VALID"``.
       w_std, b_std: standard deviations as for ``Dense``.
     """
+
+    _pixel_var = True
 
     out: int | None = None
     filter_shape: tuple[int, ...] = (3, 3)
@@ -127,16 +139,17 @@ class Conv(WeightLayer):
         w2, b2, size = self.w_std**2, self.b_std**2, math.prod(self.filter_shape)
         nsp = len(self.filter_shape)
 
-        def patch_mean(x, lead):
-            groups = sp.pixel_groups(lead, nsp, ks.full)
+        def patch_mean(x, lead, full=ks.full):
+            groups = sp.pixel_groups(lead, nsp, full)
             return sp.window_sum(x, groups, self.filter_shape, self.strides, pads, out) / size
 
         nngp = w2 * patch_mean(ks.nngp, 2) + b2
         ntk = None if ks.ntk is None else w2 * patch_mean(ks.ntk, 2) + nngp
         if ks.var2 is None:
             var1, var2 = self_var(nngp), None
-        else:
-            var1, var2 = w2 * patch_mean(ks.var1, 1) + b2, w2 * patch_mean(ks.var2, 1) + b2
+        else:  # per-pixel variances (var_pixel) stay per pixel: the same-pixel entries of the rule
+            vfull = ks.full and not ks.var_pixel
+            var1, var2 = w2 * patch_mean(ks.var1, 1, vfull) + b2, w2 * patch_mean(ks.var2, 1, vfull) + b2
         return ks.replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2, spatial=out, gaussian=True,
                           fixed=self.out is not None, pre=None, act=None, mean1=None, mean2=None)
 
@@ -175,9 +188,11 @@ class Conv(WeightLayer):
         if x2 is None:
             var1, var2 = self_var(nngp), None
         else:
+            vfull = ks.full and not ks.var_pixel
+
             def var(z):
-                v = jnp.einsum("ipk,iqk->ipq", z, z) if ks.full else jnp.sum(z * z, axis=-1)
-                return w2 * (v.reshape((z.shape[0],) + shape) / fan) + b2
+                v = jnp.einsum("ipk,iqk->ipq", z, z) if vfull else jnp.sum(z * z, axis=-1)
+                return w2 * (v.reshape((z.shape[0],) + out * (2 if vfull else 1)) / fan) + b2
 
             var1, var2 = var(a), var(b)
         ntk = nngp if ks.need_ntk else None
@@ -232,6 +247,8 @@ class AvgPool(Layer):
       strides: per spatial axis; default: the window (non-overlapping).
       padding: ``"VALID"`` (default) or ``"SAME"``.
     """
+
+    _pixel_var = True
 
     window: tuple[int, ...] = (2, 2)
     strides: tuple[int, ...] | None = None
@@ -297,6 +314,8 @@ class Flatten(Layer):
     ``K' = (1/|S|) sum_s K(s, s)`` (the next Dense has fan-in ``|S| C``).
     """
 
+    _pixel_var = True
+
     def _odd_linear(self) -> bool:
         return True
 
@@ -309,14 +328,14 @@ class Flatten(Layer):
         nsp = len(ks.spatial)
 
         def fn(x, lead):
-            x = sp.pixel_var(x, nsp, True) if ks.full and lead == 1 else x
+            x = sp.pixel_var(x, nsp, True) if ks.full and lead == 1 and not ks.var_pixel else x
             if ks.full and lead == 2:
                 p = math.prod(ks.spatial)
                 x = jnp.diagonal(x.reshape(x.shape[:2] + (p, p)), axis1=2, axis2=3)
             y = jnp.mean(x.reshape(x.shape[:lead] + (-1,)), axis=-1)
             return sp.mirror(y) if lead == 2 and ks.var2 is None else y
 
-        return _linear_pixels(ks, fn, spatial=(), full=False,
+        return _linear_pixels(ks, fn, spatial=(), full=False, mixes=False,
                               mean_fn=lambda m: jnp.mean(m.reshape(m.shape[0], -1), axis=-1))
 
     def _init(self, key, dim, ctx):
@@ -333,6 +352,8 @@ class GlobalAvgPool(Layer):
     Kernel rule: the mean over all pixel pairs, ``K' = (1/|S|^2) sum_{s, t} K(s, t)``
     (Arora et al. 2019; Novak et al. 2019).
     """
+
+    _pixel_var = True
 
     def _odd_linear(self) -> bool:
         return True

@@ -8,7 +8,8 @@ import jax
 import jax.numpy as jnp
 
 from owidth import _checks
-from owidth.kernels.state import Kernel, KState
+from owidth.kernels import tiles
+from owidth.kernels.state import Kernel, KState, VarTape
 
 _GETS = ("nngp", "ntk")
 
@@ -49,8 +50,12 @@ def _spatial_info(net) -> tuple[bool, bool]:
     return has(net), needs_full_pixels(net)
 
 
-def _kernel_impl(net, x1, x2, get):
-    ks = KState(x1=x1, x2=x2, need_ntk="ntk" in get, full=_spatial_info(net)[1])
+def _kernel_impl(net, x1, x2, get, *, tape: VarTape | None = None):
+    """The layer rules on one block. ``tape``: a recording :class:`VarTape` (``x2`` None) collects the
+    per-pixel variances at pooling layers; a replaying one (``x2`` given) runs with per-pixel
+    variances (``KState.var_pixel``) and takes them back there."""
+    var_pixel = tape is not None and not tape.recording
+    ks = KState(x1=x1, x2=x2, need_ntk="ntk" in get, full=_spatial_info(net)[1], var_pixel=var_pixel, tape=tape)
     ks = net._kernel(ks).materialize()
     var2 = ks.var1 if ks.var2 is None else ks.var2
     return Kernel(
@@ -71,21 +76,13 @@ _SELF_BLOCK = 256
 _SELF_BLOCK_BYTES = 4 * 2**20
 
 
-def _kernel_auto(net, x1, x2, get):
+def _kernel_auto(net, x1, x2, get, *, tape: VarTape | None = None):
     """``_kernel_impl``, by blocks (:func:`_blocked`) when the kernel is large and the net non-spatial."""
     n1, n2 = x1.shape[0], x1.shape[0] if x2 is None else x2.shape[0]
     big = n1 * n2 * x1.dtype.itemsize > _SELF_BLOCK_BYTES and max(n1, n2) > 2 * _SELF_BLOCK
-    if big and x1.ndim == 2 and not _spatial_info(net)[0]:
+    if big and x1.ndim == 2 and not _spatial_info(net)[0] and tape is None:
         return _blocked(net, x1, x2, get, _SELF_BLOCK)
-    return _kernel_impl(net, x1, x2, get)
-
-
-def _blocks(x, size: int):
-    """``x`` padded to a multiple of ``size`` rows (repeating its last row), as (t, size, ...)."""
-    n = x.shape[0]
-    t = -(-n // size)
-    xp = jnp.concatenate([x, jnp.repeat(x[-1:], t * size - n, axis=0)]) if t * size > n else x
-    return xp.reshape((t, size) + x.shape[1:])
+    return _kernel_impl(net, x1, x2, get, tape=tape)
 
 
 def _blocked(net, x1, x2, get, size: int) -> Kernel:
@@ -101,14 +98,14 @@ def _blocked(net, x1, x2, get, size: int) -> Kernel:
     """
     import numpy as np
 
-    b1 = _blocks(x1, size)
+    b1 = tiles.blocks(x1, size)
     t1 = b1.shape[0]
 
     def grid(blocks, t_rows, t_cols):  # (t_rows, t_cols, size, size) -> (t_rows size, t_cols size)
         return blocks.transpose(0, 2, 1, 3).reshape(t_rows * size, t_cols * size)
 
     if x2 is not None:
-        b2 = _blocks(x2, size)
+        b2 = tiles.blocks(x2, size)
         t2 = b2.shape[0]
         ii, jj = (a.ravel() for a in np.meshgrid(np.arange(t1), np.arange(t2), indexing="ij"))
         k = jax.lax.map(lambda ij: _kernel_impl(net, b1[ij[0]], b2[ij[1]], get), (jnp.asarray(ii), jnp.asarray(jj)))
@@ -175,8 +172,8 @@ def _check_attn(net, attn) -> None:
         )
 
 
-def kernel(net, x1, x2=None, *, get=("nngp", "ntk"), batch_size: int | None = None,
-           attn: float | None = None) -> Kernel:
+def kernel(net, x1, x2=None, *, get=("nngp", "ntk"), batch_size: int | str | None = "auto",
+           memory_budget: int | None = None, attn: float | None = None, progress_bar: bool = True) -> Kernel:
     """Infinite-width NNGP and NTK of ``net`` between ``x1`` and ``x2``.
 
     For a network whose hidden layers are infinitely wide, the output at
@@ -206,16 +203,30 @@ def kernel(net, x1, x2=None, *, get=("nngp", "ntk"), batch_size: int | None = No
       get: ``"nngp"``, ``"ntk"`` or both (default); what is not asked for is
         ``None`` in the result (the NTK is skipped with ``get="nngp"``; the
         NTK always needs the NNGP).
-      batch_size: if set, compute in tiles of ``batch_size`` rows of ``x1``
-        by ``batch_size`` rows of ``x2`` (any N: the last tile is padded and
-        cropped), so that intermediates take memory for one tile per device
-        rather than for the whole kernel; tiles are spread over
-        ``jax.devices()`` with ``jax.sharding``. Without ``x2`` only tiles on
-        and above the diagonal are computed and mirrored (exactly
-        symmetric), about half the work of the untiled call: for pooled
-        CNNs, whose kernels keep all pixel pairs, tiles of 32 are both
-        faster and far smaller in memory (``benchmarks/kernels.py``).
-        Same result as untiled up to rounding (see :func:`_tiled`).
+      batch_size: ``"auto"`` (default): tiles only where they pay, sized
+        from ``memory_budget``: one untiled call when the kernel's states fit
+        (MLPs, unpooled CNNs), tiles when they do not, and always tiles for
+        pooled CNNs (``AvgPool``/``GlobalAvgPool``), whose states keep all
+        pixel pairs (10^6 numbers per input pair at 32x32 pixels): tiles
+        of at most ``tiles.SPEED_TILE_BYTES`` of states, inside the budget.
+        An int ``b``: tiles of ``b`` rows of ``x1`` by ``b`` rows of ``x2``
+        (any N: the last tile is padded and cropped). ``None``: one untiled
+        call, no memory check. Tiles are spread over ``jax.devices()`` with
+        ``jax.sharding``. Without ``x2`` only tiles on and above the diagonal
+        are computed and mirrored (exactly symmetric). Pooled CNNs compute
+        each input's own pixel covariances once and replay its per-pixel
+        variances in the tiles of different inputs
+        (:mod:`owidth.kernels.tiles`). Same result as untiled up to
+        rounding. Inside ``jax.jit``/``jax.grad`` (traced inputs) ``"auto"``
+        computes untiled.
+      memory_budget: bytes the kernel's intermediate states may take (all
+        devices together) for ``batch_size="auto"`` or an int; default half
+        the free accelerator memory, or a quarter of the host's available
+        memory on CPU (:func:`owidth.kernels.tiles.default_budget`). The
+        estimate is ``tiles.LIVE_STATES`` times the largest per-layer state
+        of the tile (benchmarked peak memory stays below it). If one input
+        pair does not fit, ``MemoryError`` says how much it needs, before
+        anything is compiled.
       attn: the attention-logit exponent (:attr:`ow.Parametrization.attn`)
         of the finite networks whose limit is wanted, for specs with
         ``Attention``. ``None`` (default) or any value above 1/2: logits
@@ -224,6 +235,8 @@ def kernel(net, x1, x2=None, *, get=("nngp", "ntk"), batch_size: int | None = No
         :class:`ow.Attention`). ``attn <= 1/2`` (``1/sqrt(d)``: SP, NTP)
         raises ``NotImplementedError``: that limit (Hron et al. 2020) is not
         implemented.
+      progress_bar: a tqdm bar over tiles, shown once a tiled call has run
+        for 3 s (``OWIDTH_NO_PROGRESS=1`` silences it).
 
     Returns:
       A :class:`Kernel` with ``nngp``/``ntk`` of shape (n1, n2), per output
@@ -247,103 +260,48 @@ def kernel(net, x1, x2=None, *, get=("nngp", "ntk"), batch_size: int | None = No
         x2 = _checks.as_float_array("x2", x2, where="ow.kernel", rank=rank)
         _checks.same_features(x1, x2, where="ow.kernel")
     _check_structure(net, get, x2 is None, tuple(x1.shape[1:]))
-    if batch_size is not None:
-        batch_size = _checks.positive_int("batch_size", batch_size, where="ow.kernel")
-        if max(x1.shape[0], 0 if x2 is None else x2.shape[0]) > batch_size:
-            return _tiled(net, x1, x2, get, batch_size)
-    return _kernel(net, x1, x2, get)
+    size = _tile_size(net, x1, x2, batch_size, memory_budget)
+    if size is None:
+        return _kernel(net, x1, x2, get)
+    spatial, full = _spatial_info(net)
+    return tiles.tiled(_kernel_auto, net, x1, x2, get, size, pixel=full and net._supports("_pixel_var"),
+                       full_out=full and x1.ndim > 2 and _ends_on_pixels(net, x1), progress_bar=progress_bar)
 
 
-@functools.partial(jax.jit, static_argnames=("net", "get"))
-def _kernel_tiles(net, a, b, get):
-    """``_kernel_impl`` over a stack of tiles (leading axis, sharded over devices by the caller)."""
-    if b is None:
-        return jax.vmap(lambda u: _kernel_auto(net, u, None, get))(a)
-    return jax.vmap(lambda u, v: _kernel_auto(net, u, v, get))(a, b)
+def _ends_on_pixels(net, x1) -> bool:
+    """True when the kernel keeps trailing pixel axes (a pooled net that ends before GlobalAvgPool)."""
+    x = jax.ShapeDtypeStruct((1, *x1.shape[1:]), x1.dtype)
+    out = jax.eval_shape(lambda a: _kernel_impl(net, a, None, ("nngp",)).nngp, x)
+    return len(out.shape) > 2
 
 
-def _tiled(net, x1, x2, get, size: int) -> Kernel:
-    """Tiled kernel: blocks (I, J) of ``size`` rows are computed with ``x2`` given (off-diagonal
-    blocks, and all blocks when ``x2`` is given) or without it (diagonal blocks of x1 against itself,
-    exactly symmetric with rho = 1 on the diagonal), and assembled on the host.
-
-    Blocks go to the devices ``len(jax.devices())`` at a time: stacked on a leading axis that a
-    ``NamedSharding`` splits over a 1-D mesh, so each device computes its own tile. Rows are padded
-    to a multiple of ``size`` by repeating the last input, so every block has one shape (two
-    compilations: with and without x2) whatever N. Off-diagonal blocks differ from the untiled
-    computation only by rounding (the untiled one reads the variances off the diagonal, the tiled
-    one computes them as in the x2 case).
-    """
-    import numpy as np
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec
-
-    if any(isinstance(x, jax.core.Tracer) for x in (x1, x2) if x is not None):
-        raise ValueError("ow.kernel: batch_size needs concrete inputs (tiles are assembled on the host); "
-                         "call it outside jax.jit/grad, or leave batch_size=None inside a transformation")
-    devices = jax.devices()
-    mesh = Mesh(np.array(devices), ("tiles",))
-    shard = NamedSharding(mesh, PartitionSpec("tiles"))
-
-    def tiles(x):
-        b = _blocks(x, size)
-        return b, b.shape[0]
-
-    def run(pairs, ta, tb):
-        """Kernels of the blocks ``pairs`` [(I, J)], ``len(devices)`` at a time (tb None: diagonal blocks)."""
-        out = []
-        d = len(devices)
-        for k in range(0, len(pairs), d):
-            chunk = pairs[k:k + d]
-            chunk = chunk + [chunk[0]] * (d - len(chunk))  # same shape for every call
-            a = jax.device_put(ta[np.array([i for i, _ in chunk])], shard)
-            b = None if tb is None else jax.device_put(tb[np.array([j for _, j in chunk])], shard)
-            res = jax.block_until_ready(_kernel_tiles(net, a, b, get))
-            host = {f: None if getattr(res, f) is None else np.asarray(getattr(res, f))
-                    for f in ("nngp", "ntk", "var1", "var2")}
-            out.extend({f: None if v is None else v[m] for f, v in host.items()} for m in range(len(pairs[k:k + d])))
-        return out
-
-    t1x, t1 = tiles(x1)
-    n1 = x1.shape[0]
-    fields = [f for f in ("nngp", "ntk") if f in get]
-    if x2 is None:
-        diag = run([(i, i) for i in range(t1)], t1x, None)
-        upper = [(i, j) for i in range(t1) for j in range(i + 1, t1)]
-        off = dict(zip(upper, run(upper, t1x, t1x)))
-        trail = diag[0]["var1"].shape[1:]
-        full_out = len(diag[0]["nngp"].shape) > 2 and _spatial_info(net)[1]
-        nsp = len(trail) // 2 if full_out else 0
-
-        def transpose(block):  # (j, i) block from the (i, j) one: swap inputs (and pixel groups)
-            rest = tuple(range(2 + nsp, 2 + 2 * nsp)) + tuple(range(2, 2 + nsp)) if full_out else \
-                tuple(range(2, block.ndim))
-            return np.transpose(block, (1, 0) + rest)
-
-        result = {}
-        for f in fields:
-            shape = (t1 * size, t1 * size) + diag[0][f].shape[2:]
-            full = np.empty(shape, diag[0][f].dtype)
-            upper = np.triu(np.ones((size, size), bool)).reshape((size, size) + (1,) * (full.ndim - 2))
-            for i in range(t1):
-                # the vmapped self-kernel may round (i, j) and (j, i) differently (other fusion than
-                # the untiled one): keep the upper triangle and mirror it, so the result is symmetric
-                full[i * size:(i + 1) * size, i * size:(i + 1) * size] = np.where(upper, diag[i][f],
-                                                                                transpose(diag[i][f]))
-            for (i, j), blk in off.items():
-                full[i * size:(i + 1) * size, j * size:(j + 1) * size] = blk[f]
-                full[j * size:(j + 1) * size, i * size:(i + 1) * size] = transpose(blk[f])
-            result[f] = jnp.asarray(full[:n1, :n1])
-        var1 = jnp.asarray(np.concatenate([blk["var1"] for blk in diag])[:n1])
-        var2 = var1
-    else:
-        t2x, t2 = tiles(x2)
-        n2 = x2.shape[0]
-        pairs = [(i, j) for i in range(t1) for j in range(t2)]
-        blocks = dict(zip(pairs, run(pairs, t1x, t2x)))
-        result = {}
-        for f in fields:
-            rows = [np.concatenate([blocks[i, j][f] for j in range(t2)], axis=1) for i in range(t1)]
-            result[f] = jnp.asarray(np.concatenate(rows, axis=0)[:n1, :n2])
-        var1 = jnp.asarray(np.concatenate([blocks[i, 0]["var1"] for i in range(t1)])[:n1])
-        var2 = jnp.asarray(np.concatenate([blocks[0, j]["var2"] for j in range(t2)])[:n2])
-    return Kernel(nngp=result.get("nngp"), ntk=result.get("ntk"), var1=var1, var2=var2)
+def _tile_size(net, x1, x2, batch_size, memory_budget) -> int | None:
+    """Rows per tile (``None``: untiled) from ``batch_size`` and ``memory_budget``, checked before compiling."""
+    where = "ow.kernel"
+    if memory_budget is not None:
+        if isinstance(memory_budget, bool) or not isinstance(memory_budget, (int, float)) or not memory_budget > 0 \
+                or memory_budget == float("inf"):
+            raise ValueError(f"{where}: memory_budget must be a positive number of bytes, got {memory_budget!r}")
+    if isinstance(batch_size, str) and batch_size != "auto":
+        raise ValueError(f"{where}: batch_size must be 'auto', a positive int or None, got {batch_size!r}")
+    if batch_size is None:
+        return None
+    n1, n2 = x1.shape[0], x1.shape[0] if x2 is None else x2.shape[0]
+    spatial, full = _spatial_info(net)
+    traced = any(isinstance(x, jax.core.Tracer) for x in (x1, x2) if x is not None)
+    pair_bytes = tiles.entries_per_pair(tuple(x1.shape[1:]), spatial, full) * x1.dtype.itemsize
+    devices = len(jax.devices())
+    if batch_size == "auto":
+        if traced:
+            return None
+        budget = tiles.default_budget() if memory_budget is None else int(memory_budget)
+        return tiles.choose_tile(n1, n2, pair_bytes=pair_bytes, budget=budget, devices=devices, full=full)
+    size = _checks.positive_int("batch_size", batch_size, where=where)
+    if memory_budget is not None:
+        need = size * size * pair_bytes * tiles.LIVE_STATES * devices
+        if need > memory_budget:
+            raise MemoryError(
+                f"{where}: tiles of batch_size={size} need about {need / 2**30:.3g} GiB of kernel states "
+                f"({devices} device(s)), more than memory_budget={memory_budget / 2**30:.3g} GiB; use a smaller "
+                "batch_size or batch_size='auto'")
+    return size if max(n1, n2) > size else None

@@ -20,7 +20,6 @@ Out-of-image pixels (SAME padding) count as zeros, as in the finite network.
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import jax
@@ -55,40 +54,41 @@ def window_sum(x: jax.Array, groups, window, strides, pads, out) -> jax.Array:
     """``sum_{d in window} x[..., st s + d - lo, ...]`` with the same offset ``d`` on every axis group.
 
     ``groups`` lists the axis indices of each group (one entry per spatial
-    axis). Out-of-range pixels count as zeros (``x`` is zero-padded once).
-    The offsets are visited by a ``fori_loop`` that adds one term at a time
-    into one accumulator: written as a sum of static slices, XLA materialises
-    every term (|window| arrays as large as ``x``, whose pixel axes may be
-    squared). The order of the terms is fixed, so swapping two groups of a
-    symmetric input gives a symmetric output bit for bit.
+    axis). Out-of-range pixels count as zeros. The window is a product of
+    per-axis offset ranges, so the sum is taken one spatial axis at a time
+    (``sum_{d_1} ... sum_{d_k}``): ``sum(window)`` static shifted slices of a
+    zero-padded copy instead of ``prod(window)`` (6 instead of 9 for 3x3),
+    each pass one fused loop over the array. The input is fenced with
+    ``optimization_barrier`` so that XLA never fuses its producer (a dual
+    kernel, say) into the shifted reads, which would recompute it once per
+    offset. The terms are added in a fixed order that treats the groups alike,
+    so swapping two groups of a symmetric input gives a symmetric output bit
+    for bit.
     """
-    cfg = [(0, 0)] * x.ndim
-    for group in groups:
-        for ax, pad in zip(group, pads):
+    if all(f == 1 for f in window) and all(st == 1 for st in strides):
+        return x
+    x = jax.lax.optimization_barrier(x)
+    for i, (f, st, pad, n) in enumerate(zip(window, strides, pads, out)):
+        axes = [group[i] for group in groups]
+        if f == 1 and st == 1:
+            continue
+        cfg = [(0, 0)] * x.ndim
+        for ax in axes:
             cfg[ax] = pad
-    xp = jnp.pad(x, cfg) if any(p != (0, 0) for p in cfg) else x
-    offsets = jnp.asarray(list(itertools.product(*[range(f) for f in window])), dtype=jnp.int32)
-    extent = [st * (n - 1) + 1 for st, n in zip(strides, out)]
+        xp = jnp.pad(x, cfg) if pad != (0, 0) else x
+        extent = st * (n - 1) + 1
 
-    def term(k):
-        start = [jnp.zeros((), jnp.int32)] * x.ndim
-        sizes = list(xp.shape)
-        for group in groups:
-            for i, ax in enumerate(group):
-                start[ax] = offsets[k, i]
-                sizes[ax] = extent[i]
-        t = jax.lax.dynamic_slice(xp, start, sizes)
-        if any(st > 1 for st in strides):
-            idx = [slice(None)] * x.ndim
-            for group in groups:
-                for ax, st in zip(group, strides):
-                    idx[ax] = slice(None, None, st)
-            t = t[tuple(idx)]
-        return t
+        def shifted(d, xp=xp, axes=axes, extent=extent, st=st):
+            idx = [slice(None)] * xp.ndim
+            for ax in axes:
+                idx[ax] = slice(d, d + extent, st)
+            return xp[tuple(idx)]
 
-    if len(offsets) == 1:
-        return term(0)
-    return jax.lax.fori_loop(1, len(offsets), lambda k, acc: acc + term(k), term(0))
+        acc = shifted(0)
+        for d in range(1, f):
+            acc = acc + shifted(d)
+        x = acc
+    return x
 
 
 def pixel_groups(lead: int, nsp: int, full: bool):

@@ -72,6 +72,8 @@ class KState:
     full: bool = False  # keep all pixel-pixel covariances (pooling ahead) rather than the diagonal
     mean1: jax.Array | None = None  # per-unit means E z(x1) per pixel (None: zero)
     mean2: jax.Array | None = None
+    var_pixel: bool = False  # full representation with per-pixel variances (n, *S) only (see VarTape)
+    tape: VarTape | None = dataclasses.field(default=None, compare=False)
 
     @property
     def pixel_axes(self) -> int:
@@ -126,13 +128,45 @@ class KState:
         if x2 is None:
             var1, var2 = self_var(nngp), None
         else:
+            vfull = self.full and not self.var_pixel
+
             def var(z):
-                v = jnp.einsum("ipc,iqc->ipq", z, z) if self.full else jnp.sum(z * z, axis=-1)
-                return (v / c).reshape((z.shape[0],) + shape)
+                v = jnp.einsum("ipc,iqc->ipq", z, z) if vfull else jnp.sum(z * z, axis=-1)
+                return (v / c).reshape((z.shape[0],) + spatial * (2 if vfull else 1))
 
             var1, var2 = var(a), var(b)
         ntk = jnp.zeros_like(nngp) if self.need_ntk else None
         return self.replace(x1=None, x2=None, nngp=nngp, ntk=ntk, var1=var1, var2=var2, spatial=spatial)
+
+
+class VarTape:
+    """Per-pixel variances at the layers that mix pixels, recorded once per input and replayed.
+
+    The kernel of two different inputs needs, at each activation, the per-pixel variances of both
+    inputs. Conv, activations and Dense map per-pixel variances to per-pixel variances, but pooling
+    (``AvgPool``, ``GlobalAvgPool``) needs all pixel pairs of the same input, ``(n, *S, *S)``: as
+    costly as the pair itself and as large. ``ow.kernel``'s tiled path therefore computes every
+    input's own block once (the diagonal tiles, or one pass per input of ``x2``), where each pooling
+    layer *records* the per-pixel variances of its output, and then computes the tiles of different
+    inputs with ``KState.var_pixel`` on, where the pooling layers *take* them back in the same
+    order (the trace order of the layers, which is fixed). Entries are ``(var1, var2)`` pairs.
+    """
+
+    def __init__(self, entries=None):
+        self.recording = entries is None
+        self.entries = [] if entries is None else list(entries)
+        self._pos = 0
+
+    def record(self, var: jax.Array) -> None:
+        if self.recording:
+            self.entries.append(var)
+
+    def take(self) -> tuple[jax.Array, jax.Array]:
+        if self.recording or self._pos >= len(self.entries):
+            raise AssertionError("owidth internal: VarTape replayed out of order")
+        entry = self.entries[self._pos]
+        self._pos += 1
+        return entry
 
 
 def self_var(nngp: jax.Array) -> jax.Array:

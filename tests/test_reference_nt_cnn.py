@@ -11,7 +11,12 @@ GlobalAvgPool, Dense(1), on 8x8x3 images. Inputs and NT's NNGP/NTK, for
 
 These pin owidth's conv kernel engine: the measured errors (max |owidth - NT|
 over max |NT|, per array) are <= 5.5e-15, so ``TOL`` leaves room for
-summation-order changes only. The
+summation-order changes only. One exception, ``TOL_NTK_DIAG``: the diagonal
+of the (x1, x1) NTK holds the pixel pairs with correlation rho = 1, where the
+ReLU derivative map (pi - arccos rho) / 2 pi has a sqrt singularity, so one
+ulp of rho moves those entries by ~1e-10. NT itself shows it: its jitted
+kernel_fn differs from its un-jitted one (which made the file) by up to
+1.4e-10 there, and by ~1e-15 everywhere else. The
 default run checks one call per case below (each compiles, ~1-2 s); all
 twenty (net, x2, kernel) arrays run under ``pytest -m slow``.
 """
@@ -27,6 +32,7 @@ from helpers import build, load_archs, load_inputs
 REF = np.load(pathlib.Path(__file__).parent / "reference" / "nt_cnn_kernels.npz")
 ARCHS = load_archs(REF)
 TOL = 1e-11  # relative to the largest entry; measured <= 5.5e-15 when this file was written
+TOL_NTK_DIAG = 1e-9  # the rho = 1 entries (module docstring); measured <= 5.5e-15 as well
 
 # (net, cross) run by default: the benchmark net with x2=None on 3-channel square images, its
 # cross kernel on non-square 2-channel images, and the pooled Myrtle net
@@ -45,8 +51,12 @@ def test_conv_kernels_match_neural_tangents(name, cross):
         ref = REF[f"{name}/{kind}{tag}"]
         got = np.asarray(got)
         assert got.shape == ref.shape and got.dtype == np.float64, (got.shape, got.dtype)
-        err = np.max(np.abs(got - ref)) / np.max(np.abs(ref))
-        assert err < TOL, (name, kind + tag, err)
+        diff = np.abs(got - ref) / np.max(np.abs(ref))
+        diag = np.zeros(ref.shape, bool) if cross else np.eye(len(ref), dtype=bool)
+        assert np.max(diff[~diag]) < TOL, (name, kind + tag, np.max(diff[~diag]))
+        if not cross:
+            tol = TOL_NTK_DIAG if kind == "ntk" else TOL
+            assert np.max(diff[diag]) < tol, (name, kind + tag, "diagonal", np.max(diff[diag]))
 
 
 def test_reference_covers_the_cases():

@@ -4,14 +4,24 @@ Run inside the legacy venv (never imported by owidth or its tests):
 
     $(bash benchmarks/peers/build_venv.sh) benchmarks/peers/nt_reference.py
 
-writes tests/reference/nt_kernels.npz: the inputs, the architectures as JSON
-(a list of [layer, kwargs] in owidth's names, which the test rebuilds with the
-owidth API), which inputs each architecture takes (``inputs``: JSON name ->
-"x" for (n, d) vectors, "img" for (n, H, W, C) images, "seq" for (n, W, C)
-sequences; arrays ``{kind}1``/``{kind}2``, ``x1``/``x2`` for vectors) and NT's
-NNGP/NTK for (x1, x1) and (x1, x2), all float64.
+writes two files in tests/reference/, each holding the inputs, the
+architectures as JSON (a list of [layer, kwargs] in owidth's names, which the
+test rebuilds with the owidth API), which inputs each architecture takes
+(``inputs``: JSON name -> kind; arrays ``{kind}1``/``{kind}2``) and NT's
+NNGP/NTK for (x1, x1) and (x1, x2), all float64:
+
+* nt_kernels.npz (tests/test_reference_nt.py): many layers on tiny inputs;
+  kinds "x" (n, d) vectors, "img" (n, H, W, C) images, "seq" (n, W, C)
+  sequences.
+* nt_cnn_kernels.npz (tests/test_reference_nt_cnn.py): the benchmark's
+  2-conv + GlobalAvgPool CNTK (also with Erf and Gelu) and a Myrtle-style net
+  (Shankar et al. 2020) on small images; kinds "img10x10x3", "img7x9x2",
+  "img8x8x3". It pins owidth's conv kernel engine tightly.
+
+``--only base`` / ``--only cnn`` writes just one of them.
 """
 
+import argparse
 import json
 import pathlib
 
@@ -22,7 +32,9 @@ jax.config.update("jax_enable_x64", True)
 import numpy as np  # noqa: E402
 from neural_tangents import stax  # noqa: E402
 
-OUT = pathlib.Path(__file__).resolve().parents[2] / "tests" / "reference" / "nt_kernels.npz"
+REF_DIR = pathlib.Path(__file__).resolve().parents[2] / "tests" / "reference"
+OUT = REF_DIR / "nt_kernels.npz"
+OUT_CNN = REF_DIR / "nt_cnn_kernels.npz"
 
 R2, B = 2**0.5, 0.1**0.5
 
@@ -79,6 +91,28 @@ ARCHS["layernorm_relu"] = [["Dense", {"w_std": 1.5, "b_std": 0.3}], ["LayerNorm"
 INPUTS = {name: ("seq" if name.startswith("conv1d") else "img") if name in SPATIAL else "x" for name in ARCHS}
 
 
+# The benchmark's CNTK (benchmarks/kernels.py, --net cnn): 2 x [Conv 3x3 SAME, act], GlobalAvgPool, Dense(1).
+def _cnn2_gap(act):
+    conv = ["Conv", {"filter_shape": [3, 3], "padding": "SAME", **CONV}]
+    return [conv, [act, {}], conv, [act, {}], ["GlobalAvgPool", {}], ["Dense", {"out": 1, "w_std": 1.0, "b_std": 0.0}]]
+
+
+# Myrtle-style (Shankar et al. 2020): 3 x [Conv 3x3 SAME, Relu], AvgPool(2x2, stride 2, VALID) after the
+# 2nd and 3rd, GlobalAvgPool, Dense(1). Strides are spelled out: owidth's AvgPool defaults to
+# strides = window, NT 0.6.5's to stride 1.
+_CR = [["Conv", {"filter_shape": [3, 3], "padding": "SAME", **CONV}], ["Relu", {}]]
+_POOL = ["AvgPool", {"window": [2, 2], "strides": [2, 2], "padding": "VALID"}]
+CNN_ARCHS = {
+    "cnn2_gap_relu_10x10x3": _cnn2_gap("Relu"),
+    "cnn2_gap_relu_7x9x2": _cnn2_gap("Relu"),
+    "cnn2_gap_erf_7x9x2": _cnn2_gap("Erf"),
+    "cnn2_gap_gelu_7x9x2": _cnn2_gap("Gelu"),
+    "myrtle_8x8x3": _CR + _CR + [_POOL] + _CR + [_POOL, ["GlobalAvgPool", {}],
+                                                 ["Dense", {"out": 1, "w_std": 1.0, "b_std": 0.0}]],
+}
+CNN_INPUTS = {name: "img" + name.rsplit("_", 1)[1] for name in CNN_ARCHS}
+
+
 def nt_layer(name, kw):
     if name == "Dense":
         return stax.Dense(kw.get("out", 512), W_std=kw.get("w_std", 1.0), b_std=kw.get("b_std", 0.0))
@@ -103,7 +137,9 @@ def nt_layer(name, kw):
                          padding=kw.get("padding", "SAME"), W_std=kw.get("w_std", 1.0), b_std=kw.get("b_std", 0.0),
                          dimension_numbers=dn)
     if name == "AvgPool":
-        return stax.AvgPool(tuple(kw["window"]), strides=tuple(kw["strides"]), padding=kw.get("padding", "VALID"))
+        # owidth's default strides are the window; NT's (strides=None) would be 1, so never pass None
+        window = tuple(kw["window"])
+        return stax.AvgPool(window, strides=tuple(kw.get("strides", window)), padding=kw.get("padding", "VALID"))
     if name == "GlobalAvgPool":
         return stax.GlobalAvgPool()
     if name == "Flatten":
@@ -116,25 +152,50 @@ def nt_layer(name, kw):
     raise ValueError(name)
 
 
-def main():
-    rng = np.random.RandomState(1234)
-    x1 = rng.randn(6, 5)
-    x2 = rng.randn(4, 5)
-    data = {"x": (x1, x2), "img": (rng.randn(4, 5, 4, 2), rng.randn(3, 5, 4, 2)),
-            "seq": (rng.randn(4, 9, 2), rng.randn(3, 9, 2))}
-    out = {"x1": x1, "x2": x2, "img1": data["img"][0], "img2": data["img"][1], "seq1": data["seq"][0],
-           "seq2": data["seq"][1], "archs": np.array(json.dumps(ARCHS)), "inputs": np.array(json.dumps(INPUTS))}
-    for name, arch in ARCHS.items():
-        x1, x2 = data[INPUTS[name]]
+def dump(path, archs, inputs, data, extra):
+    """NT's NNGP/NTK of every architecture on its inputs, saved with ``extra`` (the inputs) to ``path``."""
+    out = {**extra, "archs": np.array(json.dumps(archs)), "inputs": np.array(json.dumps(inputs))}
+    for name, arch in archs.items():
+        x1, x2 = data[inputs[name]]
         _, _, kfn = stax.serial(*[nt_layer(n, k) for n, k in arch])
         k11 = kfn(x1, None, ("nngp", "ntk"))
         k12 = kfn(x1, x2, ("nngp", "ntk"))
         out[f"{name}/nngp11"], out[f"{name}/ntk11"] = np.asarray(k11.nngp), np.asarray(k11.ntk)
         out[f"{name}/nngp12"], out[f"{name}/ntk12"] = np.asarray(k12.nngp), np.asarray(k12.ntk)
     out["versions"] = np.array(json.dumps({"jax": jax.__version__, "neural_tangents": "0.6.5"}))
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(OUT, **out)
-    print(f"wrote {OUT} ({OUT.stat().st_size} bytes, {len(ARCHS)} architectures)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **out)
+    print(f"wrote {path} ({path.stat().st_size} bytes, {len(archs)} architectures)")
+
+
+def main_base():
+    rng = np.random.RandomState(1234)
+    x1 = rng.randn(6, 5)
+    x2 = rng.randn(4, 5)
+    data = {"x": (x1, x2), "img": (rng.randn(4, 5, 4, 2), rng.randn(3, 5, 4, 2)),
+            "seq": (rng.randn(4, 9, 2), rng.randn(3, 9, 2))}
+    extra = {"x1": x1, "x2": x2, "img1": data["img"][0], "img2": data["img"][1], "seq1": data["seq"][0],
+             "seq2": data["seq"][1]}
+    dump(OUT, ARCHS, INPUTS, data, extra)
+
+
+def main_cnn():
+    rng = np.random.RandomState(2020)
+    shapes = {"img10x10x3": ((4, 10, 10, 3), (2, 10, 10, 3)), "img7x9x2": ((3, 7, 9, 2), (2, 7, 9, 2)),
+              "img8x8x3": ((4, 8, 8, 3), (3, 8, 8, 3))}
+    data = {kind: (rng.randn(*s1), rng.randn(*s2)) for kind, (s1, s2) in shapes.items()}
+    extra = {f"{kind}{i + 1}": xs[i] for kind, xs in data.items() for i in range(2)}
+    dump(OUT_CNN, CNN_ARCHS, CNN_INPUTS, data, extra)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--only", choices=("base", "cnn"), help="write only this file (default: both)")
+    only = p.parse_args().only
+    if only in (None, "base"):
+        main_base()
+    if only in (None, "cnn"):
+        main_cnn()
 
 
 if __name__ == "__main__":

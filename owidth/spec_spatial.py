@@ -53,8 +53,11 @@ def _linear_pixels(ks: KState, fn, *, var_fn=None, spatial, full, mean_fn=None, 
     pixels needs the full same-input blocks for its output variances: with per-pixel variances
     (``ks.var_pixel``) it takes them from the :class:`~owidth.kernels.state.VarTape`, and it records
     them there when the tape is recording."""
-    nngp = fn(ks.nngp, 2)
-    ntk = None if ks.ntk is None else fn(ks.ntk, 2)
+    if ks.ntk is None:
+        nngp, ntk = fn(ks.nngp, 2), None
+    else:  # one pass over both (see Conv._kernel)
+        both = jax.vmap(lambda x: fn(x, 2))(jnp.stack([ks.nngp, ks.ntk]))
+        nngp, ntk = both[0], both[1]
     var_fn = var_fn or fn
     if ks.var_pixel and mixes:
         var1, var2 = ks.tape.take()
@@ -143,8 +146,12 @@ class Conv(WeightLayer):
             groups = sp.pixel_groups(lead, nsp, full)
             return sp.window_sum(x, groups, self.filter_shape, self.strides, pads, out) / size
 
-        nngp = w2 * patch_mean(ks.nngp, 2) + b2
-        ntk = None if ks.ntk is None else w2 * patch_mean(ks.ntk, 2) + nngp
+        if ks.ntk is None:
+            nngp, ntk = w2 * patch_mean(ks.nngp, 2) + b2, None
+        else:  # one pass over both: their producer (a dual kernel) is then one fused loop, not two
+            both = patch_mean(jnp.stack([ks.nngp, ks.ntk]), 3)
+            nngp = w2 * both[0] + b2
+            ntk = w2 * both[1] + nngp
         if ks.var2 is None:
             var1, var2 = self_var(nngp), None
         else:  # per-pixel variances (var_pixel) stay per pixel: the same-pixel entries of the rule
@@ -177,7 +184,12 @@ class Conv(WeightLayer):
         b = a if x2 is None else patches(x2)
         shape = out * (2 if ks.full else 1)
         if ks.full:
-            g = jnp.einsum("ipk,jqk->ijpq", a, b)
+            # a batched product over the input pairs writes (i, j, p, q) in place: the plain
+            # "ipk,jqk->ijpq" writes (i, p, j, q) and transposes, whose strided reads cost more
+            # than the product itself at 32x32 pixels
+            n1, n2 = a.shape[0], b.shape[0]
+            g = jnp.einsum("ijpk,ijqk->ijpq", jnp.broadcast_to(a[:, None], (n1, n2) + a.shape[1:]),
+                           jnp.broadcast_to(b[None], (n1, n2) + b.shape[1:]))
             swap = (1, 0, 3, 2)
         else:
             g = jnp.einsum("ipk,jpk->ijp", a, b)

@@ -20,6 +20,7 @@ Out-of-image pixels (SAME padding) count as zeros, as in the finite network.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import jax
@@ -67,6 +68,10 @@ def window_sum(x: jax.Array, groups, window, strides, pads, out) -> jax.Array:
     """
     if all(f == 1 for f in window) and all(st == 1 for st in strides):
         return x
+    if all(st == 1 for st in strides) and tuple(out) == tuple(x.shape[groups[0][0]:groups[0][0] + len(window)]) \
+            and all(g == tuple(range(g[0], g[0] + len(window))) for g in groups) \
+            and groups[-1][-1] == x.ndim - 1 and all(a[-1] + 1 == b[0] for a, b in zip(groups, groups[1:])):
+        return _window_sum_flat(x, len(groups), window, pads)
     x = jax.lax.optimization_barrier(x)
     for i, (f, st, pad, n) in enumerate(zip(window, strides, pads, out)):
         axes = [group[i] for group in groups]
@@ -89,6 +94,48 @@ def window_sum(x: jax.Array, groups, window, strides, pads, out) -> jax.Array:
             acc = acc + shifted(d)
         x = acc
     return x
+
+
+def _window_sum_flat(x: jax.Array, n_groups: int, window, pads) -> jax.Array:
+    """:func:`window_sum` for stride 1 and SAME-size output, with the pixel groups the trailing axes.
+
+    In row-major order a shift of every group by the same offset ``d`` is one constant shift of
+    the flattened trailing axes, so the sum is ``sum_d mask_d * x_flat[k + o_d]``: one fused loop
+    of contiguous reads (XLA:CPU vectorises it), where slices of a many-axis zero-padded array
+    are emitted with per-element index arithmetic. ``mask_d`` zeroes the terms whose pixel, in
+    any group, leaves the image (a product of per-axis conditions).
+    """
+    nsp = len(window)
+    lead = x.ndim - n_groups * nsp
+    spatial = x.shape[lead:lead + nsp]
+    trail = x.shape[lead:]
+    length = math.prod(trail)
+    elem = [math.prod(trail[k + 1:]) for k in range(len(trail))]  # row-major element strides
+    terms = []
+    for d in itertools.product(*[range(f) for f in window]):
+        shift = [di - lo for di, (lo, _) in zip(d, pads)]
+        off = sum(shift[i] * elem[g * nsp + i] for g in range(n_groups) for i in range(nsp))
+        mask = None
+        for g in range(n_groups):
+            for i, (sh, n) in enumerate(zip(shift, spatial)):
+                if sh == 0:
+                    continue
+                pos = jnp.arange(n) + sh
+                shape = [1] * len(trail)
+                shape[g * nsp + i] = n
+                valid = ((pos >= 0) & (pos < n)).reshape(shape)
+                mask = valid if mask is None else mask & valid
+        terms.append((off, mask))
+    reach = max(abs(off) for off, _ in terms)
+    flat = x.reshape(x.shape[:lead] + (length,))
+    xp = jnp.pad(flat, [(0, 0)] * lead + [(reach, reach)])
+    acc = None
+    for off, mask in terms:
+        t = jax.lax.slice_in_dim(xp, reach + off, reach + off + length, axis=lead).reshape(x.shape)
+        if mask is not None:
+            t = jnp.where(jnp.broadcast_to(mask, trail), t, 0.0)
+        acc = t if acc is None else acc + t
+    return acc
 
 
 def pixel_groups(lead: int, nsp: int, full: bool):

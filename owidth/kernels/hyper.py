@@ -141,5 +141,7 @@ def jit_net(fn=None, *, static_argnames: tuple[str, ...] = ()):
         template, leaves = split(net)
         return traced(template, statics, leaves, dynamic)
 
-    wrapper._traced = traced  # for tests (trace counting) and introspection
+    wrapper._traced = traced
+    wrapper._cache_size = traced._cache_size  # as on a jitted function: compilations so far (tests count them)
+    wrapper.clear_cache = traced.clear_cache
     return wrapper

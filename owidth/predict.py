@@ -39,7 +39,7 @@ import numpy as np
 
 from owidth.kernels.state import Kernel
 
-__all__ = ["Prediction", "gradient_descent", "gradient_flow", "nngp_posterior"]
+__all__ = ["Prediction", "gradient_descent", "gradient_flow", "log_marginal_likelihood", "nngp_posterior"]
 
 
 @jax.tree_util.register_dataclass
@@ -236,3 +236,93 @@ def nngp_posterior(k_train, k_test_train, y_train, *, noise: float = 0.0, k_test
     if squeeze:
         mean, mean_train = mean[..., 0], mean_train[..., 0]
     return Prediction(None, mean_train[None], mean[None], None if cov is None else cov[None], None)
+
+
+def _concrete(*values) -> bool:
+    return not any(isinstance(v, jax.core.Tracer) for v in values)
+
+
+def log_marginal_likelihood(k_train, y, noise) -> jax.Array:
+    """Log evidence of targets ``y`` under the centred Gaussian process with kernel ``k_train`` plus noise.
+
+    For each output column ``y_c`` (n,) of ``Y`` (n, k), with ``s^2 = noise``
+    (Rasmussen & Williams 2006, eq. 2.30):
+
+        log p(y_c) = -1/2 y_c^T (K + s^2 I)^-1 y_c - 1/2 log det(K + s^2 I) - n/2 log 2 pi
+
+    and the result is the sum over the k columns (output units are
+    independent with the same kernel, see :class:`ow.Kernel`). It is computed
+    from one Cholesky factor ``L L^T = K + s^2 I`` (R&W 2006, Algorithm 2.1):
+    ``alpha = L^-T L^-1 Y``, ``log p = -1/2 sum(Y * alpha) - k sum_i log L_ii
+    - n k/2 log 2 pi``, without an explicit inverse or determinant. Maximising
+    it over the kernel's hyperparameters is evidence maximisation (type-II
+    maximum likelihood, R&W 2006, sec. 5.4): ``jax.grad`` through
+    :func:`ow.kernel` gives its gradient with respect to ``w_std``,
+    ``b_std``, activation parameters and ``noise``.
+
+    Args:
+      k_train: (n, n) kernel of the training inputs (an NNGP for the Bayesian
+        posterior of an infinitely wide network, Lee et al. 2018), or an
+        ``ow.Kernel`` (its ``nngp`` is used).
+      y: (n,) or (n, k) targets.
+      noise: observation noise *variance* ``s^2`` (as in
+        :func:`nngp_posterior`), a number or JAX scalar >= 0. ``0`` is allowed
+        when ``K`` is positive definite; a small positive value (e.g. 1e-6
+        times the mean of ``diag K`` in float64, more in float32) also
+        regularises a singular ``K``.
+
+    Returns:
+      The scalar ``sum_c log p(y_c)``.
+
+    Bad input. Shapes are checked always. With concrete inputs (the eager
+    path), NaN/Inf in ``k_train`` or ``y``, a negative or non-finite
+    ``noise``, and a ``K + s^2 I`` that is not numerically positive definite
+    raise ``ValueError`` saying what to change. Under a transformation
+    (``jax.grad``/``jit``/``vmap``, where values are unknown) such cases give
+    ``-inf`` (as scikit-learn's GaussianProcessRegressor does), never NaN; its
+    gradient is then 0 when the kernel itself is finite (a non-finite
+    ``w_std`` gives a non-finite kernel, whose gradient cannot be finite).
+    """
+    k = _nngp_only(k_train, "k_train")
+    if k.ndim != 2 or k.shape[0] != k.shape[1]:
+        raise ValueError(f"ow.predict.log_marginal_likelihood: k_train must be square (n, n), got shape {k.shape}")
+    if not jnp.issubdtype(k.dtype, jnp.floating):
+        k = k.astype(jnp.result_type(float))
+    n = k.shape[0]
+    y = jnp.asarray(y)
+    if y.ndim not in (1, 2) or y.shape[0] != n:
+        raise ValueError(f"ow.predict.log_marginal_likelihood: y must be (n,) or (n, k) with n = {n} rows "
+                         f"(those of k_train), got shape {y.shape}")
+    y = (y[:, None] if y.ndim == 1 else y).astype(k.dtype)
+    if isinstance(noise, bool) or not (isinstance(noise, (int, float)) or jnp.ndim(noise) == 0):
+        raise TypeError(f"ow.predict.log_marginal_likelihood: noise must be a scalar (a variance), got {noise!r}")
+    concrete = _concrete(k, y, noise)
+    if _concrete(noise) and not (np.isfinite(float(noise)) and float(noise) >= 0):
+        raise ValueError(f"ow.predict.log_marginal_likelihood: noise is a variance and must be finite and >= 0, "
+                         f"got {float(noise)!r}")
+    for name, a in (("k_train", k), ("y", y)):
+        if _concrete(a) and not np.all(np.isfinite(np.asarray(a))):
+            raise ValueError(f"ow.predict.log_marginal_likelihood: {name} contains NaN or Inf"
+                             + ("; check the kernel's hyperparameters and inputs" if name == "k_train" else ""))
+    a = k + noise * jnp.eye(n, dtype=k.dtype)
+    if concrete:
+        lml = _lml_cholesky(a, y)
+        if not np.isfinite(float(lml)):
+            raise ValueError(
+                "ow.predict.log_marginal_likelihood: K + noise I is not numerically positive definite (its "
+                f"Cholesky factorisation failed, n = {n}); increase noise (e.g. to 1e-6 mean(diag K) in float64, "
+                "1e-3 in float32) or remove duplicated inputs")
+        return lml
+    # Traced: where the factorisation fails, factor I instead (so that the gradient is 0, not NaN) and return -inf.
+    ok = jnp.all(jnp.isfinite(jax.lax.stop_gradient(jnp.linalg.cholesky(a))))
+    lml = _lml_cholesky(jnp.where(ok, a, jnp.eye(n, dtype=k.dtype)), y)
+    return jnp.where(ok, lml, -jnp.inf)
+
+
+def _lml_cholesky(a, y):
+    """``sum_c log N(y_c; 0, a)`` from the Cholesky factor of ``a`` (R&W 2006, Algorithm 2.1)."""
+    n, k = y.shape
+    chol = jnp.linalg.cholesky(a)
+    alpha = jax.scipy.linalg.cho_solve((chol, True), y)
+    return (-0.5 * jnp.sum(y * alpha) - k * jnp.sum(jnp.log(jnp.diagonal(chol)))
+            - 0.5 * n * k * jnp.log(2.0 * jnp.pi))

@@ -21,6 +21,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from owidth.kernels import dual, quadrature
 from owidth.kernels import spatial as sp
@@ -94,26 +95,74 @@ class FiniteCtx:
     tape: Tape | None = dataclasses.field(default=None, compare=False, hash=False)
 
 
-def _check_std(cls: str, name: str, value) -> float:
+def _check_hyper(cls: str, name: str, value, *, nonneg: bool):
+    """A real hyperparameter of a layer: a number, or a JAX scalar (for ``jax.grad``/``jax.jit`` over it).
+
+    * Python and NumPy numbers become Python floats: the layer stays a
+      hashable static value (one compilation per value, as any static).
+    * A concrete scalar ``jax.Array`` is checked like a number and kept as an
+      array: ``ow.kernel`` then traces it (:mod:`owidth.kernels.hyper`), so
+      other values of it reuse one compilation.
+    * A tracer (inside ``jax.grad``/``jax.jit``/``jax.vmap``) cannot be
+      checked: it must be a real scalar, and its value is used as given (for
+      a standard deviation only its square enters the kernels, see
+      :func:`_check_weight_layer`).
+    """
+    if isinstance(value, jax.Array):
+        if value.ndim != 0 or not (jnp.issubdtype(value.dtype, jnp.floating) or jnp.issubdtype(value.dtype, jnp.integer)):
+            raise TypeError(f"{cls}({name}=...) must be a real scalar, got a JAX array of shape {tuple(value.shape)} "
+                            f"and dtype {value.dtype}; pass one number (e.g. x[0] or jnp.squeeze(x))")
+        if jnp.issubdtype(value.dtype, jnp.integer):
+            value = value.astype(jnp.result_type(float))
+        if not isinstance(value, jax.core.Tracer):
+            _check_number(cls, name, float(value), nonneg)
+        return value
+    if isinstance(value, (np.ndarray, np.generic)) and value.ndim == 0 and value.dtype.kind in "iuf":
+        value = value.item()
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{cls}({name}=...) must be a real number, got {type(value).__name__} {value!r}")
-    value = float(value)
-    if not math.isfinite(value) or value < 0:
+        raise TypeError(f"{cls}({name}=...) must be a real number (or a JAX scalar), got {type(value).__name__} "
+                        f"{value!r}")
+    return _check_number(cls, name, float(value), nonneg)
+
+
+def _check_number(cls: str, name: str, value: float, nonneg: bool) -> float:
+    if nonneg and (not math.isfinite(value) or value < 0):
         raise ValueError(f"{cls}({name}={value!r}): a standard deviation must be finite and >= 0")
-    return value
-
-
-def _check_real(cls: str, name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{cls}({name}=...) must be a real number, got {type(value).__name__} {value!r}")
-    value = float(value)
     if not math.isfinite(value):
         raise ValueError(f"{cls}({name}={value!r}) must be finite")
     return value
 
 
+def _check_std(cls: str, name: str, value):
+    """A standard deviation: finite and >= 0 (see :func:`_check_hyper` for JAX scalars)."""
+    return _check_hyper(cls, name, value, nonneg=True)
+
+
+def _check_real(cls: str, name: str, value):
+    """A finite real parameter (see :func:`_check_hyper` for JAX scalars)."""
+    return _check_hyper(cls, name, value, nonneg=False)
+
+
+def _has_bias(b_std) -> bool:
+    """Whether a finite weight layer gets a bias tensor: ``b_std > 0`` for a number; always for a JAX scalar,
+    whose value may change under ``jax.jit`` while the parameter structure may not (a zero one then
+    multiplies the bias by 0)."""
+    return isinstance(b_std, jax.Array) or b_std > 0
+
+
 def _check_weight_layer(layer) -> None:
-    """Validate ``out``, ``w_std`` and ``b_std`` of a Dense-like frozen dataclass in place."""
+    """Validate ``out``, ``w_std`` and ``b_std`` of a Dense-like frozen dataclass in place.
+
+    ``w_std``/``b_std`` are numbers or JAX scalars (:func:`_check_hyper`).
+    Concrete values must be finite and >= 0 (``ValueError`` otherwise). A
+    traced value cannot be checked; the kernel rules use only ``w_std^2`` and
+    ``b_std^2``, so a negative traced value gives the kernel of its absolute
+    value (the same Gaussian law of the weights), finite and with the
+    chain-rule gradient, and an optimiser may cross 0 without NaN. A
+    non-finite traced value makes the kernel non-finite (nothing is clipped
+    silently); :func:`ow.predict.log_marginal_likelihood` then returns
+    ``-inf``. Optimise e.g. ``log w_std`` to keep it positive.
+    """
     cls = type(layer).__name__
     if layer.out is not None:
         if isinstance(layer.out, bool) or not isinstance(layer.out, int):
@@ -214,6 +263,15 @@ class Dense(WeightLayer):
         for kernels and ``width`` wide for finite networks. An int fixes it.
       w_std: weight standard deviation (times ``1/sqrt(fan_in)``).
       b_std: bias standard deviation; ``0`` means no bias parameter.
+
+    ``w_std`` and ``b_std`` may be JAX scalars, so that ``jax.grad`` of any
+    function of :func:`ow.kernel` (e.g. the evidence
+    :func:`ow.predict.log_marginal_likelihood`) with respect to them works,
+    under ``jax.jit`` too; with Python floats the layer is a hashable static
+    value. A negative traced value acts as its absolute value (only squares
+    enter the kernel); concrete negative or non-finite values raise
+    ``ValueError``. In a finite network a JAX-scalar ``b_std`` always creates
+    a bias tensor (the parameter structure cannot depend on a traced value).
     """
 
     _pixel_var = True
@@ -253,7 +311,7 @@ class Dense(WeightLayer):
 
     def _init(self, key, dim, ctx):
         out, s = self._scale(dim, ctx)
-        return init_weights(key, (dim.size, out.size), out.size, s, self.b_std > 0), out
+        return init_weights(key, (dim.size, out.size), out.size, s, _has_bias(self.b_std)), out
 
     def _apply(self, params, x, dim, ctx):
         out, s = self._scale(dim, ctx)
@@ -535,7 +593,7 @@ class Sin(_ScaledActivation):
         return self.a * jnp.sin(self.b * x + self.shift)
 
     def mean(self, q):
-        return self.a * math.sin(self.shift) * jnp.exp(-0.5 * self.b**2 * q)  # E sin(w) = sin(E w) e^{-Var w/2}
+        return self.a * jnp.sin(self.shift) * jnp.exp(-0.5 * self.b**2 * q)  # E sin(w) = sin(E w) e^{-Var w/2}
 
 
 @dataclasses.dataclass(frozen=True)

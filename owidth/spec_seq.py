@@ -24,7 +24,7 @@ import numpy as np
 
 from owidth.kernels.state import KState, self_var
 from owidth.param import Role
-from owidth.spec import Dim, FiniteCtx, Layer, WeightLayer, _check_std, _enter_weights, init_weights
+from owidth.spec import Dim, FiniteCtx, Layer, WeightLayer, _check_std, _enter_weights, _has_bias, init_weights
 
 __all__ = ["Embedding", "Attention", "TakePosition", "transformer"]
 
@@ -104,7 +104,7 @@ class Embedding(WeightLayer):
         s = ctx.param.dense(Role.INPUT, fan_in=1, width=ctx.width, w_std=self.w_std, b_std=self.pos_std)
         ke, kp = jax.random.split(key)
         params = {"w": init_weights(ke, (self.vocab, ctx.width), ctx.width, s, False)["w"]}
-        if self.pos_std > 0:
+        if _has_bias(self.pos_std):
             params["pos"] = s.b_init * jax.random.normal(kp, (length, ctx.width), jnp.result_type(float))
         return params, Dim(ctx.width, True, (length,))
 

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from owidth.kernels import spatial as sp
 from owidth.kernels.state import KState, self_var
 from owidth.param import Role
-from owidth.spec import Dim, FiniteCtx, Layer, WeightLayer, _check_weight_layer, init_weights
+from owidth.spec import Dim, FiniteCtx, Layer, WeightLayer, _check_weight_layer, _has_bias, init_weights
 
 __all__ = ["Conv", "AvgPool", "Flatten", "GlobalAvgPool", "needs_full_pixels"]
 
@@ -231,7 +231,7 @@ class Conv(WeightLayer):
 
     def _init(self, key, dim, ctx):
         out, s = self._geometry(dim, ctx)
-        return init_weights(key, (*self.filter_shape, dim.size, out.size), out.size, s, self.b_std > 0), out
+        return init_weights(key, (*self.filter_shape, dim.size, out.size), out.size, s, _has_bias(self.b_std)), out
 
     def _apply(self, params, x, dim, ctx):
         out, s = self._geometry(dim, ctx)

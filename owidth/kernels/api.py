@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from owidth import _checks
-from owidth.kernels import tiles
+from owidth.kernels import hyper, tiles
 from owidth.kernels.state import Kernel, KState, VarTape
 
 _GETS = ("nngp", "ntk")
@@ -27,18 +27,28 @@ def _normalize_get(get) -> tuple[str, ...]:
     return tuple(g for g in _GETS if g in get)
 
 
-@functools.lru_cache(maxsize=256)
 def _check_structure(net, get: tuple[str, ...], same: bool, features: tuple[int, ...]) -> None:
     """Trace the layer rules on tiny abstract inputs (no FLOPs, no compilation)
     so that structural errors (wrong rank for a conv net, a VALID filter larger
     than the image) surface before anything is compiled. Memoised per
-    (net, get, same, feature shape): it runs once per architecture."""
-    x = jax.ShapeDtypeStruct((2, *features), jnp.result_type(float))
-    jax.eval_shape(lambda a, b: _kernel_impl(net, a, b, get), x, None if same else x)
+    (net template, get, same, feature shape): it runs once per architecture."""
+    _check_structure_cached(hyper.split(net)[0], get, same, features)
 
 
 @functools.lru_cache(maxsize=256)
+def _check_structure_cached(template, get, same, features) -> None:
+    x = jax.ShapeDtypeStruct((2, *features), jnp.result_type(float))
+    jax.eval_shape(lambda leaves, a, b: _kernel_impl(hyper.merge(template, leaves), a, b, get),
+                   hyper.abstract_leaves(template), x, None if same else x)
+
+
 def _spatial_info(net) -> tuple[bool, bool]:
+    """(has spatial layers, needs all pixel-pixel covariances), from a static pass over the spec."""
+    return _spatial_info_cached(hyper.split(net)[0])  # the template: hashable also with traced hyperparameters
+
+
+@functools.lru_cache(maxsize=256)
+def _spatial_info_cached(net) -> tuple[bool, bool]:
     """(has spatial layers, needs all pixel-pixel covariances), from a static pass over the spec."""
     from owidth.spec_seq import Attention, Embedding, TakePosition
     from owidth.spec_spatial import AvgPool, Conv, Flatten, GlobalAvgPool, needs_full_pixels
@@ -145,7 +155,7 @@ def _blocked(net, x1, x2, get, size: int) -> Kernel:
     return Kernel(nngp=out["nngp"], ntk=out["ntk"], var1=var, var2=var)
 
 
-_kernel = jax.jit(_kernel_auto, static_argnames=("net", "get"))
+_kernel = hyper.jit_net(_kernel_auto, static_argnames=("get",))  # jax.jit, net static but for array hyperparameters
 
 
 def _check_attn(net, attn) -> None:
@@ -245,6 +255,21 @@ def kernel(net, x1, x2=None, *, get=("nngp", "ntk"), batch_size: int | str | Non
 
     The computation is jit-compiled once per (net, get, shapes); it can also
     be called inside ``jax.jit``/``jax.grad`` by the user.
+
+    Hyperparameters (``w_std``, ``b_std``, activation parameters such as
+    ``LeakyRelu(a)``, ``Erf(a, b, shift)``, ``Sin(a, b, shift)``) may be JAX
+    scalars, also tracers, so that ``jax.grad``/``jax.jit``/``jax.vmap`` of
+    any function of the kernel with respect to them work::
+
+        def evidence(w):
+            k = ow.kernel(ow.serial(ow.Dense(w_std=w), ow.Relu(), ow.Dense(out=1)), x, get="nngp")
+            return ow.predict.log_marginal_likelihood(k, y, 0.1)
+
+        jax.grad(evidence)(1.3)
+
+    Python-float hyperparameters are static (compiled per value, as before);
+    JAX-array ones are traced (one compilation for all their values). See
+    :func:`ow.Dense` for negative or non-finite traced values.
     """
     from owidth.spec import Layer  # local: spec imports the kernel package
 
@@ -292,11 +317,14 @@ def _tile_size(net, x1, x2, batch_size, memory_budget) -> int | None:
     pair_bytes = tiles.entries_per_pair(tuple(x1.shape[1:]), spatial, full) * x1.dtype.itemsize
     devices = len(jax.devices())
     if batch_size == "auto":
-        if traced:
+        if traced or hyper.has_tracers(hyper.split(net)[1]):
             return None
         budget = tiles.default_budget() if memory_budget is None else int(memory_budget)
         return tiles.choose_tile(n1, n2, pair_bytes=pair_bytes, budget=budget, devices=devices, full=full)
     size = _checks.positive_int("batch_size", batch_size, where=where)
+    if max(n1, n2) > size and hyper.has_tracers(hyper.split(net)[1]):
+        raise ValueError(f"{where}: batch_size={size} needs concrete hyperparameters (tiles are assembled on the "
+                         "host); pass batch_size='auto' or None inside jax.grad/jit/vmap over w_std, b_std, ...")
     if memory_budget is not None:
         need = size * size * pair_bytes * tiles.LIVE_STATES * devices
         if need > memory_budget:

@@ -297,7 +297,7 @@ def sin(q1, q2, c, *, a: float = 1.0, b: float = 1.0, shift: float = 0.0, need_d
     b2 = b * b
     half = -0.5 * b2 * (q1 + q2)
     ep = jnp.exp(half + b2 * c)
-    em = jnp.exp(half - b2 * c) * math.cos(2.0 * shift)
+    em = jnp.exp(half - b2 * c) * jnp.cos(2.0 * shift)
     t = 0.5 * a * a * (ep - em)
     if not need_dot:
         return t, None

@@ -153,6 +153,10 @@ def dual_polar(fn, q1, q2, c, *, nodes: int, need_dot: bool):
     then exact up to rounding). Averaged over both orders of (u, v), as
     :func:`dual`, for exact symmetry.
     """
+    try:
+        hash(fn)
+    except TypeError:  # an activation holding array hyperparameters (traced by ow.kernel): no static jit
+        return _both_orders(_polar_ordered, fn, q1, q2, c, nodes=nodes, need_dot=need_dot)
     return _polar_both(fn, q1, q2, c, nodes=nodes, need_dot=need_dot)
 
 

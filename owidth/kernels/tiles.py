@@ -17,7 +17,6 @@ variances recomputed per block.
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 
@@ -25,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from owidth.kernels import hyper
 from owidth.kernels.state import Kernel, VarTape
 
 # Peak bytes of a block of input pairs, in units of one pair's largest layer state (its NNGP at the
@@ -99,8 +99,8 @@ def blocks(x, size: int):
     return xp.reshape((t, size) + x.shape[1:])
 
 
-@functools.partial(jax.jit, static_argnames=("impl", "net", "get", "record", "singles"))
-def _self_tiles(impl, net, a, get, record, singles):
+@hyper.jit_net(static_argnames=("impl", "get", "record", "singles"))
+def _self_tiles(net, impl, a, get, record, singles):
     """Self-kernels of a stack of blocks ``a`` (d, size, ...) and the variances they record.
 
     ``singles``: each input of a block alone (its own block only, not the pairs between them)."""
@@ -119,8 +119,8 @@ def _self_tiles(impl, net, a, get, record, singles):
     return jax.vmap(block)(a)
 
 
-@functools.partial(jax.jit, static_argnames=("impl", "net", "get", "pixel"))
-def _cross_tiles(impl, net, a, b, get, pixel, ta, tb):
+@hyper.jit_net(static_argnames=("impl", "get", "pixel"))
+def _cross_tiles(net, impl, a, b, get, pixel, ta, tb):
     """Kernels of block pairs ``(a[k], b[k])``; with ``pixel``, per-pixel variances replayed from the
     records ``ta``/``tb`` of the two blocks."""
     def one(u, v, eu, ev):
@@ -180,10 +180,10 @@ def tiled(impl, net, x1, x2, get, size: int, *, pixel: bool, full_out: bool, pro
         return tuple(np.stack([tapes[i][k] for i in idx]) for k in range(len(tapes[idx[0]])))
 
     def self_fn(singles):
-        return lambda a: _self_tiles(impl, net, a, get, pixel, singles)
+        return lambda a: _self_tiles(net, impl, a, get, pixel, singles)
 
     def cross(pairs, ba, bb, tapes_a, tapes_b):
-        fn = lambda a, b, ta, tb: _cross_tiles(impl, net, a, b, get, pixel, ta, tb)  # noqa: E731
+        fn = lambda a, b, ta, tb: _cross_tiles(net, impl, a, b, get, pixel, ta, tb)  # noqa: E731
 
         def args_of(chunk):
             ia, ib = [i for i, _ in chunk], [j for _, j in chunk]

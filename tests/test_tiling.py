@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import owidth as ow
+from owidth.kernels import tiles
 
 NETS = {
     "mlp": (ow.serial(ow.Dense(w_std=1.4, b_std=0.3), ow.Relu(), ow.Dense(w_std=1.4, b_std=0.3), ow.Gelu(),
@@ -86,3 +87,72 @@ def test_four_fake_cpu_devices_equal_one(tmp_path):
         assert np.array_equal(r["nngp"], r["nngp"].T)
         for got, ref in [(r["nngp"], k.nngp), (r["ntk"], k.ntk), (r["nngp2"], k2.nngp), (r["ntk2"], k2.ntk)]:
             assert rel(got, ref) < 1e-12, name
+
+
+# Pooled CNNs: tiles of different inputs run with per-pixel variances replayed from each input's own
+# pass (VarTape); every combination of pooling, a pixel-valued output, residual sums, quadrature
+# activations and Flatten after pooling must give the untiled kernel.
+_C = dict(filter_shape=(3, 3), w_std=1.4, b_std=0.3)
+POOLED = {
+    "myrtle": (ow.serial(ow.Conv(**_C), ow.Relu(), ow.Conv(**_C), ow.Relu(), ow.AvgPool((2, 2)), ow.Conv(**_C),
+                         ow.Relu(), ow.AvgPool((2, 2)), ow.GlobalAvgPool(), ow.Dense(out=1)), (8, 8, 2)),
+    "pixel-output": (ow.serial(ow.Conv(**_C), ow.Erf(), ow.AvgPool((2, 2)), ow.Dense(out=1)), (6, 6, 2)),
+    "residual-tanh-flatten": (ow.serial(ow.Conv(**_C), ow.Residual(ow.Tanh(), ow.Conv(**_C)), ow.Gelu(),
+                                        ow.AvgPool((2, 2), strides=(1, 1), padding="SAME"), ow.Conv(**_C), ow.Relu(),
+                                        ow.Flatten(), ow.Dense(out=1)), (5, 4, 3)),
+    "strided-1d": (ow.serial(ow.Conv(filter_shape=(3,), strides=(2,), w_std=1.2), ow.LeakyRelu(0.2),
+                             ow.AvgPool((2,)), ow.Dense(), ow.Abs(), ow.GlobalAvgPool(), ow.Dense(out=2)), (9, 2)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(POOLED))
+def test_pooled_tiles_replay_variances(name):
+    net, shape = POOLED[name]
+    assert net._supports("_pixel_var")
+    rng = np.random.default_rng(1)
+    x1, x2 = rng.standard_normal((7, *shape)), rng.standard_normal((5, *shape))
+    x1[3] = x1[1]  # a duplicated input: its cross entries must equal its diagonal
+    full, cross = ow.kernel(net, x1, batch_size=None), ow.kernel(net, x1, x2, batch_size=None)
+    for b in (2, 3, "auto"):
+        k, k2 = ow.kernel(net, x1, batch_size=b), ow.kernel(net, x1, x2, batch_size=b)
+        if k.nngp.ndim == 2:
+            assert np.array_equal(k.nngp, np.asarray(k.nngp).T)
+        for got, ref in [(k.nngp, full.nngp), (k.ntk, full.ntk), (k.var1, full.var1), (k2.nngp, cross.nngp),
+                         (k2.ntk, cross.ntk), (k2.var1, cross.var1), (k2.var2, cross.var2)]:
+            assert got.shape == ref.shape and rel(got, ref) < 1e-12
+    k = ow.kernel(net, x1, batch_size=2)
+    assert rel(k.nngp[1, 3], k.nngp[1, 1]) < 1e-12 and rel(k.ntk[3, 1], k.ntk[3, 3]) < 1e-12
+
+
+def test_auto_tiles_and_memory_budget():
+    net, shape = POOLED["myrtle"]
+    x = np.random.default_rng(2).standard_normal((6, *shape))
+    one_pair = 2 * (8 * 8) ** 2 * 8 * tiles.LIVE_STATES  # two inputs' worth of pair states, float64
+    k = ow.kernel(net, x, batch_size="auto", memory_budget=4 * one_pair)  # tiles of 2 rows at most
+    assert rel(k.ntk, ow.kernel(net, x, batch_size=None).ntk) < 1e-12
+    with pytest.raises(MemoryError, match="GiB"):
+        ow.kernel(net, x, memory_budget=one_pair / 4)
+    with pytest.raises(MemoryError, match="batch_size=4"):
+        ow.kernel(net, x, batch_size=4, memory_budget=one_pair)
+    for bad in (0, -1.0, float("nan"), float("inf"), "1GB", True):
+        with pytest.raises(ValueError, match="memory_budget"):
+            ow.kernel(net, x, memory_budget=bad)
+    with pytest.raises(ValueError, match="batch_size must be 'auto'"):
+        ow.kernel(net, x, batch_size="big")
+
+
+def test_choose_tile_respects_the_budget():
+    for budget in (2**24, 2**28, 2**31):
+        for full in (True, False):
+            pair_bytes = 4 * (32 * 32) ** (2 if full else 1)
+            try:
+                rows = tiles.choose_tile(300, 300, pair_bytes=pair_bytes, budget=budget, devices=2, full=full)
+            except MemoryError:
+                assert pair_bytes * tiles.LIVE_STATES * 2 > budget
+                continue
+            if rows is None:  # untiled: everything fits
+                assert not full and 300 * 300 * pair_bytes * tiles.LIVE_STATES <= budget
+            else:
+                assert 1 <= rows <= 300 and rows * rows * pair_bytes * tiles.LIVE_STATES * 2 <= budget
+    # MLP states are small: auto never tiles them below the budget
+    assert tiles.choose_tile(2048, 2048, pair_bytes=8, budget=2**30, devices=1, full=False) is None

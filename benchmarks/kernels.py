@@ -82,12 +82,23 @@ QUICK_SIZES = (64, 128)
 REPEATS = 7
 QUICK_REPEATS = 2
 # name -> (net, input shape without batch, sizes, quick sizes, owidth batch_size (full, quick), repeats)
+# batch_size: "auto" (ow.kernel's default: tiles from the memory budget), None (untiled) or an int.
 WORKLOADS = {
     WORKLOAD: ("mlp", (D_IN,), SIZES, QUICK_SIZES, (None, None), REPEATS),
     "ntk_relu_mlp_depth4_tiled": ("mlp", (D_IN,), (8192,), (256,), (2048, 64), 3),
     "cntk_gap_cnn2_8x8x3": ("cnn", (8, 8, 3), (128,), (16,), (None, None), 3),
     "cntk_gap_cnn2_8x8x3_tiled": ("cnn", (8, 8, 3), (128,), (16,), (32, 8), 3),
+    "cntk_gap_cnn2_8x8x3_auto": ("cnn", (8, 8, 3), (128,), (16,), ("auto", "auto"), 3),
+    # CIFAR-size (Arora et al. 2019; Novak et al. 2019): 10^6 pixel pairs per image pair and layer
+    "cntk_gap_cnn2_32x32x3": ("cnn", (32, 32, 3), (16, 128), (4,), ("auto", "auto"), 1),
+    # Myrtle-style (Shankar et al. 2020): 3 x [Conv 3x3, Relu], AvgPool 2x2 after the 2nd and 3rd, GAP
+    "cntk_myrtle_32x32x3": ("myrtle", (32, 32, 3), (16, 128), (4,), ("auto", "auto"), 1),
 }
+# The peer is run up to this N per workload (neural-tangents needs ~2 min and ~9 GB at N = 16 on
+# 32x32 images, and had not finished N = 64 after 31 min: issue 22).
+PEER_MAX_N = {"cntk_gap_cnn2_32x32x3": 16, "cntk_myrtle_32x32x3": 16}
+# float32 only for the CIFAR-size rows (what the theory papers compute; float64 doubles the peer's minutes)
+DTYPES_OF = {"cntk_gap_cnn2_32x32x3": ("float32",), "cntk_myrtle_32x32x3": ("float32",)}
 DTYPES = ("float32", "float64")
 GET = ("nngp", "ntk")
 # Both workers pin one backend (OWIDTH_BENCH_PLATFORM: cpu unless benchmarks/run.py --platform says
@@ -179,6 +190,12 @@ def owidth_net(kind: str = "mlp"):
     import owidth as ow
 
     w, b = 2**0.5, 0.1**0.5
+    if kind == "myrtle":
+        def block():
+            return [ow.Conv(filter_shape=(3, 3), padding="SAME", w_std=w, b_std=b), ow.Relu()]
+
+        return ow.serial(*block(), *block(), ow.AvgPool(window=(2, 2)), *block(), ow.AvgPool(window=(2, 2)),
+                         ow.GlobalAvgPool(), ow.Dense(out=1, w_std=1.0, b_std=0.0))
     if kind == "cnn":
         conv = [l for _ in range(2) for l in (ow.Conv(filter_shape=(3, 3), padding="SAME", w_std=w, b_std=b),
                                               ow.Relu())]
@@ -193,23 +210,51 @@ def owidth_worker(args) -> None:
     jax.config.update("jax_enable_x64", args.dtype == "float64")
     import owidth as ow
 
+    from owidth.kernels import api as _api
+
     net = owidth_net(args.net)
     x = load_input(args.x, args.dtype)
-    bs = args.batch_size
+    bs = None if args.batch_size in (None, "none") else args.batch_size if args.batch_size == "auto" \
+        else int(args.batch_size)
+    tile = _api._tile_size(net, x, None, bs, None)  # the tile rows ow.kernel will use (None: untiled)
 
     def f(x):
-        k = ow.kernel(net, x, get=GET, batch_size=bs)
+        k = ow.kernel(net, x, get=GET, batch_size=bs, progress_bar=False)
         return k.nngp, k.ntk
 
-    if bs is None:
+    if tile is None:
         traceable = f
     else:  # tiles are assembled on the host: compile what they run, one tile with and one without x2
         def traceable(x):
-            a, b = ow.kernel(net, x[:bs], get=GET), ow.kernel(net, x[:bs], x[bs:2 * bs], get=GET)
+            a = ow.kernel(net, x[:tile], get=GET, batch_size=None)
+            b = ow.kernel(net, x[:tile], x[tile:2 * tile], get=GET, batch_size=None)
             return a.nngp, a.ntk, b.nngp, b.ntk
 
     stats, kernels = measure(f, traceable, x, args.repeats)  # ow.kernel jits internally
+    stats["tile"] = tile
+    stats.update(_flops(net, x, tile))
     emit(stats, kernels, args.save)
+
+
+def _flops(net, x, tile) -> dict:
+    """XLA's count of the floating-point operations and bytes of the whole kernel: the cost analysis
+    of one untiled call on two inputs (x1 against x2: one pair of each kind, no symmetry savings),
+    scaled by the n (n + 1) / 2 input pairs the call computes (n^2 / 2 + n tile / 2 when tiled)."""
+    import jax
+
+    import owidth as ow
+
+    n = x.shape[0]
+
+    def pair(a, b):
+        k = ow.kernel(net, a, b, get=GET, batch_size=None)
+        return k.nngp, k.ntk
+
+    one = jax.jit(pair).lower(x[:1], x[1:2]).compile().cost_analysis()
+    one = one[0] if isinstance(one, (list, tuple)) else one
+    pairs = n * (n + 1) / 2 + (0 if tile is None else n * (tile - 1) / 2)
+    return {"flops": float(one.get("flops", 0.0)) * pairs, "bytes_accessed": float(one.get("bytes accessed", 0.0)) * pairs,
+            "pairs_computed": pairs}
 
 
 # ---------------------------------------------------------------- parent side
@@ -272,7 +317,7 @@ def bench_one(workload: str, n: int, dtype: str, x_path: str, tmp: str, repeats:
     net = WORKLOADS[workload][0]
     common = ["--x", x_path, "--dtype", dtype, "--repeats", str(repeats), "--net", net]
     ow_save = os.path.join(tmp, f"ow_{workload}_{dtype}_{n}.npz")
-    extra = [] if batch_size is None else ["--batch-size", str(batch_size)]
+    extra = ["--batch-size", "none" if batch_size is None else str(batch_size)]
     ow_stats = run_worker([sys.executable, str(pathlib.Path(__file__).resolve()), "--worker", *common, *extra,
                            "--save", ow_save])
     entry = {"workload": workload, "n": n, "dtype": dtype, "batch_size": batch_size, "owidth": ow_stats,
@@ -345,9 +390,10 @@ def main_parent(args) -> None:
                 x_path = os.path.join(tmp, f"x_{'x'.join(map(str, shape))}_{n}.npy")
                 if not os.path.exists(x_path):  # same inputs for the tiled and untiled workloads
                     np.save(x_path, np.random.RandomState(SEED).randn(n, *shape))  # float64; workers cast
-                for dtype in args.dtypes:
+                peer = peer_python if n <= PEER_MAX_N.get(workload, n) else None
+                for dtype in [d for d in args.dtypes if d in DTYPES_OF.get(workload, DTYPES)]:
                     print(f"[kernels] {workload} n={n} {dtype} ...", file=sys.stderr, flush=True)
-                    results.append(bench_one(workload, n, dtype, x_path, tmp, repeats, peer_python, bs, peer_cache))
+                    results.append(bench_one(workload, n, dtype, x_path, tmp, repeats, peer, bs, peer_cache))
 
     report = {
         "machine": machine_info(),
@@ -383,8 +429,8 @@ def main(argv=None) -> None:
     p.add_argument("--x", help=argparse.SUPPRESS)
     p.add_argument("--dtype", choices=DTYPES, help=argparse.SUPPRESS)
     p.add_argument("--save", help=argparse.SUPPRESS)
-    p.add_argument("--net", choices=("mlp", "cnn"), default="mlp", help=argparse.SUPPRESS)
-    p.add_argument("--batch-size", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--net", choices=("mlp", "cnn", "myrtle"), default="mlp", help=argparse.SUPPRESS)
+    p.add_argument("--batch-size", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
         owidth_worker(args)

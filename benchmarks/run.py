@@ -54,6 +54,8 @@ AREAS = ("kernels", "empirical", "ensembles", "import", "dmft")
 IMPORT_REPEATS = 5
 
 KERNEL_TARGET = 0.5
+CIFAR_TARGET = 0.1  # issue 22: owidth / neural-tangents on the CIFAR-size CNTK at the same N
+CIFAR_SECONDS, CIFAR_GIB = 60, 4  # issue 22: N = 128 images of 32x32x3, 2 cores
 EMPIRICAL_TARGET = 1.0
 ENSEMBLE_TARGET = 10.0
 IMPORT_TARGET_S = 1.5
@@ -94,14 +96,26 @@ def run_kernels(out: pathlib.Path, args, env) -> list[dict]:
     rows = []
     for r in report["results"]:
         cntk = r["workload"].startswith("cntk")
-        tile = f", tiles of {r['batch_size']}" if r.get("batch_size") else ""
+        cifar = "32x32" in r["workload"]
         o, t = r["owidth"], r["neural_tangents"]
+        tile = o.get("tile", r.get("batch_size"))
+        tile = f", tiles of {tile}" + (" (auto)" if r.get("batch_size") == "auto" else "") if tile else ""
+        if o.get("flops") and o.get("run_s"):
+            tile += f", {o['flops'] / o['run_s'] / 1e9:.1f} GFLOP/s (XLA count)"
         met = None
-        if r["ratio_run"] is not None:
-            met = r["ratio_run"] <= KERNEL_TARGET and (not cntk or r["ratio_peak_rss"] < 1.0)
+        if cifar and t is None:  # issue 22: N = 128 CIFAR-size CNTK within a minute and 4 GiB on 2 cores
+            target = f"<= {CIFAR_SECONDS} s, <= {CIFAR_GIB} GiB"
+            met = o["run_s"] <= CIFAR_SECONDS and o["peak_rss_mib"] <= CIFAR_GIB * 1024
+        elif cifar:
+            target = f"<= {CIFAR_TARGET}x NT"
+            met = r["ratio_run"] is not None and r["ratio_run"] <= CIFAR_TARGET
+        else:
+            target = f"<= {KERNEL_TARGET}x NT" + (", less memory" if cntk else "")
+            if r["ratio_run"] is not None:
+                met = r["ratio_run"] <= KERNEL_TARGET and (not cntk or r["ratio_peak_rss"] < 1.0)
         rows.append(_row("kernels", f"{r['workload']} N={r['n']} {r['dtype']}{tile}", o["run_s"],
-                         t and t["run_s"], o["peak_rss_mib"], t and t["peak_rss_mib"],
-                         f"<= {KERNEL_TARGET}x NT" + (", less memory" if cntk else ""), met, ratio=r["ratio_run"]))
+                         t and t["run_s"], o["peak_rss_mib"], t and t["peak_rss_mib"], target, met,
+                         ratio=r["ratio_run"]))
     return rows
 
 

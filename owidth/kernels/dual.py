@@ -237,10 +237,14 @@ def leaky_relu(q1, q2, c, *, a: float, need_dot: bool = True):
     # duplicates into every consumer (rho, the diagonal, the NTK), so that the
     # fused computations grow with depth and compile time goes superlinear.
     # s and rho come out of sqrt/divide, which XLA materialises.
-    t = jnp.where(one, (p * p + m * m) * s, s * (p * p * rho + m * m * (2.0 / _PI) * j))
+    # likewise at rho = -1 (u = -v: an input and its negative), where Tdot has the same singularity
+    # and the factored correlation lands an ulp or two inside [-1, 1]
+    neg = rho <= -1.0 + 4.0 * float(jnp.finfo(jnp.result_type(rho)).eps)
+    t = jnp.where(one, (p * p + m * m) * s,
+                  jnp.where(neg, (m * m - p * p) * s, s * (p * p * rho + m * m * (2.0 / _PI) * j)))
     if not need_dot:
         return t, None
-    return t, jnp.where(one, p * p + m * m, p * p + m * m * (2.0 / _PI) * asin)
+    return t, jnp.where(one, p * p + m * m, jnp.where(neg, p * p - m * m, p * p + m * m * (2.0 / _PI) * asin))
 
 
 def leaky_relu_diag(q, *, a: float, need_dot: bool = True):

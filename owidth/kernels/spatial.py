@@ -25,6 +25,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def out_shape_and_pads(where: str, spatial, window, strides, padding: str):
@@ -103,39 +104,70 @@ def _window_sum_flat(x: jax.Array, n_groups: int, window, pads) -> jax.Array:
     the flattened trailing axes, so the sum is ``sum_d mask_d * x_flat[k + o_d]``: one fused loop
     of contiguous reads (XLA:CPU vectorises it), where slices of a many-axis zero-padded array
     are emitted with per-element index arithmetic. ``mask_d`` zeroes the terms whose pixel, in
-    any group, leaves the image (a product of per-axis conditions).
+    any group, leaves the image: a product of one (P,) mask per group, applied on the
+    ``(..., P, P)`` view.
     """
     nsp = len(window)
     lead = x.ndim - n_groups * nsp
-    spatial = x.shape[lead:lead + nsp]
-    trail = x.shape[lead:]
-    length = math.prod(trail)
-    elem = [math.prod(trail[k + 1:]) for k in range(len(trail))]  # row-major element strides
+    spatial = tuple(x.shape[lead:lead + nsp])
+    p = math.prod(spatial)
+    length = p ** n_groups
     terms = []
     for d in itertools.product(*[range(f) for f in window]):
         shift = [di - lo for di, (lo, _) in zip(d, pads)]
-        off = sum(shift[i] * elem[g * nsp + i] for g in range(n_groups) for i in range(nsp))
-        mask = None
-        for g in range(n_groups):
-            for i, (sh, n) in enumerate(zip(shift, spatial)):
-                if sh == 0:
-                    continue
-                pos = jnp.arange(n) + sh
-                shape = [1] * len(trail)
-                shape[g * nsp + i] = n
-                valid = ((pos >= 0) & (pos < n)).reshape(shape)
-                mask = valid if mask is None else mask & valid
-        terms.append((off, mask))
+        off_group = sum(sh * math.prod(spatial[i + 1:]) for i, sh in enumerate(shift))  # within one group
+        off = sum(off_group * p ** (n_groups - 1 - g) for g in range(n_groups))
+        valid = np.ones(spatial, bool)
+        for i, (sh, n) in enumerate(zip(shift, spatial)):
+            pos = np.arange(n) + sh
+            shape = [1] * nsp
+            shape[i] = n
+            valid = valid & ((pos >= 0) & (pos < n)).reshape(shape)
+        terms.append((off, None if valid.all() else valid.reshape(p)))
     reach = max(abs(off) for off, _ in terms)
     flat = x.reshape(x.shape[:lead] + (length,))
     xp = jnp.pad(flat, [(0, 0)] * lead + [(reach, reach)])
+    view = x.shape[:lead] + (p,) * n_groups
     acc = None
     for off, mask in terms:
-        t = jax.lax.slice_in_dim(xp, reach + off, reach + off + length, axis=lead).reshape(x.shape)
+        t = jax.lax.slice_in_dim(xp, reach + off, reach + off + length, axis=lead).reshape(view)
         if mask is not None:
-            t = jnp.where(jnp.broadcast_to(mask, trail), t, 0.0)
+            m = None
+            for g in range(n_groups):
+                shape = [1] * n_groups
+                shape[g] = p
+                mg = jnp.asarray(mask).reshape(shape)
+                m = mg if m is None else m & mg
+            t = jnp.where(m, t, jnp.zeros((), t.dtype))
         acc = t if acc is None else acc + t
-    return acc
+    return acc.reshape(x.shape)
+
+
+def flat_pixels(ks):
+    """``ks`` with its pixel axes flattened to one, ``S -> (prod S,)`` (reshapes only, no copies)."""
+    p = math.prod(ks.spatial)
+
+    def flat(x, lead, groups):
+        return None if x is None else x.reshape(x.shape[:lead] + (p,) * groups)
+
+    g = 2 if ks.full else 1
+    gv = 1 if ks.var_pixel else g
+    return ks.replace(nngp=flat(ks.nngp, 2, g), ntk=flat(ks.ntk, 2, g), var1=flat(ks.var1, 1, gv),
+                      var2=flat(ks.var2, 1, gv), mean1=flat(ks.mean1, 1, 1), mean2=flat(ks.mean2, 1, 1),
+                      spatial=(p,))
+
+
+def unflat_pixels(out, ks):
+    """Inverse of :func:`flat_pixels` on a pixelwise rule's result ``out``, back to ``ks``'s pixel shape
+    (its Gaussian predecessor, kept for compositions, is ``ks`` itself)."""
+    s = tuple(ks.spatial)
+
+    def unflat(x, lead):
+        return None if x is None else x.reshape(x.shape[:lead] + s * ((x.ndim - lead) or 0))
+
+    return out.replace(nngp=unflat(out.nngp, 2), ntk=unflat(out.ntk, 2), var1=unflat(out.var1, 1),
+                       var2=unflat(out.var2, 1), mean1=unflat(out.mean1, 1), mean2=unflat(out.mean2, 1),
+                       spatial=s, pre=ks if out.pre is not None else None)
 
 
 def pixel_groups(lead: int, nsp: int, full: bool):

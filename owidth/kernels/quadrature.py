@@ -51,7 +51,8 @@ which clusters nodes double-exponentially at the kink (the integrand vanishes
 there like ``exp(-exp(-tau))``; Takahasi & Mori 1974), is graded
 geometrically from ``beta`` to 1 and uniform beyond. In the outer integral the
 smoothed jump of ``phi'(v)`` has width ``sigma / (sqrt(q2) |rho|)``; ``beta``
-resolves it down to 1/64. ``nodes`` per axis (default 128), half on each side.
+resolves it down to 1/64. ``nodes`` per axis (default 128), half on each side;
+the 1-D rules use ``3 nodes / 2``.
 
 Both rules put the larger variance on the outer axis, so the result is
 symmetric in ``(q1, q2)`` bit for bit (kernel matrices are exactly symmetric)
@@ -79,7 +80,7 @@ from owidth.kernels.dual import safe_sqrt
 _Y = 8.0  # grids cover y in [-Y, Y]: Gaussian mass outside 1.2e-15
 _TAU_LO = -3.2  # half-line grids start at s = beta exp(-3.2 - e^3.2) = 9e-13 beta
 _BETA_MIN = 1.0 / 64  # finest width resolved for the smoothed kink of the outer integrand
-_INV_SQRT_2PI = 1.0 / np.sqrt(2.0 * np.pi)
+_INV_SQRT_2PI = float(1.0 / np.sqrt(2.0 * np.pi))  # a Python float: keeps float32 inputs float32
 DEFAULT_NODES = 64  # smooth rule: inner nodes (outer and 1-D: 3/2 of it)
 DEFAULT_NODES_KINK = 128  # kink rule: nodes per axis, half on each side of the kink
 
@@ -90,12 +91,13 @@ def derivative(fn):
 
 
 def _counts(nodes, kink):
-    """(outer or 1-D nodes, inner nodes) for the rule."""
+    """(1-D nodes, outer nodes, inner nodes) of the rule."""
     if nodes is None:
         nodes = DEFAULT_NODES_KINK if kink else DEFAULT_NODES
+    wide = max(nodes + nodes // 2, 2)
     if kink:
-        return 2 * max(nodes // 2, 2), 2 * max(nodes // 2, 2)
-    return max(nodes + nodes // 2, 2), max(nodes, 2)
+        return 2 * max(wide // 2, 2), 2 * max(nodes // 2, 2), 2 * max(nodes // 2, 2)
+    return wide, wide, max(nodes, 2)
 
 
 # --------------------------------------------------------------------------- #
@@ -172,7 +174,7 @@ def dual(fn, q1, q2, c, *, nodes=None, need_dot: bool, kink: bool = False):
 def _dual(fn, q1, q2, c, *, nodes, need_dot: bool, kink: bool):
     q1, q2, c = jnp.broadcast_arrays(q1, q2, c)
     dtype = c.dtype
-    ko, ki = _counts(nodes, kink)
+    _, ko, ki = _counts(nodes, kink)
     qa, qb = jnp.maximum(q1, q2), jnp.minimum(q1, q2)  # larger variance outer: symmetric bit for bit
     sa, sb = safe_sqrt(qa), safe_sqrt(qb)
     tiny = jnp.finfo(dtype).tiny

@@ -86,3 +86,13 @@ def test_kinked_composition_refused():
     net = ow.serial(ow.Dense(), ow.Tanh(), ow.Relu(), ow.Dense(out=1))
     with pytest.raises(NotImplementedError, match="has a kink"):
         ow.kernel(net, X)
+
+
+@pytest.mark.parametrize("act", [ow.Tanh(), ow.ActivationFn(lambda x: jnp.where(x > 0, jnp.tanh(x), 0.2 * x))],
+                         ids=["smooth", "kink"])
+def test_gradients_finite_at_degenerate_inputs(act):
+    """Orthogonal inputs without bias (c = 0), a duplicated input (rho = 1) and a zero input (q = 0)."""
+    x = jnp.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    net = ow.serial(ow.Dense(), act, ow.Dense(), act, ow.Dense(out=1))
+    g = jax.grad(lambda a: ow.kernel(net, a).ntk.sum())(x)
+    assert np.all(np.isfinite(g))

@@ -177,18 +177,18 @@ def _dual(fn, q1, q2, c, *, nodes, need_dot: bool, kink: bool):
     _, ko, ki = _counts(nodes, kink)
     qa, qb = jnp.maximum(q1, q2), jnp.minimum(q1, q2)  # larger variance outer: symmetric bit for bit
     sa, sb = safe_sqrt(qa), safe_sqrt(qb)
-    tiny = jnp.finfo(dtype).tiny
-    rho = jnp.clip(c / jnp.maximum(safe_sqrt(qa * qb), tiny), -1.0, 1.0)
+    # divisions are guarded so that gradients stay finite (no inf * 0) at q = 0, c = 0 and rho = +-1
+    norm = safe_sqrt(qa * qb)
+    rho = jnp.clip(jnp.where(norm > 0, c / jnp.where(norm > 0, norm, 1.0), 0.0), -1.0, 1.0)
     sig = sb * safe_sqrt(1.0 - rho * rho)
     srho = sb * jnp.abs(rho)
     # width in z of the inner integral as a function of z: the smoothed phi (smooth rule) or
     # the smoothed kink of phi' (kink rule)
     inner_w = jnp.maximum(jnp.minimum(1.0, sig), _BETA_MIN) if kink else jnp.maximum(1.0, sig)
-    beta_o = jnp.minimum(_beta(sa, dtype), jnp.minimum(1.0, inner_w / jnp.maximum(srho, tiny)))
+    beta_o = jnp.minimum(_beta(sa, dtype), inner_w / jnp.maximum(srho, inner_w))
     dfn = derivative(fn) if need_dot else None
-    eps = jnp.finfo(dtype).eps
     beta_i = _beta(sig, dtype)
-    sb_rho, sig_floor = sb * rho, jnp.maximum(sig, eps)
+    sb_rho, sig_floor = sb * rho, jnp.maximum(sig, jnp.finfo(dtype).eps)
 
     def inner_sums(z):
         m = sb_rho * z

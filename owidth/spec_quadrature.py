@@ -22,7 +22,7 @@ def _check_nodes(cls: str, nodes):
     if isinstance(nodes, bool) or not isinstance(nodes, int) or not 2 <= nodes <= 512:
         raise ValueError(
             f"{cls}(nodes={nodes!r}) must be None (the default: 64, or 128 with a kink at 0, accurate to "
-            "~1e-11 for variances 1e-4 to 1e3) or an int in [2, 512] (quadrature nodes per axis)"
+            "~1e-11 for variances 1e-4 to 1e3) or an int in [2, 512] (see owidth.kernels.quadrature)"
         )
     return nodes
 
@@ -57,8 +57,8 @@ class ActivationFn(_Quadrature):
     each integral where u = 0 or v = 0: for functions smooth except at 0
     (relu, leaky relu, abs and their smooth compositions) and for smooth
     ones, measured <= 2e-11 relative (float64) for variances 1e-4 to 1e3 at
-    the default 128 nodes per axis. ``kink_at_zero=False``: the unsplit rule
-    (default 64 inner x 96 outer nodes, about 0.4x the cost), as accurate
+    the default ``nodes`` (128 x 192 per entry). ``kink_at_zero=False``: the
+    unsplit rule (96 x 104 nodes per entry, about 0.4x the cost), as accurate
     for smooth functions, but across a kink its error decays only
     algebraically. Both assume the function's structure lies at ``|x| ~ 1``
     or wider (a bend, or poles at distance >= ~1 from the real axis): for
@@ -127,7 +127,8 @@ def _named(name: str, doc: str, f):
 
 
 _RULE = ("; dual kernels by the graded trapezoid rule of :mod:`owidth.kernels.quadrature` (``nodes``: None for "
-         "64 inner x 96 outer, relative error <= 1e-11 in float64 for pre-activation variances 1e-4 to 1e3).")
+         "64, i.e. 96 x 104 nodes per kernel entry, relative error <= 1e-11 in float64 for pre-activation "
+         "variances 1e-4 to 1e3).")
 Tanh = _named("Tanh", "``tanh(x)``" + _RULE, jnp.tanh)
 Sigmoid = _named("Sigmoid", "``1 / (1 + exp(-x))``" + _RULE, jax.nn.sigmoid)
 Silu = _named("Silu", "``x sigmoid(x)`` (SiLU / swish)" + _RULE, jax.nn.silu)

@@ -14,9 +14,9 @@ Why not Gauss-Hermite. ``phi(sqrt(q) z)`` has its structure (the bend of tanh,
 sigmoid, softplus, silu) at ``|u| ~ 1``, i.e. at ``|z| ~ 1/sqrt(q)``: for
 ``q >> 1`` a feature of width ``1/sqrt(q)`` in ``z``, and tanh's poles at
 ``u = i pi/2`` are at distance ``pi / (2 sqrt(q))`` from the real ``z`` axis.
-Gauss-Hermite with K nodes then errs like ``exp(-c sqrt(K) / sqrt(q))``
-(measured for a tanh network at pre-activation variance ~5: 1.2e-3 at 64
-nodes, 4e-6 at 128, 1e-9 at 256), and the inner integral has its feature at
+Gauss-Hermite nodes are spread over the whole Gaussian and converge slowly
+(issue 22, a tanh network at pre-activation variance ~5: 1.2e-3 at 64 nodes,
+4e-6 at 128, 1e-9 at 256), and the inner integral has its feature at
 ``y* = -m / sigma`` (where ``v = 0``), anywhere in the Gaussian.
 
 The rule. Each 1-D integral ``E F(y)`` is the trapezoid rule in ``t`` after
@@ -36,9 +36,8 @@ the whole Gaussian: the number of nodes grows only like ``log(1/beta)``. The
 grid covers ``y in [-8, 8]`` (Gaussian mass outside: 1.2e-15), with ``h`` set
 from the node count. The outer integrand also contains the smoothed inner
 one, of width ``max(1, sigma) / (sqrt(q2) |rho|)`` in ``z``; ``beta`` is the
-smaller of the two widths. Nodes are ``nodes`` inner times ``3 nodes / 2``
-outer (default 64 x 96), and the 1-D rules (diagonal, mean) use
-``3 nodes / 2``.
+smaller of the two widths. The 1-D rules (diagonal, mean) use
+``3 nodes / 2`` nodes (default 96); the 2-D counts are given under Cost.
 
 Kinks at 0 (``kink=True``: relu-like functions and their smooth compositions,
 ``ActivationFn``'s default). The trapezoid rule converges only algebraically
@@ -51,8 +50,8 @@ which clusters nodes double-exponentially at the kink (the integrand vanishes
 there like ``exp(-exp(-tau))``; Takahasi & Mori 1974), is graded
 geometrically from ``beta`` to 1 and uniform beyond. In the outer integral the
 smoothed jump of ``phi'(v)`` has width ``sigma / (sqrt(q2) |rho|)``; ``beta``
-resolves it down to 1/64. ``nodes`` per axis (default 128), half on each side;
-the 1-D rules use ``3 nodes / 2``.
+resolves it down to 1/64. Default ``nodes`` = 128, half on each side of the
+kink; the 1-D rules use ``3 nodes / 2``.
 
 Both rules put the larger variance on the outer axis, so the result is
 symmetric in ``(q1, q2)`` bit for bit (kernel matrices are exactly symmetric)
@@ -61,19 +60,27 @@ at the cost of one ordering.
 Measured error (float64, against nested ``scipy.integrate.quad``, relative to
 ``sqrt(E phi(u)^2 E phi(v)^2)``; variances {1e-4, 1e-2, 1, 5, 30, 1e3} x
 rho {-0.9, 0, 0.5, 0.99} and unequal pairs across the range, rho up to
-+-0.99; tests/test_quadrature_sweep.py), worst case over the grid:
++-0.99; tests/test_quadrature_sweep.py), worst case over the grid, NNGP / NTK:
 
-    smooth rule, nodes =        32       48       64 (default)   96
-      tanh     NNGP / NTK    2e-6/3e-6  4e-10/3e-9  3e-12/8e-12  5e-14/2e-15
-      sigmoid                1e-6/5e-6  2e-9/1e-8   3e-12/8e-12  3e-15/2e-15
-      silu                   4e-6/2e-6  2e-9/2e-9   6e-14/3e-12  7e-14/2e-15
-      softplus               4e-6/1e-6  2e-9/2e-9   2e-13/3e-12  5e-14/2e-15
-    kink rule, nodes =          64       96       128 (default)  192
-      leaky tanh             3e-7/9e-6  9e-10/5e-8  2e-12/2e-11  5e-14/2e-13
+    smooth rule, nodes =      32          48          64 (default)  96
+      tanh                 2e-6/1e-5   4e-10/3e-9  3e-12/5e-12   5e-14/1e-15
+      sigmoid              1e-6/1e-5   1e-9/8e-9   2e-12/1e-11   2e-15/2e-15
+      silu                 3e-6/2e-6   3e-9/1e-9   2e-12/3e-12   7e-14/1e-15
+      softplus             3e-6/1e-6   3e-9/1e-9   2e-12/2e-12   5e-14/2e-15
+    kink rule, nodes =        64          96          128 (default) 192
+      leaky tanh           7e-7/9e-6   9e-10/5e-8  2e-12/2e-11   5e-14/2e-13
 
-Diagonal and mean (1-D, default nodes): <= 3e-13. Float32: <= 5.5e-7 (rounding).
-The former 48-node Gauss-Hermite rule erred by 1e-3 (NNGP) to 2e-2 (NTK) at
-variance ~5 and failed outright at 1e3.
+Diagonal and mean (1-D, default nodes): <= 3e-13. Float32 (same rules):
+<= 6e-7, rounding. The former 48-node Gauss-Hermite rule erred by 1e-3 (NNGP)
+to 2e-2 (NTK) at pre-activation variance ~5 (issue 22).
+
+Cost. The inner grid (nodes and weights of ``S(t) = asinh(beta sinh t)``) is
+computed once per entry on a fixed t-grid covering ``|y - y*| <= 15`` and
+shifted to ``y*`` for each outer node (``y*`` clipped to +-7: a bend further
+out in the Gaussian tail weighs < 2e-11), so an inner node costs one exp and
+one evaluation of ``fn``. Nodes per entry: smooth 96 outer x 104 inner
+(``3 nodes / 2`` x ``13 nodes / 8``), kink 128 x 192 (``nodes`` x
+``3 nodes / 2``), against 2 x 48 x 48 before.
 """
 
 from __future__ import annotations
@@ -91,8 +98,8 @@ _TAU_LO = -3.2  # half-line grids start at s = beta exp(-3.2 - e^3.2) = 9e-13 be
 _Y_C = 7.0  # inner grids are centred at y* clipped to [-Y_C, Y_C] (a bend further out weighs < 2e-11)
 _BETA_MIN = 1.0 / 64  # finest width resolved for the smoothed kink of the outer integrand
 _INV_SQRT_2PI = float(1.0 / np.sqrt(2.0 * np.pi))  # a Python float: keeps float32 inputs float32
-DEFAULT_NODES = 64  # smooth rule: inner nodes (outer and 1-D: 3/2 of it)
-DEFAULT_NODES_KINK = 128  # kink rule: nodes per axis, half on each side of the kink
+DEFAULT_NODES = 64  # smooth rule: 96 outer (and 1-D) x 104 inner nodes
+DEFAULT_NODES_KINK = 128  # kink rule: 128 outer x 192 inner (192 1-D), half on each side of the kink
 
 
 def derivative(fn):

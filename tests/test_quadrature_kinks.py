@@ -1,4 +1,4 @@
-"""Kink-aware (polar) quadrature: functions smooth except at 0 to machine precision."""
+"""Kink-aware (split) quadrature: functions smooth except at 0 to ~1e-11 or better."""
 
 import jax
 import jax.numpy as jnp
@@ -14,13 +14,13 @@ KINKED = [
     ("relu", jax.nn.relu, ow.Relu()),
     ("leaky", lambda x: jnp.where(x > 0, x, 0.2 * x), ow.LeakyRelu(0.2)),
     ("abs", jnp.abs, ow.Abs()),
-    ("erf", jax.scipy.special.erf, ow.Erf()),  # smooth: the polar rule must not lose accuracy
+    ("erf", jax.scipy.special.erf, ow.Erf()),  # smooth: the split rule must not lose accuracy
 ]
 
 
 @pytest.mark.parametrize("name,fn,closed", KINKED, ids=[k[0] for k in KINKED])
-def test_polar_rule_matches_closed_forms(name, fn, closed):
-    quad = ow.ActivationFn(fn)  # default: kink_at_zero=True, 48 nodes
+def test_split_rule_matches_closed_forms(name, fn, closed):
+    quad = ow.ActivationFn(fn)  # default: kink_at_zero=True, 128 nodes
     q1, q2, rho = (np.array(v) for v in zip(*CASES))
     args = (jnp.asarray(q1), jnp.asarray(q2), jnp.asarray(rho * np.sqrt(q1 * q2)))
     (t, td), (rt, rtd) = (jax.jit(lambda *a, act=act: act.dual(*a, need_dot=True))(*args) for act in (quad, closed))
@@ -33,20 +33,23 @@ def test_polar_rule_matches_closed_forms(name, fn, closed):
 
 
 def test_gauss_hermite_is_not_enough_for_kinks():
-    """The same nodes without the split: algebraic convergence, errors ~1e-3 (why the polar rule exists)."""
+    """The same nodes without the split: algebraic convergence, errors ~1e-3 (why the split rule exists)."""
     args = (jnp.array(1.3), jnp.array(0.7), jnp.array(0.5))
     _, td = ow.ActivationFn(jax.nn.relu, kink_at_zero=False).dual(*args, need_dot=True)
     _, rtd = ow.Relu().dual(*args, need_dot=True)
     assert abs(td - rtd) > 1e-5
 
 
-def test_half_range_rule_moments():
-    """Weight r exp(-r^2/2) on [0, inf): E r^k = 2^(k/2) Gamma(k/2 + 1)."""
+@pytest.mark.parametrize("q", [1e-4, 1.0, 1e3])
+def test_split_rule_half_normal_moments(q):
+    """E relu(u)^k = q^(k/2) 2^(k/2) Gamma((k+1)/2) / (2 sqrt(pi)), u ~ N(0, q): the half-line grids.
+    (k <= 6: the grids stop at 8 standard deviations, where the tail of u^6 is 2e-11 of its moment.)"""
     from scipy.special import gamma
 
-    r, w = quadrature._half_range(24, 1)
-    for k in range(0, 40):
-        np.testing.assert_allclose(np.sum(w * r**k), 2 ** (k / 2) * gamma(k / 2 + 1), rtol=1e-11)
+    for k in range(0, 7):
+        exact = q ** (k / 2) * 2 ** (k / 2) * gamma((k + 1) / 2) / (2 * np.sqrt(np.pi))
+        got = quadrature.mean(lambda x, k=k: jnp.where(x > 0, x**k, 0.0), jnp.asarray(q), kink=True)
+        np.testing.assert_allclose(got, exact, rtol=1e-10)
 
 
 def test_relu_network_by_quadrature_equals_closed_form():
@@ -66,13 +69,13 @@ RELU_TANH = ow.serial(ow.Dense(w_std=1.4, b_std=0.3), ow.Relu(), ow.Tanh(), ow.D
 
 
 def test_relu_then_smooth_composition_is_exact():
-    """Relu then Tanh: smooth except at 0, so the composition uses the polar rule; equal to
-    ActivationFn(tanh o relu) at more nodes (tanh's poles limit both to ~1e-8 at 48 nodes)."""
-    ref = ow.serial(ow.Dense(w_std=1.4, b_std=0.3), ow.ActivationFn(lambda z: jnp.tanh(jax.nn.relu(z)), nodes=96),
+    """Relu then Tanh: smooth except at 0, so the composition uses the split rule; equal to
+    ActivationFn(tanh o relu) at more nodes."""
+    ref = ow.serial(ow.Dense(w_std=1.4, b_std=0.3), ow.ActivationFn(lambda z: jnp.tanh(jax.nn.relu(z)), nodes=256),
                     ow.Dense(out=1, w_std=1.1, b_std=0.2))
     k, kr = ow.kernel(RELU_TANH, X), ow.kernel(ref, X)
-    np.testing.assert_allclose(k.nngp, kr.nngp, rtol=1e-7)
-    np.testing.assert_allclose(k.ntk, kr.ntk, rtol=1e-7)
+    np.testing.assert_allclose(k.nngp, kr.nngp, rtol=1e-10)
+    np.testing.assert_allclose(k.ntk, kr.ntk, rtol=1e-10)
 
 
 @pytest.mark.slow

@@ -198,7 +198,7 @@ def kernel(net, x1, x2=None, *, get=("nngp", "ntk"), batch_size: int | str | Non
     with ``(u, v)`` Gaussian with the incoming covariance. Closed forms are
     used for Relu, LeakyRelu, Abs, Erf, Gelu, Sin and Identity (see
     :mod:`owidth.kernels.dual`); Tanh, Sigmoid, Silu, Softplus, ``ActivationFn``
-    and consecutive smooth nonlinearities use Gauss-Hermite quadrature (see
+    and consecutive smooth nonlinearities use quadrature (see
     :mod:`owidth.kernels.quadrature`).
 
     Args:

@@ -234,7 +234,8 @@ def kernel(net, x1, x2=None, *, get=("nngp", "ntk"), batch_size: int | str | Non
         the free accelerator memory, or a quarter of the host's available
         memory on CPU (:func:`owidth.kernels.tiles.default_budget`). The
         estimate is ``tiles.LIVE_STATES`` times the largest per-layer state
-        of the tile (benchmarked peak memory stays below it). If one input
+        of the tile, plus two per-entry node grids for quadrature activations
+        (benchmarked peak memory stays below it). If one input
         pair does not fit, ``MemoryError`` says how much it needs, before
         anything is compiled.
       attn: the attention-logit exponent (:attr:`ow.Parametrization.attn`)
@@ -300,6 +301,32 @@ def _ends_on_pixels(net, x1) -> bool:
     return len(out.shape) > 2
 
 
+@functools.lru_cache(maxsize=256)
+def _live_states(template) -> int:
+    """Kernel-sized arrays alive at once (``tiles.LIVE_STATES``), plus a quadrature rule's per-entry
+    node grids: an activation by quadrature (``Tanh``, ``ActivationFn``, ...) or two consecutive
+    nonlinearities (composed, by quadrature) keep two arrays of one value per entry and inner node."""
+    from owidth.kernels import quadrature
+    from owidth.spec import Activation, Identity, Serial
+    from owidth.spec_quadrature import _Quadrature
+
+    extra = 0
+
+    def visit(layer):
+        nonlocal extra
+        if isinstance(layer, _Quadrature):
+            extra = max(extra, 2 * quadrature._counts(layer.nodes, layer.kink_at_zero)[2])
+        if isinstance(layer, Serial):
+            acts = [isinstance(a, Activation) and not isinstance(a, Identity) for a in layer.layers]
+            if any(a and b for a, b in zip(acts, acts[1:])):  # composed: the kink rule at its default, the widest
+                extra = max(extra, 2 * quadrature._counts(None, True)[2])
+        for child in layer._children():
+            visit(child)
+
+    visit(template)
+    return tiles.LIVE_STATES + extra
+
+
 def _tile_size(net, x1, x2, batch_size, memory_budget) -> int | None:
     """Rows per tile (``None``: untiled) from ``batch_size`` and ``memory_budget``, checked before compiling."""
     where = "ow.kernel"
@@ -314,7 +341,8 @@ def _tile_size(net, x1, x2, batch_size, memory_budget) -> int | None:
     n1, n2 = x1.shape[0], x1.shape[0] if x2 is None else x2.shape[0]
     spatial, full = _spatial_info(net)
     traced = any(isinstance(x, jax.core.Tracer) for x in (x1, x2) if x is not None)
-    pair_bytes = tiles.entries_per_pair(tuple(x1.shape[1:]), spatial, full) * x1.dtype.itemsize
+    live = _live_states(hyper.split(net)[0])
+    pair_bytes = tiles.entries_per_pair(tuple(x1.shape[1:]), spatial, full) * x1.dtype.itemsize * live // tiles.LIVE_STATES
     devices = len(jax.devices())
     if batch_size == "auto":
         if traced or hyper.has_tracers(hyper.split(net)[1]):

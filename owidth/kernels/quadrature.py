@@ -219,6 +219,10 @@ def dual(fn, q1, q2, c, *, nodes=None, need_dot: bool, kink: bool = False):
     ``kink=True`` for functions smooth except at 0 (split rule). ``nodes``: see the module
     docstring (``None``: 64 smooth, 128 kink). Exactly symmetric in ``(q1, q2)``.
     """
+    try:
+        hash(fn)
+    except TypeError:  # an activation holding array hyperparameters (traced by ow.kernel): no static jit
+        return _dual.__wrapped__(fn, q1, q2, c, nodes=nodes, need_dot=need_dot, kink=kink)
     return _dual(fn, q1, q2, c, nodes=nodes, need_dot=need_dot, kink=kink)
 
 

@@ -351,18 +351,21 @@ def bench_one(workload: str, n: int, dtype: str, x_path: str, tmp: str, repeats:
 
 
 def markdown_table(results: list[dict]) -> str:
-    head = ("workload", "tile", "dtype", "N", "owidth run ms", "NT run ms", "run ratio", "owidth compile s",
+    head = ("workload", "tile rows", "dtype", "N", "owidth run ms", "NT run ms", "run ratio", "owidth compile s",
             "NT compile s", "owidth 1st call s", "NT 1st call s", "owidth RSS MiB", "NT RSS MiB", "NTK max rel diff",
-            "off-diag")
+            "off-diag", "owidth GFLOP/s (XLA count)", "owidth GB/s (XLA count)")
     rows = []
     for r in results:
         o, t = r["owidth"], r["neural_tangents"] or {}
         rows.append((
-            r["workload"], _fmt(r.get("batch_size"), "d"), r["dtype"], r["n"], f"{o['run_s'] * 1e3:.2f}",
+            r["workload"], _fmt(o.get("tile", r.get("batch_size")), "") + (" (auto)" if r.get("batch_size") == "auto" else ""),
+            r["dtype"], r["n"], f"{o['run_s'] * 1e3:.2f}",
             _fmt(t["run_s"] * 1e3 if t else None, ".2f"), _fmt(r["ratio_run"], ".2f"), f"{o['compile_s']:.3f}",
             _fmt(t.get("compile_s"), ".3f"), f"{o['first_call_s']:.3f}", _fmt(t.get("first_call_s"), ".3f"),
             f"{o['peak_rss_mib']:.1f}", _fmt(t.get("peak_rss_mib"), ".1f"), _fmt(r["max_rel_diff"], ".2e"),
             _fmt(r["max_rel_diff_offdiag"], ".2e"),
+            _fmt(o["flops"] / o["run_s"] / 1e9 if o.get("flops") else None, ".1f"),
+            _fmt(o["bytes_accessed"] / o["run_s"] / 1e9 if o.get("bytes_accessed") else None, ".1f"),
         ))
     return markdown(head, rows)
 

@@ -263,6 +263,10 @@ def main(argv=None) -> None:
         except (RuntimeError, OSError, KeyError, ValueError) as err:
             print(f"[run] {area} failed: {err}", file=sys.stderr)
             failed[area] = str(err).splitlines()[0]
+    previous = out_dir / f"summary_{tag}.json"
+    if args.only and previous.exists():  # re-running some areas keeps the other areas' rows
+        kept = [r for r in json.loads(previous.read_text())["rows"] if r["area"] not in args.only]
+        rows = [r for area in AREAS for r in kept + rows if r["area"] == area]
     summary = {"machine": _machine(args.platform), "quick": args.quick, "peer": args.peer, "rows": rows,
                "failed": failed}
     (out_dir / f"summary_{tag}.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -108,7 +108,9 @@ WORKER_ENV = {"JAX_PLATFORMS": PLATFORM, "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 PEAK_RSS_NOTE = (
     "peak_rss_mib: ru_maxrss of a fresh process running only this measurement, minus its value after "
-    "imports, backend start-up and input transfer; covers the first (compiling) call and the timed calls."
+    "imports, backend start-up and input transfer; covers the first (compiling) call and the timed calls. "
+    "0 means the measurement never exceeded the memory the process had already touched at start-up. "
+    "max_rss_mib: the process's whole peak (ru_maxrss), start-up included."
 )
 TIMING_NOTE = (
     "first_call_s: first call incl. tracing and compilation; compile_s: jax.jit(f).lower(x).compile() "
@@ -161,7 +163,8 @@ def measure(call, traceable, x, repeats: int):
         t0 = time.perf_counter()
         jax.block_until_ready(call(x))
         times.append(time.perf_counter() - t0)
-    peak_rss_mib = _max_rss_mib() - base_rss
+    max_rss_mib = _max_rss_mib()
+    peak_rss_mib = max_rss_mib - base_rss
 
     jax.clear_caches()
     t0 = time.perf_counter()
@@ -175,6 +178,7 @@ def measure(call, traceable, x, repeats: int):
         "run_s_min": min(times),
         "repeats": repeats,
         "peak_rss_mib": peak_rss_mib,
+        "max_rss_mib": max_rss_mib,
     }
     return stats, tuple(np.asarray(k) for k in out)
 

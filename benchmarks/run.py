@@ -105,7 +105,9 @@ def run_kernels(out: pathlib.Path, args, env) -> list[dict]:
         met = None
         if cifar and t is None:  # issue 22: N = 128 CIFAR-size CNTK within a minute and 4 GiB on 2 cores
             target = f"<= {CIFAR_SECONDS} s, <= {CIFAR_GIB} GiB"
-            met = o["run_s"] <= CIFAR_SECONDS and o["peak_rss_mib"] <= CIFAR_GIB * 1024
+            rss = o.get("max_rss_mib", o["peak_rss_mib"])  # the whole process, start-up included
+            tile += f", process peak RSS {rss:.0f} MiB"
+            met = o["run_s"] <= CIFAR_SECONDS and rss <= CIFAR_GIB * 1024
         elif cifar:
             target = f"<= {CIFAR_TARGET}x NT"
             met = r["ratio_run"] is not None and r["ratio_run"] <= CIFAR_TARGET

@@ -289,16 +289,9 @@ def kernel(net, x1, x2=None, *, get=("nngp", "ntk"), batch_size: int | str | Non
     size = _tile_size(net, x1, x2, batch_size, memory_budget)
     if size is None:
         return _kernel(net, x1, x2, get)
-    spatial, full = _spatial_info(net)
-    return tiles.tiled(_kernel_auto, net, x1, x2, get, size, pixel=full and net._supports("_pixel_var"),
-                       full_out=full and x1.ndim > 2 and _ends_on_pixels(net, x1), progress_bar=progress_bar)
-
-
-def _ends_on_pixels(net, x1) -> bool:
-    """True when the kernel keeps trailing pixel axes (a pooled net that ends before GlobalAvgPool)."""
-    x = jax.ShapeDtypeStruct((1, *x1.shape[1:]), x1.dtype)
-    out = jax.eval_shape(lambda a: _kernel_impl(net, a, None, ("nngp",)).nngp, x)
-    return len(out.shape) > 2
+    full = _spatial_info(net)[1]
+    return tiles.tiled(_kernel_auto, net, x1, x2, get, size, full=full, pixel=full and net._supports("_pixel_var"),
+                       progress_bar=progress_bar)
 
 
 @functools.lru_cache(maxsize=256)
@@ -341,20 +334,21 @@ def _tile_size(net, x1, x2, batch_size, memory_budget) -> int | None:
     n1, n2 = x1.shape[0], x1.shape[0] if x2 is None else x2.shape[0]
     spatial, full = _spatial_info(net)
     traced = any(isinstance(x, jax.core.Tracer) for x in (x1, x2) if x is not None)
-    live = _live_states(hyper.split(net)[0])
-    pair_bytes = tiles.entries_per_pair(tuple(x1.shape[1:]), spatial, full) * x1.dtype.itemsize * live // tiles.LIVE_STATES
+    template, leaves = hyper.split(net)
+    live = _live_states(template)
+    pair_bytes = tiles.entries_per_pair(tuple(x1.shape[1:]), spatial, full) * x1.dtype.itemsize
     devices = len(jax.devices())
     if batch_size == "auto":
-        if traced or hyper.has_tracers(hyper.split(net)[1]):
+        if traced or hyper.has_tracers(leaves):
             return None
         budget = tiles.default_budget() if memory_budget is None else int(memory_budget)
-        return tiles.choose_tile(n1, n2, pair_bytes=pair_bytes, budget=budget, devices=devices, full=full)
+        return tiles.choose_tile(n1, n2, pair_bytes=pair_bytes, budget=budget, devices=devices, full=full, live=live)
     size = _checks.positive_int("batch_size", batch_size, where=where)
-    if max(n1, n2) > size and hyper.has_tracers(hyper.split(net)[1]):
+    if max(n1, n2) > size and hyper.has_tracers(leaves):
         raise ValueError(f"{where}: batch_size={size} needs concrete hyperparameters (tiles are assembled on the "
                          "host); pass batch_size='auto' or None inside jax.grad/jit/vmap over w_std, b_std, ...")
     if memory_budget is not None:
-        need = size * size * pair_bytes * tiles.LIVE_STATES * devices
+        need = size * size * pair_bytes * live * devices
         if need > memory_budget:
             raise MemoryError(
                 f"{where}: tiles of batch_size={size} need about {need / 2**30:.3g} GiB of kernel states "

@@ -60,10 +60,9 @@ def window_sum(x: jax.Array, groups, window, strides, pads, out) -> jax.Array:
     per-axis offset ranges, so the sum is taken one spatial axis at a time
     (``sum_{d_1} ... sum_{d_k}``): ``sum(window)`` static shifted slices of a
     zero-padded copy instead of ``prod(window)`` (6 instead of 9 for 3x3),
-    each pass one fused loop over the array. The input is fenced with
-    ``optimization_barrier`` so that XLA never fuses its producer (a dual
-    kernel, say) into the shifted reads, which would recompute it once per
-    offset. The terms are added in a fixed order that treats the groups alike,
+    each pass one fused loop over the array. Stride 1 with same-size output
+    (SAME convolutions) takes :func:`_window_sum_flat`. The terms are added
+    in a fixed order that treats the groups alike,
     so swapping two groups of a symmetric input gives a symmetric output bit
     for bit.
     """
@@ -73,7 +72,6 @@ def window_sum(x: jax.Array, groups, window, strides, pads, out) -> jax.Array:
             and all(g == tuple(range(g[0], g[0] + len(window))) for g in groups) \
             and groups[-1][-1] == x.ndim - 1 and all(a[-1] + 1 == b[0] for a, b in zip(groups, groups[1:])):
         return _window_sum_flat(x, len(groups), window, pads)
-    x = jax.lax.optimization_barrier(x)
     for i, (f, st, pad, n) in enumerate(zip(window, strides, pads, out)):
         axes = [group[i] for group in groups]
         if f == 1 and st == 1:
@@ -163,7 +161,7 @@ def unflat_pixels(out, ks):
     s = tuple(ks.spatial)
 
     def unflat(x, lead):
-        return None if x is None else x.reshape(x.shape[:lead] + s * ((x.ndim - lead) or 0))
+        return None if x is None else x.reshape(x.shape[:lead] + s * (x.ndim - lead))  # one S per flat group
 
     return out.replace(nngp=unflat(out.nngp, 2), ntk=unflat(out.ntk, 2), var1=unflat(out.var1, 1),
                        var2=unflat(out.var2, 1), mean1=unflat(out.mean1, 1), mean2=unflat(out.mean2, 1),

@@ -72,12 +72,13 @@ def entries_per_pair(features: tuple[int, ...], spatial: bool, full: bool) -> in
 
 
 def choose_tile(n1: int, n2: int, *, pair_bytes: int, budget: int, devices: int, full: bool,
-                where: str = "ow.kernel") -> int | None:
+                live: int = LIVE_STATES, where: str = "ow.kernel") -> int | None:
     """Rows per tile for ``batch_size="auto"``: ``None`` (one untiled call) when the whole kernel's
     states fit the budget and the net does not keep all pixel pairs, else the largest square tile
     whose states (on every device at once) fit, and for pooled CNNs at most ``SPEED_TILE_BYTES``.
+    ``live``: states alive at once per pair (``LIVE_STATES``, more with quadrature node grids).
     Raises ``MemoryError`` when not even one input pair fits."""
-    per_pair = pair_bytes * LIVE_STATES
+    per_pair = pair_bytes * live
     if per_pair * devices > budget:
         raise MemoryError(
             f"{where}: one input pair needs about {per_pair / 2**30:.3g} GiB of kernel states here "
@@ -88,7 +89,7 @@ def choose_tile(n1: int, n2: int, *, pair_bytes: int, budget: int, devices: int,
         return None
     rows = math.isqrt(budget // (per_pair * devices))
     if full:
-        rows = min(rows, max(1, math.isqrt(SPEED_TILE_BYTES // (pair_bytes * LIVE_STATES))))
+        rows = min(rows, max(1, math.isqrt(SPEED_TILE_BYTES // per_pair)))
     rows = max(1, min(rows, max(n1, n2)))
     if not full and rows >= max(n1, n2):
         return None
@@ -137,7 +138,7 @@ def _cross_tiles(net, impl, a, b, get, pixel, ta, tb):
     return jax.vmap(lambda *g: jax.lax.map(one, g))(a, b, ta, tb)
 
 
-def tiled(impl, net, x1, x2, get, size: int, *, pixel: bool, full_out: bool, progress_bar: bool = True) -> Kernel:
+def tiled(impl, net, x1, x2, get, size: int, *, full: bool, pixel: bool, progress_bar: bool = True) -> Kernel:
     """The kernel from blocks of ``size`` rows, computed ``len(jax.devices())`` blocks at a time.
 
     ``impl(net, u, v, get, tape=)`` computes one block (``v`` None: ``u`` against itself, exactly
@@ -145,8 +146,8 @@ def tiled(impl, net, x1, x2, get, size: int, *, pixel: bool, full_out: bool, pro
     ``NamedSharding`` splits over a 1-D mesh, so each device computes its own. Rows are padded to a
     multiple of ``size`` by repeating the last input, so every block has one shape whatever N.
     Blocks of different inputs differ from the untiled computation only by rounding (they compute
-    the variances as in the x2 case, or replay them with ``pixel``). ``full_out``: the output keeps
-    all pixel pairs (a pooled net that ends on pixels), whose mirrored blocks swap the pixel groups.
+    the variances as in the x2 case, or replay them with ``pixel``). ``full``: the net keeps all pixel
+    pairs; if its output still has pixel axes, mirrored blocks swap the pixel groups.
     """
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -230,6 +231,7 @@ def tiled(impl, net, x1, x2, get, size: int, *, pixel: bool, full_out: bool, pro
 
     if x2 is None:
         trail = np.asarray(diag[0].var1).shape[1:]
+        full_out = full and len(trail) > 0  # the output keeps all pixel pairs (a pooled net ending on pixels)
         nsp = len(trail) // 2 if full_out else 0
 
         def transpose(block):  # (j, i) block from the (i, j) one: swap inputs (and pixel groups)

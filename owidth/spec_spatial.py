@@ -53,11 +53,7 @@ def _linear_pixels(ks: KState, fn, *, var_fn=None, spatial, full, mean_fn=None, 
     pixels needs the full same-input blocks for its output variances: with per-pixel variances
     (``ks.var_pixel``) it takes them from the :class:`~owidth.kernels.state.VarTape`, and it records
     them there when the tape is recording."""
-    if ks.ntk is None:
-        nngp, ntk = fn(ks.nngp, 2), None
-    else:  # one pass over both (see Conv._kernel)
-        both = jax.vmap(lambda x: fn(x, 2))(jnp.stack([ks.nngp, ks.ntk]))
-        nngp, ntk = both[0], both[1]
+    nngp, ntk = sp.on_both(lambda x: fn(x, 2), ks.nngp, ks.ntk)
     var_fn = var_fn or fn
     if ks.var_pixel and mixes:
         var1, var2 = ks.tape.take()
@@ -146,12 +142,9 @@ class Conv(WeightLayer):
             groups = sp.pixel_groups(lead, nsp, full)
             return sp.window_sum(x, groups, self.filter_shape, self.strides, pads, out) / size
 
-        if ks.ntk is None:
-            nngp, ntk = w2 * patch_mean(ks.nngp, 2) + b2, None
-        else:  # one pass over both: their producer (a dual kernel) is then one fused loop, not two
-            both = patch_mean(jnp.stack([ks.nngp, ks.ntk]), 3)
-            nngp = w2 * both[0] + b2
-            ntk = w2 * both[1] + nngp
+        nngp, ntk = sp.on_both(lambda x: patch_mean(x, 2), ks.nngp, ks.ntk)
+        nngp = w2 * nngp + b2
+        ntk = None if ntk is None else w2 * ntk + nngp
         if ks.var2 is None:
             var1, var2 = self_var(nngp), None
         else:  # per-pixel variances (var_pixel) stay per pixel: the same-pixel entries of the rule

@@ -141,6 +141,17 @@ def _window_sum_flat(x: jax.Array, n_groups: int, window, pads) -> jax.Array:
     return acc.reshape(x.shape)
 
 
+def on_both(fn, nngp: jax.Array, ntk: jax.Array | None):
+    """``(fn(nngp), fn(ntk))`` for a linear pixel map ``fn`` (window sums, pooling, means), as one
+    pass over the two stacked: their producer, an activation's dual kernel, is then one fused loop
+    that computes its shared square roots and polynomial once per entry, where two consumers make
+    XLA store them or compute them twice."""
+    if ntk is None:
+        return fn(nngp), None
+    both = jax.vmap(fn)(jnp.stack([nngp, ntk]))
+    return both[0], both[1]
+
+
 def flat_pixels(ks):
     """``ks`` with its pixel axes flattened to one, ``S -> (prod S,)`` (reshapes only, no copies)."""
     p = math.prod(ks.spatial)

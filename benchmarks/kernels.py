@@ -214,7 +214,7 @@ def owidth_worker(args) -> None:
     jax.config.update("jax_enable_x64", args.dtype == "float64")
     import owidth as ow
 
-    from owidth.kernels import api as _api
+    from owidth import _kernel as _api
 
     net = owidth_net(args.net)
     x = load_input(args.x, args.dtype)

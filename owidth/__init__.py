@@ -9,37 +9,50 @@ One width-free spec, several interpretations::
     theta = ow.empirical_ntk(model.apply, model.init(key, x), x)
 """
 
-from owidth import experiments, measure, predict, theory
-from owidth.meanfield import DMFTConvergenceError, DMFTResult, dmft
+from owidth import experiments, layers, measure, predict, theory
+from owidth._finite import FiniteModel, finite
+from owidth._kernel import kernel
+from owidth._protocol import FiniteNetwork, Intermediates
 from owidth.empirical import empirical_ntk, linearize
-from owidth.finite import FiniteModel, finite
 from owidth.flax_bridge import FlaxModel, FlaxNet, from_flax
-from owidth.kernels import Kernel, kernel
-from owidth.param import MF, MUP, NTP, SP, Parametrization, Regime, Role, scale_by_width
-from owidth.spec import (
+from owidth.kernels import Kernel
+from owidth.layers import (
     Abs,
     Activation,
+    ActivationFn,
+    Attention,
+    AvgPool,
+    Conv,
     Dense,
+    Embedding,
     Erf,
+    Flatten,
     Gelu,
+    GlobalAvgPool,
     Identity,
     Layer,
+    LayerNorm,
     LeakyRelu,
     Parallel,
     Relu,
     Residual,
     Serial,
+    Sigmoid,
+    Silu,
     Sin,
+    Softplus,
+    Swish,
+    TakePosition,
+    Tanh,
     parallel,
     serial,
+    transformer,
 )
-from owidth.spec_quadrature import ActivationFn, Sigmoid, Silu, Softplus, Swish, Tanh
-from owidth.spec_norm import LayerNorm
-from owidth.spec_seq import Attention, Embedding, TakePosition, transformer
-from owidth.spec_spatial import AvgPool, Conv, Flatten, GlobalAvgPool
+from owidth.meanfield import DMFTConvergenceError, DMFTResult, dmft
+from owidth.measure import coord_check
+from owidth.param import MF, MUP, NTP, SP, Parametrization, Regime, Role, scale_by_width
 from owidth.sweep import Sweep, load_sweep, run_sweep
 from owidth.train import Snapshot, train
-from owidth.measure import coord_check
 
 __version__ = "0.1.0"
 
@@ -56,12 +69,14 @@ __all__ = [
     "Embedding",
     "Erf",
     "FiniteModel",
+    "FiniteNetwork",
     "Flatten",
     "FlaxModel",
     "FlaxNet",
     "Gelu",
     "GlobalAvgPool",
     "Identity",
+    "Intermediates",
     "Kernel",
     "Layer",
     "LayerNorm",
@@ -93,6 +108,7 @@ __all__ = [
     "finite",
     "from_flax",
     "kernel",
+    "layers",
     "linearize",
     "load_sweep",
     "measure",

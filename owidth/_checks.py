@@ -8,9 +8,17 @@ They run on concrete values before anything is traced or compiled, and raise
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+__all__ = [
+    "as_float_array", "same_features", "positive_int", "field", "convert", "convert_fields", "hyper", "std", "real",
+    "nonneg_float", "positive", "integer", "int_tuple", "padding", "boolean", "optional_positive", "function",
+]
 
 
 def as_float_array(name: str, x, *, where: str, rank: int | None = 2, cast: bool = True) -> jax.Array:
@@ -51,3 +59,148 @@ def positive_int(name: str, value, *, where: str) -> int:
     if value <= 0:
         raise ValueError(f"{where}: {name} must be a positive int, got {value}")
     return int(value)
+
+
+# --------------------------------------------------------------------------- #
+# Layer fields: converters ``(cls, name, value) -> value`` run by :func:`convert_fields`
+# --------------------------------------------------------------------------- #
+def field(default=dataclasses.MISSING, *, converter):
+    """A dataclass field checked and normalised by ``converter(cls_name, field_name, value)`` when the
+    object is built (:func:`convert`, run by ``Layer.__post_init__``), as equinox's ``field(converter=)``::
+
+        w_std: float = _checks.field(1.0, converter=_checks.std)
+    """
+    return dataclasses.field(default=default, metadata={"converter": converter})
+
+
+def convert(obj) -> None:
+    """Run the converters of every :func:`field` of the frozen dataclass ``obj``, in field order."""
+    convert_fields(obj, **{f.name: f.metadata["converter"] for f in dataclasses.fields(obj) if "converter" in f.metadata})
+
+
+def convert_fields(obj, **converters) -> None:
+    """Check and normalise fields of a frozen dataclass in its ``__post_init__``.
+
+    ``convert_fields(self, w_std=std, heads=positive)`` runs each converter
+    ``conv(cls_name, field_name, value)`` on the field of that name and stores
+    what it returns (the converters below raise ``TypeError``/``ValueError``
+    worded as ``Cls(field=value) must ...``).
+    """
+    cls = type(obj).__name__
+    for name, conv in converters.items():
+        object.__setattr__(obj, name, conv(cls, name, getattr(obj, name)))
+
+
+def hyper(cls: str, name: str, value, *, nonneg: bool):
+    """A real hyperparameter of a layer: a number, or a JAX scalar (for ``jax.grad``/``jax.jit`` over it).
+
+    * Python and NumPy numbers become Python floats: the layer stays a
+      hashable static value (one compilation per value, as any static).
+    * A concrete scalar ``jax.Array`` is checked like a number and kept as an
+      array: ``ow.kernel`` then traces it (:mod:`owidth.kernels.hyper`), so
+      other values of it reuse one compilation.
+    * A tracer (inside ``jax.grad``/``jax.jit``/``jax.vmap``) cannot be
+      checked: it must be a real scalar, and its value is used as given (for
+      a standard deviation only its square enters the kernels).
+    """
+    if isinstance(value, jax.Array):
+        if value.ndim != 0 or not (jnp.issubdtype(value.dtype, jnp.floating) or jnp.issubdtype(value.dtype, jnp.integer)):
+            raise TypeError(f"{cls}({name}=...) must be a real scalar, got a JAX array of shape {tuple(value.shape)} "
+                            f"and dtype {value.dtype}; pass one number (e.g. x[0] or jnp.squeeze(x))")
+        if jnp.issubdtype(value.dtype, jnp.integer):
+            value = value.astype(jnp.result_type(float))
+        if not isinstance(value, jax.core.Tracer):
+            _finite_number(cls, name, float(value), nonneg)
+        return value
+    if isinstance(value, (np.ndarray, np.generic)) and value.ndim == 0 and value.dtype.kind in "iuf":
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{cls}({name}=...) must be a real number (or a JAX scalar), got {type(value).__name__} "
+                        f"{value!r}")
+    return _finite_number(cls, name, float(value), nonneg)
+
+
+def _finite_number(cls: str, name: str, value: float, nonneg: bool) -> float:
+    if nonneg and (not math.isfinite(value) or value < 0):
+        raise ValueError(f"{cls}({name}={value!r}): a standard deviation must be finite and >= 0")
+    if not math.isfinite(value):
+        raise ValueError(f"{cls}({name}={value!r}) must be finite")
+    return value
+
+
+def std(cls: str, name: str, value):
+    """A standard deviation: finite and >= 0 (see :func:`hyper` for JAX scalars)."""
+    return hyper(cls, name, value, nonneg=True)
+
+
+def real(cls: str, name: str, value):
+    """A finite real parameter (see :func:`hyper` for JAX scalars)."""
+    return hyper(cls, name, value, nonneg=False)
+
+
+def nonneg_float(cls: str, name: str, value) -> float:
+    """A finite Python float >= 0 (a static option, e.g. ``LayerNorm(eps=...)``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{cls}({name}={value!r}) must be a finite float >= 0")
+    return float(value)
+
+
+def positive(cls: str, name: str, value) -> int:
+    """A positive int field."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise ValueError(f"{cls}({name}={value!r}) must be a positive int")
+    return int(value)
+
+
+def integer(cls: str, name: str, value) -> int:
+    """An int field (any sign)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{cls}({name}={value!r}) must be an int")
+    return int(value)
+
+
+def int_tuple(cls: str, name: str, value, n: int | None = None) -> tuple[int, ...]:
+    """A tuple of positive ints (an int is repeated ``n`` times); ``n``: the required length."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = (value,) * (n or 1)
+    try:
+        value = tuple(value)
+    except TypeError as err:
+        raise TypeError(f"{cls}({name}=...) must be an int or a tuple of ints, got {value!r}") from err
+    if not value or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
+        raise ValueError(f"{cls}({name}={value!r}) must hold positive ints")
+    if n is not None and len(value) != n:
+        raise ValueError(f"{cls}({name}={value!r}) must have {n} entries, one per spatial axis")
+    return value
+
+
+def padding(cls: str, name: str, value) -> str:
+    if value not in ("SAME", "VALID"):
+        raise ValueError(f"{cls}({name}={value!r}) must be 'SAME' or 'VALID'")
+    return value
+
+
+def boolean(cls: str, name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{cls}({name}=...) must be a bool, got {value!r}")
+    return value
+
+
+def optional_positive(cls: str, name: str, value):
+    """``None`` or a positive int."""
+    return None if value is None else _positive_out(cls, name, value)
+
+
+def _positive_out(cls: str, name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{cls}({name}=...) must be an int or None (hidden), got {value!r}")
+    if value <= 0:
+        raise ValueError(f"{cls}({name}={value}) must be positive; leave {name}=None for a hidden layer")
+    return value
+
+
+def function(cls: str, name: str, value):
+    if not callable(value):
+        raise TypeError(f"{cls}({name}=...) must be callable, got {value!r}")
+    return value

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import sys
 
+__all__ = ["progress"]
+
 
 def progress(*, total: int, desc: str, enabled: bool = True, delay: float = 0.0):
     """A tqdm progress bar on stderr (silenced by ``enabled=False`` or OWIDTH_NO_PROGRESS=1); with

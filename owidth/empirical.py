@@ -19,6 +19,9 @@ import jax
 import jax.numpy as jnp
 
 from owidth import _checks
+from owidth._finite import FiniteModel
+
+__all__ = ["empirical_ntk", "linearize"]
 
 _OUTPUTS = ("trace", "full")
 _IMPLS = ("auto", "jacobian", "ntvp", "structured")
@@ -117,11 +120,11 @@ def _ntk_structured(model, params, x1, x2, outputs, same):
     """
 
     def signals(x):
-        _, tape0 = model._apply_taped(params, x)
+        _, tape0 = model.apply_taped(params, x)
         taps0 = [jnp.zeros(shape, x.dtype) for shape in tape0.out_shapes]
 
         def f(taps):
-            y, tape = model._apply_taped(params, x, taps)
+            y, tape = model.apply_taped(params, x, taps)
             return _as_2d(y), tape.inputs
 
         y, vjp_fn, inputs = jax.vjp(f, taps0, has_aux=True)
@@ -143,11 +146,9 @@ def _ntk_structured(model, params, x1, x2, outputs, same):
 
 def _structured_model(apply_fn):
     """The FiniteModel behind ``apply_fn`` if it is ``model.apply`` of a Dense-only model, else None."""
-    from owidth.finite import FiniteModel
-
     model = getattr(apply_fn, "__self__", None)
     if isinstance(model, FiniteModel) and getattr(apply_fn, "__func__", None) is FiniteModel.apply:
-        return model if model._only_dense_params() else None
+        return model if model.structured() else None
     return None
 
 

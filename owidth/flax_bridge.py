@@ -38,8 +38,10 @@ from typing import Any
 import jax
 
 from owidth import _checks
-from owidth.finite import roles_from_shapes
-from owidth.param import NTP, Parametrization, Role
+from owidth._protocol import Intermediates, flat_features
+from owidth.param import NTP, Parametrization, Role, roles_from_shapes
+
+__all__ = ["FlaxNet", "FlaxModel", "from_flax"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,12 +161,51 @@ class FlaxModel:
         _, init_scale = self._exponents()
         return jax.tree.map(lambda w, s: w * s, raw, init_scale)
 
-    def apply(self, params: Any, x) -> jax.Array:
-        """The module's output with each tensor used as ``(n/n0)^-a_role * w``."""
+    def _module(self, params: Any):
+        """The module with each tensor used as ``(n/n0)^-a_role * w``."""
         from flax import nnx
 
         graphdef, abstract = _abstract(self.net.make, self.width)
         mult, _ = self._exponents()
         state = jax.tree.map(lambda v: v, abstract)  # a fresh State to fill
         nnx.replace_by_pure_dict(state, jax.tree.map(lambda w, m: w * m, params, mult))
-        return nnx.merge(graphdef, state)(x)
+        return nnx.merge(graphdef, state)
+
+    def apply(self, params: Any, x) -> jax.Array:
+        """The module's output with each tensor used as ``(n/n0)^-a_role * w``."""
+        return self._module(params)(x)
+
+    def intermediates(self, params: Any, x) -> Intermediates:
+        """The output, the input and output of every weight layer (a submodule with an ``nnx.Param``
+        ``kernel`` or ``embedding``: ``nnx.Linear``, ``nnx.Conv``, ``nnx.Embed``, ...) and what the
+        module ``sow``s as ``nnx.Intermediate``, in call order (:class:`ow.Intermediates`). The last
+        weight layer's input gives ``features``."""
+        from flax import nnx
+
+        module = self._module(params)
+        calls = []  # (name, input, output) of weight layers, in call order
+        for _, sub in nnx.iter_modules(module):
+            if any(isinstance(getattr(sub, a, None), nnx.Param) for a in ("kernel", "embedding")):
+                sub.__class__ = _recording(type(sub), calls)
+        y, sown = nnx.capture(module, nnx.Intermediate)(x)
+        names = tuple(name for name, _, _ in calls)
+        values = tuple(out for _, _, out in calls)
+        for path, var in nnx.to_flat_state(sown):
+            value = var.get_value() if isinstance(var, nnx.Variable) else var
+            value = value if isinstance(value, tuple) else (value,)  # sow appends: a tuple of every call's value
+            name = ".".join(map(str, path))
+            names += tuple(name if len(value) == 1 else f"{name}.{i}" for i in range(len(value)))
+            values += value
+        return Intermediates(y, names, values, flat_features(calls[-1][1] if calls else None))
+
+
+def _recording(cls: type, calls: list) -> type:
+    """A subclass of the flax module ``cls`` whose ``__call__`` appends ``(name, input, output)`` to ``calls``
+    (swapped onto the disposable module that :meth:`FlaxModel.intermediates` merges)."""
+
+    def __call__(self, x, *args, **kwargs):  # noqa: N807
+        y = cls.__call__(self, x, *args, **kwargs)
+        calls.append((cls.__name__.lower(), x, y))
+        return y
+
+    return type(cls.__name__, (cls,), {"__call__": __call__, "__module__": cls.__module__})

@@ -24,6 +24,8 @@ import numpy as np
 from owidth import _checks
 from owidth.param import Parametrization, optimizer_family
 
+__all__ = ["ntk_movement", "param_movement", "feature_movement", "kernel_alignment", "effective_rank", "coord_check"]
+
 
 def _rel(a, b):
     return jnp.linalg.norm(a - b) / jnp.linalg.norm(b)
@@ -64,11 +66,11 @@ def param_movement():
 
 def _features(snap, params, x):
     """Input of the last weight layer (the last hidden features), flattened to (batch, features)."""
-    _, tape = snap.model._apply_taped(params, x)
-    if not tape.inputs:
-        raise ValueError("ow.measure: feature observables need a network made of ow.Dense layers (ow.finite)")
-    h = tape.inputs[-1]
-    return h.reshape(h.shape[0], -1)
+    h = snap.model.intermediates(params, x).features
+    if h is None:
+        raise ValueError("ow.measure: feature observables need a network with a weight layer (ow.finite of a spec "
+                         "or of ow.from_flax)")
+    return h
 
 
 def _feature_kernel(snap, params, x):
@@ -129,10 +131,9 @@ def effective_rank(x):
 def _layer_sizes(model, params, x, params0):
     """Mean |h| and mean |h - h0| of every weight layer's output (pre-activation) and every other recorded
     observable (embeddings; attention projections, logits and outputs), in network order."""
-    _, tape = model._apply_taped(params, x)
-    _, tape0 = model._apply_taped(params0, x)
-    size = jnp.stack([jnp.mean(jnp.abs(h)) for _, h in tape.coords])
-    delta = jnp.stack([jnp.mean(jnp.abs(h - h0)) for (_, h), (_, h0) in zip(tape.coords, tape0.coords)])
+    now, then = model.intermediates(params, x).values, model.intermediates(params0, x).values
+    size = jnp.stack([jnp.mean(jnp.abs(h)) for h in now])
+    delta = jnp.stack([jnp.mean(jnp.abs(h - h0)) for h, h0 in zip(now, then)])
     # two traces of the same parameters may round differently (fusion): a layer that has not
     # moved has delta ~ 1e-16 |h|, which is no update at all
     eps = 100 * jnp.finfo(size.dtype).eps
@@ -175,7 +176,7 @@ def coord_check(
     import optax
     import xarray as xr
 
-    from owidth.finite import finite
+    from owidth._finite import finite
     from owidth.param import scale_by_width
     from owidth.train import _loss, _targets
 
@@ -227,8 +228,7 @@ def coord_check(
     names = []
 
     def trace_names(key, model=finite(net, width=widths[0], param=param)):
-        _, tape = model._apply_taped(model.init(key, x), x)
-        names.extend(name for name, _ in tape.coords)
+        names.extend(model.intermediates(model.init(key, x), x).names)
         return 0.0
 
     jax.eval_shape(trace_names, jax.random.key(0))  # layer names only: no FLOPs

@@ -65,6 +65,14 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
+from typing import Any
+
+import jax
+
+__all__ = [
+    "Role", "Regime", "Parametrization", "DenseScale", "SP", "NTP", "MUP", "MF", "PRESETS", "OPTIMIZERS",
+    "optimizer_family", "scale_by_width", "scale_updates", "roles_from_shapes",
+]
 
 
 class Role(enum.Enum):
@@ -367,3 +375,27 @@ def scale_updates(scales):
         return jax.tree.map(lambda u, c: u * c, updates, scales), state
 
     return optax.GradientTransformation(init_fn, update_fn)
+
+
+def roles_from_shapes(small: Any, large: Any) -> Any:
+    """Roles of parameter tensors from their shapes at two widths (as microsoft/mup does with base shapes).
+
+    A tensor whose last axis grows is fed by the width (fan-out); one whose
+    second-to-last axis grows reads the width (fan-in); others must not grow.
+    """
+
+    def role(a, b):
+        if len(a.shape) != len(b.shape):
+            raise ValueError(f"a parameter changes rank with width ({a.shape} -> {b.shape}); roles cannot be inferred")
+        grown = {i for i, (p, q) in enumerate(zip(a.shape, b.shape)) if p != q}
+        nd = len(a.shape)
+        out_scales = nd >= 1 and nd - 1 in grown
+        in_scales = nd >= 2 and nd - 2 in grown
+        if grown - {nd - 1, nd - 2}:
+            raise ValueError(
+                f"a parameter of shape {a.shape} grows with width on axes {sorted(grown)}; only the last (fan-out) "
+                "and second-to-last (fan-in) axes may, as in (..., fan_in, fan_out) kernels"
+            )
+        return Role.of(in_scales, out_scales)
+
+    return jax.tree.map(role, small, large)

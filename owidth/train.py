@@ -398,7 +398,7 @@ def train(
     import xarray as xr
 
     where = "ow.train"
-    from owidth.finite import finite
+    from owidth._finite import finite
 
     if loss not in _LOSSES:
         raise ValueError(f"{where}: loss={loss!r} is not known; use 'mse' or 'xent'")

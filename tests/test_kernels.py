@@ -8,7 +8,7 @@ from scipy.special import erf as sp_erf
 from scipy.stats import norm
 
 import owidth as ow
-from owidth.kernels import api as kernel_api
+from owidth import _kernel as kernel_api
 from helpers import sphere
 
 R2 = 2**0.5

@@ -57,9 +57,9 @@ def _first_step_feature_change(param, optimizer, widths, *, lr=1e-3, seeds=4):
             f0 = model.apply(p0, x)
             g = jax.grad(lambda p: 0.5 * jnp.mean((model.apply(p, x) - f0 - y) ** 2))(p0)
             p1 = optax.apply_updates(p0, tx.update(g, tx.init(p0), p0)[0])
-            _, t0 = model._apply_taped(p0, x)
-            _, t1 = model._apply_taped(p1, x)
-            return jnp.stack([jnp.sqrt(jnp.mean((a - b) ** 2)) for a, b in zip(t1.outputs, t0.outputs)])
+            t0 = model.intermediates(p0, x)
+            t1 = model.intermediates(p1, x)
+            return jnp.stack([jnp.sqrt(jnp.mean((a - b) ** 2)) for a, b in zip(t1.values, t0.values)])
 
         out.append(np.asarray(jax.vmap(one)(jax.vmap(jax.random.key)(jnp.arange(seeds)))).mean(0))
     return np.polyfit(np.log(widths), np.log(np.array(out)), 1)[0]  # slope per layer

@@ -8,7 +8,7 @@ import pytest
 
 import owidth as ow
 from helpers import compiles_nothing, raises_before_compiling
-from owidth.kernels import api as kernel_api
+from owidth import _kernel as kernel_api
 
 
 def images(n, size, c, seed):

@@ -109,7 +109,7 @@ POOLED = {
                                   for n in sorted(POOLED)])
 def test_pooled_tiles_replay_variances(name):
     net, shape = POOLED[name]
-    assert net._supports("_pixel_var")
+    assert ow.layers._base.walk_all(net, "pixel_var")
     rng = np.random.default_rng(1)
     x1, x2 = rng.standard_normal((7, *shape)), rng.standard_normal((5, *shape))
     x1[3] = x1[1]  # a duplicated input: its cross entries must equal its diagonal

@@ -56,7 +56,7 @@ def _finite(net, x, y, *, widths, seeds, gamma0, lr, steps):
         ks = []
         for s in range(seeds):
             p_s = jax.tree.map(lambda a, s=s: a[s, 0, 0], params[w])
-            feats = np.asarray(model._apply_taped(p_s, x)[1].inputs[-1])  # phi(h^L), the readout's input
+            feats = np.asarray(model.intermediates(p_s, x).features)  # phi(h^L), the readout's input
             ks.append(feats @ feats.T / w)
         kernels.append(ks)
     return np.array(outs), np.array(kernels)

@@ -25,6 +25,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+__all__ = [
+    "fast_arcsin", "safe_sqrt", "safe_arcsin", "safe_arccos", "identity", "leaky_relu", "leaky_relu_diag",
+    "leaky_relu_mean", "erf", "gelu", "sin",
+]
+
 _PI = math.pi
 
 

@@ -31,6 +31,8 @@ import inspect
 import jax
 import jax.numpy as jnp
 
+__all__ = ["Leaf", "split", "merge", "count", "has_tracers", "abstract_leaves", "jit_net"]
+
 
 @dataclasses.dataclass(frozen=True)
 class Leaf:

@@ -93,6 +93,8 @@ import numpy as np
 
 from owidth.kernels.dual import safe_sqrt
 
+__all__ = ["derivative", "inner_nodes", "dual", "dual_diag", "mean", "dual_polar", "dual_diag_half", "mean_half"]
+
 _Y = 8.0  # grids cover y in [-Y, Y]: Gaussian mass outside 1.2e-15
 _TAU_LO = -3.2  # half-line grids start at s = beta exp(-3.2 - e^3.2) = 9e-13 beta
 _Y_C = 7.0  # inner grids are centred at y* clipped to [-Y_C, Y_C] (a bend further out weighs < 2e-11)
@@ -105,6 +107,11 @@ DEFAULT_NODES_KINK = 128  # kink rule: 128 outer x 192 inner (192 1-D), half on 
 def derivative(fn):
     """Elementwise derivative of an elementwise ``fn`` by one JVP with unit tangent."""
     return lambda x: jax.jvp(fn, (x,), (jnp.ones_like(x),))[1]
+
+
+def inner_nodes(nodes, kink: bool) -> int:
+    """Inner nodes per kernel entry of :func:`dual` (its node grids are this many values per entry)."""
+    return _counts(nodes, kink)[2]
 
 
 def _counts(nodes, kink):

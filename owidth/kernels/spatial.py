@@ -27,6 +27,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+__all__ = [
+    "out_shape_and_pads", "window_sum", "on_both", "flat_pixels", "unflat_pixels", "pixel_groups", "pixel_var",
+    "outer", "block", "diag_mask", "pixel_eye", "mirror", "gram",
+]
+
 
 def out_shape_and_pads(where: str, spatial, window, strides, padding: str):
     """Output pixel shape and per-axis ``(low, high)`` padding, as ``lax.conv_general_dilated`` pads."""
@@ -240,3 +245,38 @@ def mirror(y: jax.Array, nsp: int = 0) -> jax.Array:
     if not nsp:
         return flat
     return flat.reshape(n, p, n, p).transpose(0, 2, 1, 3).reshape(y.shape)
+
+
+def gram(a, b, out: tuple[int, ...], *, full: bool, var_full: bool):
+    """Pixel Gram matrices of per-pixel features ``a`` (n1, P, k) and ``b`` (n2, P, k; ``None``: ``a``
+    against itself), divided by ``k``: the covariances of a first linear layer, before its weight and
+    bias scales.
+
+    Returns ``(g, g1, g2)``: ``g`` of shape (n1, n2, *out) (same-pixel) or (n1, n2, *out, *out) (all
+    pixel pairs, ``full``), exactly symmetric when ``b`` is ``None``; ``g1``/``g2`` the same-input
+    blocks of ``a``/``b``, per pixel or all pixel pairs (``var_full``), or ``None`` when ``b`` is
+    ``None`` (read them off ``g``'s diagonal, bit for bit). With all pixel pairs the product is batched
+    over the input pairs so that it writes (i, j, p, q) in place: the plain ``"ipk,jqk->ijpq"`` writes
+    (i, p, j, q) and transposes, whose strided reads cost more than the product at 32x32 pixels.
+    """
+    k = a.shape[-1]
+    other = a if b is None else b
+    if full:
+        n1, n2 = a.shape[0], other.shape[0]
+        g = jnp.einsum("ijpk,ijqk->ijpq", jnp.broadcast_to(a[:, None], (n1, n2) + a.shape[1:]),
+                       jnp.broadcast_to(other[None], (n1, n2) + other.shape[1:]))
+        swap = (1, 0, 3, 2)
+    else:
+        g = jnp.einsum("ipk,jpk->ijp", a, other)
+        swap = (1, 0, 2)
+    if b is None:
+        g = 0.5 * (g + jnp.transpose(g, swap))  # exactly symmetric
+    g = g.reshape(g.shape[:2] + out * (2 if full else 1)) / k
+    if b is None:
+        return g, None, None
+
+    def block(z):
+        v = jnp.einsum("ipk,iqk->ipq", z, z) if var_full else jnp.sum(z * z, axis=-1)
+        return v.reshape((z.shape[0],) + out * (2 if var_full else 1)) / k
+
+    return g, block(a), block(b)

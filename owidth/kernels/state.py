@@ -8,6 +8,10 @@ import math
 import jax
 import jax.numpy as jnp
 
+from owidth.kernels import spatial as spatial_ops
+
+__all__ = ["Kernel", "KState", "VarTape", "self_var"]
+
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
@@ -114,27 +118,10 @@ class KState:
         spatial, c = tuple(x1.shape[1:-1]), x1.shape[-1]
         p = math.prod(spatial)
         a = x1.reshape(x1.shape[0], p, c)
-        b = a if x2 is None else x2.reshape(x2.shape[0], p, c)
-        if self.full:
-            nngp = jnp.einsum("ipc,jqc->ijpq", a, b) / c
-            swap = (1, 0, 3, 2)
-        else:
-            nngp = jnp.einsum("ipc,jpc->ijp", a, b) / c
-            swap = (1, 0, 2)
+        b = None if x2 is None else x2.reshape(x2.shape[0], p, c)
+        nngp, var1, var2 = spatial_ops.gram(a, b, spatial, full=self.full, var_full=self.full and not self.var_pixel)
         if x2 is None:
-            nngp = 0.5 * (nngp + jnp.transpose(nngp, swap))  # exactly symmetric
-        shape = spatial * (2 if self.full else 1)
-        nngp = nngp.reshape(nngp.shape[:2] + shape)
-        if x2 is None:
-            var1, var2 = self_var(nngp), None
-        else:
-            vfull = self.full and not self.var_pixel
-
-            def var(z):
-                v = jnp.einsum("ipc,iqc->ipq", z, z) if vfull else jnp.sum(z * z, axis=-1)
-                return (v / c).reshape((z.shape[0],) + spatial * (2 if vfull else 1))
-
-            var1, var2 = var(a), var(b)
+            var1 = self_var(nngp)
         ntk = jnp.zeros_like(nngp) if self.need_ntk else None
         return self.replace(x1=None, x2=None, nngp=nngp, ntk=ntk, var1=var1, var2=var2, spatial=spatial)
 

@@ -27,6 +27,11 @@ import numpy as np
 from owidth.kernels import hyper
 from owidth.kernels.state import Kernel, VarTape
 
+__all__ = [
+    "LIVE_STATES", "SPEED_TILE_BYTES", "TILES_PER_CALL", "default_budget", "entries_per_pair", "choose_tile",
+    "blocks", "tiled",
+]
+
 # Peak bytes of a block of input pairs, in units of one pair's largest layer state (its NNGP at the
 # widest layer, ``entries_per_pair`` numbers): the NNGP and NTK of two consecutive layers, the
 # zero-padded copies the window sums read, and the dual kernel's temporaries. Measured in

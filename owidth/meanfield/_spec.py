@@ -8,7 +8,10 @@ import math
 import jax
 
 from owidth.param import MF, MUP, Parametrization
-from owidth.spec import Activation, Dense, Identity, Layer, Serial
+from owidth.layers._base import Layer
+from owidth.layers.activations import Activation
+
+__all__ = ["MLP", "parse"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,7 +29,7 @@ class MLP:
 
     @property
     def linear(self) -> bool:
-        return all(isinstance(a, Identity) for a in self.acts)
+        return not any(a.caps.nonlinear for a in self.acts)
 
     @property
     def c_out(self) -> float:
@@ -39,12 +42,6 @@ class MLP:
     def dphi(self, l: int):
         fn = self.acts[l].fn
         return jax.vmap(jax.grad(lambda u: fn(u)))  # elementwise derivative of a 1-D array
-
-
-def _flatten(layer: Layer) -> list[Layer]:
-    if isinstance(layer, Serial):
-        return [x for child in layer.layers for x in _flatten(child)]
-    return [layer]
 
 
 def _same_exponents(p: Parametrization, q: Parametrization) -> bool:
@@ -60,14 +57,16 @@ def parse(net, param, *, where: str) -> MLP:
     if not isinstance(param, Parametrization) or not (_same_exponents(param, MUP) or _same_exponents(param, MF)):
         raise ValueError(f"{where}: the DMFT describes the muP / mean-field limit; param must be ow.MUP or ow.MF "
                          f"(any base width), got {param!r}")
-    layers = _flatten(net)
     expected = "ow.serial(ow.Dense(), act, ..., ow.Dense(), act, ow.Dense(out=1))"
+    if any(layer.caps.branches for layer in net.walk()):
+        raise ValueError(f"{where}: the DMFT solver supports MLPs {expected}; got a net with parallel/Residual branches")
+    layers = [layer for layer in net.walk() if not layer.caps.transparent]
     if len(layers) < 3 or len(layers) % 2 == 0:
         raise ValueError(f"{where}: the DMFT solver supports MLPs {expected}; got {len(layers)} layers")
     w_std, acts = [], []
     for i, layer in enumerate(layers):
         if i % 2 == 0:
-            if not isinstance(layer, Dense):
+            if not layer.caps.dense:
                 raise ValueError(f"{where}: layer {i} is {type(layer).__name__}; the DMFT solver supports only "
                                  f"{expected} (Dense layers alternating with elementwise activations)")
             if layer.b_std != 0:
@@ -80,7 +79,7 @@ def parse(net, param, *, where: str) -> MLP:
                 raise ValueError(f"{where}: layer {i} has out={layer.out}; hidden Dense layers must leave out unset")
             w_std.append(float(layer.w_std))
         else:
-            if not isinstance(layer, Activation):
+            if not layer.caps.elementwise:
                 raise ValueError(f"{where}: layer {i} is {type(layer).__name__}; expected an elementwise activation "
                                  f"(ow.Identity() for a linear network) in {expected}")
             acts.append(layer)

@@ -35,6 +35,8 @@ import jax.numpy as jnp
 
 from owidth.meanfield._spec import MLP
 
+__all__ = ["iterate", "initial_state"]
+
 
 def _factor(s):
     """A factor ``F`` with ``F F^T = s`` for a PSD matrix (eigenvalues clipped at 0)."""

@@ -60,6 +60,8 @@ import jax.numpy as jnp
 
 from owidth.meanfield._spec import MLP
 
+__all__ = ["draws", "memory_bytes", "solve"]
+
 
 def _sqrtm(s):
     lam, vec = jnp.linalg.eigh(0.5 * (s + s.T))

@@ -8,8 +8,12 @@ from typing import Any
 import jax
 
 from owidth import _checks
-from owidth.param import NTP, Parametrization, Role
-from owidth.spec import Dim, FiniteCtx, Layer, Tape
+from owidth._protocol import Intermediates, flat_features
+from owidth.flax_bridge import FlaxModel, FlaxNet
+from owidth.layers._base import Dim, FiniteCtx, Layer, Tape
+from owidth.param import NTP, Parametrization, roles_from_shapes
+
+__all__ = ["FiniteModel", "finite"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,12 +58,22 @@ class FiniteModel:
         y, _ = self.net._apply(params, x, _input_dim(x), self._ctx)
         return y
 
-    def _apply_taped(self, params: Any, x: jax.Array, taps=None) -> tuple[jax.Array, Tape]:
-        """``apply`` recording every weight layer's input and scales on a :class:`Tape`."""
+    def apply_taped(self, params: Any, x: jax.Array, taps=None) -> tuple[jax.Array, Tape]:
+        """``apply`` recording every weight layer's input, scales and output on a tape (internal: the
+        structured empirical NTK adds ``taps`` to the outputs; use :meth:`intermediates` otherwise)."""
         tape = Tape(taps)
         ctx = FiniteCtx(self.width, self.param, tape)
         y, _ = self.net._apply(params, x, _input_dim(x), ctx)
         return y, tape
+
+    def intermediates(self, params: Any, x) -> Intermediates:
+        """The output, every weight layer's output (and other observables) and the last hidden features
+        of one forward pass (:class:`ow.Intermediates`)."""
+        x = _checks.as_float_array("x", x, where="FiniteModel.intermediates", rank=None)
+        y, tape = self.apply_taped(params, x)
+        names = tuple(name for name, _ in tape.coords)
+        values = tuple(v for _, v in tape.coords)
+        return Intermediates(y, names, values, flat_features(tape.inputs[-1] if tape.inputs else None))
 
     def roles(self, x) -> Any:
         """Pytree of :class:`ow.Role`, one per parameter tensor (shapes only; no FLOPs).
@@ -78,49 +92,15 @@ class FiniteModel:
         """Pytree of per-tensor learning-rate multipliers ``(width / base_width)^-c_role`` (Python floats)."""
         return self.param.lr_scales(self.roles(x), width=self.width, optimizer=optimizer)
 
-    def _only_dense_params(self) -> bool:
-        """True when every parameter belongs to a Dense layer (the structured NTK applies)."""
-        return _only_dense(self.net)
-
-
-def roles_from_shapes(small: Any, large: Any) -> Any:
-    """Roles of parameter tensors from their shapes at two widths (internal).
-
-    A tensor whose last axis grows is fed by the width (fan-out); one whose
-    second-to-last axis grows reads the width (fan-in); others must not grow.
-    """
-
-    def role(a, b):
-        if len(a.shape) != len(b.shape):
-            raise ValueError(f"a parameter changes rank with width ({a.shape} -> {b.shape}); roles cannot be inferred")
-        grown = {i for i, (p, q) in enumerate(zip(a.shape, b.shape)) if p != q}
-        nd = len(a.shape)
-        out_scales = nd >= 1 and nd - 1 in grown
-        in_scales = nd >= 2 and nd - 2 in grown
-        if grown - {nd - 1, nd - 2}:
-            raise ValueError(
-                f"a parameter of shape {a.shape} grows with width on axes {sorted(grown)}; only the last (fan-out) "
-                "and second-to-last (fan-in) axes may, as in (..., fan_in, fan_out) kernels"
-            )
-        return Role.of(in_scales, out_scales)
-
-    return jax.tree.map(role, small, large)
+    def structured(self) -> bool:
+        """True when every parameter belongs to a ``Dense`` layer and every other layer is elementwise or a
+        combinator: the structured empirical NTK (from each layer's input and back-propagated signal)
+        applies."""
+        return all(layer.caps.dense or layer.caps.elementwise or layer.caps.transparent for layer in self.net.walk())
 
 
 def _input_dim(x) -> Dim:
     return Dim(x.shape[-1], False, tuple(x.shape[1:-1]))
-
-
-def _only_dense(layer) -> bool:
-    from owidth.spec import Activation, Dense, Parallel, Serial
-
-    if isinstance(layer, (Dense, Activation)):
-        return True
-    if isinstance(layer, Serial):
-        return all(_only_dense(child) for child in layer.layers)
-    if isinstance(layer, Parallel):
-        return all(_only_dense(child) for child in layer.branches)
-    return False
 
 
 def finite(net, *, width: int, param: Parametrization = NTP):
@@ -145,8 +125,6 @@ def finite(net, *, width: int, param: Parametrization = NTP):
         params = model.init(jax.random.key(0), x)
         y = model.apply(params, x)
     """
-    from owidth.flax_bridge import FlaxModel, FlaxNet
-
     if isinstance(net, FlaxNet):
         return FlaxModel(net, width, param)
     return FiniteModel(net, width, param)

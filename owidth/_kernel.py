@@ -1,4 +1,10 @@
-"""``ow.kernel``: analytic infinite-width NNGP and NTK of a width-free spec."""
+"""``ow.kernel``: analytic infinite-width NNGP and NTK of a width-free spec.
+
+The entry point: it validates the call, reads what the spec needs from the
+layers' capabilities (:class:`owidth.layers.Caps`), sizes tiles and runs the
+layer rules. The mathematics lives in :mod:`owidth.kernels` (which imports
+no layer module) and in each layer's ``_kernel`` rule.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,9 @@ import jax.numpy as jnp
 from owidth import _checks
 from owidth.kernels import hyper, tiles
 from owidth.kernels.state import Kernel, KState, VarTape
+from owidth.layers._base import Layer, walk_all, walk_any
+
+__all__ = ["kernel"]
 
 _GETS = ("nngp", "ntk")
 
@@ -49,15 +58,7 @@ def _spatial_info(net) -> tuple[bool, bool]:
 
 @functools.lru_cache(maxsize=256)
 def _spatial_info_cached(net) -> tuple[bool, bool]:
-    """(has spatial layers, needs all pixel-pixel covariances), from a static pass over the spec."""
-    from owidth.spec_seq import Attention, Embedding, TakePosition
-    from owidth.spec_spatial import AvgPool, Conv, Flatten, GlobalAvgPool, needs_full_pixels
-
-    def has(layer):
-        return isinstance(layer, (Conv, AvgPool, Flatten, GlobalAvgPool, Attention, Embedding, TakePosition)) or any(
-            has(c) for c in layer._children())
-
-    return has(net), needs_full_pixels(net)
+    return walk_any(net, "spatial"), walk_any(net, "mixes_pixels")
 
 
 def _kernel_impl(net, x1, x2, get, *, tape: VarTape | None = None):
@@ -164,12 +165,7 @@ def _check_attn(net, attn) -> None:
         return
     if isinstance(attn, bool) or not isinstance(attn, (int, float)) or attn != attn:
         raise TypeError(f"ow.kernel: attn must be a float (Parametrization.attn), got {attn!r}")
-    from owidth.spec_seq import Attention
-
-    def has(layer):
-        return isinstance(layer, Attention) or any(has(c) for c in layer._children())
-
-    if attn <= 0.5 and has(net):
+    if attn <= 0.5 and walk_any(net, "attention"):
         what = ("the logits q.k / sqrt(d) stay O(1) Gaussian at infinite width, so attention stays random; the "
                 "output is a Gaussian process only when heads -> inf as well (Hron et al. 2020, Thm 3), with a "
                 "kernel needing E[softmax(u) softmax(v)^T] over Gaussian logits u, v, which owidth does not compute"
@@ -272,8 +268,6 @@ def kernel(net, x1, x2=None, *, get=("nngp", "ntk"), batch_size: int | str | Non
     JAX-array ones are traced (one compilation for all their values). See
     :func:`ow.Dense` for negative or non-finite traced values.
     """
-    from owidth.spec import Layer  # local: spec imports the kernel package
-
     if not isinstance(net, Layer):
         raise TypeError(f"ow.kernel: net must be an owidth layer or ow.serial(...), got {type(net).__name__}")
     get = _normalize_get(get)
@@ -290,34 +284,15 @@ def kernel(net, x1, x2=None, *, get=("nngp", "ntk"), batch_size: int | str | Non
     if size is None:
         return _kernel(net, x1, x2, get)
     full = _spatial_info(net)[1]
-    return tiles.tiled(_kernel_auto, net, x1, x2, get, size, full=full, pixel=full and net._supports("_pixel_var"),
+    return tiles.tiled(_kernel_auto, net, x1, x2, get, size, full=full, pixel=full and walk_all(net, "pixel_var"),
                        progress_bar=progress_bar)
 
 
 @functools.lru_cache(maxsize=256)
 def _live_states(template) -> int:
-    """Kernel-sized arrays alive at once (``tiles.LIVE_STATES``), plus a quadrature rule's per-entry
-    node grids: an activation by quadrature (``Tanh``, ``ActivationFn``, ...) or two consecutive
-    nonlinearities (composed, by quadrature) keep two arrays of one value per entry and inner node."""
-    from owidth.kernels import quadrature
-    from owidth.spec import Activation, Identity, Serial
-    from owidth.spec_quadrature import _Quadrature
-
-    extra = 0
-
-    def visit(layer):
-        nonlocal extra
-        if isinstance(layer, _Quadrature):
-            extra = max(extra, 2 * quadrature._counts(layer.nodes, layer.kink_at_zero)[2])
-        if isinstance(layer, Serial):
-            acts = [isinstance(a, Activation) and not isinstance(a, Identity) for a in layer.layers]
-            if any(a and b for a, b in zip(acts, acts[1:])):  # composed: the kink rule at its default, the widest
-                extra = max(extra, 2 * quadrature._counts(None, True)[2])
-        for child in layer._children():
-            visit(child)
-
-    visit(template)
-    return tiles.LIVE_STATES + extra
+    """Kernel-sized arrays alive at once (``tiles.LIVE_STATES``), plus what a layer's rule keeps beyond
+    them (``Layer._kernel_extra_states``: a quadrature rule's per-entry node grids)."""
+    return tiles.LIVE_STATES + max(layer._kernel_extra_states() for layer in template.walk())
 
 
 def _tile_size(net, x1, x2, batch_size, memory_budget) -> int | None:

@@ -1,0 +1,50 @@
+"""Width-free architecture description: layers and combinators, one module per family.
+
+* :mod:`owidth.layers.dense`: ``Dense``.
+* :mod:`owidth.layers.activations`: closed-form activations (relu family, ``Erf``, ``Gelu``, ``Sin``,
+  ``Identity``), quadrature (``Tanh``, ``Sigmoid``, ``Silu``, ``Softplus``, ``ActivationFn``) and
+  compositions.
+* :mod:`owidth.layers.combinators`: ``serial``, ``parallel``, ``Residual``.
+* :mod:`owidth.layers.conv`: ``Conv``, ``AvgPool``, ``GlobalAvgPool``, ``Flatten``.
+* :mod:`owidth.layers.norm`: ``LayerNorm``.
+* :mod:`owidth.layers.sequence`: ``Embedding``, ``Attention``, ``TakePosition``, ``transformer``.
+
+Every layer is a frozen dataclass carrying its infinite-width kernel rule and its finite-network
+rule (:mod:`owidth.layers._base`); all of them are also exported as ``ow.<Name>``.
+"""
+
+from owidth.layers._base import Caps, Layer, WeightLayer
+from owidth.layers.activations import (
+    Abs,
+    Activation,
+    ActivationFn,
+    Composed,
+    Erf,
+    Gelu,
+    Identity,
+    LeakyRelu,
+    Quadrature,
+    Relu,
+    Sigmoid,
+    Silu,
+    Sin,
+    Softplus,
+    Swish,
+    Tanh,
+)
+from owidth.layers.combinators import Parallel, Residual, Serial, parallel, serial
+from owidth.layers.conv import AvgPool, Conv, Flatten, GlobalAvgPool
+from owidth.layers.dense import Dense
+from owidth.layers.norm import LayerNorm
+from owidth.layers.sequence import Attention, Embedding, TakePosition, transformer
+
+__all__ = [
+    "Caps", "Layer", "WeightLayer",
+    "Dense",
+    "Activation", "Relu", "LeakyRelu", "Abs", "Erf", "Gelu", "Sin", "Identity",
+    "Quadrature", "ActivationFn", "Composed", "Tanh", "Sigmoid", "Silu", "Swish", "Softplus",
+    "Serial", "Parallel", "serial", "parallel", "Residual",
+    "Conv", "AvgPool", "Flatten", "GlobalAvgPool",
+    "LayerNorm",
+    "Embedding", "Attention", "TakePosition", "transformer",
+]

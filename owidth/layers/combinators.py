@@ -1,0 +1,161 @@
+"""Combinators: serial composition, fan-out sums, residual blocks."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+
+from owidth.kernels import quadrature
+from owidth.layers._base import Caps, Layer, check_layers
+from owidth.layers.activations import Identity
+
+__all__ = ["Serial", "Parallel", "serial", "parallel", "Residual"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Serial(Layer):
+    """Composition ``layers[-1] ∘ ... ∘ layers[0]``; build it with :func:`serial`."""
+
+    caps = Caps(transparent=True)
+
+    layers: tuple[Layer, ...]
+
+    def _ends_in_weights(self) -> bool:
+        last = [layer for layer in self.layers if not layer._odd_linear()]
+        return bool(last) and last[-1]._ends_in_weights()
+
+    def _odd_linear(self) -> bool:
+        return all(layer._odd_linear() for layer in self.layers)
+
+    def _children(self) -> tuple:
+        return self.layers
+
+    def _kernel_extra_states(self) -> int:
+        """Two nonlinearities in a row compose into one function with quadrature duals (the kink rule at
+        its default size, the widest): its node grids."""
+        acts = [layer.caps.nonlinear for layer in self.layers]
+        return 2 * quadrature.inner_nodes(None, True) if any(a and b for a, b in zip(acts, acts[1:])) else 0
+
+    def _kernel(self, ks):
+        for layer in self.layers:
+            ks = layer._kernel(ks)
+        return ks
+
+    def _init(self, key, dim, ctx):
+        params = []
+        for layer, k in zip(self.layers, jax.random.split(key, len(self.layers))):
+            p, dim = layer._init(k, dim, ctx)
+            params.append(p)
+        return tuple(params), dim
+
+    def _apply(self, params, x, dim, ctx):
+        for layer, p in zip(self.layers, params):
+            x, dim = layer._apply(p, x, dim, ctx)
+        return x, dim
+
+
+@dataclasses.dataclass(frozen=True)
+class Parallel(Layer):
+    """Sum of branches applied to the same input (fan-out, then fan-in sum).
+
+    When of any two branches at least one ends in a fresh zero-mean weight
+    layer, the cross covariances vanish and the kernels add:
+    ``nngp = sum_b nngp_b``, ``ntk = sum_b ntk_b`` (Novak et al. 2020). At most
+    one branch may end otherwise (an identity, an activation); ``ow.kernel``
+    refuses other sums, whose kernels need the cross terms.
+    """
+
+    caps = Caps(transparent=True, branches=True)
+
+    branches: tuple[Layer, ...]
+
+    def _ends_in_weights(self) -> bool:
+        return all(b._ends_in_weights() for b in self.branches)
+
+    def _children(self) -> tuple:
+        return self.branches
+
+    def _kernel(self, ks):
+        if ks.is_input and not self._has_weights():  # a sum of functions of the data itself: exact
+            outs = [b._kernel(ks) for b in self.branches]
+            x1 = sum(o.x1 for o in outs)
+            x2 = None if ks.x2 is None else sum(o.x2 for o in outs)
+            return ks.replace(x1=x1, x2=x2)
+        # Kernels add only when cross terms E[a(x) b(x')] vanish, i.e. when of any two
+        # branches at least one ends in a fresh zero-mean weight layer.
+        free = [b for b in self.branches if not b._ends_in_weights()]
+        if len(free) > 1:
+            raise NotImplementedError(
+                f"ow.kernel: parallel/Residual with {len(free)} branches that do not end in a weight layer "
+                f"({', '.join(type(b).__name__ for b in free)}): their outputs are correlated and the kernel of "
+                "the sum is not the sum of kernels. End all but one branch in a Dense layer (for Residual: end "
+                "the block in a Dense)."
+            )
+        outs = [b._kernel(ks) for b in self.branches]
+        outs = [o.materialize() for o in outs]
+        fixed = {o.fixed for o in outs}
+        if len(fixed) > 1:
+            raise ValueError("ow.parallel: branches mix hidden (out=None) and fixed (out=k) widths; make them agree")
+        shapes = {o.nngp.shape for o in outs}
+        if len(shapes) > 1 or len({o.full for o in outs}) > 1:
+            raise ValueError(
+                f"ow.parallel: branch outputs have different spatial shapes ({sorted(o.spatial for o in outs)}); "
+                "a fan-in sum needs equal shapes (use the same strides/padding in every branch)"
+            )
+
+        def total(values):
+            values = [v for v in values if v is not None]
+            return sum(values) if values else None
+
+        return ks.replace(
+            spatial=outs[0].spatial,
+            full=outs[0].full,
+            mean1=total(o.mean1 for o in outs),
+            mean2=total(o.mean2 for o in outs),
+            x1=None,
+            x2=None,
+            nngp=sum(o.nngp for o in outs),
+            ntk=sum(o.ntk for o in outs) if ks.need_ntk else None,
+            var1=sum(o.var1 for o in outs),
+            var2=None if outs[0].var2 is None else sum(o.var2 for o in outs),
+            gaussian=all(o.gaussian for o in outs),
+            fixed=fixed.pop(),
+            pre=None,
+            act=None,
+        )
+
+    def _init(self, key, dim, ctx):
+        params, dims = [], []
+        for b, k in zip(self.branches, jax.random.split(key, len(self.branches))):
+            p, d = b._init(k, dim, ctx)
+            params.append(p)
+            dims.append(d)
+        if len(set(dims)) != 1:
+            sizes = ", ".join(f"{d.size}{' (hidden)' if d.scales else ''}" for d in dims)
+            raise ValueError(f"ow.parallel: branch output widths differ ({sizes}); a fan-in sum needs equal widths")
+        return tuple(params), dims[0]
+
+    def _apply(self, params, x, dim, ctx):
+        ys = [b._apply(p, x, dim, ctx) for b, p in zip(self.branches, params)]
+        return sum(y for y, _ in ys), ys[0][1]
+
+
+def serial(*layers: Layer) -> Serial:
+    """Compose layers in order: ``serial(a, b)(x) = b(a(x))``."""
+    return Serial(check_layers("ow.serial", layers))
+
+
+def parallel(*branches: Layer) -> Parallel:
+    """Apply branches to the same input and sum their outputs."""
+    return Parallel(check_layers("ow.parallel", branches))
+
+
+def Residual(*block: Layer) -> Parallel:  # noqa: N802 - a layer constructor
+    """``x + block(x)``: the identity branch plus ``serial(*block)``.
+
+    When the block ends in a weight layer the two branches are uncorrelated
+    and the kernels add (Novak et al. 2020); the identity branch may carry a
+    post-activation (``Relu()`` then ``Residual(Dense(), Relu(), Dense())``).
+    """
+    return Parallel((Identity(), serial(*block) if len(block) != 1 else check_layers("ow.Residual", block)[0]))

@@ -1,0 +1,343 @@
+"""Sequence layers: token embeddings, causal multi-head self-attention, position selection.
+
+Sequences flow as ``(batch, length, features)``, the same channels-last
+layout as 1-D spatial inputs (:mod:`owidth.layers.conv`): a ``Dense``,
+``LayerNorm`` or activation acts on every position, and kernels carry
+position-by-position covariances ``nngp[i, j, s, t]`` (all pairs, because
+attention mixes positions). Token inputs are ``(batch, length)`` integers
+(they may arrive as floats holding integers, as :func:`ow.train` passes them).
+
+The attention-logit scale belongs to the parametrization
+(:attr:`ow.Parametrization.attn`): ``1/sqrt(d)`` under SP and NTP, ``1/d``
+under muP and MF (Yang et al. 2022, Tensor Programs V), all equal at the base
+width. Query, key, value and output projections are hidden tensors; the
+embedding table (and the learned positional embedding) input tensors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from owidth import _checks
+from owidth.kernels.state import KState, self_var
+from owidth.layers._base import Caps, Dim, FiniteCtx, Layer, WeightLayer, enter_weights, has_bias, init_weights
+from owidth.layers.activations import Relu
+from owidth.layers.combinators import Residual, serial
+from owidth.layers.dense import Dense
+from owidth.layers.norm import LayerNorm
+from owidth.param import Role
+
+__all__ = ["Embedding", "Attention", "TakePosition", "transformer"]
+
+
+# --------------------------------------------------------------------------- #
+# Embedding
+# --------------------------------------------------------------------------- #
+@dataclasses.dataclass(frozen=True)
+class Embedding(WeightLayer):
+    """Token embedding (input layer): ``h[s] = w_std E[tok_s] + pos_std P[s]``.
+
+    ``E`` (``vocab x width``) and ``P`` (``length x width``, the learned
+    positional embedding; absent when ``pos_std = 0``) are input-role tensors
+    with ``N(0, 1)`` entries in every preset (``a = b = 0`` for inputs), so
+    coordinates are ``O(1)`` at any width. Inputs are ``(batch, length)``
+    integer tokens in ``[0, vocab)``.
+
+    Kernel rule (tokens one-hot, an input layer of fan-in 1):
+
+        nngp(x, x')[s, t] = w_std^2 [x_s = x'_t] + pos_std^2 [s = t],      ntk = nngp
+
+    Args:
+      vocab: number of tokens.
+      w_std: embedding standard deviation.
+      pos_std: positional-embedding standard deviation (0: no positions).
+    """
+
+    caps = Caps(weights=True, spatial=True)
+    _coord = "embedding"
+
+    vocab: int = _checks.field(converter=_checks.positive)
+    w_std: float = _checks.field(1.0, converter=_checks.std)
+    pos_std: float = _checks.field(1.0, converter=_checks.std)
+
+    def _kernel(self, ks: KState) -> KState:
+        if not ks.is_input or ks.x1.ndim != 2:
+            raise ValueError("ow.kernel: Embedding must be the first layer and get (batch, length) integer tokens")
+        w2, p2 = self.w_std**2, self.pos_std**2
+        t1 = ks.x1
+        t2 = t1 if ks.x2 is None else ks.x2
+        length = t1.shape[1]
+        if ks.full:
+            same = (t1[:, None, :, None] == t2[None, :, None, :]).astype(t1.dtype)
+            nngp = w2 * same + p2 * jnp.eye(length, dtype=t1.dtype)[None, None]
+        else:
+            nngp = w2 * (t1[:, None, :] == t2[None, :, :]).astype(t1.dtype) + p2
+        if ks.x2 is None:
+            var1, var2 = self_var(nngp), None
+        else:
+            def var(t):
+                if ks.full:
+                    same = (t[:, :, None] == t[:, None, :]).astype(t.dtype)
+                    return w2 * same + p2 * jnp.eye(length, dtype=t.dtype)[None]
+                return jnp.full(t.shape, w2 + p2, t.dtype)
+
+            var1, var2 = var(t1), var(ks.x2)
+        ntk = nngp if ks.need_ntk else None
+        return ks.replace(x1=None, x2=None, nngp=nngp, ntk=ntk, var1=var1, var2=var2, spatial=(length,),
+                          gaussian=True, fixed=False, pre=None, act=None, mean1=None, mean2=None)
+
+    def _check_dim(self, dim: Dim) -> int:
+        if dim.spatial:
+            raise ValueError(f"Embedding: inputs must be (batch, length) tokens, got a rank-{2 + len(dim.spatial)} "
+                             "array; Embedding is the first layer of a sequence network")
+        return dim.size  # (batch, length): the last axis is the position
+
+    def _init(self, key, dim, ctx):
+        length = self._check_dim(dim)
+        s = ctx.param.dense(Role.INPUT, fan_in=1, width=ctx.width, w_std=self.w_std, b_std=self.pos_std)
+        ke, kp = jax.random.split(key)
+        params = {"w": init_weights(ke, (self.vocab, ctx.width), ctx.width, s, False)["w"]}
+        if has_bias(self.pos_std):
+            params["pos"] = s.b_init * jax.random.normal(kp, (length, ctx.width), jnp.result_type(float))
+        return params, Dim(ctx.width, True, (length,))
+
+    def _forward(self, params, x, dim, ctx):
+        length = self._check_dim(dim)
+        if not isinstance(x, jax.core.Tracer):
+            tokens = np.asarray(x)
+            if np.any(tokens != np.round(tokens)) or tokens.min() < 0 or tokens.max() >= self.vocab:
+                raise ValueError(f"Embedding: tokens must be integers in [0, {self.vocab}), got values in "
+                                 f"[{tokens.min()}, {tokens.max()}]")
+        if "pos" in params and params["pos"].shape[0] != length:
+            raise ValueError(f"Embedding: params were made for length {params['pos'].shape[0]}, inputs have {length}")
+        s = ctx.param.dense(Role.INPUT, fan_in=1, width=ctx.width, w_std=self.w_std, b_std=self.pos_std)
+        y = s.w_mult * params["w"][x.astype(jnp.int32)]
+        if "pos" in params:
+            y = y + s.b_mult * params["pos"][None]
+        return y, Dim(ctx.width, True, (length,)), s
+
+
+# --------------------------------------------------------------------------- #
+# Attention
+# --------------------------------------------------------------------------- #
+def causal_mean(length: int, dtype) -> jax.Array:
+    """``M[s, s'] = 1 / (s + 1)`` for ``s' <= s``, else 0: uniform causal averaging."""
+    tri = jnp.tril(jnp.ones((length, length), dtype))
+    return tri / jnp.sum(tri, axis=1, keepdims=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class Attention(WeightLayer):
+    """Multi-head causal self-attention on ``(batch, length, features)``.
+
+    Finite network at width ``n`` (``heads`` heads of dimension ``d = n / heads``):
+
+        q, k, v = x W_q, x W_k, x W_v                       (split into heads)
+        A = softmax_causal(tau q k^T),   y = concat_h(A v) W_o
+
+    with ``tau = param.attn_scale(d_head=d, width=n)``: ``1/sqrt(d)`` (SP, NTP)
+    or ``sqrt(d0)/d``-like ``1/d`` (MUP, MF). ``W_q, W_k, W_v, W_o`` are
+    hidden-role tensors (``W ~ N(0, w_std^2 / n)`` at the base width, scaled by
+    the parametrization); ``param.zero_query`` initialises ``W_q`` at 0.
+
+    Kernel rule (``ow.kernel``): the limit ``n -> inf`` at fixed ``heads``
+    under the ``1/d`` logit scale (``attn = 1``). Then the logits
+    ``tau q . k`` have variance ``O(n0 / n)`` and vanish, attention is uniform
+    causal averaging ``M``, and the layer is ``Dense(W_v) -> M -> Dense(W_o)``:
+
+        nngp_v = w_std^2 nngp,                     ntk_v = w_std^2 ntk + nngp_v
+        nngp'  = w_std^2 M nngp_v M^T,             ntk'  = w_std^2 M ntk_v M^T + nngp'
+
+    (on the position axes). The query and key gradients contribute
+    ``O(n0 / n)`` to the NTK and drop out (cf. Yang 2020, Tensor Programs II;
+    Hron et al. 2020, Sec. 3, for the ``1/d`` limit). Not implemented: the
+    ``1/sqrt(d)`` limit, in which the logits stay ``O(1)`` Gaussian and the
+    output is a Gaussian process only as ``heads -> inf`` (Hron et al. 2020,
+    Thm 3), with a kernel that needs expectations of softmax(Gaussian logits):
+    ``ow.kernel(net, x, attn=0.5)`` raises ``NotImplementedError`` saying so.
+    By default ``ow.kernel`` describes finite networks with ``attn > 1/2``
+    (e.g. the muP/MF logit scale ``attn = 1``), whatever the rest of their
+    parametrization (the NNGP/NTK are those of NTP-scaled weights).
+
+    Args:
+      heads: number of heads (the width must be a multiple of it).
+      w_std: standard deviation of the value and output projections (``1``:
+        variance preserving); ``qk_std`` that of the query and key.
+    """
+
+    caps = Caps(weights=True, spatial=True, mixes_pixels=True, attention=True)
+    _coord = "attn.o"
+
+    heads: int = _checks.field(1, converter=_checks.positive)
+    w_std: float = _checks.field(1.0, converter=_checks.std)
+    qk_std: float = _checks.field(1.0, converter=_checks.std)
+
+    def _kernel(self, ks: KState) -> KState:
+        ks, first = enter_weights(
+            ks, "ow.kernel: Attention follows a layer with a fixed out=k; leave out=None before it")
+        if len(ks.spatial) != 1 or not ks.full:
+            raise ValueError(f"ow.kernel: Attention needs (batch, length, features) sequences or Embedding tokens; "
+                             f"its input here has spatial shape {ks.spatial}")
+        w2 = self.w_std**2
+        m = causal_mean(ks.spatial[0], ks.nngp.dtype)
+
+        def mix(c, lead):  # M c M^T on the two position axes
+            return jnp.einsum("st,...tu,vu->...sv", m, c, m) if lead else c
+
+        nngp_v = w2 * ks.nngp
+        ntk_v = None if ks.ntk is None else nngp_v if first else w2 * ks.ntk + nngp_v
+        nngp = w2 * mix(nngp_v, True)
+        ntk = None if ntk_v is None else w2 * mix(ntk_v, True) + nngp
+        if ks.var2 is None:  # x1 against itself: exactly symmetric under (i, s) <-> (j, t)
+            nngp = 0.5 * (nngp + jnp.transpose(nngp, (1, 0, 3, 2)))
+            ntk = None if ntk is None else 0.5 * (ntk + jnp.transpose(ntk, (1, 0, 3, 2)))
+            var1, var2 = self_var(nngp), None
+        else:
+            var1, var2 = w2 * w2 * mix(ks.var1, True), w2 * w2 * mix(ks.var2, True)
+        return ks.replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2, gaussian=True, fixed=False, pre=None,
+                          act=None, mean1=None, mean2=None)
+
+    def _dims(self, dim: Dim, ctx: FiniteCtx):
+        if len(dim.spatial) != 1:
+            raise ValueError(f"Attention: inputs must be (batch, length, features) sequences, got spatial shape "
+                             f"{dim.spatial}")
+        if ctx.width % self.heads:
+            raise ValueError(f"Attention(heads={self.heads}): width {ctx.width} is not a multiple of the heads; "
+                             "choose widths divisible by heads")
+        role_in = Role.of(dim.scales, True)
+        param = ctx.param
+        sq = param.dense(role_in, fan_in=dim.size, width=ctx.width, w_std=self.qk_std, b_std=0.0)
+        sv = param.dense(role_in, fan_in=dim.size, width=ctx.width, w_std=self.w_std, b_std=0.0)
+        so = param.dense(Role.HIDDEN, fan_in=ctx.width, width=ctx.width, w_std=self.w_std, b_std=0.0)
+        return sq, sv, so
+
+    def _init(self, key, dim, ctx):
+        sq, sv, so = self._dims(dim, ctx)
+        n = ctx.width
+        kq, kk, kv, ko = jax.random.split(key, 4)
+        params = {
+            "q": init_weights(kq, (dim.size, n), n, sq, False)["w"] * (0.0 if ctx.param.zero_query else 1.0),
+            "k": init_weights(kk, (dim.size, n), n, sq, False)["w"],
+            "v": init_weights(kv, (dim.size, n), n, sv, False)["w"],
+            "o": init_weights(ko, (n, n), n, so, False)["w"],
+        }
+        return params, Dim(n, True, dim.spatial)
+
+    def _forward(self, params, x, dim, ctx):
+        sq, sv, so = self._dims(dim, ctx)
+        n, h = ctx.width, self.heads
+        if params["o"].shape != (n, n) or params["q"].shape != (dim.size, n):
+            raise ValueError(f"Attention: parameters have shapes {params['q'].shape}, {params['o'].shape} but the "
+                             f"layer maps {dim.size} -> {n} features here; were they made by init() at this width?")
+        b, length = x.shape[0], x.shape[1]
+
+        def proj(name, s):
+            y = x @ (s.w_mult * params[name])
+            if ctx.tape is not None:
+                ctx.tape.observe(f"attn.{name}", y)
+            return y.reshape(b, length, h, n // h)
+
+        q, k, v = proj("q", sq), proj("k", sq), proj("v", sv)
+        tau = ctx.param.attn_scale(d_head=n // h, width=n)
+        logits = tau * jnp.einsum("bshd,bthd->bhst", q, k)
+        mask = jnp.tril(jnp.ones((length, length), bool))[None, None]
+        if ctx.tape is not None:
+            ctx.tape.observe("attn.logits", jnp.where(mask, logits, 0.0))
+        a = jax.nn.softmax(jnp.where(mask, logits, -jnp.inf), axis=-1)
+        y = jnp.einsum("bhst,bthd->bshd", a, v).reshape(b, length, n)
+        return y @ (so.w_mult * params["o"]), Dim(n, True, dim.spatial), so
+
+
+# --------------------------------------------------------------------------- #
+# Position selection
+# --------------------------------------------------------------------------- #
+@dataclasses.dataclass(frozen=True)
+class TakePosition(Layer):
+    """``x[:, index]``: one position of a ``(batch, length, features)`` sequence (e.g. the last, to read out
+    the next token after a prompt). No parameters; the kernel keeps the ``(index, index)`` covariances."""
+
+    caps = Caps(spatial=True)
+
+    index: int = _checks.field(-1, converter=_checks.integer)
+
+    def _odd_linear(self) -> bool:
+        return True
+
+    def _check(self, length: int):
+        if not -length <= self.index < length:
+            raise ValueError(f"TakePosition(index={self.index}) is out of range for sequences of length {length}")
+
+    def _kernel(self, ks: KState) -> KState:
+        if ks.is_input:
+            if ks.x1.ndim != 3:
+                raise ValueError("ow.kernel: TakePosition needs (batch, length, features) sequences")
+            self._check(ks.x1.shape[1])
+            return ks.replace(x1=ks.x1[:, self.index], x2=None if ks.x2 is None else ks.x2[:, self.index])
+        if len(ks.spatial) != 1:
+            raise ValueError(f"ow.kernel: TakePosition needs a sequence, got spatial shape {ks.spatial}")
+        self._check(ks.spatial[0])
+        i = self.index
+
+        def take(c, lead):
+            if c is None:
+                return None
+            return c[(slice(None),) * lead + ((i, i) if ks.full else (i,))]
+
+        def take_mean(m):
+            return None if m is None else m[:, i]
+
+        var1 = take(ks.var1, 1)
+        return ks.replace(nngp=take(ks.nngp, 2), ntk=take(ks.ntk, 2), var1=var1,
+                          var2=take(ks.var2, 1), spatial=(), full=False, mean1=take_mean(ks.mean1),
+                          mean2=take_mean(ks.mean2), pre=None, act=None)
+
+    def _init(self, key, dim, ctx):
+        if len(dim.spatial) != 1:
+            raise ValueError(f"TakePosition: inputs must be (batch, length, features), got spatial shape {dim.spatial}")
+        self._check(dim.spatial[0])
+        return (), Dim(dim.size, dim.scales, ())
+
+    def _apply(self, params, x, dim, ctx):
+        self._check(dim.spatial[0])
+        return x[:, self.index], Dim(dim.size, dim.scales, ())
+
+
+# --------------------------------------------------------------------------- #
+# Transformer
+# --------------------------------------------------------------------------- #
+def transformer(*, depth: int, heads: int, vocab: int, out: int | None = None, mlp: bool = True,
+                last_only: bool = True, pos_std: float = 1.0, act: Layer | None = None):
+    """A pre-LayerNorm decoder-only transformer as a width-free spec.
+
+    ``Embedding(vocab) -> depth x [Residual(LayerNorm, Attention(heads)),
+    Residual(LayerNorm, Dense, act, Dense)] -> LayerNorm -> [TakePosition(-1)]
+    -> Dense(out)``. The width (model dimension, also the MLP width) is set
+    by ``ow.finite(net, width=n)``; the attention-logit scale and the
+    zero-query / zero-readout options by the parametrization.
+
+    Args:
+      depth: number of blocks. heads: attention heads per block.
+      vocab: input tokens. out: output classes (default ``vocab``).
+      mlp: include the MLP sub-block. act: its nonlinearity (default ``Relu()``).
+      last_only: read out the last position only (outputs ``(batch, out)``),
+        else every position (``(batch, length, out)``, next-token prediction).
+      pos_std: positional-embedding scale (0: none; causal masking alone then
+        carries order information).
+    """
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 0:
+        raise ValueError(f"ow.transformer: depth must be an int >= 0, got {depth!r}")
+    act = Relu() if act is None else act
+    layers = [Embedding(vocab, pos_std=pos_std)]
+    for _ in range(depth):
+        layers.append(Residual(LayerNorm(eps=1e-6), Attention(heads)))
+        if mlp:
+            layers.append(Residual(LayerNorm(eps=1e-6), Dense(w_std=2**0.5), act, Dense()))
+    layers.append(LayerNorm(eps=1e-6))
+    if last_only:
+        layers.append(TakePosition(-1))
+    layers.append(Dense(out=vocab if out is None else out))
+    return serial(*layers)

@@ -46,3 +46,25 @@ def test_coord_check_same_quantity_on_one_shared_log_axis():
                 want = ds.delta.sel(param=p, step=t).isel(layer=layer).mean("seed").values
                 np.testing.assert_allclose(line.get_ydata(), want)
     plt.close(fig)
+
+
+def test_lazy_rich_panels_of_one_row_share_the_colour_scale():
+    """NTP and muP phase diagrams are comparable cell by cell: one colour scale per row, with a colorbar each."""
+    from owidth.experiments import lazy_rich
+
+    widths, alphas, steps = [64, 256], [0.3, 1.0, 3.0], [0, 100]
+    rng = np.random.default_rng(0)
+    dims = ("param", "width", "seed", "lr", "alpha", "step")
+    shape = (2, len(widths), 2, 1, len(alphas), len(steps))
+    ds = xr.Dataset({"ntk_movement": (dims, 10 ** rng.uniform(-3, 0, shape)),
+                     "test_loss": (dims, rng.uniform(0, 1, shape))},
+                    coords={"param": ["ntp", "mup"], "width": widths, "seed": [0, 1], "lr": [1.0], "alpha": alphas,
+                            "step": steps})
+    fig = lazy_rich.figure(ds)
+    images = [ax.images[0] for ax in fig.axes if ax.images]
+    assert len(images) == 4
+    for a, b in (images[:2], images[2:]):
+        assert a.norm.vmin == b.norm.vmin and a.norm.vmax == b.norm.vmax
+    lines = [ax for ax in fig.axes if ax.get_lines()]
+    assert all(ax.get_xscale() == "log" and ax.get_yscale() == "log" for ax in lines) and len(lines) == 2
+    plt.close(fig)

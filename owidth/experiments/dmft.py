@@ -185,15 +185,17 @@ def _run(*, out: pathlib.Path, quick: bool, seed: int) -> dict:
     gi = GAMMAS.index(2.0)
     vmax = np.abs(phi_dmft[gi]).max()
     ax[1, 0].imshow(phi_dmft[gi], cmap="RdBu_r", vmin=-vmax, vmax=vmax)
-    ax[1, 0].set(title="DMFT final feature kernel Phi^2(T, T), gamma0=2")
-    ax[1, 1].imshow(phi_net[gi, -1].mean(0), cmap="RdBu_r", vmin=-vmax, vmax=vmax)
-    ax[1, 1].set(title=f"width {widths[-1]} muP nets (mean over {seeds} seeds)")
+    ax[1, 0].set(title="DMFT final feature kernel Phi^2(T, T), gamma0=2", xlabel="train point", ylabel="train point")
+    im = ax[1, 1].imshow(phi_net[gi, -1].mean(0), cmap="RdBu_r", vmin=-vmax, vmax=vmax)
+    ax[1, 1].set(title=f"same, width {widths[-1]} muP nets (mean over {seeds} seeds)", xlabel="train point")
+    fig.colorbar(im, ax=ax[1, :2], shrink=0.8, label="Phi^2(T, T) (one colour scale for both)")
     band = 2 * rt.f_train_se
     for j in range(min(3, pt)):
-        ax[1, 2].plot(rt.f_train[:, j], color=f"C{j}", label=f"DMFT point {j}")
+        c = f"C{4 + j}"  # not C0-C3, which are the gamma0 colours of the other panels
+        ax[1, 2].plot(rt.f_train[:, j], color=c, label=f"DMFT point {j}")
         ax[1, 2].fill_between(np.arange(tt + 1), rt.f_train[:, j] - band[:, j], rt.f_train[:, j] + band[:, j],
-                              color=f"C{j}", alpha=0.3)
-        ax[1, 2].plot(ft_net[-1, :, :, j].mean(0), "o", ms=3, color=f"C{j}")
+                              color=c, alpha=0.3)
+        ax[1, 2].plot(ft_net[-1, :, :, j].mean(0), "o", ms=3, color=c)
     ax[1, 2].set(xlabel="step", ylabel="output", title=f"tanh: MC DMFT (+-2 SE) vs width {widths[-1]} (dots)")
     ax[1, 2].legend(fontsize=7)
     fig.suptitle("Infinite-width feature learning (Bordelon & Pehlevan 2022): muP networks approach the DMFT")

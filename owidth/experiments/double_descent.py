@@ -112,23 +112,25 @@ def run(*, out: pathlib.Path, quick: bool, seed: int) -> dict:
     )
     ds.to_netcdf(out / "double_descent.nc")
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.8), constrained_layout=True)
     ax = axes[0]
-    ax.errorbar(q, mean[:, 0], yerr=se[:, 0], fmt="o", capsize=3, label=f"simulation, ridge {ridges[0]:.1e} ({n_seeds} seeds)")
+    ax.errorbar(q, mean[:, 0], yerr=se[:, 0], fmt="o", capsize=3, label=f"simulation (mean ± SE, {n_seeds} draws)")
     qq = np.logspace(np.log10(q[0]), np.log10(q[-1]), 200)
     ax.plot(qq, [random_feature_risk(lam, v2, p, n * p, ridges[0]).test_mse for n in qq], "k--", label="deterministic-equivalent theory")
     ax.axhline(theory_kernel[0], color="gray", lw=0.8, label="N → ∞ (kernel) theory")
-    ax.axvline(1.0, color="r", lw=0.6, ls=":")
+    ax.axvline(1.0, color="r", lw=0.6, ls=":", label="interpolation threshold N = P")
     ax.set(xscale="log", yscale="log", xlabel="features / samples  N/P", ylabel="test MSE (per output)",
-           title=f"near-ridgeless, P={p}: peak at N/P={peak_ratio:.2f}")
-    ax.legend(fontsize=8)
+           title=f"near-ridgeless (ridge {ridges[0]:.0e}): simulated peak at N/P={peak_ratio:.2f}")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2)  # below: the peak fills the top
     ax = axes[1]
-    ax.errorbar(q, best_sim, yerr=best_sim_se, fmt="o", capsize=3, label="simulation, best ridge per N")
+    ax.errorbar(q, best_sim, yerr=best_sim_se, fmt="o", capsize=3, label=f"simulation, best ridge per N ({n_seeds} draws)")
     ax.plot(q, best_th, "k--", label="theory, best ridge per N")
     ax.axhline(theory_kernel.min(), color="gray", lw=0.8, label="N → ∞ (kernel) theory, best ridge")
     ax.set(xscale="log", yscale="log", xlabel="features / samples  N/P", ylabel="test MSE (per output)",
            title="optimal ridge: more features never hurt")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2)
+    fig.suptitle(f"Random-feature ridge regression on digits, P={p} training points: test MSE vs N/P,\n"
+                 "simulation vs deterministic-equivalent theory (Mei & Montanari 2019; Simon et al. 2023)", fontsize=10)
     fig.savefig(out / "double_descent.png", dpi=150)
     plt.close(fig)
 

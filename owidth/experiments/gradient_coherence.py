@@ -78,6 +78,45 @@ def theory_gram(theta: np.ndarray, labels: np.ndarray, n_classes: int = 10) -> n
     return theta * ((labels[:, None] == labels[None, :]) - 1.0 / n_classes)
 
 
+def figure(ds):
+    """Confusion and coherence vs width from a saved run: one colour per depth, solid = real and dotted = random
+    labels, the infinite-width values as horizontal lines of the same colour and style, one legend below."""
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    widths, depths = [int(w) for w in ds.width.values], [int(d) for d in ds.depth.values]
+    n_seeds = ds.sizes["seed"]
+    styles = {"real": ("-", "o"), "random": (":", "s")}
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6), constrained_layout=True)
+    for ax, k, ylabel, title in (
+            (axes[0], "confusion", r"gradient confusion  $\max_{i \neq j} -\cos(g_i, g_j)$",
+             "confusion falls with width, towards its limit"),
+            (axes[1], "coherence", r"coherence  $\|\mathrm{E}\,g\|^2 / \mathrm{E}\|g\|^2$",
+             "coherence, real vs random labels")):
+        for di, depth in enumerate(depths):
+            for ln, (ls, mk) in styles.items():
+                v = ds[k].sel(labels=ln, depth=depth)
+                ax.errorbar(widths, v.mean("seed"), yerr=v.std("seed", ddof=1) / np.sqrt(n_seeds), fmt=mk, ls=ls,
+                            color=f"C{di}", capsize=3, ms=4)
+                ax.axhline(float(ds[f"theory_{k}"].sel(labels=ln, depth=depth)), color=f"C{di}", ls=ls, lw=1.2,
+                           alpha=0.6)
+        ax.set(xlabel="width n", ylabel=ylabel, title=title)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(widths, [str(w) for w in widths])
+        ax.xaxis.set_minor_locator(plt.NullLocator())
+        if k == "confusion":
+            ax.set_yscale("log")
+        ax.grid(True, which="major", alpha=0.3)
+    handles = [Line2D([], [], color=f"C{di}", lw=2, label=f"depth {d}") for di, d in enumerate(depths)]
+    handles += [Line2D([], [], color="gray", ls=ls, marker=mk, label=f"{ln} labels (mean ± SE, {n_seeds} seeds)")
+                for ln, (ls, mk) in styles.items()]
+    handles += [Line2D([], [], color="gray", lw=1.2, alpha=0.6, label="horizontal lines: infinite-width NTK theory")]
+    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=8, frameon=False)
+    fig.suptitle(f"Per-example gradients of ReLU MLPs at init (NTP, batch of {ds.attrs['batch']} digits) vs width "
+                 "(Sankararaman et al. 2020; Chatterjee 2020)", fontsize=11)
+    return fig
+
+
 def run(*, out: pathlib.Path, quick: bool, seed: int) -> dict:
     import matplotlib.pyplot as plt
     import xarray as xr
@@ -128,23 +167,7 @@ def run(*, out: pathlib.Path, quick: bool, seed: int) -> dict:
     )
     ds.to_netcdf(out / "gradient_coherence.nc")
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
-    for ax, k, ylabel in ((axes[0], "confusion", "gradient confusion  max_ij −cos(g_i, g_j)"),
-                          (axes[1], "coherence", "coherence  ||E g||² / E||g||²")):
-        i = metrics.index(k)
-        for di, depth in enumerate(depths):
-            for li, ln in enumerate(label_sets):
-                col = plt.cm.viridis(di / max(1, len(depths) - 1) * 0.85)
-                ls, mk = ("-", "o") if ln == "real" else (":", "s")
-                ax.errorbar(widths, mean[i, li, di], yerr=se[i, li, di], fmt=mk, ls=ls, color=col, capsize=3,
-                            ms=4, label=f"depth {depth}, {ln} labels")
-                ax.axhline(th[i, li, di], color=col, ls=ls, lw=0.8, alpha=0.7)
-        ax.plot([], [], color="gray", lw=0.8, label="infinite-width NTK theory (horizontal lines)")
-        ax.set(xscale="log", xlabel="width", ylabel=ylabel, title=f"{k} at init (lines: infinite-width theory)")
-        ax.set_xscale("log", base=2)
-        if k == "confusion":
-            ax.set_yscale("log")
-        ax.legend(fontsize=6, ncol=2, framealpha=0.6)
+    fig = figure(ds)
     fig.savefig(out / "gradient_coherence.png", dpi=150)
     plt.close(fig)
 

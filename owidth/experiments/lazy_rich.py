@@ -36,6 +36,88 @@ def data(seed: int, n_train: int = 32, n_test: int = 128, d: int = 8):
     return x[:n_train], y[:n_train], x[n_train:], y[n_train:]
 
 
+def _fits(ds) -> dict:
+    """Log-log slopes of the final NTK movement: vs width at alpha = 1 (NTP, muP), vs alpha >= 1 (NTP, widest)."""
+    move = ds.ntk_movement.isel(step=-1, lr=0)  # (param, width, seed, alpha)
+    widths, alphas = np.array(ds.width.values, float), np.array(ds.alpha.values, float)
+    a1 = int(np.argmin(np.abs(alphas - 1.0)))
+    return {
+        "ntp_vs_width": fit_loglog(widths, move.sel(param="ntp").isel(alpha=a1).values),
+        "mup_vs_width": fit_loglog(widths, move.sel(param="mup").isel(alpha=a1).values),
+        "ntp_vs_alpha": fit_loglog(alphas[a1:], move.sel(param="ntp").isel(width=-1).values.T[a1:]),
+    }
+
+
+COLORS = {"ntp": "C0", "mup": "C3"}
+
+
+def _luminance(rgba) -> float:
+    return 0.299 * rgba[0] + 0.587 * rgba[1] + 0.114 * rgba[2]
+
+
+NAMES = {"ntp": "NTP", "mup": "muP"}
+
+
+def figure(ds):
+    """Phase diagrams (log10 kernel movement, test loss; one colour scale per row) and the two laws, from a run."""
+    import matplotlib.pyplot as plt
+
+    move = ds.ntk_movement.isel(step=-1, lr=0)  # (param, width, seed, alpha)
+    widths, alphas = [int(w) for w in ds.width.values], [float(a) for a in ds.alpha.values]
+    a1 = int(np.argmin(np.abs(np.array(alphas) - 1.0)))
+    fits = _fits(ds)
+    steps = int(ds.step.values[-1])
+    fig, grid = plt.subplots(2, 3, figsize=(15, 8), constrained_layout=True)
+    test_loss = ds.test_loss.isel(step=-1, lr=0).mean("seed")
+    rows = ((np.log10(move.mean("seed")), r"$\log_{10}$ relative NTK movement $\|K_T - K_0\| / \|K_0\|$",
+             dict(vmin=-4, vmax=0.5, cmap="magma")),
+            (test_loss, f"test loss (MSE) after {steps} steps",
+             dict(vmin=float(test_loss.min()), vmax=float(test_loss.max()), cmap="magma_r")))
+    for row, (value, label, kw) in enumerate(rows):
+        for col, p in enumerate(("ntp", "mup")):
+            ax = grid[row, col]
+            v = value.sel(param=p).transpose("alpha", "width").values
+            im = ax.imshow(v, origin="lower", aspect="auto", **kw)
+            for (i, j), z in np.ndenumerate(v):
+                ax.text(j, i, f"{z:.2f}" if row == 0 else f"{z:.3f}", ha="center", va="center", fontsize=8,
+                        color="white" if _luminance(im.cmap(im.norm(z))) < 0.5 else "black")
+            ax.set(xticks=range(len(widths)), xticklabels=widths, yticks=range(len(alphas)),
+                   yticklabels=[f"{a:g}" for a in alphas], xlabel="width n", ylabel=r"output scale $\alpha$",
+                   title=f"{NAMES[p]}: " + (r"$\log_{10}$ NTK movement" if row == 0 else "test loss"))
+        fig.colorbar(im, ax=grid[row, :2], label=label, shrink=0.9)
+    ax = grid[0, 2]
+    for p in ("ntp", "mup"):
+        ax.plot(widths, move.sel(param=p).isel(alpha=a1).mean("seed"), "o-", color=COLORS[p],
+                label=f"{NAMES[p]} (slope {fits[p + '_vs_width']['slope']:+.2f})")
+    w = np.array(widths, float)
+    ax.plot(w, move.sel(param="ntp").isel(alpha=a1).mean("seed").values[0] * (w / w[0]) ** -1.0, "k--", lw=1,
+            label=r"$\propto n^{-1}$ (Dyer & Gur-Ari 2019)")
+    ax.set(xscale="log", yscale="log", xlabel="width n", ylabel=r"relative NTK movement $\|K_T - K_0\| / \|K_0\|$",
+           title=rf"movement vs width at $\alpha$ = {alphas[a1]:g}")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(widths, [str(v) for v in widths])
+    ax.xaxis.set_minor_locator(plt.NullLocator())
+    ax = grid[1, 2]
+    for p in ("ntp", "mup"):
+        ax.plot(alphas, move.sel(param=p).isel(width=-1).mean("seed"), "o-", color=COLORS[p],
+                label=NAMES[p] + (rf" (slope {fits['ntp_vs_alpha']['slope']:+.2f} for $\alpha \geq 1$)"
+                                  if p == "ntp" else ""))
+    a = np.array(alphas)
+    ax.plot(a, move.sel(param="ntp").isel(width=-1).mean("seed").values[a1] * (a / alphas[a1]) ** -1.0, "k--",
+            lw=1, label=r"$\propto 1/\alpha$ (Chizat et al. 2019)")
+    ax.set(xscale="log", yscale="log", xlabel=r"output scale $\alpha$",
+           ylabel=r"relative NTK movement $\|K_T - K_0\| / \|K_0\|$",
+           title=rf"movement vs $\alpha$ at width {widths[-1]}")
+    ax.set_xticks(alphas, [f"{v:g}" for v in alphas])
+    ax.xaxis.set_minor_locator(plt.NullLocator())
+    for ax in grid[:, 2]:
+        ax.grid(True, which="major", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"Lazy vs rich, 2-layer tanh net, {steps} GD steps: under NTP the NTK freezes as width or alpha "
+                 "grows, under muP it moves at every width (Chizat et al. 2019; Yang & Hu 2021)")
+    return fig
+
+
 def run(*, out: pathlib.Path, quick: bool, seed: int) -> dict:
     import matplotlib.pyplot as plt
     import xarray as xr
@@ -53,41 +135,8 @@ def run(*, out: pathlib.Path, quick: bool, seed: int) -> dict:
     ds.attrs.update({"activation": "tanh", "seed": seed, "data": "sin target on the sphere, d=8, 32 train points"})
     ds.to_netcdf(out / "lazy_rich.nc")
 
-    move = ds.ntk_movement.isel(step=-1, lr=0)  # (param, width, seed, alpha)
-    a1 = alphas.index(1.0)
-    fits = {
-        "ntp_vs_width": fit_loglog(np.array(widths, float), move.sel(param="ntp").isel(alpha=a1).values),
-        "mup_vs_width": fit_loglog(np.array(widths, float), move.sel(param="mup").isel(alpha=a1).values),
-        "ntp_vs_alpha": fit_loglog(np.array(alphas[a1:]), move.sel(param="ntp", width=widths[-1]).values.T[a1:]),
-    }
-    fig, grid_axes = plt.subplots(2, 3, figsize=(15, 8), constrained_layout=True)
-    axes = [grid_axes[0, 0], grid_axes[0, 1], grid_axes[0, 2], grid_axes[1, 2]]
-    test_loss = ds.test_loss.isel(step=-1, lr=0).mean("seed")
-    for col, p in enumerate(("ntp", "mup")):
-        for row, (value, title, kw) in enumerate((
-                (np.log10(move.sel(param=p).mean("seed").values), "log10 NTK movement", dict(vmin=-4, vmax=0.5)),
-                (test_loss.sel(param=p).values, "test loss after 200 steps", {}))):
-            ax = grid_axes[row, col]
-            im = ax.imshow(value.T, origin="lower", aspect="auto", cmap="magma", **kw)
-            ax.set(xticks=range(len(widths)), xticklabels=widths, yticks=range(len(alphas)), yticklabels=alphas,
-                   xlabel="width n", ylabel="output scale alpha", title=f"{p.upper()}: {title}")
-            fig.colorbar(im, ax=ax)
-    for p, color in (("ntp", "C0"), ("mup", "C3")):
-        axes[2].loglog(widths, move.sel(param=p).isel(alpha=a1).mean("seed"), "o-", color=color,
-                       label=f"{p.upper()} (slope {fits[p + '_vs_width']['slope']:+.2f})")
-    w = np.array(widths, float)
-    axes[2].loglog(w, move.sel(param="ntp").isel(alpha=a1).mean("seed").values[0] * (w / w[0]) ** -1.0, "k--",
-                   lw=1, label="n^-1 (Dyer & Gur-Ari)")
-    axes[2].set(xlabel="width n", ylabel="relative NTK movement", title="alpha = 1")
-    axes[2].legend(fontsize=8)
-    for p, color in (("ntp", "C0"), ("mup", "C3")):
-        axes[3].loglog(alphas, move.sel(param=p, width=widths[-1]).mean("seed"), "o-", color=color, label=p.upper())
-    a = np.array(alphas)
-    axes[3].loglog(a, move.sel(param="ntp", width=widths[-1]).mean("seed").values[a1] * (a / 1.0) ** -1.0, "k--",
-                   lw=1, label="1/alpha (Chizat et al.)")
-    axes[3].set(xlabel="output scale alpha", ylabel="relative NTK movement", title=f"width {widths[-1]}")
-    axes[3].legend(fontsize=8)
-    fig.suptitle("Lazy vs rich: the kernel freezes with width under NTP and with alpha; muP keeps learning features")
+    fits = _fits(ds)
+    fig = figure(ds)
     fig.savefig(out / "lazy_rich.png", dpi=150)
     plt.close(fig)
     print(f"lazy-rich: NTK movement ~ width^{fits['ntp_vs_width']['slope']:.2f}±{fits['ntp_vs_width']['slope_se']:.2f} "

@@ -64,7 +64,8 @@ def summarize(ds, out: pathlib.Path) -> dict:
     widths, lrs = [int(w) for w in ds.width.values], ds.lr.values
     steps = int(ds.step.values[-1])
     summary = {"widths": widths, "lrs": [float(v) for v in lrs]}
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5), sharex=True, constrained_layout=True)
+    names = {"sp": "SP", "mup": "muP"}
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5), sharex=True, sharey="row", constrained_layout=True)
     for row, var in enumerate(("train_loss", "test_loss")):
         final = ds[var].isel(step=-1, alpha=0)
         for ax, p in zip(axes[row], ("sp", "mup")):
@@ -76,15 +77,19 @@ def summarize(ds, out: pathlib.Path) -> dict:
                                               f"{key}shift_grid_steps": shift})
             for w, width in enumerate(widths):
                 mean = np.nanmean(loss[w], axis=0)
-                color = plt.cm.plasma(w / max(1, len(widths) - 1))
+                color = plt.cm.plasma(0.85 * w / max(1, len(widths) - 1))  # plasma ends in a yellow too pale on white
                 ax.plot(lrs, mean, "o-", color=color, ms=3, label=f"n={width}")
                 ax.plot(lrs[best[w]], mean[best[w]], "*", color=color, ms=12)
-            ax.set(xscale="log", yscale="log", title=f"{p.upper()}: best lr moves {shift:+d} grid steps (x2)")
+            ax.set(xscale="log", yscale="log", title=f"{names[p]}: best lr moves {shift:+d} grid steps (x2) "
+                                                     f"from n={widths[0]} to n={widths[-1]}")
+            ax.grid(True, which="major", alpha=0.3)
             if row == 1:
                 ax.set_xlabel("Adam learning rate (base width 64)")
         axes[row, 0].set_ylabel(f"{var.replace('_', ' ')} (cross-entropy) after {steps} steps")
+    axes[0, 1].plot([], [], "*", color="gray", ms=10, label="best lr (seed mean)")
     axes[0, 1].legend(fontsize=8)
-    fig.suptitle("muTransfer on digits: the optimal learning rate is width-stable under muP (Yang et al. 2022)")
+    fig.suptitle("muTransfer, MLP on digits: loss vs learning rate, SP and muP on shared axes per row; the optimal "
+                 "learning rate is width-stable under muP (Yang et al. 2022)", fontsize=10)
     fig.savefig(out / "mutransfer.png", dpi=150)
     plt.close(fig)
     ok = abs(summary["mup"]["shift_grid_steps"]) <= 1 and abs(summary["sp"]["shift_grid_steps"]) > 1

@@ -68,12 +68,14 @@ def summarize(ds, out: pathlib.Path) -> dict:
                       "best_loss": [float(np.nanmean(loss[w, :, i])) for w, i in enumerate(best)]}
         for w, width in enumerate(widths):
             mean = np.nanmean(np.where(np.isnan(loss[w]), np.nan, loss[w]), axis=0)
-            color = plt.cm.plasma(w / max(1, len(widths) - 1))
+            color = plt.cm.plasma(0.85 * w / max(1, len(widths) - 1))  # plasma ends in a yellow too pale on white
             ax.plot(lrs, mean, "o-", color=color, ms=3, label=f"n={width}")
             ax.plot(lrs[best[w]], mean[best[w]], "*", color=color, ms=12)
         ax.axhline(summary["entropy_rate"], color="gray", ls=":", lw=1, label="entropy rate")
         ax.set(xscale="log", yscale="log", xlabel=f"Adam learning rate (base width {widths[0]})",
-               title=f"{p.upper()}: best lr moves {shift:+d} grid steps (x2)")
+               title=f"{'muP' if p == 'mup' else 'SP'}: best lr moves {shift:+d} grid steps (x2) "
+                     f"from n={widths[0]} to n={widths[-1]}")
+        ax.grid(True, which="major", alpha=0.3)
     axes[0].set_ylabel(f"train loss (cross-entropy) after {steps} steps")
     axes[1].legend(fontsize=8)
     fig.suptitle("muTransfer, 1-block transformer on an order-2 Markov chain: the optimal learning rate is "

@@ -97,9 +97,12 @@ def run(*, out: pathlib.Path, quick: bool, seed: int) -> dict:
     ax.plot(ws, mean[0] * (ws / ws[0]) ** -0.5, "--", color="gray", label="theory: width$^{-1/2}$")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
+    ax.set_xticks(widths, [str(v) for v in widths])
+    ax.xaxis.set_minor_locator(plt.NullLocator())
     ax.set_xlabel("width n")
     ax.set_ylabel(r"$\|\Theta_{emp} - \Theta\|_F \,/\, \|\Theta\|_F$")
-    ax.set_title("NTK convergence, 3-layer ReLU MLP (NTP)")
+    ax.set_title("Empirical vs analytic NTK at init, 3-layer ReLU MLP (NTP):\n"
+                 "relative error vs width (Jacot et al. 2018)", fontsize=10)
     ax.legend(fontsize=8)
     fig.savefig(out / "ntk_convergence.png", dpi=150)
     plt.close(fig)

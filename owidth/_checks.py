@@ -17,7 +17,7 @@ import numpy as np
 
 __all__ = [
     "as_float_array", "same_features", "positive_int", "field", "convert", "convert_fields", "hyper", "std", "real",
-    "nonneg_float", "positive", "integer", "int_tuple", "padding", "boolean", "optional_positive", "function",
+    "nonneg_float", "positive", "integer", "int_tuple", "padding", "boolean", "optional_positive", "function", "positive_number", "nonneg_int",
 ]
 
 
@@ -44,6 +44,22 @@ def as_float_array(name: str, x, *, where: str, rank: int | None = 2, cast: bool
         # checked on the host with numpy: works for concrete arrays even inside an outer trace
         raise ValueError(f"{where}: {name} contains NaN or Inf; clean or impute the data first")
     return jnp.asarray(arr, dtype=jnp.result_type(float)) if cast else jnp.asarray(arr)
+
+
+def positive_number(name: str, value, *, where: str, what: str = "") -> float:
+    """A finite number > 0 (``ValueError`` otherwise; ``what`` adds a note on its meaning)."""
+    ok = not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating)) \
+        and math.isfinite(value) and value > 0
+    if not ok:
+        raise ValueError(f"{where}: {name} must be a finite positive number{what}, got {value!r}")
+    return float(value)
+
+
+def nonneg_int(name: str, value, *, where: str) -> int:
+    """An int >= 0 (``ValueError`` otherwise)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ValueError(f"{where}: {name} must be a non-negative int, got {value!r}")
+    return int(value)
 
 
 def same_features(x1, x2, *, where: str) -> None:

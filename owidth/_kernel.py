@@ -299,9 +299,7 @@ def _tile_size(net, x1, x2, batch_size, memory_budget) -> int | None:
     """Rows per tile (``None``: untiled) from ``batch_size`` and ``memory_budget``, checked before compiling."""
     where = "ow.kernel"
     if memory_budget is not None:
-        if isinstance(memory_budget, bool) or not isinstance(memory_budget, (int, float)) or not memory_budget > 0 \
-                or memory_budget == float("inf"):
-            raise ValueError(f"{where}: memory_budget must be a positive number of bytes, got {memory_budget!r}")
+        _checks.positive_number("memory_budget", memory_budget, where=where, what=" of bytes")
     if isinstance(batch_size, str) and batch_size != "auto":
         raise ValueError(f"{where}: batch_size must be 'auto', a positive int or None, got {batch_size!r}")
     if batch_size is None:

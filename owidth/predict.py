@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from owidth import _checks
 from owidth.kernels.state import Kernel
 
 __all__ = ["Prediction", "gradient_descent", "gradient_flow", "log_marginal_likelihood", "nngp_posterior"]
@@ -133,8 +134,8 @@ def _dynamics(k_train, k_test_train, y_train, *, times, lr, discrete, k_test_tes
         raise ValueError(f"ow.predict: y_train has {y.shape[0]} rows but k_train is {n} x {n}")
     if theta_xt is not None and theta_xt.shape[1] != n:
         raise ValueError(f"ow.predict: k_test_train must be (m, {n}), got {theta_xt.shape}")
-    if discrete and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0):
-        raise ValueError(f"ow.predict: lr must be a positive number, got {lr!r}")
+    if discrete:
+        _checks.positive_number("lr", lr, where="ow.predict")
     if ridge < 0:
         raise ValueError(f"ow.predict: ridge must be >= 0, got {ridge}")
     times_arr = jnp.asarray(times, dtype=theta.dtype)

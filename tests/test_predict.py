@@ -115,7 +115,7 @@ def test_singular_kernel_and_times_batch():
     pred = ow.predict.gradient_descent(k, None, y, lr=1.0, steps=np.arange(0, 1000, 100))
     assert pred.mean_train.shape == (10, len(x))
     assert np.all(np.isfinite(pred.mean_train)) and np.all(np.isfinite(pred.cov_train))
-    with pytest.raises(ValueError, match="lr must be a positive"):
+    with pytest.raises(ValueError, match="lr must be a finite positive"):
         ow.predict.gradient_descent(k, None, y, lr=-1.0, steps=3)
     with pytest.raises(ValueError, match="integers"):
         ow.predict.gradient_descent(k, None, y, lr=1.0, steps=[1.5])

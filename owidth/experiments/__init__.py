@@ -15,6 +15,8 @@ import json
 import pathlib
 from typing import Callable
 
+from owidth import _checks
+
 
 @dataclasses.dataclass(frozen=True)
 class Experiment:
@@ -124,8 +126,7 @@ def run(name: str, *, out: str | pathlib.Path | None = None, quick: bool = False
     """
     if name not in REGISTRY:
         raise ValueError(f"unknown experiment {name!r}; available: {', '.join(names())}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    seed = _checks.nonneg_int("seed", seed, where=f"owidth run {name}")
     out = pathlib.Path(out) if out is not None else pathlib.Path("owidth-out") / name
     out.mkdir(parents=True, exist_ok=True)
     summary = REGISTRY[name].load()(out=out, quick=quick, seed=seed)

@@ -328,8 +328,7 @@ def transformer(*, depth: int, heads: int, vocab: int, out: int | None = None, m
       pos_std: positional-embedding scale (0: none; causal masking alone then
         carries order information).
     """
-    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 0:
-        raise ValueError(f"ow.transformer: depth must be an int >= 0, got {depth!r}")
+    depth = _checks.nonneg_int("depth", depth, where="ow.transformer")
     act = Relu() if act is None else act
     layers = [Embedding(vocab, pos_std=pos_std)]
     for _ in range(depth):

@@ -44,6 +44,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from owidth import _checks
+
 __all__ = [
     "q",
     "Q_alpha",
@@ -73,10 +75,7 @@ def Q_alpha(beta, alpha: float) -> float:
 
 
 def _check_alpha(alpha) -> float:
-    a = float(alpha)
-    if not np.isfinite(a) or a <= 0:
-        raise ValueError(f"alpha must be a finite positive number (the initial scale u0 = v0 = alpha), got {alpha!r}")
-    return a
+    return _checks.positive_number("alpha", float(alpha), where="ow.theory", what=" (the initial scale u0 = v0 = alpha)")
 
 
 def _check_system(X, y, *, feasible: bool = True) -> tuple[np.ndarray, np.ndarray]:

@@ -79,7 +79,7 @@ def workload(*, width: int, points: int, quick: bool) -> dict:
         return [ow.train(net, (x, y), seeds=[s], lr=lr, alpha=a, **common).train_loss.values
                 for s in seeds for lr in lrs for a in alphas]
 
-    from owidth.train import _Cfg, _init_all, _record_all, _run_chunk
+    from owidth._train import _Cfg, _init_all, _record_all, _run_chunk
 
     model = ow.finite(net, width=width, param=common["param"])
     cfg = _Cfg(model=model, optimizer="sgd", loss="mse", batch_size=None, center=True, linearized=False,
@@ -109,7 +109,7 @@ def workload(*, width: int, points: int, quick: bool) -> dict:
     members = n_seed * n_lr * n_alpha
     # Roofline: FLOPs of one member's training step (XLA's cost analysis of the compiled step) times
     # steps and members, against the rate of a large float32 matmul on this machine.
-    from owidth.train import _step
+    from owidth._train import _step
 
     st = jax.tree.map(lambda a: a[0], _init_all(cfg, jax.random.key(0)[None], jax.numpy.full(1, lrs[0]),
                                                  jax.numpy.full(1, alphas[0]), xj, None))

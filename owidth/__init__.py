@@ -37,8 +37,8 @@ from owidth.spec_quadrature import ActivationFn, Sigmoid, Silu, Softplus, Swish,
 from owidth.spec_norm import LayerNorm
 from owidth.spec_seq import Attention, Embedding, TakePosition, transformer
 from owidth.spec_spatial import AvgPool, Conv, Flatten, GlobalAvgPool
-from owidth.sweep import Sweep, load_sweep, run_sweep
-from owidth.train import Snapshot, train
+from owidth._sweep import Sweep, load_sweep, run_sweep
+from owidth._train import Snapshot, train
 from owidth.measure import coord_check
 
 __version__ = "0.1.0"

@@ -177,7 +177,7 @@ def coord_check(
 
     from owidth.finite import finite
     from owidth.param import scale_by_width
-    from owidth.train import _loss, _targets
+    from owidth._train import _loss, _targets
 
     where = "ow.coord_check"
     optimizer_family(optimizer, where=where)

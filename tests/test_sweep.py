@@ -9,7 +9,7 @@ import xarray as xr
 
 import owidth as ow
 
-TRAIN = importlib.import_module("owidth.train")
+TRAIN = importlib.import_module("owidth._train")
 NET = ow.serial(ow.Dense(w_std=2**0.5), ow.Relu(), ow.Dense(out=1))
 RNG = np.random.default_rng(0)
 X = RNG.normal(size=(8, 3))

@@ -80,9 +80,9 @@ _TMP = re.compile(r"^\.group-.*\.tmp$|^\.manifest\.json\..*\.tmp$")
 
 
 def _train_module():
-    # ``owidth.train`` the attribute is the function (re-exported by the package); we
+    # the module (``ow.train`` is the function), looked up at call time: we
     # need the module, looked up at call time so tests can monkeypatch ``train``.
-    return importlib.import_module("owidth.train")
+    return importlib.import_module("owidth._train")
 
 
 # --------------------------------------------------------------------------- #

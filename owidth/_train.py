@@ -17,12 +17,18 @@ on ``L(alpha (f - f0)) / alpha^2`` (Chizat et al.). The Bordelon & Pehlevan
 ``eta0 gamma0^2``) is the same dynamics with ``alpha = 1 / gamma0``;
 ``ow.train(..., gamma0=...)`` labels the axis ``gamma0``. Under MUP/MF,
 ``gamma0 -> 0`` is the NTK limit and ``gamma0 = O(1)`` feature learning.
+
+Three steps, each usable alone (``ow.Sweep`` builds the same plans):
+:func:`plan` checks ``ow.train``'s arguments and returns a frozen
+:class:`TrainPlan`; :func:`run` trains it, one compiled :class:`Program` per
+width; :func:`assemble` builds the ``xarray.Dataset``. ``train = assemble(run(plan(...)))``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -30,11 +36,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from owidth import _checks
+from owidth import _checks, _optim
+from owidth._objective import LOSSES, loss_fn, targets
 from owidth._progress import progress
-from owidth.param import NTP, Parametrization, optimizer_family, scale_updates
+from owidth.param import NTP, Parametrization
 
-_LOSSES = ("mse", "xent")
+__all__ = ["Program", "Snapshot", "TrainPlan", "WidthRun", "assemble", "execute", "init_members", "member_step",
+           "param_attrs", "param_from_attrs", "plan", "record_members", "run", "run_chunk", "train"]
+
+_WHERE = "ow.train"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,8 +71,8 @@ class Snapshot:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Cfg:
-    """Static configuration of the compiled programs (hashable: the jit cache key)."""
+class Program:
+    """Static configuration of one width's compiled programs (hashable: the jit cache key)."""
 
     model: Any
     optimizer: str
@@ -87,52 +97,29 @@ class _Cfg:
 # --------------------------------------------------------------------------- #
 # Pieces of one member's program
 # --------------------------------------------------------------------------- #
-def _apply_fn(cfg: _Cfg, params0):
-    if not cfg.linearized:
-        return cfg.model.apply
+def _apply_fn(prog: Program, params0):
+    if not prog.linearized:
+        return prog.model.apply
+    from owidth.empirical import linearize
 
-    def f_lin(params, x):
-        delta = jax.tree.map(lambda p, p0: p - p0, params, params0)
-        y0, dy = jax.jvp(lambda p: cfg.model.apply(p, x), (params0,), (delta,))
-        return y0 + dy
-
-    return f_lin
+    return linearize(prog.model.apply, params0)
 
 
-def _loss(kind: str, f, y):
-    if kind == "mse":
-        return 0.5 * jnp.mean(jnp.sum((f - y) ** 2, axis=-1))
-    logz = jax.nn.logsumexp(f, axis=-1)  # labels (N,) or (N, length) for sequence outputs
-    return jnp.mean(logz - jnp.take_along_axis(f, y[..., None], axis=-1)[..., 0])
+def _tx(prog: Program, lr, alpha, scales):
+    """The member's optimizer; the richness factor ``alpha^-2`` (SGD-like) or ``alpha^-1`` (Adam-like) scales ``lr``."""
+    rich = alpha ** -2.0 if _optim.family(prog.optimizer, where=_WHERE) == "sgd" else 1.0 / alpha
+    return _optim.make(prog.optimizer, lr=lr * rich, scales=scales, weight_decay=prog.weight_decay,
+                       momentum=prog.momentum, eps=prog.eps, where=_WHERE)
 
 
-def _tx(cfg: _Cfg, lr, alpha, scales):
-    import optax
-
-    family = optimizer_family(cfg.optimizer, where="ow.train")
-    rich = alpha ** -2.0 if family == "sgd" else 1.0 / alpha
-    parts = []
-    if cfg.weight_decay and family == "sgd":  # L2 penalty on the gradient
-        parts.append(optax.add_decayed_weights(cfg.weight_decay))
-    if cfg.optimizer == "momentum":
-        parts.append(optax.trace(decay=cfg.momentum))
-    if family == "adam":
-        parts.append(optax.scale_by_adam(eps=cfg.eps))
-    parts.append(scale_updates(scales))
-    if cfg.weight_decay and cfg.optimizer == "adamw":  # decoupled: lr * wd fixed across widths, as MuAdamW
-        parts.append(optax.add_decayed_weights(cfg.weight_decay))
-    parts.append(optax.scale(-lr * rich))
-    return optax.chain(*parts)
+def _scales(prog: Program, x):
+    return prog.model.lr_scales(x, optimizer=prog.optimizer)
 
 
-def _scales(cfg: _Cfg, x):
-    return cfg.model.lr_scales(x, optimizer=cfg.optimizer)
-
-
-def _init_member(cfg: _Cfg, key, lr, alpha, x, xt):
+def _init_member(prog: Program, key, lr, alpha, x, xt):
     k_init, k_data = jax.random.split(key)
-    params = cfg.model.init(k_init, x)
-    tx = _tx(cfg, lr, alpha, _scales(cfg, x))
+    params = prog.model.init(k_init, x)
+    tx = _tx(prog, lr, alpha, _scales(prog, x))
     valid = jnp.isfinite(lr) & (lr > 0) & jnp.isfinite(alpha) & (alpha > 0)
     state = {
         "params": params,
@@ -144,34 +131,35 @@ def _init_member(cfg: _Cfg, key, lr, alpha, x, xt):
         "diverged": jnp.zeros((), bool),
         "diverged_step": jnp.full((), -1, jnp.int32),
     }
-    if cfg.keep_params0:
+    if prog.keep_params0:
         state["params0"] = params
-    if cfg.center:
-        state["f0"] = cfg.model.apply(params, x)
+    if prog.center:
+        state["f0"] = prog.model.apply(params, x)
         if xt is not None:
-            state["f0_test"] = cfg.model.apply(params, xt)
+            state["f0_test"] = prog.model.apply(params, xt)
     return state
 
 
-def _output(cfg: _Cfg, st, x, f0):
-    f = _apply_fn(cfg, st.get("params0"))(st["params"], x)
-    if cfg.center:
+def _output(prog: Program, st, x, f0):
+    f = _apply_fn(prog, st.get("params0"))(st["params"], x)
+    if prog.center:
         f = f - f0
     return st["alpha"] * f
 
 
-def _step(cfg: _Cfg, st, t, x, y):
+def member_step(prog: Program, st, t, x, y):
+    """One optimizer step of one member's state ``st`` at step ``t`` (minibatch drawn from ``t``)."""
     f0 = st.get("f0")
-    if cfg.batch_size is not None:
-        idx = jax.random.choice(jax.random.fold_in(st["key"], t), x.shape[0], (cfg.batch_size,), replace=False)
+    if prog.batch_size is not None:
+        idx = jax.random.choice(jax.random.fold_in(st["key"], t), x.shape[0], (prog.batch_size,), replace=False)
         x, y = x[idx], y[idx]
         f0 = None if f0 is None else f0[idx]
 
     def objective(params):
-        return _loss(cfg.loss, _output(cfg, {**st, "params": params}, x, f0), y)
+        return loss_fn(prog.loss, _output(prog, {**st, "params": params}, x, f0), y)
 
     value, grads = jax.value_and_grad(objective)(st["params"])
-    tx = _tx(cfg, st["lr"], st["alpha"], _scales(cfg, x))
+    tx = _tx(prog, st["lr"], st["alpha"], _scales(prog, x))
     updates, opt = tx.update(grads, st["opt"], st["params"])
     params = jax.tree.map(lambda p, u: (p + u).astype(p.dtype), st["params"], updates)
     bad = ~jnp.isfinite(value)
@@ -180,21 +168,21 @@ def _step(cfg: _Cfg, st, t, x, y):
             "diverged_step": jnp.where(first, t, st["diverged_step"]).astype(jnp.int32)}
 
 
-def _record(cfg: _Cfg, st, x, y, xt, yt):
+def _record(prog: Program, st, x, y, xt, yt):
     rec = {}
     for split, (xs, ys, f0) in {"train": (x, y, st.get("f0")), "test": (xt, yt, st.get("f0_test"))}.items():
         if xs is None:
             continue
-        f = _output(cfg, st, xs, f0)
-        rec[f"{split}_loss"] = _loss(cfg.loss, f, ys)
-        if cfg.loss == "xent":
+        f = _output(prog, st, xs, f0)
+        rec[f"{split}_loss"] = loss_fn(prog.loss, f, ys)
+        if prog.loss == "xent":
             rec[f"{split}_accuracy"] = jnp.mean(jnp.argmax(f, axis=-1) == ys)
-        if cfg.record_outputs and split == "test":
+        if prog.record_outputs and split == "test":
             rec["test_output"] = f
-    if cfg.metrics:
-        snap = Snapshot(apply=_apply_fn(cfg, st["params0"]), params=st["params"], params0=st["params0"],
-                        x_train=x, y_train=y, x_test=xt, y_test=yt, alpha=st["alpha"], model=cfg.model)
-        for name, fn in cfg.metrics:
+    if prog.metrics:
+        snap = Snapshot(apply=_apply_fn(prog, st["params0"]), params=st["params"], params0=st["params0"],
+                        x_train=x, y_train=y, x_test=xt, y_test=yt, alpha=st["alpha"], model=prog.model)
+        for name, fn in prog.metrics:
             rec[name] = jnp.asarray(fn(snap), dtype=jnp.result_type(float))
     ok = st["valid"] & ~st["diverged"]
     return {k: jnp.where(ok, v, jnp.nan) for k, v in rec.items()}
@@ -203,41 +191,116 @@ def _record(cfg: _Cfg, st, x, y, xt, yt):
 # --------------------------------------------------------------------------- #
 # Compiled programs (cached on the static configuration)
 # --------------------------------------------------------------------------- #
-@functools.partial(jax.jit, static_argnames=("cfg",))
-def _init_all(cfg, keys, lrs, alphas, x, xt):
-    return jax.vmap(lambda k, lr, a: _init_member(cfg, k, lr, a, x, xt))(keys, lrs, alphas)
+@functools.partial(jax.jit, static_argnames=("prog",))
+def init_members(prog, keys, lrs, alphas, x, xt):
+    """Initial states of all members (leading axis: member), one per (key, lr, alpha)."""
+    return jax.vmap(lambda k, lr, a: _init_member(prog, k, lr, a, x, xt))(keys, lrs, alphas)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg",), donate_argnames=("state",))
-def _run_chunk(cfg, state, start, x, y, xt, yt):
-    """``cfg.chunk`` record intervals for every member: record, then ``record_every`` steps."""
+@functools.partial(jax.jit, static_argnames=("prog",), donate_argnames=("state",))
+def run_chunk(prog, state, start, x, y, xt, yt):
+    """``prog.chunk`` record intervals for every member: record, then ``record_every`` steps."""
 
     def member(st):
         def interval(st, j):
-            rec = _record(cfg, st, x, y, xt, yt)
-            t0 = (start + j) * cfg.record_every
+            rec = _record(prog, st, x, y, xt, yt)
+            t0 = (start + j) * prog.record_every
 
             def one(s, i):
-                return _step(cfg, s, t0 + i, x, y), None
+                return member_step(prog, s, t0 + i, x, y), None
 
-            st, _ = jax.lax.scan(one, st, jnp.arange(cfg.record_every))
+            st, _ = jax.lax.scan(one, st, jnp.arange(prog.record_every))
             return st, rec
 
-        return jax.lax.scan(interval, st, jnp.arange(cfg.chunk))
+        return jax.lax.scan(interval, st, jnp.arange(prog.chunk))
 
-    if cfg.member_batch is None:
+    if prog.member_batch is None:
         return jax.vmap(member)(state)
-    return jax.lax.map(member, state, batch_size=cfg.member_batch)
+    return jax.lax.map(member, state, batch_size=prog.member_batch)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg",))
-def _record_all(cfg, state, x, y, xt, yt):
-    return jax.vmap(lambda st: _record(cfg, st, x, y, xt, yt))(state)
+@functools.partial(jax.jit, static_argnames=("prog",))
+def record_members(prog, state, x, y, xt, yt):
+    """The records of every member's current state."""
+    return jax.vmap(lambda st: _record(prog, st, x, y, xt, yt))(state)
 
 
 # --------------------------------------------------------------------------- #
-# Public entry point
+# Plan: the validated arguments
 # --------------------------------------------------------------------------- #
+@dataclasses.dataclass(frozen=True, eq=False)
+class TrainPlan:
+    """``ow.train``'s arguments, checked: what :func:`run` trains and :func:`assemble` labels.
+
+    Built by :func:`plan` (never directly). Arrays: ``x``, ``y``, ``x_test``,
+    ``y_test`` (jax), ``seeds``, ``lrs``, ``rich`` (numpy, the coordinates of
+    the result); every other field is ``ow.train``'s keyword of the same name
+    after validation (``record_every`` resolved, ``batch_size`` None for full batch).
+    """
+
+    net: Any
+    x: jax.Array
+    y: jax.Array
+    x_test: jax.Array | None
+    y_test: jax.Array | None
+    widths: tuple[int, ...]
+    seeds: np.ndarray
+    lrs: np.ndarray
+    rich_name: str
+    rich: np.ndarray
+    steps: int
+    record_every: int
+    param: Parametrization
+    optimizer: str
+    loss: str
+    batch_size: int | None
+    center: bool
+    weight_decay: float
+    momentum: float
+    adam_eps: float
+    linearized: bool
+    metrics: tuple[tuple[str, Callable], ...]
+    record_outputs: bool
+    members_per_batch: int | None
+    progress_bar: bool
+    return_params: bool
+
+    @property
+    def alphas(self) -> np.ndarray:
+        """Output scales of the richness axis (``1 / gamma0`` for a ``gamma0`` axis)."""
+        return 1.0 / self.rich if self.rich_name == "gamma0" else self.rich
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(seeds, lrs, richness values): the member grid."""
+        return (self.seeds.size, self.lrs.size, self.rich.size)
+
+    @property
+    def intervals(self) -> int:
+        return self.steps // self.record_every
+
+    def coords(self) -> dict[str, Any]:
+        """Coordinates of the result: ``width, seed, lr, alpha|gamma0, step``."""
+        return {"width": list(self.widths), "seed": self.seeds, "lr": self.lrs, self.rich_name: self.rich,
+                "step": np.arange(self.intervals + 1) * self.record_every}
+
+    def model(self, width: int):
+        from owidth.finite import finite
+
+        return finite(self.net, width=width, param=self.param)
+
+    def program(self, width: int, model=None) -> Program:
+        """The compiled program's static configuration at ``width``."""
+        members = int(np.prod(self.shape))
+        return Program(
+            model=self.model(width) if model is None else model, optimizer=self.optimizer, loss=self.loss,
+            batch_size=self.batch_size, center=self.center, linearized=self.linearized,
+            record_every=self.record_every, chunk=_chunk(self.intervals), weight_decay=self.weight_decay,
+            momentum=self.momentum, eps=self.adam_eps, metrics=self.metrics,
+            record_outputs=self.record_outputs and self.x_test is not None,
+            member_batch=_member_batch(self.members_per_batch, members, self.batch_size or self.x.shape[0], width))
+
+
 def _values(name: str, value, *, where: str) -> np.ndarray:
     arr = np.atleast_1d(np.asarray(value, dtype=float))
     if arr.ndim != 1 or arr.size == 0:
@@ -256,20 +319,10 @@ def _seeds(seeds, *, where: str) -> np.ndarray:
     return arr
 
 
-def _targets(name: str, y, n: int, loss: str, *, where: str) -> jax.Array:
-    y = np.asarray(y)
-    if y.shape[:1] != (n,):
-        raise ValueError(f"{where}: {name} has {y.shape[0] if y.ndim else 'no'} rows but the inputs have {n}")
-    if loss == "xent":
-        if y.ndim not in (1, 2) or not np.issubdtype(y.dtype, np.integer):
-            raise ValueError(f"{where}: loss='xent' needs integer class labels of shape ({n},) (or ({n}, length) for "
-                             f"sequence outputs), got {y.dtype} {y.shape}")
-        return jnp.asarray(y)
-    if y.ndim == 1:
-        y = y[:, None]
-    if y.ndim != 2:
-        raise ValueError(f"{where}: loss='mse' needs targets of shape ({n},) or ({n}, k), got {y.shape}")
-    return _checks.as_float_array(name, y, where=where)
+def _pair(name: str, value, what: str, *, where: str) -> tuple[Any, Any]:
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise TypeError(f"{where}: {name} must be a pair {what}")
+    return value[0], value[1]
 
 
 def _default_record_every(steps: int) -> int:
@@ -305,9 +358,8 @@ def _check_outputs(model, x, y, loss: str, *, where: str) -> None:
                              f"got [{labels.min()}, {labels.max()}]")
 
 
-def _member_batch(requested, members: int, points: int, width: int, *, where: str) -> int | None:
+def _member_batch(requested, members: int, points: int, width: int) -> int | None:
     if requested is not None:
-        requested = _checks.positive_int("members_per_batch", requested, where=where)
         return None if requested >= members else requested
     if jax.default_backend() != "cpu":
         return None
@@ -316,6 +368,197 @@ def _member_batch(requested, members: int, points: int, width: int, *, where: st
     return None if batch >= members else batch
 
 
+def plan(net, data, *, where: str = _WHERE, **options) -> TrainPlan:
+    """Check ``ow.train(net, data, **options)``'s arguments (before any compilation) and return its plan.
+
+    Takes exactly :func:`train`'s arguments (same names and defaults: they are
+    read off its signature); raises ``TypeError``/``ValueError`` saying what to
+    change, prefixed by ``where`` (the caller's name, e.g. ``"ow.Sweep"``).
+    """
+    bound = _SIGNATURE.bind(net, data, **options)
+    bound.apply_defaults()
+    a = bound.arguments
+    loss = a["loss"]
+    if loss not in LOSSES:
+        raise ValueError(f"{where}: loss={loss!r} is not known; use 'mse' or 'xent'")
+    if not isinstance(a["param"], Parametrization):
+        raise TypeError(f"{where}: param must be an ow.Parametrization (e.g. ow.NTP), got {a['param']!r}")
+    _optim.check(a["optimizer"], weight_decay=a["weight_decay"], where=where)
+    widths = a["widths"]
+    if isinstance(widths, (int, np.integer)) and not isinstance(widths, bool):
+        widths = [widths]
+    widths = tuple(_checks.positive_int("widths", w, where=where) for w in widths)
+    if not widths or len(set(widths)) != len(widths):
+        raise ValueError(f"{where}: widths must be a non-empty list without duplicates, got {list(widths)}")
+    steps = _checks.positive_int("steps", a["steps"], where=where)
+    alpha, gamma0 = a["alpha"], a["gamma0"]
+    if alpha is not None and gamma0 is not None:
+        raise ValueError(f"{where}: give alpha or gamma0 (= 1/alpha), not both")
+    rich_name = "gamma0" if gamma0 is not None else "alpha"
+    rich = _values(rich_name, gamma0 if gamma0 is not None else (1.0 if alpha is None else alpha), where=where)
+    x_raw, y_raw = _pair("data", data, "(x_train, y_train)", where=where)
+    x = _checks.as_float_array("x_train", x_raw, where=where, rank=None)
+    y = targets("y_train", y_raw, x.shape[0], loss, where=where)
+    xt = yt = None
+    if a["test"] is not None:
+        xt_raw, yt_raw = _pair("test", a["test"], "(x_test, y_test)", where=where)
+        xt = _checks.as_float_array("x_test", xt_raw, where=where, rank=None)
+        _checks.same_features(x, xt, where=where)
+        yt = targets("y_test", yt_raw, xt.shape[0], loss, where=where)
+    batch_size = a["batch_size"]
+    if batch_size is not None:
+        batch_size = _checks.positive_int("batch_size", batch_size, where=where)
+        if batch_size > x.shape[0]:
+            raise ValueError(f"{where}: batch_size={batch_size} exceeds the {x.shape[0]} training points")
+        if batch_size == x.shape[0]:
+            batch_size = None
+    record_every = a["record_every"]
+    record_every = _default_record_every(steps) if record_every is None else _checks.positive_int(
+        "record_every", record_every, where=where)
+    if steps % record_every:
+        raise ValueError(f"{where}: steps={steps} is not a multiple of record_every={record_every}")
+    metrics = tuple((a["metrics"] or {}).items())
+    for name, fn in metrics:
+        if not isinstance(name, str) or not callable(fn) or name in (
+                "train_loss", "test_loss", "train_accuracy", "test_accuracy"):
+            raise ValueError(f"{where}: metric {name!r} must be a callable with a new name")
+    members_per_batch = a["members_per_batch"]
+    if members_per_batch is not None:
+        members_per_batch = _checks.positive_int("members_per_batch", members_per_batch, where=where)
+    out = TrainPlan(
+        net=net, x=x, y=y, x_test=xt, y_test=yt, widths=widths, seeds=_seeds(a["seeds"], where=where),
+        lrs=_values("lr", a["lr"], where=where),
+        rich_name=rich_name, rich=rich, steps=steps, record_every=record_every, param=a["param"],
+        optimizer=a["optimizer"], loss=loss, batch_size=batch_size, center=bool(a["center"]),
+        weight_decay=float(a["weight_decay"]), momentum=float(a["momentum"]), adam_eps=float(a["adam_eps"]),
+        linearized=bool(a["linearized"]), metrics=metrics, record_outputs=bool(a["record_outputs"]),
+        members_per_batch=members_per_batch, progress_bar=bool(a["progress_bar"]),
+        return_params=bool(a["return_params"]))
+    model = out.model(widths[0])
+    _check_outputs(model, x, y, loss, where=where)
+    if yt is not None:
+        _check_outputs(model, xt, yt, loss, where=where)
+    return out
+
+
+# --------------------------------------------------------------------------- #
+# Run and assemble
+# --------------------------------------------------------------------------- #
+@dataclasses.dataclass(frozen=True)
+class WidthRun:
+    """What :func:`run` brings back for one width (numpy; leading axis: member, in (seed, lr, rich) order).
+
+    Attributes:
+      records: ``{name: (members, records, ...)}``: losses, accuracies, metrics, test outputs.
+      status: (members,) ``"ok"``, ``"diverged"`` or ``"invalid"``. diverged_step: (members,), -1 if none.
+      params: the final parameters with leading (seed, lr, rich) axes, or None.
+    """
+
+    records: dict[str, np.ndarray]
+    status: np.ndarray
+    diverged_step: np.ndarray
+    params: Any = None
+
+
+def run(p: TrainPlan) -> list[WidthRun]:
+    """Train every member of the plan at each width: one compiled program per width, members vmapped."""
+    grid = np.meshgrid(*(np.arange(n) for n in p.shape), indexing="ij")
+    si, li, ai = (g.ravel() for g in grid)
+    keys = jax.vmap(jax.random.key)(jnp.asarray(p.seeds[si]))
+    member_lr = jnp.asarray(p.lrs[li], dtype=jnp.result_type(float))
+    member_alpha = jnp.asarray(p.alphas[ai], dtype=jnp.result_type(float))
+    x, y, xt, yt = p.x, p.y, p.x_test, p.y_test
+    runs = []
+    bar = progress(total=p.steps * len(p.widths), desc=_WHERE, enabled=p.progress_bar)
+    try:
+        for width in p.widths:
+            prog = p.program(width)
+            bar.set_description(f"{_WHERE} width={width}")
+            state = init_members(prog, keys, member_lr, member_alpha, x, xt)
+            recs = []
+            for start in range(0, p.intervals, prog.chunk):
+                state, rec = run_chunk(prog, state, start, x, y, xt, yt)
+                recs.append(rec)
+                bar.update(prog.chunk * prog.record_every)
+            final = record_members(prog, state, x, y, xt, yt)
+            recs = {k: np.concatenate([np.asarray(r[k]) for r in recs] + [np.asarray(final[k])[:, None]], axis=1)
+                    for k in final}
+            status = np.where(~np.asarray(state["valid"]), "invalid",
+                              np.where(np.asarray(state["diverged"]), "diverged", "ok"))
+            params = None
+            if p.return_params:
+                params = jax.tree.map(lambda a: a.reshape(p.shape + a.shape[1:]), state["params"])
+            runs.append(WidthRun(recs, status, np.asarray(state["diverged_step"]), params))
+    finally:
+        bar.close()
+    return runs
+
+
+def assemble(p: TrainPlan, runs: Sequence[WidthRun]):
+    """The ``xarray.Dataset`` of :func:`train` from the plan and its runs (and ``{width: params}`` if asked)."""
+    import xarray as xr
+
+    dims = ("width", "seed", "lr", p.rich_name)
+    lead = (len(p.widths),) + p.shape
+    data_vars = {}
+    for name in runs[0].records:
+        stacked = np.stack([r.records[name] for r in runs])  # (W, M, R, ...)
+        extra = stacked.shape[3:]
+        extra_dims = ("point", "out")[: len(extra)] if name == "test_output" else tuple(
+            f"{name}_dim{i}" for i in range(len(extra)))
+        data_vars[name] = (dims + ("step",) + extra_dims, stacked.reshape(lead + stacked.shape[2:]))
+    data_vars["status"] = (dims, np.stack([r.status for r in runs]).reshape(lead).astype(str))
+    data_vars["diverged_step"] = (dims, np.stack([r.diverged_step for r in runs]).reshape(lead))
+    attrs = {
+        **param_attrs(p.param), "optimizer": p.optimizer, "loss": p.loss, "steps": p.steps,
+        "batch_size": -1 if p.batch_size is None else p.batch_size, "center": int(p.center),
+        "linearized": int(p.linearized), "n_train": int(p.x.shape[0]),
+        "n_test": 0 if p.x_test is None else int(p.x_test.shape[0]), "weight_decay": p.weight_decay,
+        "momentum": p.momentum, "adam_eps": p.adam_eps,
+    }
+    ds = xr.Dataset(data_vars, coords=p.coords(), attrs=attrs)
+    if p.return_params:
+        return ds, {w: r.params for w, r in zip(p.widths, runs)}
+    return ds
+
+
+def execute(p: TrainPlan):
+    """``assemble(p, run(p))``: what :func:`train` returns for the plan."""
+    return assemble(p, run(p))
+
+
+# --------------------------------------------------------------------------- #
+# The parametrization in a result's attrs
+# --------------------------------------------------------------------------- #
+def param_attrs(param: Parametrization) -> dict[str, Any]:
+    """Every field of ``param`` as netCDF-storable attrs: ``name`` as ``param``, triples as lists, bools as 0/1."""
+    out = {}
+    for f in dataclasses.fields(Parametrization):
+        v = getattr(param, f.name)
+        out["param" if f.name == "name" else f.name] = (
+            list(v) if isinstance(v, tuple) else int(v) if isinstance(v, bool) else v)
+    return out
+
+
+def param_from_attrs(attrs: Mapping[str, Any]) -> Parametrization:
+    """The :class:`ow.Parametrization` recorded by :func:`param_attrs` (e.g. ``ow.train(...).attrs``)."""
+    kwargs = {}
+    for f in dataclasses.fields(Parametrization):
+        v = attrs["param" if f.name == "name" else f.name]
+        kind = str(f.type)
+        if kind.startswith("tuple"):
+            v = tuple(float(c) for c in np.atleast_1d(v))
+        elif kind == "bool":
+            v = bool(int(v))
+        elif kind in ("int", "float", "str"):
+            v = {"int": int, "float": float, "str": str}[kind](v)
+        kwargs[f.name] = v
+    return Parametrization(**kwargs)
+
+
+# --------------------------------------------------------------------------- #
+# Public entry point
+# --------------------------------------------------------------------------- #
 def train(
     net,
     data: tuple[Any, Any],
@@ -393,120 +636,12 @@ def train(
       metrics) over ``(width, seed, lr, alpha|gamma0, step)``; ``status``
       (``"ok"``, ``"diverged"`` for a non-finite loss, ``"invalid"`` for bad
       hyper-parameters) and ``diverged_step`` over ``(width, seed, lr,
-      alpha|gamma0)``. Records after a divergence are NaN.
+      alpha|gamma0)``. Records after a divergence are NaN. The attrs say how it
+      was produced: every field of ``param`` (its ``name`` as ``param``; bools
+      as 0/1), the optimizer and its settings, the loss, steps, batch size,
+      ``center``, ``linearized`` and the data sizes.
     """
-    import xarray as xr
-
-    where = "ow.train"
-    from owidth.finite import finite
-
-    if loss not in _LOSSES:
-        raise ValueError(f"{where}: loss={loss!r} is not known; use 'mse' or 'xent'")
-    optimizer_family(optimizer, where=where)
-    if weight_decay and optimizer == "adam":
-        raise ValueError(f"{where}: weight_decay with optimizer='adam' is ambiguous; use optimizer='adamw' (decoupled)")
-    if isinstance(widths, (int, np.integer)) and not isinstance(widths, bool):
-        widths = [widths]
-    widths = [_checks.positive_int("widths", w, where=where) for w in widths]
-    if len(set(widths)) != len(widths):
-        raise ValueError(f"{where}: widths contains duplicates: {widths}")
-    steps = _checks.positive_int("steps", steps, where=where)
-    if alpha is not None and gamma0 is not None:
-        raise ValueError(f"{where}: give alpha or gamma0 (= 1/alpha), not both")
-    rich_name = "gamma0" if gamma0 is not None else "alpha"
-    rich = _values(rich_name, gamma0 if gamma0 is not None else (1.0 if alpha is None else alpha), where=where)
-    alphas = 1.0 / rich if gamma0 is not None else rich
-    lrs = _values("lr", lr, where=where)
-    seed_list = _seeds(seeds, where=where)
-    if not isinstance(data, (tuple, list)) or len(data) != 2:
-        raise TypeError(f"{where}: data must be a pair (x_train, y_train)")
-    x = _checks.as_float_array("x_train", data[0], where=where, rank=None)
-    y = _targets("y_train", data[1], x.shape[0], loss, where=where)
-    xt = yt = None
-    if test is not None:
-        if not isinstance(test, (tuple, list)) or len(test) != 2:
-            raise TypeError(f"{where}: test must be a pair (x_test, y_test)")
-        xt = _checks.as_float_array("x_test", test[0], where=where, rank=None)
-        _checks.same_features(x, xt, where=where)
-        yt = _targets("y_test", test[1], xt.shape[0], loss, where=where)
-    if batch_size is not None:
-        batch_size = _checks.positive_int("batch_size", batch_size, where=where)
-        if batch_size > x.shape[0]:
-            raise ValueError(f"{where}: batch_size={batch_size} exceeds the {x.shape[0]} training points")
-        if batch_size == x.shape[0]:
-            batch_size = None
-    record_every = _default_record_every(steps) if record_every is None else _checks.positive_int(
-        "record_every", record_every, where=where)
-    if steps % record_every:
-        raise ValueError(f"{where}: steps={steps} is not a multiple of record_every={record_every}")
-    metrics = tuple((metrics or {}).items())
-    for name, fn in metrics:
-        if not callable(fn) or name in ("train_loss", "test_loss", "train_accuracy", "test_accuracy"):
-            raise ValueError(f"{where}: metric {name!r} must be a callable with a new name")
-    intervals = steps // record_every
-    chunk = _chunk(intervals)
-
-    grid = np.meshgrid(np.arange(seed_list.size), np.arange(lrs.size), np.arange(alphas.size), indexing="ij")
-    si, li, ai = (g.ravel() for g in grid)
-    keys = jax.vmap(jax.random.key)(jnp.asarray(seed_list[si]))
-    member_lr = jnp.asarray(lrs[li], dtype=jnp.result_type(float))
-    member_alpha = jnp.asarray(alphas[ai], dtype=jnp.result_type(float))
-    shape = (seed_list.size, lrs.size, alphas.size)
-
-    per_width, params_out = [], {}
-    bar = progress(total=steps * len(widths), desc=where, enabled=progress_bar)
-    try:
-        for width in widths:
-            model = finite(net, width=width, param=param)
-            if width == widths[0]:
-                _check_outputs(model, x, y, loss, where=where)
-                if yt is not None:
-                    _check_outputs(model, xt, yt, loss, where=where)
-            cfg = _Cfg(model=model, optimizer=optimizer, loss=loss, batch_size=batch_size, center=bool(center),
-                       linearized=bool(linearized), record_every=record_every, chunk=chunk,
-                       weight_decay=float(weight_decay), momentum=float(momentum), eps=float(adam_eps),
-                       metrics=metrics, record_outputs=bool(record_outputs and xt is not None),
-                       member_batch=_member_batch(members_per_batch, len(si), batch_size or x.shape[0], width,
-                                                  where=where))
-            bar.set_description(f"{where} width={width}")
-            state = _init_all(cfg, keys, member_lr, member_alpha, x, xt)
-            recs = []
-            for start in range(0, intervals, chunk):
-                state, rec = _run_chunk(cfg, state, start, x, y, xt, yt)
-                recs.append(rec)
-                bar.update(chunk * record_every)
-            final = _record_all(cfg, state, x, y, xt, yt)
-            recs = {k: np.concatenate([np.asarray(r[k]) for r in recs] + [np.asarray(final[k])[:, None]], axis=1)
-                    for k in final}
-            status = np.where(~np.asarray(state["valid"]), "invalid",
-                              np.where(np.asarray(state["diverged"]), "diverged", "ok"))
-            per_width.append((recs, status, np.asarray(state["diverged_step"])))
-            if return_params:
-                params_out[width] = jax.tree.map(lambda p: p.reshape(shape + p.shape[1:]), state["params"])
-    finally:
-        bar.close()
-
-    dims = ("width", "seed", "lr", rich_name)
-    data_vars = {}
-    for name in per_width[0][0]:
-        stacked = np.stack([r[name] for r, _, _ in per_width])  # (W, M, R, ...)
-        extra = stacked.shape[3:]
-        extra_dims = ("point", "out")[: len(extra)] if name == "test_output" else tuple(f"{name}_dim{i}" for i in range(len(extra)))
-        data_vars[name] = (dims + ("step",) + extra_dims, stacked.reshape((len(widths),) + shape + stacked.shape[2:]))
-    data_vars["status"] = (dims, np.stack([s for _, s, _ in per_width]).reshape((len(widths),) + shape).astype(str))
-    data_vars["diverged_step"] = (dims, np.stack([d for _, _, d in per_width]).reshape((len(widths),) + shape))
-    coords = {"width": widths, "seed": seed_list, "lr": lrs, rich_name: rich,
-              "step": np.arange(intervals + 1) * record_every}
-    attrs = {
-        "param": param.name, "a": list(param.a), "b": list(param.b), "c_sgd": list(param.c_sgd),
-        "c_adam": list(param.c_adam), "base_width": param.base_width, "optimizer": optimizer, "loss": loss,
-        "steps": steps, "batch_size": -1 if batch_size is None else batch_size, "center": int(bool(center)),
-        "linearized": int(bool(linearized)), "n_train": int(x.shape[0]), "n_test": 0 if xt is None else int(xt.shape[0]),
-        "weight_decay": float(weight_decay),
-    }
-    ds = xr.Dataset(data_vars, coords=coords, attrs=attrs)
-    return (ds, params_out) if return_params else ds
+    return execute(plan(**locals()))
 
 
-__all__ = ["Snapshot", "train"]
-
+_SIGNATURE = inspect.signature(train)

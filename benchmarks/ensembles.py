@@ -79,12 +79,10 @@ def workload(*, width: int, points: int, quick: bool) -> dict:
         return [ow.train(net, (x, y), seeds=[s], lr=lr, alpha=a, **common).train_loss.values
                 for s in seeds for lr in lrs for a in alphas]
 
-    from owidth.train import _Cfg, _init_all, _record_all, _run_chunk
+    from owidth._train import init_members, member_step, plan, record_members, run_chunk
 
-    model = ow.finite(net, width=width, param=common["param"])
-    cfg = _Cfg(model=model, optimizer="sgd", loss="mse", batch_size=None, center=True, linearized=False,
-               record_every=steps, chunk=1, weight_decay=0.0, momentum=0.9, eps=1e-8, metrics=(), record_outputs=False,
-               member_batch=None)
+    # one member's program: the plan of a one-member ow.train call (all members at once: no member batches)
+    cfg = plan(net, (x, y), seeds=[0], lr=lrs[0], alpha=alphas[0], members_per_batch=1, **common).program(width)
     xj, yj = jax.numpy.asarray(x), jax.numpy.asarray(y, dtype=jax.numpy.float32)
 
     def loop_jit():
@@ -92,9 +90,9 @@ def workload(*, width: int, points: int, quick: bool) -> dict:
         for s in seeds:
             for lr in lrs:
                 for a in alphas:
-                    state = _init_all(cfg, jax.random.key(s)[None], jax.numpy.full(1, lr), jax.numpy.full(1, a), xj, None)
-                    state, rec = _run_chunk(cfg, state, 0, xj, yj, None, None)
-                    out.append(np.asarray(_record_all(cfg, state, xj, yj, None, None)["train_loss"]))
+                    state = init_members(cfg, jax.random.key(s)[None], jax.numpy.full(1, lr), jax.numpy.full(1, a), xj, None)
+                    state, rec = run_chunk(cfg, state, 0, xj, yj, None, None)
+                    out.append(np.asarray(record_members(cfg, state, xj, yj, None, None)["train_loss"]))
         return out
 
     results = {}
@@ -109,11 +107,9 @@ def workload(*, width: int, points: int, quick: bool) -> dict:
     members = n_seed * n_lr * n_alpha
     # Roofline: FLOPs of one member's training step (XLA's cost analysis of the compiled step) times
     # steps and members, against the rate of a large float32 matmul on this machine.
-    from owidth.train import _step
-
-    st = jax.tree.map(lambda a: a[0], _init_all(cfg, jax.random.key(0)[None], jax.numpy.full(1, lrs[0]),
+    st = jax.tree.map(lambda a: a[0], init_members(cfg, jax.random.key(0)[None], jax.numpy.full(1, lrs[0]),
                                                  jax.numpy.full(1, alphas[0]), xj, None))
-    cost = jax.jit(lambda s: _step(cfg, s, 0, xj, yj)).lower(st).compile().cost_analysis()
+    cost = jax.jit(lambda s: member_step(cfg, s, 0, xj, yj)).lower(st).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     total_flops = float(cost["flops"]) * steps * members
     roofline = {"flops_per_member_step": float(cost["flops"]), "total_gflop": total_flops / 1e9,

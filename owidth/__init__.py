@@ -48,11 +48,11 @@ from owidth.layers import (
     serial,
     transformer,
 )
+from owidth._sweep import Sweep, load_sweep, run_sweep
+from owidth._train import Snapshot, train
 from owidth.meanfield import DMFTConvergenceError, DMFTResult, dmft
 from owidth.measure import coord_check
 from owidth.param import MF, MUP, NTP, SP, Parametrization, Regime, Role, scale_by_width
-from owidth.sweep import Sweep, load_sweep, run_sweep
-from owidth.train import Snapshot, train
 
 __version__ = "0.1.0"
 

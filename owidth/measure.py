@@ -21,8 +21,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from owidth import _checks
-from owidth.param import Parametrization, optimizer_family
+from owidth import _checks, _optim
+from owidth._objective import loss_fn, targets
+from owidth.param import Parametrization
 
 __all__ = ["ntk_movement", "param_movement", "feature_movement", "kernel_alignment", "effective_rank", "coord_check"]
 
@@ -177,23 +178,19 @@ def coord_check(
     import xarray as xr
 
     from owidth._finite import finite
-    from owidth.param import scale_by_width
-    from owidth.train import _loss, _targets
 
     where = "ow.coord_check"
-    optimizer_family(optimizer, where=where)
+    _optim.check(optimizer, where=where)
     widths = [_checks.positive_int("widths", w, where=where) for w in widths]
     steps = _checks.positive_int("steps", steps, where=where)
     seeds = _checks.positive_int("seeds", seeds, where=where)
     x = _checks.as_float_array("x", data[0], where=where, rank=None)
-    y = _targets("y", data[1], x.shape[0], loss, where=where)
-    base = {"sgd": optax.sgd, "momentum": lambda lr: optax.sgd(lr, momentum=0.9), "adam": optax.adam,
-            "adamw": optax.adamw}[optimizer]
+    y = targets("y", data[1], x.shape[0], loss, where=where)
 
     sizes, deltas = [], []
     for width in widths:
         model = finite(net, width=width, param=param)
-        tx = optax.chain(base(1.0), scale_by_width(model, x, optimizer=optimizer), optax.scale(lr))
+        tx = _optim.make(optimizer, lr=lr, scales=model.lr_scales(x, optimizer=optimizer), where=where)
 
         def run(key, model=model, tx=tx):
             params0 = model.init(key, x)
@@ -201,7 +198,7 @@ def coord_check(
             def step(carry, _):
                 params, opt = carry
                 out = _layer_sizes(model, params, x, params0)
-                grads = jax.grad(lambda p: _loss(loss, model.apply(p, x), y))(params)
+                grads = jax.grad(lambda p: loss_fn(loss, model.apply(p, x), y))(params)
                 updates, opt = tx.update(grads, opt, params)
                 return (optax.apply_updates(params, updates), opt), out
 

@@ -69,10 +69,12 @@ from typing import Any
 
 import jax
 
-__all__ = [
-    "Role", "Regime", "Parametrization", "DenseScale", "SP", "NTP", "MUP", "MF", "PRESETS", "OPTIMIZERS",
-    "optimizer_family", "scale_by_width", "scale_updates", "roles_from_shapes",
-]
+from owidth import _optim
+from owidth._optim import OPTIMIZERS
+from owidth._optim import family as optimizer_family
+
+__all__ = ["MF", "MUP", "NTP", "OPTIMIZERS", "PRESETS", "SP", "DenseScale", "Parametrization", "Regime", "Role",
+           "optimizer_family", "scale_by_width", "roles_from_shapes"]
 
 
 class Role(enum.Enum):
@@ -91,18 +93,6 @@ class Role(enum.Enum):
 
 
 _INDEX = {Role.INPUT: 0, Role.HIDDEN: 1, Role.OUTPUT: 2}
-
-OPTIMIZERS = {"sgd": "sgd", "momentum": "sgd", "adam": "adam", "adamw": "adam"}
-"""Optimizer names and the learning-rate rule they follow: gradient-proportional
-updates ("sgd") or entrywise-normalised updates ("adam")."""
-
-
-def optimizer_family(optimizer: str, *, where: str) -> str:
-    """``"sgd"`` or ``"adam"``: which learning-rate exponents apply to ``optimizer``."""
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"{where}: optimizer={optimizer!r} is not known; use one of {sorted(OPTIMIZERS)}")
-    return OPTIMIZERS[optimizer]
-
 
 @dataclasses.dataclass(frozen=True)
 class DenseScale:
@@ -358,23 +348,7 @@ def scale_by_width(model, x, *, optimizer: str):
     The multipliers are Python floats computed once from the model's roles
     (``model.lr_scales``); nothing is stored on the parameters.
     """
-    return scale_updates(model.lr_scales(x, optimizer=optimizer))
-
-
-def scale_updates(scales):
-    """optax transformation multiplying each update leaf by the matching float in ``scales`` (internal)."""
-    import jax
-    import optax
-
-    def init_fn(params):
-        del params
-        return optax.EmptyState()
-
-    def update_fn(updates, state, params=None):
-        del params
-        return jax.tree.map(lambda u, c: u * c, updates, scales), state
-
-    return optax.GradientTransformation(init_fn, update_fn)
+    return _optim.scale_by(model.lr_scales(x, optimizer=optimizer))
 
 
 def roles_from_shapes(small: Any, large: Any) -> Any:

@@ -1,6 +1,5 @@
 """ow.Sweep / ow.run_sweep / ow.load_sweep: grouped runs, netCDF persistence, resume."""
 
-import importlib
 import json
 
 import numpy as np
@@ -8,8 +7,7 @@ import pytest
 import xarray as xr
 
 import owidth as ow
-
-TRAIN = importlib.import_module("owidth.train")
+from owidth import _train
 NET = ow.serial(ow.Dense(w_std=2**0.5), ow.Relu(), ow.Dense(out=1))
 RNG = np.random.default_rng(0)
 X = RNG.normal(size=(8, 3))
@@ -33,13 +31,14 @@ def make_sweep(**over):
 
 @pytest.fixture
 def calls(monkeypatch):
-    """Counts ow.train calls made by the sweep; ``calls.fail_at = k`` makes the k-th call (1-based) raise."""
+    """Counts the groups the sweep trains (one plan executed, i.e. one ow.train, each); ``calls.fail_at = k`` makes
+    the k-th (1-based) raise."""
 
     class Calls:
         n = 0
         fail_at = None
 
-    real = TRAIN.train
+    real = _train.execute
 
     def counting(*args, **kwargs):
         Calls.n += 1
@@ -47,7 +46,7 @@ def calls(monkeypatch):
             raise RuntimeError("simulated crash")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(TRAIN, "train", counting)
+    monkeypatch.setattr(_train, "execute", counting)
     return Calls
 
 
@@ -208,3 +207,25 @@ print(ow.Sweep(net=net, data=(x, y), widths=[4, 8], lr=[0.1], seeds=[0, 1], step
     assert here.stdout.strip() == fp
     assert ow.Sweep(seeds=2, **{**kw, "extra": {"param": [ow.NTP, ow.MUP.with_base_width(4)]}}).fingerprint != fp
     assert ow.Sweep(seeds=2, **{**kw, "metrics": {"norm": jnp.linalg.det}}).fingerprint != fp
+
+
+def test_sweep_takes_ow_train_defaults_and_builds_its_plans():
+    """The Sweep's option defaults are ow.train's (read off its signature) and its groups are ow.train plans."""
+    import dataclasses
+    import inspect
+
+    train_params = inspect.signature(ow.train).parameters
+    shared = [f for f in dataclasses.fields(ow.Sweep) if f.name in train_params]
+    assert len(shared) >= 20
+    for f in shared:
+        if f.default is not dataclasses.MISSING:
+            assert f.default is train_params[f.name].default, f.name
+    sweep = make_sweep(widths=[4, 8], extra={"optimizer": ["sgd", "adam"]})
+    whole = sweep.plan()
+    assert isinstance(whole, _train.TrainPlan) and whole.widths == (4, 8) and whole.optimizer == "sgd"
+    group = sweep.groups()[3]
+    plan = sweep.plan(group)
+    assert plan.widths == (8,) and plan.optimizer == "adam" and not plan.progress_bar
+    assert plan.record_every == 4 and plan.seeds.tolist() == [0, 1]
+    with pytest.raises(ValueError, match="ow.Sweep: batch_size=100 exceeds"):
+        make_sweep(batch_size=100)

@@ -48,6 +48,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -206,6 +207,37 @@ def dmft(net, x_train, y_train, *, gamma0: float, lr: float, steps: int, param: 
     reach on a CPU (102 GiB of carried arrays at S_r = 64); the solver refuses, before compiling, problems whose estimated
     peak exceeds 80% of the machine's memory.
     """
+    plan = _plan(**locals())  # plan (checked arguments), run (the solver), assemble (the result)
+    return _assemble(plan, _run(plan))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Plan:
+    """:func:`dmft`'s arguments, checked: the parsed network, the data as numpy arrays and the solver's settings."""
+
+    mlp: Any
+    x: np.ndarray
+    y: np.ndarray
+    xt: np.ndarray | None
+    yt: np.ndarray | None
+    gamma0: float
+    lr: float
+    steps: int
+    exact: bool
+    samples: int
+    response_samples: int
+    replicas: int
+    dampings: tuple[float, ...]
+    tol: float
+    max_iter: int | None
+    seed: int
+    two_time_limit: int
+    progress_bar: bool
+
+
+def _plan(net, x_train, y_train, *, gamma0, lr, steps, param, x_test, y_test, method, samples, response_samples,
+          replicas, damping, tol, max_iter, seed, two_time_limit, progress_bar) -> _Plan:
+    """Check :func:`dmft`'s arguments before anything is compiled."""
     where = "ow.dmft"
     mlp = _spec.parse(net, param, where=where)
     gamma0 = _positive("gamma0", gamma0, where=where)
@@ -256,53 +288,63 @@ def dmft(net, x_train, y_train, *, gamma0: float, lr: float, steps: int, param: 
         if not 0 <= damping < 1:
             raise ValueError(f"{where}: damping must lie in [0, 1), got {damping!r}")
         dampings = (float(damping),)
-    f64 = x.dtype == np.float64
     if tol is None:
-        tol = 1e-10 if f64 else 1e-5
+        tol = 1e-10 if x.dtype == np.float64 else 1e-5
     tol = _positive("tol", tol, where=where)
     if max_iter is not None:
         max_iter = _checks.positive_int("max_iter", max_iter, where=where)
-    response_samples = min(response_samples, samples)
-    if exact:
-        for k, damp in enumerate(dampings):
-            cap = max_iter or int((3 * steps + 100) / (1 - damp))
+    return _Plan(mlp=mlp, x=x, y=y, xt=xt, yt=yt, gamma0=gamma0, lr=lr, steps=steps, exact=exact, samples=samples,
+                 response_samples=min(response_samples, samples), replicas=replicas, dampings=dampings, tol=tol,
+                 max_iter=max_iter, seed=seed, two_time_limit=two_time_limit, progress_bar=progress_bar)
+
+
+def _run(p: _Plan) -> dict:
+    """Solve: the exact deep-linear iteration (retried with more damping) or the Monte Carlo replicas."""
+    common = dict(mlp=p.mlp, x=p.x, y=p.y, xt=p.xt, gamma0=p.gamma0, lr=p.lr, steps=p.steps,
+                  two_time_limit=p.two_time_limit)
+    if p.exact:
+        for k, damp in enumerate(p.dampings):
+            cap = p.max_iter or int((3 * p.steps + 100) / (1 - damp))
             try:
-                out = _solve_linear(mlp=mlp, x=x, y=y, xt=xt, gamma0=gamma0, lr=lr, steps=steps, damping=damp,
-                                    tol=tol, max_iter=cap, two_time_limit=two_time_limit)
+                out = _solve_linear(**common, damping=damp, tol=p.tol, max_iter=cap)
                 break
             except _Diverged as err:
-                if k == len(dampings) - 1:
+                if k == len(p.dampings) - 1:
                     raise DMFTConvergenceError(
-                        str(err) + (f" (tried damping {dampings})" if len(dampings) > 1 else ""))
-        replicas_used, samples_used = 1, 0
-    else:
-        q = x.shape[0] + (0 if xt is None else xt.shape[0])
-        _check_memory(mlp, samples=samples, response_samples=response_samples, tau=steps + 1, q=q,
-                      itemsize=x.dtype.itemsize, where=where)
-        reps = []
-        with progress(total=replicas, desc=f"{where} replicas", enabled=progress_bar) as bar:
-            for r in range(replicas):
-                reps.append(_solve_mc(mlp=mlp, x=x, y=y, xt=xt, gamma0=gamma0, lr=lr, steps=steps, samples=samples,
-                                      response_samples=response_samples, two_time_limit=two_time_limit,
-                                      key=jax.random.fold_in(jax.random.key(seed), r)))
-                bar.update(1)
-        out = _combine(reps)
-        replicas_used, samples_used, damp = replicas, samples, 0.0
-    p = x.shape[0]
+                        str(err) + (f" (tried damping {p.dampings})" if len(p.dampings) > 1 else ""))
+        out.update(damping=damp, replicas=1, samples=0)
+        return out
+    where = "ow.dmft"
+    q = p.x.shape[0] + (0 if p.xt is None else p.xt.shape[0])
+    _check_memory(p.mlp, samples=p.samples, response_samples=p.response_samples, tau=p.steps + 1, q=q,
+                  itemsize=p.x.dtype.itemsize, where=where)
+    reps = []
+    with progress(total=p.replicas, desc=f"{where} replicas", enabled=p.progress_bar) as bar:
+        for r in range(p.replicas):
+            reps.append(_solve_mc(**common, samples=p.samples, response_samples=p.response_samples,
+                                  key=jax.random.fold_in(jax.random.key(p.seed), r)))
+            bar.update(1)
+    out = _combine(reps)
+    per_rep = np.array([_loss(fr[:, :p.x.shape[0]], p.y) for fr in out["_reps_f"]])
+    out["loss_se"] = per_rep.std(0, ddof=1) / math.sqrt(p.replicas) if p.replicas > 1 else np.full(p.steps + 1,
+                                                                                                    np.nan)
+    out.update(damping=0.0, replicas=p.replicas, samples=p.samples)
+    return out
+
+
+def _assemble(p: _Plan, out: dict) -> DMFTResult:
+    """The :class:`DMFTResult` of a solve: outputs split into train and test, losses, kernels, settings."""
+    n = p.x.shape[0]
     f = out["f"]
-    if not exact:
-        per_rep = np.array([_loss(fr[:, :p], y) for fr in out["_reps_f"]])
-        out["loss_se"] = per_rep.std(0, ddof=1) / math.sqrt(replicas) if replicas > 1 else np.full(steps + 1, np.nan)
-    f_train, f_test = f[:, :p], (f[:, p:] if xt is not None else None)
-    losses = _loss(f_train, y)
-    test_loss = None if yt is None else _loss(f_test, yt)
+    f_train, f_test = f[:, :n], (f[:, n:] if p.xt is not None else None)
     return DMFTResult(
-        f_train=f_train, f_test=f_test, train_loss=losses, test_loss=test_loss, phi=out["phi"], g=out["g"],
+        f_train=f_train, f_test=f_test, train_loss=_loss(f_train, p.y),
+        test_loss=None if p.yt is None else _loss(f_test, p.yt), phi=out["phi"], g=out["g"],
         ntk=out["ntk"], phi_two_time=out.get("phi2"), g_two_time=out.get("g2"),
-        f_train_se=out["f_se"][:, :p], f_test_se=None if xt is None else out["f_se"][:, p:],
-        train_loss_se=out["loss_se"], phi_se=out["phi_se"], method="exact-linear" if exact else "monte-carlo",
-        iterations=out["iterations"], residual=out["residual"], converged=True, gamma0=gamma0, lr=lr, steps=steps,
-        samples=samples_used, replicas=replicas_used, damping=damp)
+        f_train_se=out["f_se"][:, :n], f_test_se=None if p.xt is None else out["f_se"][:, n:],
+        train_loss_se=out["loss_se"], phi_se=out["phi_se"], method="exact-linear" if p.exact else "monte-carlo",
+        iterations=out["iterations"], residual=out["residual"], converged=True, gamma0=p.gamma0, lr=p.lr,
+        steps=p.steps, samples=out["samples"], replicas=out["replicas"], damping=out["damping"])
 
 
 def _residual(new, old):

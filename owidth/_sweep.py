@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib
+import inspect
 import itertools
 import json
 import os
@@ -61,9 +61,9 @@ from typing import Any
 
 import numpy as np
 
-from owidth import _checks
+from owidth import _checks, _optim, _train
 from owidth._progress import progress as _progress_bar
-from owidth.param import NTP, Parametrization, optimizer_family
+from owidth.param import Parametrization
 
 _WHERE = "ow.Sweep"
 _MANIFEST = "manifest.json"
@@ -71,18 +71,14 @@ _FORMAT = 1
 # ow.train keywords an ``extra`` axis may sweep: they change the compiled program but
 # neither the variables recorded nor the step coordinate.
 _EXTRA_OK = ("param", "optimizer", "center", "batch_size", "weight_decay", "momentum", "adam_eps", "linearized")
-_OPTION_DEFAULTS = {
-    "param": NTP, "optimizer": "sgd", "center": True, "loss": "mse", "batch_size": None, "record_every": None,
-    "weight_decay": 0.0, "momentum": 0.9, "adam_eps": 1e-8, "linearized": False, "metrics": None,
-    "record_outputs": False, "members_per_batch": None,
-}
+# ``ow.train``'s defaults, read off its signature (never repeated here).
+_TRAIN_DEFAULTS = {k: v.default for k, v in inspect.signature(_train.train).parameters.items()
+                   if v.default is not inspect.Parameter.empty}
+# the ``ow.train`` options a Sweep passes through unchanged (the grid fields are handled apart)
+_OPTIONS = ("param", "optimizer", "center", "loss", "batch_size", "record_every", "weight_decay", "momentum",
+            "adam_eps", "linearized", "metrics", "record_outputs", "members_per_batch")
+_OPTION_DEFAULTS = {k: _TRAIN_DEFAULTS[k] for k in _OPTIONS}
 _TMP = re.compile(r"^\.group-.*\.tmp$|^\.manifest\.json\..*\.tmp$")
-
-
-def _train_module():
-    # ``owidth.train`` the attribute is the function (re-exported by the package); we
-    # need the module, looked up at call time so tests can monkeypatch ``train``.
-    return importlib.import_module("owidth.train")
 
 
 # --------------------------------------------------------------------------- #
@@ -212,27 +208,27 @@ class Sweep:
     widths: int | Sequence[int]
     lr: float | Sequence[float]
     steps: int
-    seeds: int | Sequence[int] = 1
-    alpha: float | Sequence[float] | None = None
-    gamma0: float | Sequence[float] | None = None
-    test: tuple[Any, Any] | None = None
-    param: Parametrization = NTP
-    optimizer: str = "sgd"
-    loss: str = "mse"
-    batch_size: int | None = None
-    record_every: int | None = None
-    center: bool = True
-    weight_decay: float = 0.0
-    momentum: float = 0.9
-    adam_eps: float = 1e-8
-    linearized: bool = False
-    metrics: Mapping[str, Callable] | None = None
-    record_outputs: bool = False
-    members_per_batch: int | None = None
+    seeds: int | Sequence[int] = _TRAIN_DEFAULTS["seeds"]
+    alpha: float | Sequence[float] | None = _TRAIN_DEFAULTS["alpha"]
+    gamma0: float | Sequence[float] | None = _TRAIN_DEFAULTS["gamma0"]
+    test: tuple[Any, Any] | None = _TRAIN_DEFAULTS["test"]
+    param: Parametrization = _TRAIN_DEFAULTS["param"]
+    optimizer: str = _TRAIN_DEFAULTS["optimizer"]
+    loss: str = _TRAIN_DEFAULTS["loss"]
+    batch_size: int | None = _TRAIN_DEFAULTS["batch_size"]
+    record_every: int | None = _TRAIN_DEFAULTS["record_every"]
+    center: bool = _TRAIN_DEFAULTS["center"]
+    weight_decay: float = _TRAIN_DEFAULTS["weight_decay"]
+    momentum: float = _TRAIN_DEFAULTS["momentum"]
+    adam_eps: float = _TRAIN_DEFAULTS["adam_eps"]
+    linearized: bool = _TRAIN_DEFAULTS["linearized"]
+    metrics: Mapping[str, Callable] | None = _TRAIN_DEFAULTS["metrics"]
+    record_outputs: bool = _TRAIN_DEFAULTS["record_outputs"]
+    members_per_batch: int | None = _TRAIN_DEFAULTS["members_per_batch"]
     extra: Mapping[str, Sequence | Mapping] = dataclasses.field(default_factory=dict)
+    _plan: _train.TrainPlan = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
-        tm = _train_module()
         setf = lambda name, v: object.__setattr__(self, name, v)  # noqa: E731
         widths = [self.widths] if isinstance(self.widths, (int, np.integer)) and not isinstance(self.widths, bool) \
             else list(self.widths)
@@ -241,33 +237,8 @@ class Sweep:
             raise ValueError(f"{_WHERE}: widths must be a non-empty list without duplicates, got {list(widths)}")
         setf("widths", widths)
         setf("steps", _checks.positive_int("steps", self.steps, where=_WHERE))
-        if self.alpha is not None and self.gamma0 is not None:
-            raise ValueError(f"{_WHERE}: give alpha or gamma0 (= 1/alpha), not both")
-        tm._values("lr", self.lr, where=_WHERE)
-        tm._seeds(self.seeds, where=_WHERE)
-        if self.alpha is not None:
-            tm._values("alpha", self.alpha, where=_WHERE)
-        if self.gamma0 is not None:
-            tm._values("gamma0", self.gamma0, where=_WHERE)
-        for name, pair in (("data", self.data), ("test", self.test)):
-            if pair is None and name == "test":
-                continue
-            if not isinstance(pair, (tuple, list)) or len(pair) != 2:
-                raise TypeError(f"{_WHERE}: {name} must be a pair (x, y), got {type(pair).__name__}")
-            x, y = np.asarray(pair[0]), np.asarray(pair[1])
-            if x.ndim < 2 or y.shape[:1] != x.shape[:1]:
-                raise ValueError(f"{_WHERE}: {name} must be (x, y) with x of shape (N, ...) and y of N rows, "
-                                 f"got x {x.shape} and y {y.shape}")
-        if not isinstance(self.param, Parametrization):
-            raise TypeError(f"{_WHERE}: param must be an ow.Parametrization (e.g. ow.NTP), got {self.param!r}")
-        optimizer_family(self.optimizer, where=_WHERE)
-        if self.record_every is not None:
-            re_ = _checks.positive_int("record_every", self.record_every, where=_WHERE)
-            if self.steps % re_:
-                raise ValueError(f"{_WHERE}: steps={self.steps} is not a multiple of record_every={re_}")
-        for name, fn in (self.metrics or {}).items():
-            if not isinstance(name, str) or not callable(fn):
-                raise ValueError(f"{_WHERE}: metrics must map names to callables, got {name!r}: {fn!r}")
+        # every ow.train argument is checked as ow.train checks it: the sweep builds its plan
+        setf("_plan", _train.plan(self.net, self.data, **self._train_kwargs(), where=_WHERE))
         if not isinstance(self.extra, Mapping):
             raise TypeError(f"{_WHERE}: extra must be a mapping {{ow.train keyword: values}}, got {self.extra!r}")
         extra = {}
@@ -279,7 +250,7 @@ class Sweep:
                                  f"leave the field at its default ({_OPTION_DEFAULTS[axis]!r}) when sweeping it")
             if axis == "optimizer":
                 for _, v in pairs:
-                    optimizer_family(v, where=_WHERE)
+                    _optim.family(v, where=_WHERE)
             if axis == "param":
                 for _, v in pairs:
                     if not isinstance(v, Parametrization):
@@ -293,12 +264,24 @@ class Sweep:
         return "gamma0" if self.gamma0 is not None else "alpha"
 
     def _options(self) -> dict:
-        return {k: getattr(self, k) for k in _OPTION_DEFAULTS}
+        return {k: getattr(self, k) for k in _OPTIONS}
+
+    def _train_kwargs(self) -> dict:
+        """``ow.train``'s keywords (besides net and data) for the whole declaration, fields as given."""
+        return {"widths": self.widths, "lr": self.lr, "steps": self.steps, "seeds": self.seeds, "alpha": self.alpha,
+                "gamma0": self.gamma0, "test": self.test, "progress_bar": False, **self._options()}
+
+    def plan(self, group: Mapping | None = None) -> _train.TrainPlan:
+        """The :func:`ow.train` plan of one group of :meth:`groups` (its width and extra values), or of the
+        declaration as a whole (all widths, the fields' values) when ``group`` is None."""
+        if group is None:
+            return self._plan
+        kwargs = {**self._train_kwargs(), "widths": [group["width"]], **group["kwargs"]}
+        return _train.plan(self.net, self.data, **kwargs, where=_WHERE)
 
     def describe(self) -> dict:
         """The canonical JSON description the fingerprint hashes (also stored in the manifest)."""
-        tm = _train_module()
-        rich = self.gamma0 if self.gamma0 is not None else (1.0 if self.alpha is None else self.alpha)
+        plan = self._plan
         options = {k: v for k, v in self._options().items() if k != "members_per_batch"}  # results do not depend on it
         return {
             "format": _FORMAT,
@@ -306,9 +289,9 @@ class Sweep:
             "data": [_array_desc(a) for a in self.data],
             "test": None if self.test is None else [_array_desc(a) for a in self.test],
             "widths": list(self.widths),
-            "lr": _describe(tm._values("lr", self.lr, where=_WHERE).tolist()),
-            "seeds": tm._seeds(self.seeds, where=_WHERE).tolist(),
-            self.rich_name: _describe(tm._values(self.rich_name, rich, where=_WHERE).tolist()),
+            "lr": _describe(plan.lrs.tolist()),
+            "seeds": plan.seeds.tolist(),
+            self.rich_name: _describe(plan.rich.tolist()),
             "steps": self.steps,
             "options": _describe(options),
             "extra": {axis: [[lab, _describe(v)] for lab, v in pairs] for axis, pairs in self.extra.items()},
@@ -375,14 +358,9 @@ def _group_key(width: int, labels: Mapping) -> str:
 
 
 def _expected_coords(sweep: Sweep, group: dict) -> dict:
-    tm = _train_module()
-    rich = sweep.gamma0 if sweep.gamma0 is not None else (1.0 if sweep.alpha is None else sweep.alpha)
-    every = tm._default_record_every(sweep.steps) if sweep.record_every is None else sweep.record_every
-    coords = {"width": [group["width"]]}
+    coords = sweep.plan().coords()
+    coords["width"] = [group["width"]]
     coords.update({a: [lab] for a, lab in group["labels"].items()})
-    coords.update({"seed": tm._seeds(sweep.seeds, where=_WHERE), "lr": tm._values("lr", sweep.lr, where=_WHERE),
-                   sweep.rich_name: tm._values(sweep.rich_name, rich, where=_WHERE),
-                   "step": np.arange(sweep.steps // every + 1) * every})
     return coords
 
 
@@ -491,12 +469,13 @@ def run_sweep(sweep: Sweep, out_dir: str | os.PathLike, *, progress: bool = True
             "done": {g["name"]: done[g["name"]] for g in groups if g["name"] in done}})
 
     save_manifest()
+    plans = [sweep.plan(g) for g in todo]  # every group's arguments checked before anything is trained
     bar = _progress_bar(total=len(groups), desc="ow.sweep", enabled=progress)
     bar.update(len(groups) - len(todo))
     try:
-        for g in todo:
+        for g, plan in zip(todo, plans):
             bar.set_description(f"ow.sweep width={g['width']}" + "".join(f" {a}={v}" for a, v in g["labels"].items()))
-            ds = _train_group(sweep, g)
+            ds = _train_group(plan, g)
             ds.attrs.update(sweep_fingerprint=fingerprint, sweep_group=_group_key(g["width"], g["labels"]))
             path = out / g["name"]
             _atomic_write(path, lambda tmp, ds=ds: ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4"))
@@ -509,12 +488,8 @@ def run_sweep(sweep: Sweep, out_dir: str | os.PathLike, *, progress: bool = True
 
 
 
-def _train_group(sweep: Sweep, group: dict):
-    kwargs = sweep._options()
-    kwargs.update(group["kwargs"])
-    rich = {"gamma0": sweep.gamma0} if sweep.gamma0 is not None else {"alpha": sweep.alpha}
-    ds = _train_module().train(sweep.net, tuple(sweep.data), widths=[group["width"]], lr=sweep.lr, steps=sweep.steps,
-                               seeds=sweep.seeds, test=sweep.test, progress_bar=False, **rich, **kwargs)
+def _train_group(plan: _train.TrainPlan, group: dict):
+    ds = _train.execute(plan)  # looked up at call time: tests count and interrupt the groups' trainings here
     for i, (axis, label) in enumerate(group["labels"].items()):
         ds = ds.expand_dims({axis: [label]}, axis=1 + i)
     return ds

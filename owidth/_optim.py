@@ -1,0 +1,77 @@
+"""The one optimizer factory: (optimizer name, learning rate, decay, momentum, per-tensor width scales) -> optax.
+
+``ow.train``, ``ow.coord_check`` and ``ow.scale_by_width`` all build their
+optimizers here, so the same name means the same update everywhere. Every
+piece is an optax transformation; nothing optax already has is rewritten.
+
+The update of a tensor ``w`` with width multiplier ``s_w = (n / n0)^-c_role``
+(:meth:`ow.Parametrization.lr_scale`) is
+
+    sgd       -lr s_w (g + wd w)
+    momentum  -lr s_w trace_beta(g + wd w)
+    adam      -lr s_w adam(g)
+    adamw     -lr (s_w adam(g) + wd w)     (decoupled decay, not width-scaled, as microsoft/mup's MuAdamW)
+
+``lr`` may be a traced scalar (one compile for every learning rate).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["OPTIMIZERS", "check", "family", "make", "scale_by"]
+
+OPTIMIZERS = {"sgd": "sgd", "momentum": "sgd", "adam": "adam", "adamw": "adam"}
+"""Optimizer names and the learning-rate rule they follow: gradient-proportional
+updates ("sgd") or entrywise-normalised updates ("adam")."""
+
+
+def family(optimizer: str, *, where: str) -> str:
+    """``"sgd"`` or ``"adam"``: which learning-rate exponents apply to ``optimizer``."""
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"{where}: optimizer={optimizer!r} is not known; use one of {sorted(OPTIMIZERS)}")
+    return OPTIMIZERS[optimizer]
+
+
+def check(optimizer: str, *, weight_decay: float = 0.0, where: str) -> str:
+    """Validate a configuration before anything is traced; returns the family."""
+    fam = family(optimizer, where=where)
+    if weight_decay and optimizer == "adam":
+        raise ValueError(f"{where}: weight_decay with optimizer='adam' is ambiguous; use optimizer='adamw' (decoupled)")
+    return fam
+
+
+def scale_by(scales: Any):
+    """optax transformation multiplying each update leaf by the matching Python float in ``scales``."""
+    import jax
+    import optax
+
+    return optax.stateless(lambda updates, params: jax.tree.map(lambda u, c: u * c, updates, scales))
+
+
+def make(optimizer: str, *, lr, scales: Any, weight_decay: float = 0.0, momentum: float = 0.9, eps: float = 1e-8,
+         where: str = "owidth"):
+    """The optax transformation of ``optimizer`` with per-tensor multipliers ``scales`` and step ``lr``.
+
+    Args:
+      optimizer: ``"sgd"``, ``"momentum"``, ``"adam"`` or ``"adamw"``.
+      lr: the (effective) base learning rate, a float or traced scalar.
+      scales: pytree of Python floats like the parameters (``model.lr_scales(x, optimizer=...)``).
+      weight_decay: L2 penalty added to the gradient (sgd, momentum) or decoupled decay (adamw).
+      momentum: decay of the ``"momentum"`` trace. eps: Adam's epsilon.
+    """
+    import optax
+
+    fam = check(optimizer, weight_decay=weight_decay, where=where)
+    parts = []
+    if weight_decay and fam == "sgd":  # L2 penalty on the gradient
+        parts.append(optax.add_decayed_weights(weight_decay))
+    if optimizer == "momentum":
+        parts.append(optax.trace(decay=momentum))
+    if fam == "adam":
+        parts.append(optax.scale_by_adam(eps=eps))
+    parts.append(scale_by(scales))
+    if weight_decay and optimizer == "adamw":  # decoupled: lr * wd fixed across widths, as MuAdamW
+        parts.append(optax.add_decayed_weights(weight_decay))
+    parts.append(optax.scale(-lr))
+    return optax.chain(*parts)

@@ -35,6 +35,8 @@ import numpy as np
 import owidth as ow
 from owidth.experiments._common import digits
 
+__all__ = ["figure", "run", "LR", "LAYERS", "ROWS"]
+
 LR = 0.01
 
 

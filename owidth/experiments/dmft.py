@@ -24,6 +24,8 @@ import numpy as np
 import owidth as ow
 from owidth.experiments._common import fit_loglog
 
+__all__ = ["data", "alignment", "run", "GAMMAS", "LAZY"]
+
 GAMMAS = (0.0, 0.5, 1.0, 2.0)
 LAZY = 1e-4  # gamma0 used for the "0" (lazy) column
 

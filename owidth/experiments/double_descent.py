@@ -32,6 +32,8 @@ import owidth as ow
 from owidth.experiments._common import progress
 from owidth.theory.eigenlearning import eigenlearning, pool_spectrum, random_feature_risk
 
+__all__ = ["feature_net", "rf_test_mse", "run"]
+
 
 def feature_net():
     """``Dense(w_std=1) -> Relu -> Dense(out=1, w_std=1)``: its NNGP is ``E_w relu(w.x/sqrt(d)) relu(w.x'/sqrt(d))``."""

@@ -39,6 +39,8 @@ import numpy as np
 import owidth as ow
 from owidth.experiments._common import digits, progress
 
+__all__ = ["architecture", "stats", "theory_gram", "figure", "run"]
+
 
 def architecture(depth: int, out: int = 10):
     """``depth`` hidden ReLU layers (He init, small bias), linear readout with ``out`` outputs."""

@@ -26,6 +26,8 @@ import numpy as np
 import owidth as ow
 from owidth.experiments.sequences import modular_addition
 
+__all__ = ["configs", "first_passing", "run", "summarize"]
+
 P, WIDTH, LR, WD, FRACTION, THRESHOLD = 23, 256, 0.01, 1.0, 0.5, 0.9
 
 

@@ -28,6 +28,8 @@ import owidth as ow
 from owidth.experiments._common import fit_loglog
 from owidth.experiments.ntk_convergence import sphere_data
 
+__all__ = ["data", "figure", "run", "COLORS", "NAMES"]
+
 
 def data(seed: int, n_train: int = 32, n_test: int = 128, d: int = 8):
     x = sphere_data(n_train + n_test, d, seed)

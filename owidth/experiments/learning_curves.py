@@ -34,6 +34,8 @@ from owidth.experiments._common import progress
 from owidth.experiments.ntk_convergence import architecture, sphere_data
 from owidth.theory.eigenlearning import eigenlearning, pool_spectrum
 
+__all__ = ["datasets", "krr_test_mse", "run"]
+
 
 def datasets(seed: int, m: int, m_sphere: int | None = None) -> dict:
     """{name: (x_pool (M, d), f_pool (M, C) clean target, label-noise variance)}."""

@@ -21,6 +21,8 @@ import numpy as np
 import owidth as ow
 from owidth.experiments._common import digits
 
+__all__ = ["best_lr_index", "run", "summarize", "BASE"]
+
 BASE = 64
 
 

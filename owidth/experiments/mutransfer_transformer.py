@@ -24,6 +24,8 @@ import owidth as ow
 from owidth.experiments.mutransfer import best_lr_index
 from owidth.experiments.sequences import markov_chain
 
+__all__ = ["configs", "run", "summarize"]
+
 
 def configs(quick: bool) -> dict:
     if quick:

@@ -21,6 +21,8 @@ import numpy as np
 import owidth as ow
 from owidth.experiments._common import fit_loglog, progress
 
+__all__ = ["architecture", "sphere_data", "measure", "run"]
+
 
 def architecture():
     """The 3-layer ReLU MLP used here (He-style w_std = sqrt(2))."""

@@ -26,6 +26,8 @@ import owidth as ow
 from owidth.experiments._common import fit_loglog, progress
 from owidth.experiments.ntk_convergence import architecture, sphere_data
 
+__all__ = ["make_data", "train_ensemble", "run"]
+
 
 def make_data(seed: int, n_train: int = 16, n_test: int = 8, d: int = 8):
     x = sphere_data(n_train + n_test, d, seed)

@@ -26,6 +26,8 @@ import numpy as np
 
 from owidth.experiments._common import progress
 
+__all__ = ["planted_problem", "run"]
+
 
 def planted_problem(n: int, d: int, k: int, seed: int):
     """Gaussian X (n, d), a k-sparse beta* with N(0, 1) nonzeros, y = X beta* (float64)."""

@@ -8,12 +8,11 @@ no layer module) and in each layer's ``_kernel`` rule.
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 
 from owidth import _checks
+from owidth._caches import cached
 from owidth.kernels import hyper, tiles
 from owidth.kernels.state import Kernel, KState, VarTape
 from owidth.layers._base import Layer, walk_all, walk_any
@@ -44,7 +43,7 @@ def _check_structure(net, get: tuple[str, ...], same: bool, features: tuple[int,
     _check_structure_cached(hyper.split(net)[0], get, same, features)
 
 
-@functools.lru_cache(maxsize=256)
+@cached(maxsize=256)
 def _check_structure_cached(template, get, same, features) -> None:
     x = jax.ShapeDtypeStruct((2, *features), jnp.result_type(float))
     jax.eval_shape(lambda leaves, a, b: _kernel_impl(hyper.merge(template, leaves), a, b, get),
@@ -56,7 +55,7 @@ def _spatial_info(net) -> tuple[bool, bool]:
     return _spatial_info_cached(hyper.split(net)[0])  # the template: hashable also with traced hyperparameters
 
 
-@functools.lru_cache(maxsize=256)
+@cached(maxsize=256)
 def _spatial_info_cached(net) -> tuple[bool, bool]:
     return walk_any(net, "spatial"), walk_any(net, "mixes_pixels")
 
@@ -288,7 +287,7 @@ def kernel(net, x1, x2=None, *, get=("nngp", "ntk"), batch_size: int | str | Non
                        progress_bar=progress_bar)
 
 
-@functools.lru_cache(maxsize=256)
+@cached(maxsize=256)
 def _live_states(template) -> int:
     """Kernel-sized arrays alive at once (``tiles.LIVE_STATES``), plus what a layer's rule keeps beyond
     them (``Layer._kernel_extra_states``: a quadrature rule's per-entry node grids)."""

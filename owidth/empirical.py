@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from owidth import _checks
+from owidth._caches import cached
 from owidth._finite import FiniteModel
 
 __all__ = ["empirical_ntk", "linearize"]
@@ -98,7 +99,7 @@ def _ntk_ntvp(apply_fn, params, x1, x2, outputs, independent, chunk):
     return full
 
 
-@functools.lru_cache(maxsize=256)
+@cached(maxsize=256)
 def _output_size(apply_fn, signature) -> int:
     params_struct, x_struct = signature
     shape = jax.eval_shape(lambda p, x: _as_2d(apply_fn(p, x)), jax.tree.unflatten(*params_struct), x_struct).shape

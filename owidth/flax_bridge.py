@@ -31,13 +31,13 @@ are refused: their pure form needs state threading that is not built yet.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Callable
 from typing import Any
 
 import jax
 
 from owidth import _checks
+from owidth._caches import cached
 from owidth._protocol import Intermediates, flat_features
 from owidth.param import NTP, Parametrization, Role, roles_from_shapes
 
@@ -88,7 +88,7 @@ def from_flax(make: Callable[..., Any]) -> FlaxNet:
     return FlaxNet(make)
 
 
-@functools.lru_cache(maxsize=64)
+@cached(maxsize=64)
 def _abstract(make, width: int):
     """(graphdef, abstract parameter state) of ``make(width)``; refuses non-parameter state."""
     from flax import nnx

@@ -10,6 +10,7 @@ One width-free spec, several interpretations::
 """
 
 from owidth import experiments, layers, measure, predict, theory
+from owidth._caches import clear_caches
 from owidth._finite import FiniteModel, finite
 from owidth._kernel import kernel
 from owidth._protocol import FiniteNetwork, Intermediates
@@ -101,6 +102,7 @@ __all__ = [
     "Swish",
     "TakePosition",
     "Tanh",
+    "clear_caches",
     "coord_check",
     "dmft",
     "empirical_ntk",

@@ -28,6 +28,20 @@ class FiniteModel:
 
         params = jax.vmap(model.init, in_axes=(0, None))(keys, x)
         out = jax.vmap(model.apply, in_axes=(0, None))(params, x)
+
+    References:
+      - Yang & Hu 2021, Tensor Programs IV: Feature Learning in Infinite-Width Neural Networks. <https://arxiv.org/abs/2011.14522>
+
+    Examples:
+      >>> import numpy as np
+      >>> import owidth as ow
+      >>> import jax
+      >>> model = ow.finite(ow.serial(ow.Dense(), ow.Relu(), ow.Dense(out=1)), width=8)
+      >>> isinstance(model, ow.FiniteModel), isinstance(model, ow.FiniteNetwork)
+      (True, True)
+      >>> rec = model.intermediates(model.init(jax.random.key(0), np.ones((2, 3))), np.ones((2, 3)))
+      >>> rec.names, rec.features.shape
+      (('dense', 'dense'), (2, 8))
     """
 
     net: Layer
@@ -124,6 +138,24 @@ def finite(net, *, width: int, param: Parametrization = NTP):
         model = ow.finite(net, width=512)
         params = model.init(jax.random.key(0), x)
         y = model.apply(params, x)
+
+    References:
+      - Jacot, Gabriel & Hongler 2018, Neural Tangent Kernel: Convergence and Generalization in Neural Networks. <https://arxiv.org/abs/1806.07572>
+      - Yang & Hu 2021, Tensor Programs IV: Feature Learning in Infinite-Width Neural Networks. <https://arxiv.org/abs/2011.14522>
+      - Yang et al. 2022, Tensor Programs V: Tuning Large Neural Networks via Zero-Shot Hyperparameter Transfer. <https://arxiv.org/abs/2203.03466>
+
+    Examples:
+      >>> import numpy as np
+      >>> import owidth as ow
+      >>> import jax
+      >>> net = ow.serial(ow.Dense(), ow.Relu(), ow.Dense(out=1))
+      >>> model = ow.finite(net, width=16, param=ow.MUP)
+      >>> x = np.ones((3, 2))
+      >>> params = model.init(jax.random.key(0), x)
+      >>> jax.tree.map(np.shape, params)
+      ({'w': (2, 16)}, (), {'w': (16, 1)})
+      >>> model.apply(params, x).shape
+      (3, 1)
     """
     if isinstance(net, FlaxNet):
         return FlaxModel(net, width, param)

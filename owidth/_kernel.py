@@ -8,12 +8,11 @@ no layer module) and in each layer's ``_kernel`` rule.
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 
 from owidth import _checks
+from owidth._caches import cached
 from owidth.kernels import hyper, tiles
 from owidth.kernels.state import Kernel, KState, VarTape
 from owidth.layers._base import Layer, walk_all, walk_any
@@ -44,7 +43,7 @@ def _check_structure(net, get: tuple[str, ...], same: bool, features: tuple[int,
     _check_structure_cached(hyper.split(net)[0], get, same, features)
 
 
-@functools.lru_cache(maxsize=256)
+@cached(maxsize=256)
 def _check_structure_cached(template, get, same, features) -> None:
     x = jax.ShapeDtypeStruct((2, *features), jnp.result_type(float))
     jax.eval_shape(lambda leaves, a, b: _kernel_impl(hyper.merge(template, leaves), a, b, get),
@@ -56,7 +55,7 @@ def _spatial_info(net) -> tuple[bool, bool]:
     return _spatial_info_cached(hyper.split(net)[0])  # the template: hashable also with traced hyperparameters
 
 
-@functools.lru_cache(maxsize=256)
+@cached(maxsize=256)
 def _spatial_info_cached(net) -> tuple[bool, bool]:
     return walk_any(net, "spatial"), walk_any(net, "mixes_pixels")
 
@@ -267,6 +266,30 @@ def kernel(net, x1, x2=None, *, get=("nngp", "ntk"), batch_size: int | str | Non
     Python-float hyperparameters are static (compiled per value, as before);
     JAX-array ones are traced (one compilation for all their values). See
     :func:`ow.Dense` for negative or non-finite traced values.
+
+    References:
+      - Neal 1996, Bayesian Learning for Neural Networks (Springer), Ch. 2.
+      - Lee et al. 2018, Deep Neural Networks as Gaussian Processes. <https://arxiv.org/abs/1711.00165>
+      - Matthews et al. 2018, Gaussian Process Behaviour in Wide Deep Neural Networks. <https://arxiv.org/abs/1804.11271>
+      - Jacot, Gabriel & Hongler 2018, Neural Tangent Kernel: Convergence and Generalization in Neural Networks. <https://arxiv.org/abs/1806.07572>
+      - Novak et al. 2020, Neural Tangents: Fast and Easy Infinite Neural Networks in Python. <https://arxiv.org/abs/1912.02803>
+      - Arora et al. 2019, On Exact Computation with an Infinitely Wide Neural Net (CNTK). <https://arxiv.org/abs/1904.11955>
+      - Cho & Saul 2009, Kernel Methods for Deep Learning (NeurIPS 2009): the arc-cosine kernels.
+
+    Examples:
+      >>> import numpy as np
+      >>> import owidth as ow
+      >>> x = np.array([[1.0, 1.0], [1.0, -1.0]])   # q = |x|^2 / d = 1, orthogonal inputs
+      >>> net = ow.serial(ow.Dense(w_std=2**0.5), ow.Relu(), ow.Dense(out=1))
+      >>> k = ow.kernel(net, x)
+      >>> k.nngp.shape, k.ntk.shape
+      ((2, 2), (2, 2))
+      >>> round(float(k.nngp[0, 0]), 4), round(float(k.nngp[0, 1]), 4)   # w^2 q / 2 = 1; arc-cosine at 90 deg: 1/pi
+      (1.0, 0.3183)
+      >>> round(float(k.ntk[0, 0]), 4), round(float(k.ntk[0, 1]), 4)     # 1 + 2 * 1/2 = 2; 1/pi + 0
+      (2.0, 0.3183)
+      >>> ow.kernel(net, x, get="nngp").ntk is None
+      True
     """
     if not isinstance(net, Layer):
         raise TypeError(f"ow.kernel: net must be an owidth layer or ow.serial(...), got {type(net).__name__}")
@@ -288,7 +311,7 @@ def kernel(net, x1, x2=None, *, get=("nngp", "ntk"), batch_size: int | str | Non
                        progress_bar=progress_bar)
 
 
-@functools.lru_cache(maxsize=256)
+@cached(maxsize=256)
 def _live_states(template) -> int:
     """Kernel-sized arrays alive at once (``tiles.LIVE_STATES``), plus what a layer's rule keeps beyond
     them (``Layer._kernel_extra_states``: a quadrature rule's per-entry node grids)."""

@@ -29,6 +29,19 @@ class Intermediates:
         single weight layer) flattened to ``(batch, features)``; ``None`` when none was recorded.
 
     A pytree (``names`` static), so it passes through ``jax.jit`` and ``jax.vmap``.
+
+    References:
+      - Yang et al. 2022, Tensor Programs V: Tuning Large Neural Networks via Zero-Shot Hyperparameter Transfer. <https://arxiv.org/abs/2203.03466>
+
+    Examples:
+      >>> import numpy as np
+      >>> import owidth as ow
+      >>> import jax
+      >>> model = ow.finite(ow.serial(ow.Dense(), ow.Relu(), ow.Dense(out=1)), width=8)
+      >>> x = np.ones((2, 3))
+      >>> rec = model.intermediates(model.init(jax.random.key(0), x), x)
+      >>> [(name, value.shape) for name, value in rec.coords]
+      [('dense', (2, 8)), ('dense', (2, 1))]
     """
 
     output: jax.Array
@@ -48,6 +61,16 @@ class FiniteNetwork(Protocol):
 
     Implemented by :class:`ow.FiniteModel` (width-free specs) and :class:`ow.FlaxModel` (flax NNX
     modules); measures, training and experiments use only these methods.
+
+    References:
+      - Yang & Hu 2021, Tensor Programs IV: Feature Learning in Infinite-Width Neural Networks. <https://arxiv.org/abs/2011.14522>
+
+    Examples:
+      >>> import numpy as np
+      >>> import owidth as ow
+      >>> model = ow.finite(ow.serial(ow.Dense(), ow.Relu(), ow.Dense(out=1)), width=8)
+      >>> isinstance(model, ow.FiniteNetwork), model.width
+      (True, 8)
     """
 
     width: int

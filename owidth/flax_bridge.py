@@ -31,13 +31,13 @@ are refused: their pure form needs state threading that is not built yet.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Callable
 from typing import Any
 
 import jax
 
 from owidth import _checks
+from owidth._caches import cached
 from owidth._protocol import Intermediates, flat_features
 from owidth.param import NTP, Parametrization, Role, roles_from_shapes
 
@@ -50,6 +50,17 @@ class FlaxNet:
 
     Build it with :func:`from_flax`; turn it into a finite network with
     :func:`ow.finite`.
+
+    References:
+      - Yang & Hu 2021, Tensor Programs IV: Feature Learning in Infinite-Width Neural Networks. <https://arxiv.org/abs/2011.14522>
+
+    Examples:
+      >>> import numpy as np
+      >>> import owidth as ow
+      >>> from flax import nnx
+      >>> net = ow.from_flax(lambda width, rngs: nnx.Linear(2, width, rngs=rngs))
+      >>> type(net).__name__
+      'FlaxNet'
     """
 
     make: Callable[..., Any]
@@ -84,11 +95,31 @@ def from_flax(make: Callable[..., Any]) -> FlaxNet:
         model = ow.finite(ow.from_flax(MLP), width=1024, param=ow.MUP.with_base_width(64))
         params = model.init(jax.random.key(0), x)
         y = model.apply(params, x)
+
+    References:
+      - Yang & Hu 2021, Tensor Programs IV: Feature Learning in Infinite-Width Neural Networks. <https://arxiv.org/abs/2011.14522>
+      - Yang et al. 2022, Tensor Programs V: Tuning Large Neural Networks via Zero-Shot Hyperparameter Transfer. <https://arxiv.org/abs/2203.03466>
+
+    Examples:
+      >>> import numpy as np
+      >>> import owidth as ow
+      >>> import jax
+      >>> from flax import nnx
+      >>> class MLP(nnx.Module):
+      ...     def __init__(self, width, rngs):
+      ...         self.hidden = nnx.Linear(3, width, rngs=rngs)
+      ...         self.out = nnx.Linear(width, 1, rngs=rngs)
+      ...     def __call__(self, x):
+      ...         return self.out(nnx.relu(self.hidden(x)))
+      >>> model = ow.finite(ow.from_flax(MLP), width=32, param=ow.MUP)
+      >>> x = np.ones((4, 3))
+      >>> model.apply(model.init(jax.random.key(0), x), x).shape
+      (4, 1)
     """
     return FlaxNet(make)
 
 
-@functools.lru_cache(maxsize=64)
+@cached(maxsize=64)
 def _abstract(make, width: int):
     """(graphdef, abstract parameter state) of ``make(width)``; refuses non-parameter state."""
     from flax import nnx
@@ -114,7 +145,25 @@ def _shapes(make, width):
 
 @dataclasses.dataclass(frozen=True)
 class FlaxModel:
-    """A flax model at ``width`` under ``param``: pure ``init``/``apply`` (see :func:`from_flax`)."""
+    """A flax model at ``width`` under ``param``: pure ``init``/``apply`` (see :func:`from_flax`).
+
+    References:
+      - Yang & Hu 2021, Tensor Programs IV: Feature Learning in Infinite-Width Neural Networks. <https://arxiv.org/abs/2011.14522>
+
+    Examples:
+      >>> import numpy as np
+      >>> import owidth as ow
+      >>> from flax import nnx
+      >>> class Net(nnx.Module):
+      ...     def __init__(self, width, rngs):
+      ...         self.a = nnx.Linear(2, width, rngs=rngs)
+      ...         self.b = nnx.Linear(width, 1, rngs=rngs)
+      ...     def __call__(self, x):
+      ...         return self.b(nnx.tanh(self.a(x)))
+      >>> model = ow.finite(ow.from_flax(Net), width=16)
+      >>> isinstance(model, ow.FlaxModel), isinstance(model, ow.FiniteNetwork)
+      (True, True)
+    """
 
     net: FlaxNet
     width: int

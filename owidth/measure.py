@@ -45,6 +45,24 @@ def ntk_movement(x):
     and ``1/alpha`` in the lazy limit (Chizat et al. 2019); ``Theta(1)`` under
     muP (Yang & Hu 2021). The kernel is that of the unscaled network ``f``;
     ``alpha`` multiplies it by ``alpha^2`` at every time and cancels.
+
+    References:
+      - Jacot, Gabriel & Hongler 2018, Neural Tangent Kernel: Convergence and Generalization in Neural Networks. <https://arxiv.org/abs/1806.07572>
+      - Lee et al. 2019, Wide Neural Networks of Any Depth Evolve as Linear Models Under Gradient Descent. <https://arxiv.org/abs/1902.06720>
+      - Chizat, Oyallon & Bach 2019, On Lazy Training in Differentiable Programming. <https://arxiv.org/abs/1812.07956>
+      - Yang & Hu 2021, Tensor Programs IV: Feature Learning in Infinite-Width Neural Networks. <https://arxiv.org/abs/2011.14522>
+
+    Examples:
+      >>> import numpy as np
+      >>> import owidth as ow
+      >>> import jax
+      >>> model = ow.finite(ow.serial(ow.Dense(), ow.Relu(), ow.Dense(out=1)), width=8)
+      >>> x = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]); y = np.array([[1.0], [-1.0], [0.5]])
+      >>> p0 = model.init(jax.random.key(0), x)
+      >>> snap = ow.Snapshot(apply=model.apply, params=p0, params0=p0, x_train=x, y_train=y,
+      ...                    x_test=None, y_test=None, alpha=1.0, model=model)   # at initialisation
+      >>> float(ow.measure.ntk_movement(x)(snap))
+      0.0
     """
     x = _checks.as_float_array("x", x, where="ow.measure.ntk_movement", rank=None)
 
@@ -55,7 +73,24 @@ def ntk_movement(x):
 
 
 def param_movement():
-    """Relative parameter change ``||theta_t - theta_0|| / ||theta_0||`` (all tensors together)."""
+    """Relative parameter change ``||theta_t - theta_0|| / ||theta_0||`` (all tensors together).
+
+    References:
+      - Chizat, Oyallon & Bach 2019, On Lazy Training in Differentiable Programming. <https://arxiv.org/abs/1812.07956>
+      - Lee et al. 2019, Wide Neural Networks of Any Depth Evolve as Linear Models Under Gradient Descent. <https://arxiv.org/abs/1902.06720>
+
+    Examples:
+      >>> import numpy as np
+      >>> import owidth as ow
+      >>> import jax
+      >>> model = ow.finite(ow.serial(ow.Dense(), ow.Relu(), ow.Dense(out=1)), width=8)
+      >>> x = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]); y = np.array([[1.0], [-1.0], [0.5]])
+      >>> p0 = model.init(jax.random.key(0), x)
+      >>> snap = ow.Snapshot(apply=model.apply, params=p0, params0=p0, x_train=x, y_train=y,
+      ...                    x_test=None, y_test=None, alpha=1.0, model=model)   # at initialisation
+      >>> float(ow.measure.param_movement()(snap))
+      0.0
+    """
 
     def fn(snap):
         num = sum(jnp.sum((p - p0) ** 2) for p, p0 in zip(jax.tree.leaves(snap.params), jax.tree.leaves(snap.params0)))
@@ -84,6 +119,22 @@ def feature_movement(x):
 
     Zero at infinite width in the kernel regime; ``Theta(1)`` with feature learning
     (Bordelon & Pehlevan 2022's ``Phi^L``). Needs an ``ow.finite`` spec network.
+
+    References:
+      - Bordelon & Pehlevan 2022, Self-Consistent Dynamical Field Theory of Kernel Evolution in Wide Neural Networks. <https://arxiv.org/abs/2205.09653>
+      - Yang & Hu 2021, Tensor Programs IV: Feature Learning in Infinite-Width Neural Networks. <https://arxiv.org/abs/2011.14522>
+
+    Examples:
+      >>> import numpy as np
+      >>> import owidth as ow
+      >>> import jax
+      >>> model = ow.finite(ow.serial(ow.Dense(), ow.Relu(), ow.Dense(out=1)), width=8)
+      >>> x = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]); y = np.array([[1.0], [-1.0], [0.5]])
+      >>> p0 = model.init(jax.random.key(0), x)
+      >>> snap = ow.Snapshot(apply=model.apply, params=p0, params0=p0, x_train=x, y_train=y,
+      ...                    x_test=None, y_test=None, alpha=1.0, model=model)   # at initialisation
+      >>> float(ow.measure.feature_movement(x)(snap))
+      0.0
     """
     x = _checks.as_float_array("x", x, where="ow.measure.feature_movement", rank=None)
 
@@ -98,6 +149,22 @@ def kernel_alignment(x, y, *, kernel: str = "ntk"):
 
     ``kernel="ntk"`` uses the empirical NTK, ``"features"`` the last feature kernel.
     ``y``: (N,) or (N, k) targets (one-hot for classes); the target kernel is ``y y^T``.
+
+    References:
+      - Cristianini, Shawe-Taylor, Elisseeff & Kandola 2002, On Kernel-Target Alignment (NeurIPS 2001).
+
+    Examples:
+      >>> import numpy as np
+      >>> import owidth as ow
+      >>> import jax
+      >>> model = ow.finite(ow.serial(ow.Dense(), ow.Relu(), ow.Dense(out=1)), width=8)
+      >>> x = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]); y = np.array([[1.0], [-1.0], [0.5]])
+      >>> p0 = model.init(jax.random.key(0), x)
+      >>> snap = ow.Snapshot(apply=model.apply, params=p0, params0=p0, x_train=x, y_train=y,
+      ...                    x_test=None, y_test=None, alpha=1.0, model=model)   # at initialisation
+      >>> a = float(ow.measure.kernel_alignment(x, y)(snap))
+      >>> 0.0 <= a <= 1.0
+      True
     """
     where = "ow.measure.kernel_alignment"
     x = _checks.as_float_array("x", x, where=where, rank=None)
@@ -118,7 +185,24 @@ def kernel_alignment(x, y, *, kernel: str = "ntk"):
 
 def effective_rank(x):
     """Effective rank ``exp(H(p))`` of the last features on ``x``, ``p`` the normalised eigenvalues of
-    their kernel (Roy & Vetterli 2007): how many directions the features use."""
+    their kernel (Roy & Vetterli 2007): how many directions the features use.
+
+    References:
+      - Roy & Vetterli 2007, The effective rank: a measure of effective dimensionality (EUSIPCO 2007).
+
+    Examples:
+      >>> import numpy as np
+      >>> import owidth as ow
+      >>> import jax
+      >>> model = ow.finite(ow.serial(ow.Dense(), ow.Relu(), ow.Dense(out=1)), width=8)
+      >>> x = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]); y = np.array([[1.0], [-1.0], [0.5]])
+      >>> p0 = model.init(jax.random.key(0), x)
+      >>> snap = ow.Snapshot(apply=model.apply, params=p0, params0=p0, x_train=x, y_train=y,
+      ...                    x_test=None, y_test=None, alpha=1.0, model=model)   # at initialisation
+      >>> r = float(ow.measure.effective_rank(x)(snap))   # of 3 feature vectors
+      >>> 1.0 <= r <= 3.0
+      True
+    """
     x = _checks.as_float_array("x", x, where="ow.measure.effective_rank", rank=None)
 
     def fn(snap):
@@ -173,6 +257,19 @@ def coord_check(
       / ``slope_delta`` over ``(step, layer)``: the least-squares log-log
       slope of the seed-averaged value against width (0 means width-stable;
       NaN where a value is exactly 0, e.g. ``delta`` at step 0).
+
+    References:
+      - Yang et al. 2022, Tensor Programs V: Tuning Large Neural Networks via Zero-Shot Hyperparameter Transfer. <https://arxiv.org/abs/2203.03466>
+      - Yang & Hu 2021, Tensor Programs IV: Feature Learning in Infinite-Width Neural Networks. <https://arxiv.org/abs/2011.14522>
+
+    Examples:
+      >>> import numpy as np
+      >>> import owidth as ow
+      >>> net = ow.serial(ow.Dense(), ow.Relu(), ow.Dense(out=1))
+      >>> x = np.linspace(-1, 1, 8).reshape(4, 2); y = x[:, :1]
+      >>> ds = ow.coord_check(net, (x, y), widths=(64, 256), param=ow.MUP, lr=0.1)  # doctest: +SKIP
+      >>> ds.sizes["width"]  # doctest: +SKIP
+      2
     """
     import optax
     import xarray as xr

@@ -57,6 +57,17 @@ class Prediction:
       cov_test: (T, m, m) covariance over random initialisations of the test
         outputs (per output unit), or ``None`` when no NNGP was given.
       cov_train: (T, n, n) the same for the training set, or ``None``.
+
+    References:
+      - Lee et al. 2019, Wide Neural Networks of Any Depth Evolve as Linear Models Under Gradient Descent. <https://arxiv.org/abs/1902.06720>
+
+    Examples:
+      >>> import numpy as np
+      >>> import owidth as ow
+      >>> k = np.array([[2.0, 0.0], [0.0, 2.0]]); y = np.array([[1.0], [-1.0]])
+      >>> p = ow.predict.gradient_descent(k, None, y, lr=0.25, steps=[0, 1])
+      >>> p.mean_train.shape, p.mean_test is None
+      ((2, 2, 1), True)
     """
 
     times: jax.Array | None
@@ -195,6 +206,19 @@ def gradient_descent(k_train, k_test_train=None, y_train=None, *, lr: float, ste
 
     Returns:
       :class:`Prediction` with leading time axis.
+
+    References:
+      - Lee et al. 2019, Wide Neural Networks of Any Depth Evolve as Linear Models Under Gradient Descent. <https://arxiv.org/abs/1902.06720>
+      - Jacot, Gabriel & Hongler 2018, Neural Tangent Kernel: Convergence and Generalization in Neural Networks. <https://arxiv.org/abs/1806.07572>
+
+    Examples:
+      >>> import numpy as np
+      >>> import owidth as ow
+      >>> k = np.array([[2.0, 0.0], [0.0, 2.0]])      # an NTK on two orthogonal points
+      >>> y = np.array([[1.0], [-1.0]])
+      >>> p = ow.predict.gradient_descent(k, None, y, lr=0.25, steps=[1, 2])
+      >>> print(np.round(np.asarray(p.mean_train[:, 0, 0]), 4))   # 1 - (1 - lr k / n)^t, k = n = 2
+      [0.25   0.4375]
     """
     times = _check_times(steps, integer=True)
     return _dynamics(k_train, k_test_train, y_train, times=times, lr=lr, discrete=True, k_test_test=k_test_test,
@@ -206,6 +230,18 @@ def gradient_flow(k_train, k_test_train=None, y_train=None, *, times, k_test_tes
     """As :func:`gradient_descent` for continuous time ``d theta/dt = -grad L`` (``times`` real >= 0).
 
     ``gradient_descent(..., lr, steps=t)`` approaches ``gradient_flow(..., times=lr t)`` as lr -> 0.
+
+    References:
+      - Lee et al. 2019, Wide Neural Networks of Any Depth Evolve as Linear Models Under Gradient Descent. <https://arxiv.org/abs/1902.06720>
+      - Jacot, Gabriel & Hongler 2018, Neural Tangent Kernel: Convergence and Generalization in Neural Networks. <https://arxiv.org/abs/1806.07572>
+
+    Examples:
+      >>> import numpy as np
+      >>> import owidth as ow
+      >>> k = np.array([[2.0, 0.0], [0.0, 2.0]]); y = np.array([[1.0], [-1.0]])
+      >>> p = ow.predict.gradient_flow(k, None, y, times=[0.5])
+      >>> round(float(p.mean_train[0, 0, 0]), 4)      # 1 - exp(-k t / n), k = n = 2
+      0.3935
     """
     times = _check_times(times, integer=False)
     return _dynamics(k_train, k_test_train, y_train, times=times, lr=1.0, discrete=False, k_test_test=k_test_test,
@@ -219,6 +255,18 @@ def nngp_posterior(k_train, k_test_train, y_train, *, noise: float = 0.0, k_test
 
     computed through ``eigh`` of ``K + noise I``. Kernels may be ``ow.Kernel``
     (their NNGP is used) or NNGP arrays.
+
+    References:
+      - Lee et al. 2018, Deep Neural Networks as Gaussian Processes. <https://arxiv.org/abs/1711.00165>
+      - Rasmussen & Williams 2006, Gaussian Processes for Machine Learning (MIT Press), Ch. 2 and 5.
+
+    Examples:
+      >>> import numpy as np
+      >>> import owidth as ow
+      >>> k = np.array([[1.0, 0.0], [0.0, 1.0]]); y = np.array([[1.0], [-1.0]])
+      >>> p = ow.predict.nngp_posterior(k, np.array([[0.5, 0.0]]), y, noise=1.0, k_test_test=np.array([[1.0]]))
+      >>> round(float(p.mean_test[0, 0, 0]), 4), round(float(p.cov_test[0, 0, 0]), 4)   # 0.5 / 2; 1 - 0.25 / 2
+      (0.25, 0.875)
     """
     k = _nngp_only(k_train, "k_train")
     kxt = _nngp_only(k_test_train, "k_test_train")
@@ -283,6 +331,17 @@ def log_marginal_likelihood(k_train, y, noise) -> jax.Array:
     ``-inf`` (as scikit-learn's GaussianProcessRegressor does), never NaN; its
     gradient is then 0 when the kernel itself is finite (a non-finite
     ``w_std`` gives a non-finite kernel, whose gradient cannot be finite).
+
+    References:
+      - Rasmussen & Williams 2006, Gaussian Processes for Machine Learning (MIT Press), Ch. 2 and 5.
+      - Lee et al. 2018, Deep Neural Networks as Gaussian Processes. <https://arxiv.org/abs/1711.00165>
+
+    Examples:
+      >>> import numpy as np
+      >>> import owidth as ow
+      >>> k = np.eye(2); y = np.zeros((2, 1))
+      >>> round(float(ow.predict.log_marginal_likelihood(k, y, 0.0)), 4)   # -n/2 log(2 pi)
+      -1.8379
     """
     k = _nngp_only(k_train, "k_train")
     if k.ndim != 2 or k.shape[0] != k.shape[1]:

@@ -108,7 +108,13 @@ REGISTRY: dict[str, Experiment] = {e.name: e for e in _EXPERIMENTS}
 
 
 def names() -> list[str]:
-    """Names of the registered experiments."""
+    """Names of the registered experiments.
+
+    Examples:
+      >>> import owidth as ow
+      >>> "ntk-convergence" in ow.experiments.names()
+      True
+    """
     return sorted(REGISTRY)
 
 
@@ -123,6 +129,18 @@ def run(name: str, *, out: str | pathlib.Path | None = None, quick: bool = False
 
     Returns:
       The experiment's summary (also written as ``summary.json``).
+
+    References:
+      - Jacot, Gabriel & Hongler 2018, Neural Tangent Kernel: Convergence and Generalization in Neural Networks. <https://arxiv.org/abs/1806.07572>
+      - Lee et al. 2019, Wide Neural Networks of Any Depth Evolve as Linear Models Under Gradient Descent. <https://arxiv.org/abs/1902.06720>
+      - Yang et al. 2022, Tensor Programs V: Tuning Large Neural Networks via Zero-Shot Hyperparameter Transfer. <https://arxiv.org/abs/2203.03466>
+      - Bordelon & Pehlevan 2022, Self-Consistent Dynamical Field Theory of Kernel Evolution in Wide Neural Networks. <https://arxiv.org/abs/2205.09653>
+      - Woodworth et al. 2020, Kernel and Rich Regimes in Overparametrized Models. <https://arxiv.org/abs/2002.09277>
+
+    Examples:
+      >>> import owidth as ow
+      >>> ow.experiments.REGISTRY["ntk-convergence"].description
+      'Empirical NTK of random finite ReLU MLPs -> analytic NTK; ...'
     """
     if name not in REGISTRY:
         raise ValueError(f"unknown experiment {name!r}; available: {', '.join(names())}")

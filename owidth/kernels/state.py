@@ -30,6 +30,19 @@ class Kernel:
 
     Different output units are independent, so the full output kernel is
     ``nngp ⊗ I_out`` (and likewise for ``ntk``).
+
+    References:
+      - Lee et al. 2018, Deep Neural Networks as Gaussian Processes. <https://arxiv.org/abs/1711.00165>
+      - Jacot, Gabriel & Hongler 2018, Neural Tangent Kernel: Convergence and Generalization in Neural Networks. <https://arxiv.org/abs/1806.07572>
+
+    Examples:
+      >>> import numpy as np
+      >>> import owidth as ow
+      >>> k = ow.kernel(ow.Dense(out=1, w_std=2.0), np.array([[1.0, 2.0]]))
+      >>> float(k.nngp[0, 0]), float(k.ntk[0, 0])    # w_std^2 |x|^2 / d = 4 * 5 / 2
+      (10.0, 10.0)
+      >>> k.var1.shape
+      (1,)
     """
 
     nngp: jax.Array | None

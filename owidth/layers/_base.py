@@ -141,7 +141,20 @@ def init_weights(key, w_shape: tuple[int, ...], out_size: int, scale, has_bias: 
 
 
 class Layer:
-    """Base class of all layers. Subclasses are frozen dataclasses and declare their :class:`Caps`."""
+    """Base class of all layers. Subclasses are frozen dataclasses and declare their :class:`Caps`.
+
+    References:
+      - Novak et al. 2020, Neural Tangents: Fast and Easy Infinite Neural Networks in Python. <https://arxiv.org/abs/1912.02803>
+
+    Examples:
+      >>> import numpy as np
+      >>> import owidth as ow
+      >>> net = ow.serial(ow.Dense(), ow.Relu(), ow.Dense(out=1))
+      >>> isinstance(net, ow.Layer), [type(layer).__name__ for layer in net.walk()]
+      (True, ['Serial', 'Dense', 'Relu', 'Dense'])
+      >>> hash(net) == hash(ow.serial(ow.Dense(), ow.Relu(), ow.Dense(out=1)))   # a static jit argument
+      True
+    """
 
     caps = Caps()
 

@@ -38,6 +38,20 @@ class Activation(Layer):
     data elementwise. Consecutive nonlinearities ``phi2(phi1(z))`` act on the
     last Gaussian layer as one function, whose dual kernels are computed by
     quadrature (:mod:`owidth.kernels.quadrature`).
+
+    References:
+      - Cho & Saul 2009, Kernel Methods for Deep Learning (NeurIPS 2009): the arc-cosine kernels.
+      - Jacot, Gabriel & Hongler 2018, Neural Tangent Kernel: Convergence and Generalization in Neural Networks. <https://arxiv.org/abs/1806.07572>
+      - Novak et al. 2020, Neural Tangents: Fast and Easy Infinite Neural Networks in Python. <https://arxiv.org/abs/1912.02803>
+
+    Examples:
+      >>> import numpy as np
+      >>> import owidth as ow
+      >>> print(np.asarray(ow.Relu().fn(np.array([-1.0, 2.0]))))   # the finite function
+      [0. 2.]
+      >>> k = ow.kernel(ow.serial(ow.Dense(), ow.Relu(), ow.Dense(out=1)), np.ones((1, 2)), get="nngp")
+      >>> float(k.nngp[0, 0])                                       # E relu(u)^2 = q / 2, q = 1
+      0.5
     """
 
     caps = Caps(elementwise=True, nonlinear=True, pixel_var=True)
@@ -199,7 +213,18 @@ class _PiecewiseLinear(Activation):
 
 @dataclasses.dataclass(frozen=True)
 class LeakyRelu(_PiecewiseLinear):
-    """``max(x, a x)`` for slope ``a`` (any real ``a``; ``a = 0`` is ``Relu``, ``a = -1`` is ``|x|``)."""
+    """``max(x, a x)`` for slope ``a`` (any real ``a``; ``a = 0`` is ``Relu``, ``a = -1`` is ``|x|``).
+
+    References:
+      - Cho & Saul 2009, Kernel Methods for Deep Learning (NeurIPS 2009): the arc-cosine kernels.
+
+    Examples:
+      >>> import numpy as np
+      >>> import owidth as ow
+      >>> net = ow.serial(ow.Dense(), ow.LeakyRelu(a=0.5), ow.Dense(out=1))
+      >>> float(ow.kernel(net, np.ones((1, 2)), get="nngp").nngp[0, 0])   # (1 + a^2) q / 2, q = 1
+      0.625
+    """
 
     a: float = _checks.field(0.01, converter=_checks.real)
 
@@ -210,7 +235,20 @@ class LeakyRelu(_PiecewiseLinear):
 
 @dataclasses.dataclass(frozen=True)
 class Relu(_PiecewiseLinear):
-    """``max(x, 0)``: the degree-1 arc-cosine kernel (Cho & Saul 2009)."""
+    """``max(x, 0)``: the degree-1 arc-cosine kernel (Cho & Saul 2009).
+
+    References:
+      - Cho & Saul 2009, Kernel Methods for Deep Learning (NeurIPS 2009): the arc-cosine kernels.
+      - Lee et al. 2018, Deep Neural Networks as Gaussian Processes. <https://arxiv.org/abs/1711.00165>
+
+    Examples:
+      >>> import numpy as np
+      >>> import owidth as ow
+      >>> net = ow.serial(ow.Dense(w_std=3.0), ow.Relu(), ow.Dense(out=1))
+      >>> k = ow.kernel(net, np.ones((1, 2)))
+      >>> float(k.nngp[0, 0]), float(k.ntk[0, 0])     # w_std^2 q / 2 = 4.5; 9 * 1/2 + 4.5
+      (4.5, 9.0)
+    """
 
     slope = 0.0
 
@@ -220,7 +258,18 @@ class Relu(_PiecewiseLinear):
 
 @dataclasses.dataclass(frozen=True)
 class Abs(_PiecewiseLinear):
-    """``|x|`` (``LeakyRelu(a=-1)``)."""
+    """``|x|`` (``LeakyRelu(a=-1)``).
+
+    References:
+      - Cho & Saul 2009, Kernel Methods for Deep Learning (NeurIPS 2009): the arc-cosine kernels.
+
+    Examples:
+      >>> import numpy as np
+      >>> import owidth as ow
+      >>> net = ow.serial(ow.Dense(w_std=2.0), ow.Abs(), ow.Dense(out=1))
+      >>> float(ow.kernel(net, np.ones((1, 2)), get="nngp").nngp[0, 0])   # E |u|^2 = q = 4
+      4.0
+    """
 
     slope = -1.0
 
@@ -242,7 +291,19 @@ class _ScaledActivation(Activation):
 
 @dataclasses.dataclass(frozen=True)
 class Erf(_ScaledActivation):
-    """``a * erf(b x) + shift`` (Williams 1997)."""
+    """``a * erf(b x) + shift`` (Williams 1997).
+
+    References:
+      - Williams 1997, Computing with Infinite Networks (NeurIPS 1996): the erf kernel.
+
+    Examples:
+      >>> import numpy as np
+      >>> import owidth as ow
+      >>> net = ow.serial(ow.Dense(), ow.Erf(), ow.Dense(out=1))
+      >>> k = ow.kernel(net, np.ones((1, 2)), get="nngp")
+      >>> round(float(k.nngp[0, 0]), 4)    # (2/pi) arcsin(2q / (1 + 2q)), q = 1
+      0.4646
+    """
 
     _closed_form = staticmethod(dual.erf)
 
@@ -255,7 +316,18 @@ class Erf(_ScaledActivation):
 
 @dataclasses.dataclass(frozen=True)
 class Gelu(Activation):
-    """Exact GELU ``x Phi(x)`` (``Phi`` the standard normal CDF)."""
+    """Exact GELU ``x Phi(x)`` (``Phi`` the standard normal CDF).
+
+    References:
+      - Hendrycks & Gimpel 2016, Gaussian Error Linear Units (GELUs). <https://arxiv.org/abs/1606.08415>
+
+    Examples:
+      >>> import numpy as np
+      >>> import owidth as ow
+      >>> net = ow.serial(ow.Dense(), ow.Gelu(), ow.Dense(out=1))
+      >>> round(float(ow.kernel(net, np.ones((1, 2)), get="nngp").nngp[0, 0]), 4)   # E gelu(u)^2, u ~ N(0, 1)
+      0.4252
+    """
 
     def fn(self, x):
         return jax.nn.gelu(x, approximate=False)
@@ -269,7 +341,18 @@ class Gelu(Activation):
 
 @dataclasses.dataclass(frozen=True)
 class Sin(_ScaledActivation):
-    """``a * sin(b x + shift)``."""
+    """``a * sin(b x + shift)``.
+
+    References:
+      - Novak et al. 2020, Neural Tangents: Fast and Easy Infinite Neural Networks in Python. <https://arxiv.org/abs/1912.02803>
+
+    Examples:
+      >>> import numpy as np
+      >>> import owidth as ow
+      >>> net = ow.serial(ow.Dense(), ow.Sin(), ow.Dense(out=1))
+      >>> round(float(ow.kernel(net, np.ones((1, 2)), get="nngp").nngp[0, 0]), 4)   # e^-q sinh(q), q = 1
+      0.4323
+    """
 
     _closed_form = staticmethod(dual.sin)
 
@@ -282,7 +365,19 @@ class Sin(_ScaledActivation):
 
 @dataclasses.dataclass(frozen=True)
 class Identity(Activation):
-    """``x`` (keeps Gaussianity, so it may sit anywhere)."""
+    """``x`` (keeps Gaussianity, so it may sit anywhere).
+
+    References:
+      - Jacot, Gabriel & Hongler 2018, Neural Tangent Kernel: Convergence and Generalization in Neural Networks. <https://arxiv.org/abs/1806.07572>
+
+    Examples:
+      >>> import numpy as np
+      >>> import owidth as ow
+      >>> net = ow.serial(ow.Dense(w_std=2.0), ow.Identity(), ow.Dense(out=1))
+      >>> k = ow.kernel(net, np.ones((1, 2)))
+      >>> float(k.nngp[0, 0]), float(k.ntk[0, 0])    # a deep linear net: 4 q; 4 q + 4 q
+      (4.0, 8.0)
+    """
 
     caps = Activation.caps.but(nonlinear=False)
 
@@ -302,10 +397,6 @@ class Identity(Activation):
 # --------------------------------------------------------------------------- #
 # Any elementwise function: quadrature
 # --------------------------------------------------------------------------- #
-_RULE_DOC = ("Dual kernels by the graded trapezoid rule of :mod:`owidth.kernels.quadrature` (``nodes``: None "
-             "for 64, i.e. 96 x 104 nodes per kernel entry, relative error <= 1e-11 in float64 for "
-             "pre-activation variances 1e-4 to 1e3).")
-
 
 def _nodes(cls: str, name: str, nodes):
     if nodes is None:
@@ -321,7 +412,18 @@ def _nodes(cls: str, name: str, nodes):
 class Quadrature(Activation):
     """An activation whose dual kernels come from quadrature (see :mod:`owidth.kernels.quadrature`): a
     graded trapezoid rule accurate uniformly in the variance, split at 0 when ``kink_at_zero``.
-    Subclasses are frozen dataclasses with a field ``nodes`` (None: the rule's default) and define ``fn``."""
+    Subclasses are frozen dataclasses with a field ``nodes`` (None: the rule's default) and define ``fn``.
+
+    References:
+      - Lee et al. 2018, Deep Neural Networks as Gaussian Processes. <https://arxiv.org/abs/1711.00165>
+      - Novak et al. 2020, Neural Tangents: Fast and Easy Infinite Neural Networks in Python. <https://arxiv.org/abs/1912.02803>
+
+    Examples:
+      >>> import numpy as np
+      >>> import owidth as ow
+      >>> isinstance(ow.Tanh(), ow.layers.Quadrature), isinstance(ow.Relu(), ow.layers.Quadrature)
+      (True, False)
+    """
 
     nodes = None
     kink_at_zero = False
@@ -360,6 +462,19 @@ class ActivationFn(Quadrature):
     or wider (a bend, or poles at distance >= ~1 from the real axis): for
     ``tanh(10 x)`` pass ``nodes`` larger, or rescale the preceding layer. A
     kink elsewhere than at 0 (e.g. ``relu(x - 1)``) is handled by neither.
+
+    References:
+      - Lee et al. 2018, Deep Neural Networks as Gaussian Processes. <https://arxiv.org/abs/1711.00165>
+      - Jacot, Gabriel & Hongler 2018, Neural Tangent Kernel: Convergence and Generalization in Neural Networks. <https://arxiv.org/abs/1806.07572>
+      - Novak et al. 2020, Neural Tangents: Fast and Easy Infinite Neural Networks in Python. <https://arxiv.org/abs/1912.02803>
+
+    Examples:
+      >>> import numpy as np
+      >>> import owidth as ow
+      >>> import jax.numpy as jnp
+      >>> net = ow.serial(ow.Dense(), ow.ActivationFn(jnp.tanh, kink_at_zero=False), ow.Dense(out=1))
+      >>> round(float(ow.kernel(net, np.ones((1, 2)), get="nngp").nngp[0, 0]), 4)   # E tanh(u)^2, u ~ N(0, 1)
+      0.3943
     """
 
     function: Callable[[jax.Array], jax.Array] = _checks.field(converter=_checks.function)
@@ -382,6 +497,16 @@ class Composed(Quadrature):
     the NTK map then has a jump where Gauss-Hermite converges like K^-1/2
     (measured for relu then tanh: 0.123, 0.134, 0.141, 0.146 at K = 24, 48,
     96, 192).
+
+    References:
+      - Novak et al. 2020, Neural Tangents: Fast and Easy Infinite Neural Networks in Python. <https://arxiv.org/abs/1912.02803>
+
+    Examples:
+      >>> import numpy as np
+      >>> import owidth as ow
+      >>> net = ow.serial(ow.Dense(), ow.Relu(), ow.Relu(), ow.Dense(out=1))   # relu(relu(u)) = relu(u)
+      >>> round(float(ow.kernel(net, np.ones((1, 2)), get="nngp").nngp[0, 0]), 4)   # q / 2
+      0.5
     """
 
     first: Activation
@@ -403,7 +528,23 @@ class Composed(Quadrature):
 
 @dataclasses.dataclass(frozen=True)
 class Tanh(Quadrature):
-    __doc__ = "``tanh(x)``. " + _RULE_DOC
+    """``tanh(x)``. 
+
+    Dual kernels by the graded trapezoid rule of :mod:`owidth.kernels.quadrature` (``nodes``: None
+    for 64, i.e. 96 x 104 nodes per kernel entry, relative error <= 1e-11 in float64 for
+    pre-activation variances 1e-4 to 1e3).
+
+    References:
+      - Lee et al. 2018, Deep Neural Networks as Gaussian Processes. <https://arxiv.org/abs/1711.00165>
+      - Novak et al. 2020, Neural Tangents: Fast and Easy Infinite Neural Networks in Python. <https://arxiv.org/abs/1912.02803>
+
+    Examples:
+      >>> import numpy as np
+      >>> import owidth as ow
+      >>> net = ow.serial(ow.Dense(), ow.Tanh(), ow.Dense(out=1))
+      >>> round(float(ow.kernel(net, np.ones((1, 2)), get="nngp").nngp[0, 0]), 4)   # E tanh(u)^2, u ~ N(0, 1)
+      0.3943
+    """
 
     nodes: int | None = _checks.field(None, converter=_nodes)
 
@@ -413,7 +554,23 @@ class Tanh(Quadrature):
 
 @dataclasses.dataclass(frozen=True)
 class Sigmoid(Quadrature):
-    __doc__ = "``1 / (1 + exp(-x))``. " + _RULE_DOC
+    """``1 / (1 + exp(-x))``. 
+
+    Dual kernels by the graded trapezoid rule of :mod:`owidth.kernels.quadrature` (``nodes``: None
+    for 64, i.e. 96 x 104 nodes per kernel entry, relative error <= 1e-11 in float64 for
+    pre-activation variances 1e-4 to 1e3).
+
+    References:
+      - Lee et al. 2018, Deep Neural Networks as Gaussian Processes. <https://arxiv.org/abs/1711.00165>
+      - Novak et al. 2020, Neural Tangents: Fast and Easy Infinite Neural Networks in Python. <https://arxiv.org/abs/1912.02803>
+
+    Examples:
+      >>> import numpy as np
+      >>> import owidth as ow
+      >>> net = ow.serial(ow.Dense(), ow.Sigmoid(), ow.Dense(out=1))
+      >>> round(float(ow.kernel(net, np.ones((1, 2)), get="nngp").nngp[0, 0]), 4)   # E sigmoid(u)^2, u ~ N(0, 1)
+      0.2934
+    """
 
     nodes: int | None = _checks.field(None, converter=_nodes)
 
@@ -423,7 +580,23 @@ class Sigmoid(Quadrature):
 
 @dataclasses.dataclass(frozen=True)
 class Silu(Quadrature):
-    __doc__ = "``x sigmoid(x)`` (SiLU / swish; ``ow.Swish`` is the same class). " + _RULE_DOC
+    """``x sigmoid(x)`` (SiLU / swish; ``ow.Swish`` is the same class). 
+
+    Dual kernels by the graded trapezoid rule of :mod:`owidth.kernels.quadrature` (``nodes``: None
+    for 64, i.e. 96 x 104 nodes per kernel entry, relative error <= 1e-11 in float64 for
+    pre-activation variances 1e-4 to 1e3).
+
+    References:
+      - Lee et al. 2018, Deep Neural Networks as Gaussian Processes. <https://arxiv.org/abs/1711.00165>
+      - Novak et al. 2020, Neural Tangents: Fast and Easy Infinite Neural Networks in Python. <https://arxiv.org/abs/1912.02803>
+
+    Examples:
+      >>> import numpy as np
+      >>> import owidth as ow
+      >>> net = ow.serial(ow.Dense(), ow.Silu(), ow.Dense(out=1))
+      >>> round(float(ow.kernel(net, np.ones((1, 2)), get="nngp").nngp[0, 0]), 4)   # E silu(u)^2, u ~ N(0, 1)
+      0.3558
+    """
 
     nodes: int | None = _checks.field(None, converter=_nodes)
 
@@ -436,7 +609,23 @@ Swish = Silu
 
 @dataclasses.dataclass(frozen=True)
 class Softplus(Quadrature):
-    __doc__ = "``log(1 + exp(x))``. " + _RULE_DOC
+    """``log(1 + exp(x))``. 
+
+    Dual kernels by the graded trapezoid rule of :mod:`owidth.kernels.quadrature` (``nodes``: None
+    for 64, i.e. 96 x 104 nodes per kernel entry, relative error <= 1e-11 in float64 for
+    pre-activation variances 1e-4 to 1e3).
+
+    References:
+      - Lee et al. 2018, Deep Neural Networks as Gaussian Processes. <https://arxiv.org/abs/1711.00165>
+      - Novak et al. 2020, Neural Tangents: Fast and Easy Infinite Neural Networks in Python. <https://arxiv.org/abs/1912.02803>
+
+    Examples:
+      >>> import numpy as np
+      >>> import owidth as ow
+      >>> net = ow.serial(ow.Dense(), ow.Softplus(), ow.Dense(out=1))
+      >>> round(float(ow.kernel(net, np.ones((1, 2)), get="nngp").nngp[0, 0]), 4)   # E softplus(u)^2, u ~ N(0, 1)
+      0.9212
+    """
 
     nodes: int | None = _checks.field(None, converter=_nodes)
 

@@ -78,6 +78,21 @@ class Conv(WeightLayer):
       strides: per spatial axis; default 1.
       padding: ``"SAME"`` or ``"VALID"``.
       w_std, b_std: standard deviations as for ``Dense``.
+
+    References:
+      - Novak et al. 2019, Bayesian Deep Convolutional Networks with Many Channels are Gaussian Processes. <https://arxiv.org/abs/1810.05148>
+      - Arora et al. 2019, On Exact Computation with an Infinitely Wide Neural Net (CNTK). <https://arxiv.org/abs/1904.11955>
+
+    Examples:
+      >>> import numpy as np
+      >>> import owidth as ow
+      >>> x = np.ones((2, 4, 4, 1))                  # (batch, height, width, channels)
+      >>> net = ow.serial(ow.Conv(filter_shape=(3, 3), padding="VALID"), ow.Relu(), ow.GlobalAvgPool(), ow.Dense(out=1))
+      >>> k = ow.kernel(net, x)
+      >>> k.nngp.shape
+      (2, 2)
+      >>> round(float(k.nngp[0, 0]), 4)              # every pixel pair sees the same patch: relu's q / 2
+      0.5
     """
 
     caps = Caps(weights=True, spatial=True, pixel_var=True)
@@ -204,6 +219,18 @@ class AvgPool(Layer):
       window: spatial window, e.g. ``(2, 2)``.
       strides: per spatial axis; default: the window (non-overlapping).
       padding: ``"VALID"`` (default) or ``"SAME"``.
+
+    References:
+      - Novak et al. 2019, Bayesian Deep Convolutional Networks with Many Channels are Gaussian Processes. <https://arxiv.org/abs/1810.05148>
+
+    Examples:
+      >>> import numpy as np
+      >>> import owidth as ow
+      >>> x = np.ones((1, 4, 4, 1))
+      >>> net = ow.serial(ow.Conv(filter_shape=(1, 1)), ow.AvgPool(window=(2, 2)), ow.Flatten(), ow.Dense(out=1))
+      >>> k = ow.kernel(net, x)
+      >>> k.nngp.shape, float(k.nngp[0, 0])          # constant image: all pixel covariances are 1
+      ((1, 1), 1.0)
     """
 
     caps = Caps(spatial=True, mixes_pixels=True, pixel_var=True)
@@ -267,6 +294,18 @@ class Flatten(Layer):
 
     Kernel rule: the mean over pixels of the same-pixel covariances,
     ``K' = (1/|S|) sum_s K(s, s)`` (the next Dense has fan-in ``|S| C``).
+
+    References:
+      - Novak et al. 2019, Bayesian Deep Convolutional Networks with Many Channels are Gaussian Processes. <https://arxiv.org/abs/1810.05148>
+
+    Examples:
+      >>> import numpy as np
+      >>> import owidth as ow
+      >>> import jax
+      >>> model = ow.finite(ow.serial(ow.Conv(filter_shape=(2, 2)), ow.Flatten(), ow.Dense(out=1)), width=3)
+      >>> x = np.ones((5, 4, 4, 1))
+      >>> model.apply(model.init(jax.random.key(0), x), x).shape
+      (5, 1)
     """
 
     caps = Caps(spatial=True, pixel_var=True)
@@ -306,6 +345,18 @@ class GlobalAvgPool(Layer):
 
     Kernel rule: the mean over all pixel pairs, ``K' = (1/|S|^2) sum_{s, t} K(s, t)``
     (Arora et al. 2019; Novak et al. 2019).
+
+    References:
+      - Novak et al. 2019, Bayesian Deep Convolutional Networks with Many Channels are Gaussian Processes. <https://arxiv.org/abs/1810.05148>
+      - Arora et al. 2019, On Exact Computation with an Infinitely Wide Neural Net (CNTK). <https://arxiv.org/abs/1904.11955>
+
+    Examples:
+      >>> import numpy as np
+      >>> import owidth as ow
+      >>> net = ow.serial(ow.Conv(filter_shape=(3, 3), padding="VALID"), ow.GlobalAvgPool(), ow.Dense(out=1))
+      >>> k = ow.kernel(net, np.ones((1, 4, 4, 1)))
+      >>> float(k.nngp[0, 0]), float(k.ntk[0, 0])    # constant image: 1; conv NTK 1 plus readout 1
+      (1.0, 2.0)
     """
 
     caps = Caps(spatial=True, mixes_pixels=True, pixel_var=True)

@@ -39,6 +39,18 @@ class Dense(WeightLayer):
     enter the kernel); concrete negative or non-finite values raise
     ``ValueError``. In a finite network a JAX-scalar ``b_std`` always creates
     a bias tensor (the parameter structure cannot depend on a traced value).
+
+    References:
+      - Lee et al. 2018, Deep Neural Networks as Gaussian Processes. <https://arxiv.org/abs/1711.00165>
+      - Jacot, Gabriel & Hongler 2018, Neural Tangent Kernel: Convergence and Generalization in Neural Networks. <https://arxiv.org/abs/1806.07572>
+
+    Examples:
+      >>> import numpy as np
+      >>> import owidth as ow
+      >>> x = np.array([[3.0, 4.0]])                 # |x|^2 / d = 12.5
+      >>> k = ow.kernel(ow.Dense(out=1, w_std=2.0, b_std=1.0), x)
+      >>> float(k.nngp[0, 0]), float(k.ntk[0, 0])    # 4 * 12.5 + 1; a first layer's NTK is its NNGP
+      (51.0, 51.0)
     """
 
     caps = Caps(weights=True, dense=True, pixel_var=True)

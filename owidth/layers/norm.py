@@ -39,6 +39,20 @@ class LayerNorm(Layer):
 
     Args:
       eps: added to the variance, as in the finite network (default 1e-12).
+
+    References:
+      - Ba, Kiros & Hinton 2016, Layer Normalization. <https://arxiv.org/abs/1607.06450>
+      - Novak et al. 2020, Neural Tangents: Fast and Easy Infinite Neural Networks in Python. <https://arxiv.org/abs/1912.02803>
+      - Yang 2019, Tensor Programs I: Wide Feedforward or Recurrent Neural Networks of Any Architecture are Gaussian Processes. <https://arxiv.org/abs/1910.12478>
+
+    Examples:
+      >>> import numpy as np
+      >>> import owidth as ow
+      >>> x = np.array([[1.0, 1.0], [1.0, -1.0]])
+      >>> net = ow.serial(ow.Dense(w_std=3.0), ow.LayerNorm(), ow.Dense(out=1))
+      >>> k = ow.kernel(net, x, get="nngp")
+      >>> round(float(k.nngp[0, 0]), 4), round(float(k.nngp[0, 1]), 4) + 0.0   # normalised: 9 q / 9 q = 1
+      (1.0, 0.0)
     """
 
     eps: float = _checks.field(1e-12, converter=_checks.nonneg_float)

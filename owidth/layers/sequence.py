@@ -55,6 +55,19 @@ class Embedding(WeightLayer):
       vocab: number of tokens.
       w_std: embedding standard deviation.
       pos_std: positional-embedding standard deviation (0: no positions).
+
+    References:
+      - Vaswani et al. 2017, Attention Is All You Need. <https://arxiv.org/abs/1706.03762>
+      - Yang et al. 2022, Tensor Programs V: Tuning Large Neural Networks via Zero-Shot Hyperparameter Transfer. <https://arxiv.org/abs/2203.03466>
+
+    Examples:
+      >>> import numpy as np
+      >>> import owidth as ow
+      >>> import jax
+      >>> model = ow.finite(ow.serial(ow.Embedding(vocab=5), ow.TakePosition(-1), ow.Dense(out=2)), width=4)
+      >>> tokens = np.array([[0, 3, 1]])            # (batch, length) integer tokens
+      >>> model.apply(model.init(jax.random.key(0), tokens), tokens).shape
+      (1, 2)
     """
 
     caps = Caps(weights=True, spatial=True)
@@ -167,6 +180,18 @@ class Attention(WeightLayer):
       heads: number of heads (the width must be a multiple of it).
       w_std: standard deviation of the value and output projections (``1``:
         variance preserving); ``qk_std`` that of the query and key.
+
+    References:
+      - Vaswani et al. 2017, Attention Is All You Need. <https://arxiv.org/abs/1706.03762>
+      - Hron et al. 2020, Infinite attention: NNGP and NTK for deep attention networks. <https://arxiv.org/abs/2006.10540>
+      - Yang et al. 2022, Tensor Programs V: Tuning Large Neural Networks via Zero-Shot Hyperparameter Transfer. <https://arxiv.org/abs/2203.03466>
+
+    Examples:
+      >>> import owidth as ow
+      >>> block = ow.Residual(ow.LayerNorm(), ow.Attention(heads=2))   # as in ow.transformer
+      >>> net = ow.serial(ow.Embedding(vocab=5), block, ow.TakePosition(-1), ow.Dense(out=5))
+      >>> [type(layer).__name__ for layer in net.walk()][:5]
+      ['Serial', 'Embedding', 'Parallel', 'Identity', 'Serial']
     """
 
     caps = Caps(weights=True, spatial=True, mixes_pixels=True, attention=True)
@@ -258,7 +283,17 @@ class Attention(WeightLayer):
 @dataclasses.dataclass(frozen=True)
 class TakePosition(Layer):
     """``x[:, index]``: one position of a ``(batch, length, features)`` sequence (e.g. the last, to read out
-    the next token after a prompt). No parameters; the kernel keeps the ``(index, index)`` covariances."""
+    the next token after a prompt). No parameters; the kernel keeps the ``(index, index)`` covariances.
+
+    References:
+      - Vaswani et al. 2017, Attention Is All You Need. <https://arxiv.org/abs/1706.03762>
+
+    Examples:
+      >>> import owidth as ow
+      >>> net = ow.serial(ow.Embedding(vocab=3), ow.TakePosition(0), ow.Dense(out=1))
+      >>> net.layers[1].index
+      0
+    """
 
     caps = Caps(spatial=True)
 
@@ -327,6 +362,17 @@ def transformer(*, depth: int, heads: int, vocab: int, out: int | None = None, m
         else every position (``(batch, length, out)``, next-token prediction).
       pos_std: positional-embedding scale (0: none; causal masking alone then
         carries order information).
+
+    References:
+      - Vaswani et al. 2017, Attention Is All You Need. <https://arxiv.org/abs/1706.03762>
+      - Yang et al. 2022, Tensor Programs V: Tuning Large Neural Networks via Zero-Shot Hyperparameter Transfer. <https://arxiv.org/abs/2203.03466>
+      - Hron et al. 2020, Infinite attention: NNGP and NTK for deep attention networks. <https://arxiv.org/abs/2006.10540>
+
+    Examples:
+      >>> import owidth as ow
+      >>> net = ow.transformer(depth=2, heads=4, vocab=7)   # the width comes with ow.finite(net, width=n)
+      >>> sum(isinstance(layer, ow.Attention) for layer in net.walk()), net.layers[-1].out
+      (2, 7)
     """
     depth = _checks.nonneg_int("depth", depth, where="ow.transformer")
     act = Relu() if act is None else act

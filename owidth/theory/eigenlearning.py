@@ -91,6 +91,16 @@ def pool_spectrum(k_pool: np.ndarray, f_pool: np.ndarray):
     ``phi_i(x_m) = sqrt(M) u_i[m]``, so ``v_i = u_i . f / sqrt(M)``. ``f_pool`` may
     be (M,) or (M, C); for C outputs ``v_i^2`` is averaged over outputs (so the
     predicted MSE is the per-output mean).
+
+    References:
+      - Simon, Dickens, Karkada & DeWeese 2021, The Eigenlearning Framework: A Conservation Law Perspective on Kernel Regression and Wide Neural Networks. <https://arxiv.org/abs/2110.03922>
+
+    Examples:
+      >>> import numpy as np
+      >>> from owidth.theory.eigenlearning import pool_spectrum
+      >>> lam, v2 = pool_spectrum(np.eye(4), np.array([1.0, 1.0, 1.0, 1.0]))
+      >>> print(np.round(np.sort(lam), 4), round(float(v2.sum()), 4))   # K/M = I/4; ||f||^2 / M = 1
+      [0.25 0.25 0.25 0.25] 1.0
     """
     k = np.asarray(k_pool, dtype=np.float64)
     m = k.shape[0]
@@ -106,6 +116,18 @@ def eigenlearning(eigvals, coeffs2, n: float, ridge: float, noise: float = 0.0) 
     See the module docstring (Simon et al. 2021, eqs. 4-8). ``noise`` is the
     label-noise variance eps^2 of the training labels; the returned
     ``test_mse`` is against the clean target.
+
+    References:
+      - Simon, Dickens, Karkada & DeWeese 2021, The Eigenlearning Framework: A Conservation Law Perspective on Kernel Regression and Wide Neural Networks. <https://arxiv.org/abs/2110.03922>
+      - Bordelon, Canatar & Pehlevan 2020, Spectrum Dependent Learning Curves in Kernel Regression and Wide Neural Networks. <https://arxiv.org/abs/2002.02561>
+      - Canatar, Bordelon & Pehlevan 2021, Spectral bias and task-model alignment explain generalization in kernel regression and infinitely wide neural networks. <https://arxiv.org/abs/2006.13198>
+
+    Examples:
+      >>> import numpy as np
+      >>> from owidth.theory.eigenlearning import eigenlearning
+      >>> out = eigenlearning(np.array([1.0]), np.array([1.0]), n=10, ridge=1e-6)
+      >>> type(out).__name__
+      'KRRTheory'
     """
     lam, v2 = _check(eigvals, coeffs2, n, ridge)
 
@@ -134,6 +156,16 @@ def random_feature_risk(eigvals, coeffs2, n: float, n_features: float, ridge: fl
       n_features: number of random features N.
       ridge: ridge delta on ``||a||^2`` (features scaled by ``1/sqrt(N)``), > 0.
       noise: label-noise variance of the training labels.
+
+    References:
+      - Simon, Karkada, Ghosh & Belkin 2023, More is Better in Modern Machine Learning: when Infinite Overparameterization is Optimal and Overfitting is Obligatory. <https://arxiv.org/abs/2311.14646>
+
+    Examples:
+      >>> import numpy as np
+      >>> from owidth.theory.eigenlearning import random_feature_risk
+      >>> out = random_feature_risk(np.array([1.0, 0.5]), np.array([1.0, 0.0]), n=10, n_features=50, ridge=1e-3)
+      >>> type(out).__name__
+      'RFTheory'
     """
     lam, v2 = _check(eigvals, coeffs2, n, ridge)
     N = float(n_features)

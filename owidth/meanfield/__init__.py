@@ -144,13 +144,6 @@ class DMFTResult:
         return xr.Dataset(v, coords={"step": self.times, "layer": np.arange(1, L + 1)}, attrs=attrs)
 
 
-def _positive(name, value, *, where):
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) or not (
-            math.isfinite(value) and value > 0):
-        raise ValueError(f"{where}: {name} must be a positive finite number, got {value!r}")
-    return float(value)
-
-
 def _loss(f, y):
     return 0.5 * np.mean((f - y[None]) ** 2, axis=-1)
 
@@ -240,8 +233,8 @@ def _plan(net, x_train, y_train, *, gamma0, lr, steps, param, x_test, y_test, me
     """Check :func:`dmft`'s arguments before anything is compiled."""
     where = "ow.dmft"
     mlp = _spec.parse(net, param, where=where)
-    gamma0 = _positive("gamma0", gamma0, where=where)
-    lr = _positive("lr", lr, where=where)
+    gamma0 = _checks.positive_number("gamma0", gamma0, where=where)
+    lr = _checks.positive_number("lr", lr, where=where)
     steps = _checks.positive_int("steps", steps, where=where)
     x = np.asarray(_checks.as_float_array("x_train", x_train, where=where, rank=2))
     y = np.asarray(y_train, dtype=x.dtype)
@@ -290,7 +283,7 @@ def _plan(net, x_train, y_train, *, gamma0, lr, steps, param, x_test, y_test, me
         dampings = (float(damping),)
     if tol is None:
         tol = 1e-10 if x.dtype == np.float64 else 1e-5
-    tol = _positive("tol", tol, where=where)
+    tol = _checks.positive_number("tol", tol, where=where)
     if max_iter is not None:
         max_iter = _checks.positive_int("max_iter", max_iter, where=where)
     return _Plan(mlp=mlp, x=x, y=y, xt=xt, yt=yt, gamma0=gamma0, lr=lr, steps=steps, exact=exact, samples=samples,

@@ -224,8 +224,12 @@ class Sweep:
       >>> net = ow.serial(ow.Dense(), ow.Relu(), ow.Dense(out=1))
       >>> sweep = ow.Sweep(net=net, data=(x, y), widths=[8, 16], lr=[0.1, 0.5], seeds=2, steps=2,
       ...                  extra={"param": [ow.NTP, ow.MUP]})
-      >>> [g["name"] for g in sweep.groups()]
-      ['group-0000_width8_paramntp.nc', 'group-0001_width8_parammup.nc', 'group-0002_width16_paramntp.nc', 'group-0003_width16_parammup.nc']
+      >>> for g in sweep.groups():   # one compiled program (and one file) per width and param
+      ...     print(g["name"], g["labels"])
+      group-0000_width8_paramntp.nc {'param': 'ntp'}
+      group-0001_width8_parammup.nc {'param': 'mup'}
+      group-0002_width16_paramntp.nc {'param': 'ntp'}
+      group-0003_width16_parammup.nc {'param': 'mup'}
       >>> len(sweep.fingerprint), sweep.rich_name
       (64, 'alpha')
     """

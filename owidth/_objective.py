@@ -19,7 +19,17 @@ LOSSES = ("mse", "xent")
 
 
 def loss_fn(kind: str, f, y):
-    """The loss ``kind`` (``"mse"`` or ``"xent"``) of outputs ``f`` against targets ``y`` (checked by :func:`targets`)."""
+    """The loss ``kind`` (``"mse"`` or ``"xent"``) of outputs ``f`` against targets ``y`` (checked by :func:`targets`).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from owidth._objective import loss_fn
+      >>> f = jnp.array([[1.0, 0.0], [0.0, 0.0]])
+      >>> round(float(loss_fn("mse", f, jnp.zeros((2, 2)))), 4)   # (1 + 0) / (2 * 2)
+      0.25
+      >>> round(float(loss_fn("xent", f, jnp.array([0, 1]))), 4)  # (log(e + 1) - 1 + log 2) / 2
+      0.5032
+    """
     if kind == "mse":
         return 0.5 * jnp.mean(jnp.sum((f - y) ** 2, axis=-1))
     logz = jax.nn.logsumexp(f, axis=-1)  # labels (N,) or (N, length) for sequence outputs

@@ -13,6 +13,11 @@ The update of a tensor ``w`` with width multiplier ``s_w = (n / n0)^-c_role``
     adamw     -lr (s_w adam(g) + wd w)     (decoupled decay, not width-scaled, as microsoft/mup's MuAdamW)
 
 ``lr`` may be a traced scalar (one compile for every learning rate).
+
+References:
+  - Yang et al. 2022, Tensor Programs V (MuSGD, MuAdam, MuAdamW). <https://arxiv.org/abs/2203.03466>
+  - Kingma & Ba 2014, Adam: A Method for Stochastic Optimization. <https://arxiv.org/abs/1412.6980>
+  - Loshchilov & Hutter 2017, Decoupled Weight Decay Regularization (AdamW). <https://arxiv.org/abs/1711.05101>
 """
 
 from __future__ import annotations
@@ -59,6 +64,17 @@ def make(optimizer: str, *, lr, scales: Any, weight_decay: float = 0.0, momentum
       scales: pytree of Python floats like the parameters (``model.lr_scales(x, optimizer=...)``).
       weight_decay: L2 penalty added to the gradient (sgd, momentum) or decoupled decay (adamw).
       momentum: decay of the ``"momentum"`` trace. eps: Adam's epsilon.
+
+    Examples:
+      SGD with L2 decay: ``-lr s_w (g + wd w) = -0.1 * 4 * (1 + 0.5 * 2) = -0.8``:
+
+      >>> import jax.numpy as jnp
+      >>> from owidth import _optim
+      >>> params = {"w": jnp.full((2,), 2.0)}
+      >>> tx = _optim.make("sgd", lr=0.1, scales={"w": 4.0}, weight_decay=0.5)
+      >>> updates, _ = tx.update({"w": jnp.ones(2)}, tx.init(params), params)
+      >>> [round(float(u), 4) for u in updates["w"]]
+      [-0.8, -0.8]
     """
     import optax
 

@@ -44,6 +44,12 @@ Callables cannot be hashed stably across processes: metric functions enter
 by their qualified name (``module.qualname``), functions inside the net by
 the name in its ``repr``, so editing a function's body without renaming it
 is *not* detected -- use a new ``out_dir`` (or rename the function) then.
+
+References:
+  - Yang et al. 2022, Tensor Programs V: Tuning Large Neural Networks via Zero-Shot Hyperparameter
+    Transfer (width x learning-rate grids per parametrization). <https://arxiv.org/abs/2203.03466>
+  - Everett et al. 2024, Scaling Exponents Across Parameterizations and Optimizers (grids over
+    width, learning rate, parametrization and optimizer). <https://arxiv.org/abs/2407.05872>
 """
 
 from __future__ import annotations
@@ -201,6 +207,31 @@ class Sweep:
     See the module docstring for what is written to disk, how resuming works and
     what the fingerprint (:attr:`fingerprint`) covers (callables: by qualified
     name only).
+
+    References:
+      - Yang et al. 2022, Tensor Programs V (learning-rate transfer across widths).
+        <https://arxiv.org/abs/2203.03466>
+      - Everett et al. 2024, Scaling Exponents Across Parameterizations and Optimizers.
+        <https://arxiv.org/abs/2407.05872>
+
+    Examples:
+      A declaration is checked at once (as ``ow.train`` checks its arguments); nothing is trained yet:
+
+      >>> import numpy as np
+      >>> import owidth as ow
+      >>> x = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [1.0, -1.0]])
+      >>> y = np.array([1.0, -1.0, 0.0, 1.0])
+      >>> net = ow.serial(ow.Dense(), ow.Relu(), ow.Dense(out=1))
+      >>> sweep = ow.Sweep(net=net, data=(x, y), widths=[8, 16], lr=[0.1, 0.5], seeds=2, steps=2,
+      ...                  extra={"param": [ow.NTP, ow.MUP]})
+      >>> for g in sweep.groups():   # one compiled program (and one file) per width and param
+      ...     print(g["name"], g["labels"])
+      group-0000_width8_paramntp.nc {'param': 'ntp'}
+      group-0001_width8_parammup.nc {'param': 'mup'}
+      group-0002_width16_paramntp.nc {'param': 'ntp'}
+      group-0003_width16_parammup.nc {'param': 'mup'}
+      >>> len(sweep.fingerprint), sweep.rich_name
+      (64, 'alpha')
     """
 
     net: Any
@@ -436,6 +467,27 @@ def run_sweep(sweep: Sweep, out_dir: str | os.PathLike, *, progress: bool = True
     sweep trains nothing. Raises ``ValueError`` (before training anything) if
     ``out_dir`` holds a different configuration, a group file that does not
     open or is not this sweep's, or other netCDF files.
+
+    Examples:
+      One group (width 8), 2 seeds x 2 learning rates; a rerun finds the group on disk and trains nothing:
+
+      >>> import os, tempfile
+      >>> import numpy as np
+      >>> import owidth as ow
+      >>> x = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [1.0, -1.0]])
+      >>> y = np.array([1.0, -1.0, 0.0, 1.0])
+      >>> net = ow.serial(ow.Dense(), ow.Relu(), ow.Dense(out=1))
+      >>> sweep = ow.Sweep(net=net, data=(x, y), widths=8, lr=[0.1, 0.5], seeds=2, steps=2)
+      >>> with tempfile.TemporaryDirectory() as out:
+      ...     ds = ow.run_sweep(sweep, out, progress=False)
+      ...     again = ow.run_sweep(sweep, out, progress=False)
+      ...     files = sorted(os.listdir(out))
+      >>> files
+      ['group-0000_width8.nc', 'manifest.json']
+      >>> dict(ds.sizes)
+      {'width': 1, 'seed': 2, 'lr': 2, 'alpha': 1, 'step': 3}
+      >>> bool(again.identical(ds)), ds.attrs["sweep_fingerprint"] == sweep.fingerprint
+      (True, True)
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -505,6 +557,26 @@ def load_sweep(out_dir: str | os.PathLike, *, allow_partial: bool = False):
     ``ValueError`` listing the missing groups unless ``allow_partial``, in
     which case they are NaN with ``status="missing"``. Every file is checked as
     in :func:`run_sweep` (fingerprint, group, coordinates, SHA-256).
+
+    Examples:
+      >>> import os, tempfile
+      >>> import numpy as np
+      >>> import owidth as ow
+      >>> x = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [1.0, -1.0]])
+      >>> y = np.array([1.0, -1.0, 0.0, 1.0])
+      >>> net = ow.serial(ow.Dense(), ow.Relu(), ow.Dense(out=1))
+      >>> sweep = ow.Sweep(net=net, data=(x, y), widths=8, lr=[0.1, 0.5], seeds=2, steps=2)
+      >>> with tempfile.TemporaryDirectory() as out:
+      ...     ran = sweep.run(out, progress=False)
+      ...     ds = ow.load_sweep(out)               # later, elsewhere: the same dataset
+      ...     os.remove(os.path.join(out, "group-0000_width8.nc"))   # as if interrupted before it
+      ...     try:
+      ...         ow.load_sweep(out)
+      ...     except ValueError as err:
+      ...         print(err)
+      ow.Sweep: ... is incomplete: 1 of 1 groups missing (['group-0000_width8.nc']); rerun the sweep ...
+      >>> bool(ds.identical(ran)), ds.train_loss.dims
+      (True, ('width', 'seed', 'lr', 'alpha', 'step'))
     """
     import xarray as xr
 

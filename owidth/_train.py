@@ -22,6 +22,15 @@ Three steps, each usable alone (``ow.Sweep`` builds the same plans):
 :func:`plan` checks ``ow.train``'s arguments and returns a frozen
 :class:`TrainPlan`; :func:`run` trains it, one compiled :class:`Program` per
 width; :func:`assemble` builds the ``xarray.Dataset``. ``train = assemble(run(plan(...)))``.
+
+References:
+  - Chizat, Oyallon & Bach 2019, On Lazy Training in Differentiable Programming (output scale
+    ``alpha``, centring). <https://arxiv.org/abs/1812.07956>
+  - Bordelon & Pehlevan 2022, Self-Consistent Dynamical Field Theory of Kernel Evolution in Wide
+    Neural Networks (richness ``gamma0``). <https://arxiv.org/abs/2205.09653>
+  - Lee et al. 2019, Wide Neural Networks of Any Depth Evolve as Linear Models Under Gradient
+    Descent (``linearized=True``). <https://arxiv.org/abs/1902.06720>
+  - Yang & Hu 2021, Tensor Programs IV (the parametrizations). <https://arxiv.org/abs/2011.14522>
 """
 
 from __future__ import annotations
@@ -57,6 +66,28 @@ class Snapshot:
       x_train, y_train, x_test, y_test: the data (``x_test``/``y_test`` may be None).
       alpha: the member's output scale (traced scalar).
       model: the finite model (``roles``, ``lr_scales``, ...).
+
+    A metric ``fn(snapshot) -> scalar`` passed as ``ow.train(..., metrics={name: fn})`` is traced
+    inside the compiled training loop: use ``jax.numpy``, not numpy or Python control flow on values.
+
+    Examples:
+      The squared distance travelled by the weights, evaluated here on a hand-built snapshot at
+      initialisation (``ow.train`` builds one per member and record point):
+
+      >>> import jax
+      >>> import jax.numpy as jnp
+      >>> import numpy as np
+      >>> import owidth as ow
+      >>> def weight_move(s):
+      ...     moves = jax.tree.map(lambda p, p0: jnp.sum((p - p0) ** 2), s.params, s.params0)
+      ...     return sum(jax.tree.leaves(moves))
+      >>> x, y = np.ones((3, 2)), np.zeros((3, 1))
+      >>> model = ow.finite(ow.serial(ow.Dense(), ow.Relu(), ow.Dense(out=1)), width=8)
+      >>> params = model.init(jax.random.key(0), x)
+      >>> snap = ow.Snapshot(apply=model.apply, params=params, params0=params, x_train=x, y_train=y,
+      ...                    x_test=None, y_test=None, alpha=1.0, model=model)
+      >>> float(weight_move(snap))
+      0.0
     """
 
     apply: Callable
@@ -640,6 +671,35 @@ def train(
       was produced: every field of ``param`` (its ``name`` as ``param``; bools
       as 0/1), the optimizer and its settings, the loss, steps, batch size,
       ``center``, ``linearized`` and the data sizes.
+
+    References:
+      - Chizat, Oyallon & Bach 2019, On Lazy Training in Differentiable Programming (``alpha``,
+        ``center``). <https://arxiv.org/abs/1812.07956>
+      - Bordelon & Pehlevan 2022, Self-Consistent Dynamical Field Theory of Kernel Evolution in
+        Wide Neural Networks (``gamma0``). <https://arxiv.org/abs/2205.09653>
+      - Lee et al. 2019, Wide Neural Networks of Any Depth Evolve as Linear Models Under Gradient
+        Descent (``linearized``). <https://arxiv.org/abs/1902.06720>
+      - Yang & Hu 2021, Tensor Programs IV; Yang et al. 2022, Tensor Programs V (per-tensor
+        learning rates). <https://arxiv.org/abs/2011.14522>, <https://arxiv.org/abs/2203.03466>
+
+    Examples:
+      Two seeds x two learning rates at width 8, 2 steps (one compiled program). The output is
+      centred, so at step 0 every member has ``f = 0`` and the loss ``sum y^2 / (2N) = 3/8``:
+
+      >>> import numpy as np
+      >>> import owidth as ow
+      >>> x = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [1.0, -1.0]])
+      >>> y = np.array([1.0, -1.0, 0.0, 1.0])
+      >>> net = ow.serial(ow.Dense(), ow.Relu(), ow.Dense(out=1))
+      >>> ds = ow.train(net, (x, y), widths=8, lr=[0.1, 0.5], steps=2, seeds=2, progress_bar=False)
+      >>> ds.train_loss.dims, ds.train_loss.shape
+      (('width', 'seed', 'lr', 'alpha', 'step'), (1, 2, 2, 1, 3))
+      >>> ds.step.values.tolist(), ds.attrs["param"], ds.attrs["optimizer"]
+      ([0, 1, 2], 'ntp', 'sgd')
+      >>> round(float(ds.train_loss.isel(step=0).max()), 4)
+      0.375
+      >>> sorted(set(ds.status.values.ravel().tolist()))
+      ['ok']
     """
     return execute(plan(**locals()))
 

@@ -58,6 +58,34 @@ Symmetry: for any ``t``, ``(a, b, c) -> (a + t, b - t, c - 2t)`` (SGD) or
 ``c - t`` (Adam, with ``eps = 0``) leaves the trained function unchanged
 (TP IV, Sec. 3), so ``MF`` and ``MUP`` train identically. :meth:`Parametrization.regime`
 evaluates the stability and feature-learning conditions.
+
+References:
+  - Yang & Hu 2021, Tensor Programs IV: Feature Learning in Infinite-Width Neural Networks
+    (abc-parametrizations, Def. 3.2, Thm 3.3). <https://arxiv.org/abs/2011.14522>
+  - Yang et al. 2022, Tensor Programs V: Tuning Large Neural Networks via Zero-Shot
+    Hyperparameter Transfer (muP for Adam and attention, microsoft/mup). <https://arxiv.org/abs/2203.03466>
+  - Jacot, Gabriel & Hongler 2018, Neural Tangent Kernel (the NTK parametrization). <https://arxiv.org/abs/1806.07572>
+  - Mei, Montanari & Nguyen 2018, A Mean Field View of the Landscape of Two-Layer Neural
+    Networks (the mean-field scaling). <https://arxiv.org/abs/1804.06561>
+  - Bordelon & Pehlevan 2022, Self-Consistent Dynamical Field Theory of Kernel Evolution in
+    Wide Neural Networks (mean-field form, richness ``gamma0``). <https://arxiv.org/abs/2205.09653>
+  - Everett et al. 2024, Scaling Exponents Across Parameterizations and Optimizers (the
+    per-optimizer learning-rate exponents). <https://arxiv.org/abs/2407.05872>
+
+Examples:
+  The four presets are values; their regimes follow from the exponents (see the table):
+
+  >>> import owidth as ow
+  >>> [(p.name, p.regime().stable, p.regime().feature_learning) for p in (ow.SP, ow.NTP, ow.MUP, ow.MF)]
+  [('sp', False, False), ('ntp', True, False), ('mup', True, True), ('mf', True, True)]
+  >>> ow.SP.regime().r, ow.NTP.regime().r   # SP: r = min(1/2, 0) + 0 - 1 + min(1, 0) = -1
+  (-1.0, 0.5)
+
+  ``MF`` is ``MUP`` shifted by ``t = 1/2`` on the hidden weights (the abc symmetry):
+
+  >>> m = ow.MUP.shifted(ow.Role.HIDDEN, 0.5)
+  >>> (m.a, m.b, m.c_sgd, m.c_adam) == (ow.MF.a, ow.MF.b, ow.MF.c_sgd, ow.MF.c_adam)
+  True
 """
 
 from __future__ import annotations
@@ -78,7 +106,25 @@ __all__ = ["MF", "MUP", "NTP", "OPTIMIZERS", "PRESETS", "SP", "DenseScale", "Par
 
 
 class Role(enum.Enum):
-    """Where a weight tensor sits with respect to the width."""
+    """Where a weight tensor sits with respect to the width (the rows of the module's role table).
+
+    ``Role.of(in_scales, out_scales)`` names the role of a tensor from whether its fan-in and its
+    fan-out grow with the width.
+
+    References:
+      - Yang & Hu 2021, Tensor Programs IV (input, hidden and output weights). <https://arxiv.org/abs/2011.14522>
+      - Yang et al. 2022, Tensor Programs V (biases as input weights; roles from base shapes,
+        as in microsoft/mup). <https://arxiv.org/abs/2203.03466>
+
+    Examples:
+      >>> import numpy as np
+      >>> import owidth as ow
+      >>> ow.Role.of(True, True), ow.Role.of(False, True), ow.Role.of(True, False), ow.Role.of(False, False)
+      (<Role.HIDDEN: 'hidden'>, <Role.INPUT: 'input'>, <Role.OUTPUT: 'output'>, <Role.FIXED: 'fixed'>)
+      >>> model = ow.finite(ow.serial(ow.Dense(), ow.Relu(), ow.Dense(out=1)), width=8)
+      >>> model.roles(np.ones((3, 2)))   # first weights feed the width, the readout reads it
+      ({'w': <Role.INPUT: 'input'>}, (), {'w': <Role.OUTPUT: 'output'>})
+    """
 
     INPUT = "input"
     HIDDEN = "hidden"
@@ -129,6 +175,18 @@ class Regime:
       kernel: stable, nontrivial and no feature learning (``r > 0``).
       r: the exponent of the feature update, ``Delta h^L ~ n^-r``.
       reasons: the conditions that failed, in words.
+
+    References:
+      - Yang & Hu 2021, Tensor Programs IV, Def. 3.2 and Thm 3.3. <https://arxiv.org/abs/2011.14522>
+      - Yang et al. 2022, Tensor Programs V, Table 3 (Adam). <https://arxiv.org/abs/2203.03466>
+
+    Examples:
+      >>> import owidth as ow
+      >>> reg = ow.NTP.regime(depth=2)   # r = min(1/2, 1) + 0 - 1 + min(1, 1) = 1/2
+      >>> reg.stable, reg.nontrivial, reg.feature_learning, reg.kernel, reg.r
+      (True, True, False, True, 0.5)
+      >>> ow.SP.regime().reasons[0]
+      'r = -1 < 0 (features blow up after one step)'
     """
 
     stable: bool
@@ -168,6 +226,26 @@ class Parametrization:
         then exactly uniform at initialisation at every width).
 
     See the module docstring for the conventions and the preset table.
+
+    References:
+      - Yang & Hu 2021, Tensor Programs IV (abc-parametrizations, their symmetry and regimes).
+        <https://arxiv.org/abs/2011.14522>
+      - Yang et al. 2022, Tensor Programs V (Adam exponents, ``zero_readout``, ``zero_query``,
+        ``1/d`` attention). <https://arxiv.org/abs/2203.03466>
+      - Everett et al. 2024, Scaling Exponents Across Parameterizations and Optimizers.
+        <https://arxiv.org/abs/2407.05872>
+
+    Examples:
+      A custom parametrization: SP with an SGD learning rate ``~ 1/n`` on every tensor is stable
+      and in the kernel regime (Tensor Programs IV, Sec. 3):
+
+      >>> import owidth as ow
+      >>> sp_c1 = ow.Parametrization(name="sp-c1", a=(0, 0, 0), b=(0, 0.5, 0.5), c_sgd=(1, 1, 1))
+      >>> sp_c1.c_sgd, sp_c1.base_width
+      ((1.0, 1.0, 1.0), 1)
+      >>> reg = sp_c1.regime()
+      >>> reg.stable, reg.kernel, reg.r
+      (True, True, 0.5)
     """
 
     name: str
@@ -196,7 +274,19 @@ class Parametrization:
         object.__setattr__(self, "attn", float(self.attn))
 
     def with_base_width(self, base_width: int) -> Parametrization:
-        """The same exponents relative to another base width (where it equals every other preset)."""
+        """The same exponents relative to another base width (where it equals every other preset).
+
+        Examples:
+          At the base width every preset gives the same layer constants:
+
+          >>> import owidth as ow
+          >>> mup, ntp = ow.MUP.with_base_width(64), ow.NTP.with_base_width(64)
+          >>> mup.base_width
+          64
+          >>> kw = dict(fan_in=64, width=64, w_std=1.0, b_std=0.0)
+          >>> mup.dense(ow.Role.HIDDEN, **kw) == ntp.dense(ow.Role.HIDDEN, **kw)
+          True
+        """
         return dataclasses.replace(self, base_width=base_width)
 
     def shifted(self, role: Role, t: float) -> Parametrization:
@@ -204,6 +294,17 @@ class Parametrization:
 
         The trained function is unchanged (exactly for SGD; for Adam when its
         ``eps`` is 0), so this is a check of any implementation.
+
+        References:
+          - Yang & Hu 2021, Tensor Programs IV, Sec. 3 (the abc symmetry). <https://arxiv.org/abs/2011.14522>
+
+        Examples:
+          >>> import owidth as ow
+          >>> s = ow.MUP.shifted(ow.Role.OUTPUT, -0.5)
+          >>> s.name, s.a, s.b, s.c_sgd, s.c_adam
+          ('mup+shift', (0.0, 0.0, 0.5), (0.0, 0.5, 0.5), (-1.0, 0.0, 0.0), (0.0, 1.0, 0.5))
+          >>> s.regime().feature_learning   # the same regime as MUP
+          True
         """
         i = _INDEX[role]
 
@@ -214,11 +315,31 @@ class Parametrization:
                                    c_sgd=add(self.c_sgd, -2 * t), c_adam=add(self.c_adam, -t))
 
     def c(self, optimizer: str) -> tuple[float, float, float]:
-        """Learning-rate exponents for an optimizer name (``"sgd"``, ``"momentum"``, ``"adam"``, ``"adamw"``)."""
+        """Learning-rate exponents for an optimizer name (``"sgd"``, ``"momentum"``, ``"adam"``, ``"adamw"``).
+
+        Examples:
+          >>> import owidth as ow
+          >>> ow.MUP.c("momentum"), ow.MUP.c("adamw")
+          ((-1.0, 0.0, -1.0), (0.0, 1.0, 0.0))
+        """
         return self.c_sgd if optimizer_family(optimizer, where="Parametrization.c") == "sgd" else self.c_adam
 
     def dense(self, role: Role, *, fan_in: int, width: int, w_std: float, b_std: float) -> DenseScale:
-        """Constants of a weight layer with this role at ``width``."""
+        """Constants of a weight layer with this role at ``width``.
+
+        ``w_mult = w_std / sqrt(F) (n / n0)^-a``, ``w_init = (n / n0)^-b`` with ``F`` the fan-in at the
+        base width (see the module docstring); biases of width-sized layers scale as input tensors.
+
+        References:
+          - Yang & Hu 2021, Tensor Programs IV (abc-parametrizations). <https://arxiv.org/abs/2011.14522>
+
+        Examples:
+          The readout of MUP at 4 times its base width: multiplier ``1/sqrt(64) * 4^-1``, unit init:
+
+          >>> import owidth as ow
+          >>> ow.MUP.with_base_width(64).dense(ow.Role.OUTPUT, fan_in=256, width=256, w_std=1.0, b_std=0.0)
+          DenseScale(w_mult=0.03125, w_init=1.0, b_mult=0.0, b_init=1.0)
+        """
         if role is Role.FIXED:
             return DenseScale(w_std / math.sqrt(fan_in), 1.0, b_std, 1.0)
         i = _INDEX[role]
@@ -239,17 +360,48 @@ class Parametrization:
         parametrization uses ``1/sqrt(d0)``. ``attn = 1`` is Tensor Programs V's
         ``1/d`` rule (the logits ``q . k`` of correlated ``q``, ``k`` grow like
         ``d`` after training), ``attn = 1/2`` the usual ``1/sqrt(d)``.
+
+        References:
+          - Yang et al. 2022, Tensor Programs V, Sec. 4 (``1/d`` attention). <https://arxiv.org/abs/2203.03466>
+          - Vaswani et al. 2017, Attention Is All You Need (``1/sqrt(d)``). <https://arxiv.org/abs/1706.03762>
+
+        Examples:
+          >>> import owidth as ow
+          >>> ow.NTP.with_base_width(64).attn_scale(d_head=64, width=256)   # 1/sqrt(64)
+          0.125
+          >>> ow.MUP.with_base_width(64).attn_scale(d_head=64, width=256)   # 1/sqrt(64) * 4^-1/2
+          0.0625
         """
         return d_head ** -0.5 * (width / self.base_width) ** (-(self.attn - 0.5))
 
     def lr_scale(self, role: Role, *, width: int, optimizer: str) -> float:
-        """Learning-rate multiplier ``(n / n0)^-c_role`` of a tensor with this role."""
+        """Learning-rate multiplier ``(n / n0)^-c_role`` of a tensor with this role.
+
+        References:
+          - Yang et al. 2022, Tensor Programs V, Table 3 (muP learning rates for SGD and Adam).
+            <https://arxiv.org/abs/2203.03466>
+
+        Examples:
+          >>> import owidth as ow
+          >>> mup = ow.MUP.with_base_width(64)
+          >>> mup.lr_scale(ow.Role.INPUT, width=256, optimizer="sgd")    # c = -1: 4^1
+          4.0
+          >>> mup.lr_scale(ow.Role.HIDDEN, width=256, optimizer="adam")  # c = 1: 4^-1
+          0.25
+        """
         if role is Role.FIXED:
             return 1.0
         return (width / self.base_width) ** (-self.c(optimizer)[_INDEX[role]])
 
     def lr_scales(self, roles, *, width: int, optimizer: str):
-        """:meth:`lr_scale` of every :class:`Role` in the pytree ``roles`` (same structure, Python floats)."""
+        """:meth:`lr_scale` of every :class:`Role` in the pytree ``roles`` (same structure, Python floats).
+
+        Examples:
+          >>> import owidth as ow
+          >>> roles = {"in": ow.Role.INPUT, "mid": ow.Role.HIDDEN, "out": ow.Role.OUTPUT, "bias": ow.Role.FIXED}
+          >>> ow.MUP.with_base_width(64).lr_scales(roles, width=256, optimizer="adam")
+          {'bias': 1.0, 'in': 1.0, 'mid': 0.25, 'out': 1.0}
+        """
         import jax
 
         return jax.tree.map(lambda r: self.lr_scale(r, width=width, optimizer=optimizer), roles)
@@ -274,6 +426,24 @@ class Parametrization:
         (nontrivial when either holds with equality); the initialisation
         conditions (i) are the same. This is the derivation behind the Adam
         column of Tensor Programs V's Table 3.
+
+        References:
+          - Yang & Hu 2021, Tensor Programs IV, Def. 3.2 and Thm 3.3. <https://arxiv.org/abs/2011.14522>
+          - Yang et al. 2022, Tensor Programs V, Table 3. <https://arxiv.org/abs/2203.03466>
+
+        Examples:
+          For MUP under SGD the shift to a common ``c = 0`` gives ``a = (-1/2, 0, 1/2)``,
+          ``b = (1/2, 1/2, 1/2)``, so ``r = min(1, 1) + 0 - 1 + min(0, 0) = 0``: feature learning.
+          Under Adam ``r = min(a_1 + c_1, a_2 + c_2 - 1) = 0`` too:
+
+          >>> import owidth as ow
+          >>> reg = ow.MUP.regime(depth=3)
+          >>> reg.stable, reg.feature_learning, reg.kernel, reg.r
+          (True, True, False, 0.0)
+          >>> ow.MUP.regime(optimizer="adam").feature_learning
+          True
+          >>> ow.NTP.regime(optimizer="adam").kernel   # NTP's Adam exponents keep it lazy
+          True
         """
         if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
             raise ValueError(f"Parametrization.regime: depth must be a positive int (hidden layers), got {depth!r}")
@@ -347,6 +517,27 @@ def scale_by_width(model, x, *, optimizer: str):
 
     The multipliers are Python floats computed once from the model's roles
     (``model.lr_scales``); nothing is stored on the parameters.
+
+    References:
+      - Yang et al. 2022, Tensor Programs V (MuSGD, MuAdam: per-tensor learning rates).
+        <https://arxiv.org/abs/2203.03466>
+
+    Examples:
+      Under MUP (base width 1) with SGD, input and readout weights at width 8 get ``8^1`` times
+      the update:
+
+      >>> import jax
+      >>> import jax.numpy as jnp
+      >>> import numpy as np
+      >>> import owidth as ow
+      >>> x = np.ones((3, 2))
+      >>> model = ow.finite(ow.serial(ow.Dense(), ow.Relu(), ow.Dense(out=1)), width=8, param=ow.MUP)
+      >>> tx = ow.scale_by_width(model, x, optimizer="sgd")
+      >>> params = model.init(jax.random.key(0), x)
+      >>> grads = jax.tree.map(jnp.ones_like, params)
+      >>> updates, _ = tx.update(grads, tx.init(params), params)
+      >>> [float(u.max()) for u in jax.tree.leaves(updates)]
+      [8.0, 8.0]
     """
     return _optim.scale_by(model.lr_scales(x, optimizer=optimizer))
 

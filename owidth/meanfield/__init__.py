@@ -41,6 +41,15 @@ least ``steps`` iterations.)
 Nonlinear networks: Monte Carlo, one causal sweep forward in time over a population of
 sampled neurons, with low-rank (population) Gaussian sources and pathwise response functions
 (:mod:`owidth.meanfield.nonlinear`); independent replicas give the error bars.
+
+References:
+  - Bordelon & Pehlevan 2022, Self-Consistent Dynamical Field Theory of Kernel Evolution in Wide
+    Neural Networks (eqs. 9-12). <https://arxiv.org/abs/2205.09653>
+  - Yang & Hu 2021, Tensor Programs IV (muP and the abc symmetry). <https://arxiv.org/abs/2011.14522>
+  - Mei, Montanari & Nguyen 2018, A Mean Field View of the Landscape of Two-Layer Neural Networks.
+    <https://arxiv.org/abs/1804.06561>
+  - Jacot, Gabriel & Hongler 2018, Neural Tangent Kernel (the ``gamma0 -> 0`` limit).
+    <https://arxiv.org/abs/1806.07572>
 """
 
 from __future__ import annotations
@@ -63,7 +72,29 @@ __all__ = ["DMFTConvergenceError", "DMFTResult", "dmft"]
 
 
 class DMFTConvergenceError(RuntimeError):
-    """The self-consistent iteration did not reach ``tol`` within ``max_iter`` iterations."""
+    """The self-consistent iteration did not reach ``tol`` within ``max_iter`` iterations.
+
+    Also raised when the infinite-width dynamics produce non-finite values (too large a learning rate).
+    The exact deep-linear solver needs at least ``steps`` Picard iterations (one step of the
+    trajectory per iteration), so a smaller ``max_iter`` cannot converge.
+
+    References:
+      - Bordelon & Pehlevan 2022, Self-Consistent Dynamical Field Theory of Kernel Evolution in
+        Wide Neural Networks. <https://arxiv.org/abs/2205.09653>
+
+    Examples:
+      >>> import numpy as np
+      >>> import owidth as ow
+      >>> x = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [1.0, -1.0]])
+      >>> y = np.array([1.0, -1.0, 0.0, 1.0])
+      >>> net = ow.serial(ow.Dense(), ow.Identity(), ow.Dense(out=1))
+      >>> ow.dmft(net, x, y, gamma0=0.5, lr=0.5, steps=2, max_iter=1)
+      Traceback (most recent call last):
+      ...
+      owidth.meanfield.DMFTConvergenceError: ow.dmft: no convergence after max_iter=1 iterations (last residual ...
+      >>> issubclass(ow.DMFTConvergenceError, RuntimeError)
+      True
+    """
 
 
 class _Diverged(DMFTConvergenceError):
@@ -88,6 +119,27 @@ class DMFTResult:
         exact solver's Picard iteration (the Monte Carlo sweep: 1, 0.0, True).
       gamma0, lr, steps, samples, replicas, damping: the settings (damping: the one that converged;
         0 for the Monte Carlo sweep).
+
+    References:
+      - Bordelon & Pehlevan 2022, Self-Consistent Dynamical Field Theory of Kernel Evolution in
+        Wide Neural Networks. <https://arxiv.org/abs/2205.09653>
+
+    Examples:
+      A deep linear network, 4 points, 2 steps (solved exactly). At ``t = 0`` the centred output is 0,
+      so the loss is ``sum y^2 / (2P) = 3/8``:
+
+      >>> import numpy as np
+      >>> import owidth as ow
+      >>> x = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [1.0, -1.0]])
+      >>> y = np.array([1.0, -1.0, 0.0, 1.0])
+      >>> net = ow.serial(ow.Dense(), ow.Identity(), ow.Dense(out=1))
+      >>> r = ow.dmft(net, x, y, gamma0=0.5, lr=0.5, steps=2, progress_bar=False)
+      >>> r.method, r.converged, r.times
+      ('exact-linear', True, array([0, 1, 2]))
+      >>> r.f_train.shape, r.phi.shape, r.g.shape, r.ntk.shape, r.phi_two_time.shape
+      ((3, 4), (1, 3, 4, 4), (1, 3, 4, 4), (3, 4, 4), (1, 3, 4, 3, 4))
+      >>> round(float(r.train_loss[0]), 4)
+      0.375
     """
 
     f_train: np.ndarray
@@ -142,13 +194,6 @@ class DMFTResult:
                                                    "samples", "replicas", "damping")}
         attrs["converged"] = int(self.converged)
         return xr.Dataset(v, coords={"step": self.times, "layer": np.arange(1, L + 1)}, attrs=attrs)
-
-
-def _positive(name, value, *, where):
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) or not (
-            math.isfinite(value) and value > 0):
-        raise ValueError(f"{where}: {name} must be a positive finite number, got {value!r}")
-    return float(value)
 
 
 def _loss(f, y):
@@ -206,6 +251,37 @@ def dmft(net, x_train, y_train, *, gamma0: float, lr: float, steps: int, param: 
     P = 20, T = 50 in 4.8 s. The ``S_r (T Q)^2`` Jacobians make P = T = 100 (T Q = 10^4) out of
     reach on a CPU (102 GiB of carried arrays at S_r = 64); the solver refuses, before compiling, problems whose estimated
     peak exceeds 80% of the machine's memory.
+
+    References:
+      - Bordelon & Pehlevan 2022, Self-Consistent Dynamical Field Theory of Kernel Evolution in
+        Wide Neural Networks (eqs. 9-12, here in discrete time). <https://arxiv.org/abs/2205.09653>
+      - Yang & Hu 2021, Tensor Programs IV (the muP limit). <https://arxiv.org/abs/2011.14522>
+      - Jacot, Gabriel & Hongler 2018, Neural Tangent Kernel (``K(0)`` and the ``gamma0 -> 0`` limit).
+        <https://arxiv.org/abs/1806.07572>
+
+    Examples:
+      A deep linear network ``f = w . W x / sqrt(D)`` on 4 points: its NTK at ``t = 0`` is
+      ``ow.kernel(net, x).ntk = 2 x x^T / D = x x^T``:
+
+      >>> import numpy as np
+      >>> import owidth as ow
+      >>> x = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [1.0, -1.0]])
+      >>> y = np.array([1.0, -1.0, 0.0, 1.0])
+      >>> net = ow.serial(ow.Dense(), ow.Identity(), ow.Dense(out=1))
+      >>> r = ow.dmft(net, x, y, gamma0=0.5, lr=0.5, steps=2, progress_bar=False)
+      >>> r.f_train.shape, r.ntk.shape
+      ((3, 4), (3, 4, 4))
+      >>> bool(np.allclose(r.ntk[0], ow.kernel(net, x).ntk))
+      True
+
+      As ``gamma0 -> 0`` the dynamics are kernel gradient descent ``F(t + 1) = F(t) + lr/P K(0) (y - F(t))``:
+      ``x^T y = (2, -2)`` gives ``F(1) = (1/4, -1/4, 0, 1/2)``, then ``F(2) = (13/32, -13/32, 0, 13/16)``:
+
+      >>> lazy = ow.dmft(net, x, y, gamma0=1e-4, lr=0.5, steps=2, progress_bar=False)
+      >>> [round(float(v), 5) for v in lazy.f_train[2]]   # 5 digits: 13/32 = 0.40625 exactly
+      [0.40625, -0.40625, 0.0, 0.8125]
+      >>> [round(float(v), 4) for v in lazy.train_loss]   # 3/8, 11/64, (2 (19/32)^2 + (3/16)^2) / 8
+      [0.375, 0.1719, 0.0925]
     """
     plan = _plan(**locals())  # plan (checked arguments), run (the solver), assemble (the result)
     return _assemble(plan, _run(plan))
@@ -240,8 +316,8 @@ def _plan(net, x_train, y_train, *, gamma0, lr, steps, param, x_test, y_test, me
     """Check :func:`dmft`'s arguments before anything is compiled."""
     where = "ow.dmft"
     mlp = _spec.parse(net, param, where=where)
-    gamma0 = _positive("gamma0", gamma0, where=where)
-    lr = _positive("lr", lr, where=where)
+    gamma0 = _checks.positive_number("gamma0", gamma0, where=where)
+    lr = _checks.positive_number("lr", lr, where=where)
     steps = _checks.positive_int("steps", steps, where=where)
     x = np.asarray(_checks.as_float_array("x_train", x_train, where=where, rank=2))
     y = np.asarray(y_train, dtype=x.dtype)
@@ -290,7 +366,7 @@ def _plan(net, x_train, y_train, *, gamma0, lr, steps, param, x_test, y_test, me
         dampings = (float(damping),)
     if tol is None:
         tol = 1e-10 if x.dtype == np.float64 else 1e-5
-    tol = _positive("tol", tol, where=where)
+    tol = _checks.positive_number("tol", tol, where=where)
     if max_iter is not None:
         max_iter = _checks.positive_int("max_iter", max_iter, where=where)
     return _Plan(mlp=mlp, x=x, y=y, xt=xt, yt=yt, gamma0=gamma0, lr=lr, steps=steps, exact=exact, samples=samples,

@@ -2,8 +2,15 @@
 (the latter set in pyproject.toml's ``filterwarnings``)."""
 
 import os
+import pathlib
+import sys
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+# Tests mirror the package (tests/layers/test_conv.py for owidth/layers/conv.py, ...); helpers.py and
+# the shared Monte Carlo estimators of sibling test modules are importable from every folder.
+_HERE = pathlib.Path(__file__).resolve().parent
+sys.path[:0] = [str(_HERE)] + [str(d) for d in sorted(_HERE.iterdir()) if d.is_dir() and any(d.glob("test_*.py"))]
 
 import jax  # noqa: E402
 import matplotlib  # noqa: E402

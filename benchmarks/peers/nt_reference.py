@@ -10,10 +10,10 @@ test rebuilds with the owidth API), which inputs each architecture takes
 (``inputs``: JSON name -> kind; arrays ``{kind}1``/``{kind}2``) and NT's
 NNGP/NTK for (x1, x1) and (x1, x2), all float64:
 
-* nt_kernels.npz (tests/test_reference_nt.py): many layers on tiny inputs;
+* nt_kernels.npz (tests/kernels/test_reference_nt.py): many layers on tiny inputs;
   kinds "x" (n, d) vectors, "img" (n, H, W, C) images, "seq" (n, W, C)
   sequences.
-* nt_cnn_kernels.npz (tests/test_reference_nt_cnn.py): the benchmark's
+* nt_cnn_kernels.npz (tests/kernels/test_reference_nt_cnn.py): the benchmark's
   2-conv + GlobalAvgPool CNTK (also with Erf and Gelu) and a Myrtle-style net
   (Shankar et al. 2020) on small images; kinds "img10x10x3", "img7x9x2",
   "img8x8x3". It pins owidth's conv kernel engine tightly.

@@ -66,7 +66,7 @@ def _asin_chebyshev(degree: int) -> tuple[float, ...]:
 
 # R is analytic with its nearest singularity at z = 1, so the Chebyshev
 # coefficients on [0, 1/4] fall like (7 + sqrt 48)^-k ~ 14^-k: degree 14
-# reaches float64 rounding, degree 6 float32 (checked in tests/test_kernels.py).
+# reaches float64 rounding, degree 6 float32 (checked in tests/test_kernel.py).
 _ASIN_CHEB = {np.dtype(np.float64): _asin_chebyshev(14), np.dtype(np.float32): _asin_chebyshev(6)}
 
 

@@ -18,7 +18,7 @@ models" (COLT 2020), Section 4, with ``w_+ = u``, ``w_- = v`` and initial scale
 
 The initial scale enters *squared*: with ``u0 = v0 = alpha`` the product
 ``u_i v_i = alpha^2`` is conserved by gradient flow, and alpha^2 is the only
-scale of the problem (``tests/test_woodworth.py`` checks this convention
+scale of the problem (``tests/theory/test_woodworth.py`` checks this convention
 against trained networks and checks that the alternative ``Q_{sqrt(alpha)}``
 does not fit).
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import owidth as ow
-from test_monte_carlo import X, assert_within, mc_moments
+from test_mlp_monte_carlo import X, assert_within, mc_moments
 
 CASES = [(1.3, 0.7, 0.5), (0.4, 1.5, -0.6), (1.0, 1.0, 0.999), (0.8, 0.5, 0.0)]
 

@@ -29,7 +29,7 @@ import pytest
 import owidth as ow
 from helpers import build, load_archs, load_inputs
 
-REF = np.load(pathlib.Path(__file__).parent / "reference" / "nt_cnn_kernels.npz")
+REF = np.load(pathlib.Path(__file__).parents[1] / "reference" / "nt_cnn_kernels.npz")
 ARCHS = load_archs(REF)
 TOL = 1e-11  # relative to the largest entry; measured <= 5.5e-15 when this file was written
 TOL_NTK_DIAG = 1e-9  # the rho = 1 entries (module docstring); measured <= 5.5e-15 as well

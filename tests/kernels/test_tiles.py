@@ -61,8 +61,8 @@ SCRIPT = textwrap.dedent("""
     jax.config.update("jax_enable_x64", True)
     import numpy as np
     import owidth as ow
-    sys.path.insert(0, {tests!r})
-    from test_tiling import NETS
+    sys.path[:0] = [{here!r}, {tests!r}]
+    from test_tiles import NETS
     rng = np.random.default_rng(1)
     out = {{"devices": len(jax.devices())}}
     for name, (net, shape) in NETS.items():
@@ -76,9 +76,10 @@ SCRIPT = textwrap.dedent("""
 
 def test_four_fake_cpu_devices_equal_one(tmp_path):
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
-    script = SCRIPT.format(tests=str(pathlib.Path(__file__).parent), tmp=str(tmp_path))
+    script = SCRIPT.format(here=str(pathlib.Path(__file__).parent), tests=str(pathlib.Path(__file__).parents[1]),
+                           tmp=str(tmp_path))
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
-                          cwd=pathlib.Path(__file__).parents[1], timeout=300)
+                          cwd=pathlib.Path(__file__).parents[2], timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1])["devices"] == 4
     for name, (net, _) in NETS.items():

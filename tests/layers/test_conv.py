@@ -1,5 +1,5 @@
 """Kernels of spatial layers (Conv, AvgPool, GlobalAvgPool, Flatten) and LayerNorm: exact checks,
-invariants and bad input. Monte Carlo agreement is in test_monte_carlo_spatial.py."""
+invariants and bad input. Monte Carlo agreement is in test_conv_monte_carlo.py."""
 
 import jax
 import jax.numpy as jnp

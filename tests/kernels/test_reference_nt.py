@@ -9,7 +9,7 @@ import pytest
 import owidth as ow
 from helpers import build, load_archs, load_inputs
 
-REF = np.load(pathlib.Path(__file__).parent / "reference" / "nt_kernels.npz")
+REF = np.load(pathlib.Path(__file__).parents[1] / "reference" / "nt_kernels.npz")
 ARCHS = load_archs(REF)
 
 

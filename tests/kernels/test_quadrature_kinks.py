@@ -7,7 +7,7 @@ import pytest
 
 import owidth as ow
 from owidth.kernels import quadrature
-from test_monte_carlo import X, assert_within, mc_moments
+from test_mlp_monte_carlo import X, assert_within, mc_moments
 
 CASES = [(1.3, 0.7, 0.5), (0.4, 1.5, -0.6), (1.0, 1.0, 0.999), (0.8, 0.5, 0.0), (1.0, 1.0, 1.0), (2.0, 0.5, -1.0)]
 KINKED = [

@@ -88,6 +88,7 @@ def test_mutransfer_quick(tmp_path, monkeypatch):
     assert (tmp_path / "mutransfer.png").stat().st_size > 10_000
 
 
+@pytest.mark.slow  # ~32 s; laziness growing with alpha by default: test_train.test_larger_alpha_is_lazier
 def test_lazy_rich_quick(tmp_path, monkeypatch):
     """Kernel movement ~ 1/alpha (slope -1 +- 0.15); it falls with width under NTP at least as fast as
     the n^-1/2 bound (for tanh it is ~ n^-1, Dyer & Gur-Ari 2019) and stays O(1) under muP (+-0.15)."""

@@ -35,14 +35,14 @@ def test_tiled_equals_untiled(name):
     n1, n2 = (23, 11) if len(shape) == 1 else (13, 7)
     x1, x2 = rng.standard_normal((n1, *shape)), rng.standard_normal((n2, *shape))
     full, cross = ow.kernel(net, x1), ow.kernel(net, x1, x2)
-    for b in (5, 4):  # divides none of 23, 11, 13, 7
-        k = ow.kernel(net, x1, batch_size=b)
-        assert np.array_equal(k.nngp, np.asarray(k.nngp).T) and np.array_equal(k.ntk, np.asarray(k.ntk).T)
-        for got, ref in [(k.nngp, full.nngp), (k.ntk, full.ntk), (k.var1, full.var1), (k.var2, full.var2)]:
-            assert rel(got, ref) < 1e-12
-        k = ow.kernel(net, x1, x2, batch_size=b)
-        for got, ref in [(k.nngp, cross.nngp), (k.ntk, cross.ntk), (k.var1, cross.var1), (k.var2, cross.var2)]:
-            assert rel(got, ref) < 1e-12
+    b = 5  # divides none of 23, 11, 13, 7: padded and cropped last tiles (each size compiles anew)
+    k = ow.kernel(net, x1, batch_size=b)
+    assert np.array_equal(k.nngp, np.asarray(k.nngp).T) and np.array_equal(k.ntk, np.asarray(k.ntk).T)
+    for got, ref in [(k.nngp, full.nngp), (k.ntk, full.ntk), (k.var1, full.var1), (k.var2, full.var2)]:
+        assert rel(got, ref) < 1e-12
+    k = ow.kernel(net, x1, x2, batch_size=b)
+    for got, ref in [(k.nngp, cross.nngp), (k.ntk, cross.ntk), (k.var1, cross.var1), (k.var2, cross.var2)]:
+        assert rel(got, ref) < 1e-12
     only = ow.kernel(net, x1, batch_size=6, get="nngp")
     assert only.ntk is None and rel(only.nngp, full.nngp) < 1e-12
 
@@ -115,7 +115,7 @@ def test_pooled_tiles_replay_variances(name):
     x1, x2 = rng.standard_normal((7, *shape)), rng.standard_normal((5, *shape))
     x1[3] = x1[1]  # a duplicated input: its cross entries must equal its diagonal
     full, cross = ow.kernel(net, x1, batch_size=None), ow.kernel(net, x1, x2, batch_size=None)
-    for b in (2, 3, "auto"):
+    for b in (2, "auto"):  # 2 divides neither 7 nor 5 (each size compiles anew)
         k, k2 = ow.kernel(net, x1, batch_size=b), ow.kernel(net, x1, x2, batch_size=b)
         if k.nngp.ndim == 2:
             assert np.array_equal(k.nngp, np.asarray(k.nngp).T)

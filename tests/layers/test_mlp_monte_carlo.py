@@ -70,8 +70,9 @@ def test_one_hidden_layer_exact_in_expectation(name):
     ],
 )
 def test_deeper_networks(name, net):
+    # bias O(1/width): at width 256 well under 1% of the kernel, against an SE of ~4% at M = 1000
     k = ow.kernel(net, X)
-    mc = mc_moments(net, width=512, seed=2, ntk=False)
+    mc = mc_moments(net, width=256, seed=2, ntk=False)
     assert_within(k.nngp, *mc["nngp"], f"{name} nngp")
 
 
@@ -135,22 +136,23 @@ def test_empirical_ntk_implementations_agree():
     np.testing.assert_allclose(np.asarray(full)[:, :, 0, 0], ref, rtol=1e-10)
 
 
-def test_empirical_ntk_implementations_agree_on_cnns():
-    for head in (ow.GlobalAvgPool(), ow.Flatten()):
-        net = ow.serial(ow.Conv(filter_shape=(3, 3), w_std=1.4, b_std=0.1), ow.Relu(),
-                        ow.Conv(filter_shape=(2, 2), strides=2, padding="VALID", w_std=1.4), ow.Gelu(), head,
-                        ow.Dense(out=2, w_std=1.0, b_std=0.1))
-        model = ow.finite(net, width=6)
-        rng = np.random.default_rng(0)
-        x1, x2 = rng.standard_normal((3, 6, 6, 2)), rng.standard_normal((2, 6, 6, 2))
-        p = model.init(jax.random.key(0), x1)
-        for outputs in ("trace", "full"):
-            a = ow.empirical_ntk(model.apply, p, x1, x2, outputs=outputs, implementation="jacobian")
-            for impl, indep in [("ntvp", True), ("ntvp", False), ("jacobian", False)]:
-                b = ow.empirical_ntk(model.apply, p, x1, x2, outputs=outputs, implementation=impl,
-                                     independent_examples=indep)
-                np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
-        assert np.all(np.isfinite(a))
+@pytest.mark.parametrize("head", ["gap", pytest.param("flatten", marks=pytest.mark.slow)])  # ~20 s each
+def test_empirical_ntk_implementations_agree_on_cnns(head):
+    head = {"gap": ow.GlobalAvgPool(), "flatten": ow.Flatten()}[head]
+    net = ow.serial(ow.Conv(filter_shape=(3, 3), w_std=1.4, b_std=0.1), ow.Relu(),
+                    ow.Conv(filter_shape=(2, 2), strides=2, padding="VALID", w_std=1.4), ow.Gelu(), head,
+                    ow.Dense(out=2, w_std=1.0, b_std=0.1))
+    model = ow.finite(net, width=6)
+    rng = np.random.default_rng(0)
+    x1, x2 = rng.standard_normal((3, 6, 6, 2)), rng.standard_normal((2, 6, 6, 2))
+    p = model.init(jax.random.key(0), x1)
+    for outputs in ("trace", "full"):
+        a = ow.empirical_ntk(model.apply, p, x1, x2, outputs=outputs, implementation="jacobian")
+        for impl, indep in [("ntvp", True), ("ntvp", False), ("jacobian", False)]:
+            b = ow.empirical_ntk(model.apply, p, x1, x2, outputs=outputs, implementation=impl,
+                                 independent_examples=indep)
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+    assert np.all(np.isfinite(a))
 
 
 def test_conv_ntk_monte_carlo_sanity():

@@ -160,6 +160,7 @@ def test_learning_curves_quick(tmp_path, monkeypatch):
     assert (tmp_path / "learning_curves.png").stat().st_size > 10_000
 
 
+@pytest.mark.slow  # ~22 s; the theory itself: test_random_feature_theory_matches_gaussian_simulation
 def test_double_descent_quick(tmp_path, monkeypatch):
     """Theory within 10% away from the peak, simulated peak within 10% of N = P, optimal-ridge error
     non-increasing in N (simulation: no rise beyond 2 standard errors; theory: none)."""
@@ -175,6 +176,7 @@ def test_double_descent_quick(tmp_path, monkeypatch):
     assert (tmp_path / "double_descent.png").stat().st_size > 10_000
 
 
+@pytest.mark.slow  # ~33 s; the Gram limit itself: test_gradient_gram_approaches_infinite_width_theory
 def test_gradient_coherence_quick(tmp_path, monkeypatch):
     """Confusion falls with width at every depth (by > 2 se); real labels more coherent than random ones;
     the widest nets' coherence within 10% of its infinite-width value."""

@@ -14,6 +14,7 @@ from scipy.optimize import minimize
 
 import owidth as ow
 from owidth.theory import woodworth as W
+from helpers import traces
 
 
 def _rel(a, b):
@@ -202,10 +203,10 @@ def test_small_alpha_sparse_large_alpha_l2(trained):
 
 def test_training_does_not_retrace(trained):
     X, y, *_ = trained
-    W.train_diagonal_network(X, y, [0.5, 2.0], lr=0.1, steps=50)
-    n = W._train._cache_size()
-    W.train_diagonal_network(X, y, [0.7, 3.0], lr=0.05, steps=50)
-    assert W._train._cache_size() == n
+    with traces() as names:
+        W.train_diagonal_network(X, y, [0.5, 2.0], lr=0.1, steps=53)  # steps no other test uses: traced once
+        W.train_diagonal_network(X, y, [0.7, 3.0], lr=0.05, steps=53)  # new alphas and lr: not again
+    assert names.count("_train") == 1, names  # the jitted trainer in owidth.theory.woodworth
 
 
 # ---------------------------------------------------------------- the experiment

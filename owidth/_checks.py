@@ -17,7 +17,8 @@ import numpy as np
 
 __all__ = [
     "as_float_array", "same_features", "positive_int", "field", "convert", "convert_fields", "hyper", "std", "real",
-    "nonneg_float", "positive", "integer", "int_tuple", "padding", "boolean", "optional_positive", "function", "positive_number", "nonneg_int",
+    "nonneg_float", "positive", "integer", "int_tuple", "padding", "boolean", "optional_positive", "function",
+    "positive_number", "nonneg_int",
 ]
 
 

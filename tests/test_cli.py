@@ -26,6 +26,7 @@ def test_unknown_experiment(capsys):
             "mutransfer, mutransfer-transformer") in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_wide_vs_kernel_quick(tmp_path, monkeypatch):
     """Trained NTP ensembles approach the kernel prediction like width^-1/2; their variance matches theory."""
     monkeypatch.setenv("OWIDTH_NO_PROGRESS", "1")

@@ -56,7 +56,7 @@ IMAGES = np.random.RandomState(3).randn(5, 4, 4, 2)
 
 @pytest.mark.parametrize("name, make, params, x", [
     ("dense w_std, b_std", mlp, (1.3, 0.4), sphere(8, 3, 0)),
-    ("conv w_std, b_std", cnn, (1.2, 0.3), IMAGES),
+    pytest.param("conv w_std, b_std", cnn, (1.2, 0.3), IMAGES, marks=pytest.mark.slow),
     ("LeakyRelu a", lambda a: mlp(1.3, 0.4, ow.LeakyRelu(a)), (0.2,), sphere(8, 3, 0)),
     ("Erf a, b, shift", lambda a, b, s: mlp(1.3, 0.4, ow.Erf(a=a, b=b, shift=s)), (1.1, 0.7, 0.2), sphere(8, 3, 0)),
     ("Sin b, shift", lambda b, s: mlp(1.3, 0.4, ow.Sin(b=b, shift=s)), (0.8, 0.3), sphere(8, 3, 0)),

@@ -106,7 +106,7 @@ POOLED = {
 }
 
 
-@pytest.mark.parametrize("name", [n if n in ("myrtle", "strided-1d") else pytest.param(n, marks=pytest.mark.slow)
+@pytest.mark.parametrize("name", [n if n == "strided-1d" else pytest.param(n, marks=pytest.mark.slow)
                                   for n in sorted(POOLED)])
 def test_pooled_tiles_replay_variances(name):
     net, shape = POOLED[name]

@@ -56,7 +56,10 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "cnn2-flatten" else n
+SLOW_CASES = ("cnn2-flatten", "cnn2-avgpool-gap")  # with the slow tests; the one-conv cases stay by default
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_CASES else n
                                   for n in sorted(CASES)])
 def test_cnn_kernels_match_monte_carlo(name):
     net, size, width, ntk = CASES[name]

@@ -105,12 +105,27 @@ def test_ntk_converges_like_inverse_sqrt_width():
     assert -0.65 <= slope <= -0.35, (slope, errs)
 
 
-def test_empirical_ntk_implementations_agree():
+def _ntk_case():
     net = ow.serial(ow.Dense(w_std=1.3, b_std=0.2), ow.Gelu(), ow.Residual(ow.Dense(w_std=0.9), ow.Relu(), ow.Dense()),
                     ow.Dense(out=3, w_std=1.0, b_std=0.1))
     model = ow.finite(net, width=16)
     x1, x2 = sphere(4, 3, seed=5), sphere(5, 3, seed=6)
-    p = model.init(jax.random.key(0), x1)
+    return model, model.init(jax.random.key(0), x1), x1, x2
+
+
+@pytest.mark.slow
+def test_empirical_ntk_blocks_over_inputs_equal_one_piece():
+    """Blocks over inputs (sizes not dividing N) give the same kernel, for every implementation."""
+    model, p, x1, x2 = _ntk_case()
+    for impl in ("jacobian", "ntvp", "structured"):
+        for xb in (None, x2):
+            np.testing.assert_allclose(
+                ow.empirical_ntk(model.apply, p, x1, xb, implementation=impl, batch_size=3),
+                ow.empirical_ntk(model.apply, p, x1, xb, implementation="jacobian"), rtol=1e-12, atol=1e-13)
+
+
+def test_empirical_ntk_implementations_agree():
+    model, p, x1, x2 = _ntk_case()
     for outputs in ("trace", "full"):
         a = ow.empirical_ntk(model.apply, p, x1, x2, outputs=outputs, implementation="jacobian")
         for impl in ("ntvp", "structured"):
@@ -119,12 +134,6 @@ def test_empirical_ntk_implementations_agree():
         np.testing.assert_allclose(ow.empirical_ntk(model.apply, p, x1, outputs=outputs, implementation="structured"),
                                    ow.empirical_ntk(model.apply, p, x1, outputs=outputs, implementation="jacobian"),
                                    rtol=1e-10, atol=1e-12)
-    # blocks over inputs (sizes not dividing N) give the same kernel
-    for impl in ("jacobian", "ntvp", "structured"):
-        for xb in (None, x2):
-            np.testing.assert_allclose(
-                ow.empirical_ntk(model.apply, p, x1, xb, implementation=impl, batch_size=3),
-                ow.empirical_ntk(model.apply, p, x1, xb, implementation="jacobian"), rtol=1e-12, atol=1e-13)
     full = ow.empirical_ntk(model.apply, p, x1, x2, outputs="full")
     trace = ow.empirical_ntk(model.apply, p, x1, x2)
     np.testing.assert_allclose(jnp.trace(full, axis1=2, axis2=3) / 3, trace, rtol=1e-12)

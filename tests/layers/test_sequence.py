@@ -163,6 +163,7 @@ def test_transformer_coord_check():
     assert float(sp.slope_delta.sel(step=3, layer=logits)) > 0.3
 
 
+@pytest.mark.slow
 def test_grokking_quick(tmp_path, monkeypatch):
     """Kumar et al. (2023): the lazier the training (larger alpha), the later the test accuracy passes 90%."""
     monkeypatch.setenv("OWIDTH_NO_PROGRESS", "1")

@@ -116,7 +116,7 @@ def _linear_net(depth):
     return ow.serial(*layers, ow.Dense(out=1, w_std=1.1))
 
 
-@pytest.mark.parametrize("depth", [1, 2, 3])
+@pytest.mark.parametrize("depth", [1, 2, pytest.param(3, marks=pytest.mark.slow)])
 def test_monte_carlo_agrees_with_exact_linear_solver(depth):
     """The sampled function-space solver on a deep linear net is within its own error bars of the exact one
     (depth 1: no response functions; 2: A^1 and B^1; 3: a middle layer with both kinds of tangents).
@@ -132,6 +132,7 @@ def test_monte_carlo_agrees_with_exact_linear_solver(depth):
     assert np.all(np.abs(mc.phi - exact.phi) < 4 * mc.phi_se + 1e-3)
 
 
+@pytest.mark.slow
 def test_monte_carlo_rich_regime_needs_both_responses():
     """gamma0 = 2, 12 steps: dropping B^1 from the sweep moves the outputs by up to 0.023 and dropping A^1 by
     0.27 (measured with the same draws); without B^1 this comparison failed for each of seeds 0-5 by a factor
@@ -148,6 +149,7 @@ def test_monte_carlo_rich_regime_needs_both_responses():
 TANH = ow.serial(ow.Dense(w_std=1.2), ow.Tanh(), ow.Dense(w_std=1.3), ow.Tanh(), ow.Dense(out=1, w_std=1.1))
 
 
+@pytest.mark.slow
 def test_tanh_lazy_limit_is_ntk_gradient_descent():
     """2 hidden tanh layers, gamma0 -> 0: the sampled DMFT is NTK gradient descent with the analytic tanh NTK.
 
@@ -164,6 +166,7 @@ def test_tanh_lazy_limit_is_ntk_gradient_descent():
     assert np.abs(r.ntk[0] - k.ntk).max() < 0.05 * np.abs(k.ntk).max()  # sampled K(0) vs the analytic NTK
 
 
+@pytest.mark.slow
 def test_causal_blocks_change_nothing(monkeypatch):
     """The sweep runs the tangents on growing leading corners (causality); one block gives the same numbers."""
     from owidth.meanfield import nonlinear

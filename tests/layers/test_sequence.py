@@ -124,6 +124,7 @@ def test_kernel_monte_carlo(n_nets, width):
     assert np.all(np.abs(mean - k) <= 4 * se + 4.0 / width * np.abs(k)), (mean, k, se)
 
 
+@pytest.mark.slow
 def test_train_next_token_labels_per_position():
     x, y = TOKENS, np.roll(TOKENS, -1, axis=1)
     net = ow.transformer(depth=1, heads=2, vocab=VOCAB, last_only=False)

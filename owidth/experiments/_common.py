@@ -6,7 +6,7 @@ import numpy as np
 
 from owidth._progress import progress
 
-__all__ = ["digits", "fit_loglog", "progress"]
+__all__ = ["digits", "fit_loglog", "progress", "transfers"]
 
 
 def fit_loglog(x: np.ndarray, y: np.ndarray, *, seed: int = 0, n_boot: int = 500) -> dict:
@@ -36,3 +36,10 @@ def digits(seed: int, *, n_test: int = 397):
     order = np.random.default_rng(seed).permutation(len(x))
     x, y = x[order], data.target[order]
     return x[n_test:], y[n_test:], x[:n_test], y[:n_test]
+
+
+def transfers(summary: dict) -> bool:
+    """muTransfer's verdict (Yang et al. 2022): the best learning rate moves at most one grid step
+    across widths under muP and more than one under SP."""
+    return abs(summary["mup"]["shift_grid_steps"]) <= 1 and abs(summary["sp"]["shift_grid_steps"]) > 1
+

@@ -19,7 +19,7 @@ import pathlib
 import numpy as np
 
 import owidth as ow
-from owidth.experiments._common import digits
+from owidth.experiments._common import digits, transfers
 
 __all__ = ["best_lr_index", "run", "summarize", "BASE"]
 
@@ -94,7 +94,7 @@ def summarize(ds, out: pathlib.Path) -> dict:
                  "learning rate is width-stable under muP (Yang et al. 2022)", fontsize=10)
     fig.savefig(out / "mutransfer.png", dpi=150)
     plt.close(fig)
-    ok = abs(summary["mup"]["shift_grid_steps"]) <= 1 and abs(summary["sp"]["shift_grid_steps"]) > 1
+    ok = transfers(summary)
     print(f"mutransfer: best lr (final train loss) from n={widths[0]} to n={widths[-1]} moves "
           f"{summary['mup']['shift_grid_steps']:+d} grid steps under muP and {summary['sp']['shift_grid_steps']:+d} "
           f"under SP (grid factor 2; by test loss {summary['mup']['test_shift_grid_steps']:+d} and "

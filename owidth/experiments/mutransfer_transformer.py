@@ -21,6 +21,7 @@ import pathlib
 import numpy as np
 
 import owidth as ow
+from owidth.experiments._common import transfers
 from owidth.experiments.mutransfer import best_lr_index
 from owidth.experiments.sequences import markov_chain
 
@@ -84,7 +85,7 @@ def summarize(ds, out: pathlib.Path) -> dict:
                  "width-stable under muP (Yang et al. 2022)", fontsize=10)
     fig.savefig(out / "mutransfer_transformer.png", dpi=150)
     plt.close(fig)
-    ok = abs(summary["mup"]["shift_grid_steps"]) <= 1 and abs(summary["sp"]["shift_grid_steps"]) > 1
+    ok = transfers(summary)
     print(f"mutransfer-transformer: best lr from n={widths[0]} to n={widths[-1]}: muP {summary['mup']['best_lr']} "
           f"({summary['mup']['shift_grid_steps']:+d} grid steps), SP {summary['sp']['best_lr']} "
           f"({summary['sp']['shift_grid_steps']:+d}); muP within one step and SP beyond: {ok}")

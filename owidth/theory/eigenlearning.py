@@ -58,6 +58,21 @@ __all__ = ["KRRTheory", "RFTheory", "eigenlearning", "pool_spectrum", "random_fe
 
 @dataclasses.dataclass(frozen=True)
 class KRRTheory:
+    """Kernel ridge regression's predicted generalisation (:func:`eigenlearning`).
+
+    Attributes:
+      kappa: the effective regulariser, the root of ``sum_i lambda_i / (lambda_i + kappa) + delta / kappa = n``.
+      e0: the overfitting coefficient ``n / (n - sum_i L_i^2)``.
+      learnability: ``L_i = lambda_i / (lambda_i + kappa)`` per eigenmode.
+      test_mse: the population test MSE against the clean target f*.
+
+    References:
+      - Simon et al. 2021, The Eigenlearning Framework: A Conservation Law Perspective on Kernel Regression
+        and Wide Neural Networks. <https://arxiv.org/abs/2110.03922>
+      - Bordelon, Canatar & Pehlevan 2020, Spectrum Dependent Learning Curves in Kernel Regression and Wide
+        Neural Networks. <https://arxiv.org/abs/2002.02561>
+    """
+
     kappa: float
     e0: float
     learnability: np.ndarray
@@ -66,6 +81,21 @@ class KRRTheory:
 
 @dataclasses.dataclass(frozen=True)
 class RFTheory:
+    """Random-feature ridge regression's predicted generalisation (:func:`random_feature_risk`).
+
+    Attributes:
+      kappa: the effective regulariser ``gamma (1 - df1(gamma) / N)``.
+      gamma: the feature-averaged scale solving ``n = df1(gamma) + delta / kappa``.
+      e0: the overfitting coefficient ``n / (n - tr A^2 (A + kappa)^-2)`` (diverges at N = n, delta -> 0).
+      test_mse: the population test MSE against the clean target f*.
+
+    References:
+      - Simon et al. 2023, More is Better in Modern Machine Learning: when Infinite Overparameterization is
+        Optimal and Overfitting is Obligatory. <https://arxiv.org/abs/2311.14646>
+      - Atanasov, Zavatone-Veth & Pehlevan 2024, Scaling and Renormalization in High-Dimensional Regression.
+        <https://arxiv.org/abs/2405.00592>
+    """
+
     kappa: float
     gamma: float
     e0: float

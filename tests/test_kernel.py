@@ -151,6 +151,26 @@ def _float32_input_grad(net, x):
         return np.asarray(jax.grad(lambda a: ow.kernel(net, a).ntk.sum())(jnp.asarray(x, jnp.float32)))
 
 
+def _relu_mlp_kernels_numpy(x, depth, w, b):
+    """The arc-cosine recursion (Cho & Saul 2009; NTK: Jacot et al. 2018) in float64 numpy, for
+    ``mlp(ow.Relu(), depth, w, b)``: an independent reference written from the formulas."""
+    k = w * w * (x @ x.T) / x.shape[1] + b * b
+    theta = k.copy()
+    for layer in range(1, depth + 1):  # act -> Dense, the last Dense the readout (w_std=1, b_std=0.1)
+        wl, bl = (w, b) if layer < depth else (1.0, 0.1)
+        d = np.sqrt(np.diag(k))
+        rho = np.clip(k / np.outer(d, d), -1.0, 1.0)
+        # identical inputs (the diagonal, the duplicate) correlate exactly 1: a rounding of 1 ulp in rho
+        # would be an angle of 1e-8 (arccos is ill-conditioned there)
+        rho = np.where(rho > 1 - 1e-13, 1.0, rho)
+        ang = np.arccos(rho)
+        t = np.outer(d, d) * (np.sin(ang) + (np.pi - ang) * rho) / (2 * np.pi)
+        tdot = (np.pi - ang) / (2 * np.pi)
+        k = wl * wl * t + bl * bl
+        theta = k + wl * wl * tdot * theta
+    return k, theta
+
+
 def test_deep_relu_float32_no_nan_and_psd():
     """Depth 100: correlations pile up near 1 (0.998 off the duplicate), where arccos is ill-conditioned."""
     net = mlp(ow.Relu(), depth=100, b=0.1**0.5)
@@ -162,12 +182,22 @@ def test_deep_relu_float32_no_nan_and_psd():
         m = np.asarray(m, np.float64)
         assert np.all(np.isfinite(m))
         assert np.linalg.eigvalsh(m).min() >= -1e-6 * np.trace(m)
-    # float32 agrees with float64 to float32 accuracy
-    k64 = ow.kernel(net, x)
-    np.testing.assert_allclose(k.ntk, k64.ntk, rtol=1e-4)
+    # float32 agrees with the float64 recursion to float32 accuracy
+    nngp64, ntk64 = _relu_mlp_kernels_numpy(x, 100, R2, 0.1**0.5)
+    np.testing.assert_allclose(k.nngp, nngp64, rtol=1e-4)
+    np.testing.assert_allclose(k.ntk, ntk64, rtol=1e-4)
     # the input gradient through the exact-1 correlation of the duplicate: finite (depth 100 in the
     # slow test below; its compilation alone takes ~100 s of CPU)
     assert np.all(np.isfinite(_float32_input_grad(mlp(ow.Relu(), depth=10, b=0.1**0.5), x)))
+
+
+def test_relu_recursion_reference_is_the_float64_kernel():
+    """The numpy reference above is the library's float64 kernel at a depth that compiles quickly."""
+    x = _deep_relu_inputs()
+    nngp, ntk = _relu_mlp_kernels_numpy(x, 4, R2, 0.1**0.5)
+    k = ow.kernel(mlp(ow.Relu(), depth=4, b=0.1**0.5), x)
+    np.testing.assert_allclose(k.nngp, nngp, rtol=1e-12)
+    np.testing.assert_allclose(k.ntk, ntk, rtol=1e-12)
 
 
 @pytest.mark.slow  # ~100 s of CPU compiling the gradient of a 100-layer kernel

@@ -75,7 +75,8 @@ SCRIPT = textwrap.dedent("""
 
 
 def test_four_fake_cpu_devices_equal_one(tmp_path):
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu",
+           "JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}  # compile-bound, as the default suite (tests/conftest.py)
     script = SCRIPT.format(here=str(pathlib.Path(__file__).parent), tests=str(pathlib.Path(__file__).parents[1]),
                            tmp=str(tmp_path))
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,

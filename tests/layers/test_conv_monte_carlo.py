@@ -59,8 +59,8 @@ CASES = {
 SLOW_CASES = ("cnn2-flatten", "cnn2-avgpool-gap")  # with the slow tests; the one-conv cases stay by default
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_CASES else n
-                                  for n in sorted(CASES)])
+@pytest.mark.parametrize("name", [pytest.param(n, marks=[pytest.mark.slow, pytest.mark.compute_bound])
+                                  if n in SLOW_CASES else n for n in sorted(CASES)])
 def test_cnn_kernels_match_monte_carlo(name):
     net, size, width, ntk = CASES[name]
     # NNGP-only cases are cheap per network: more of them (entries are correlated, so a 1-in-100
@@ -91,7 +91,8 @@ MLP_CASES = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(MLP_CASES))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.compute_bound) if n.startswith("residual") else n
+                                  for n in sorted(MLP_CASES)])
 def test_mlp_kernels_match_monte_carlo(name):
     # LayerNorm's NTK has an O(1/width) bias: measured z up to 5.3 at width 256 with M = 4000,
     # 2.7 at width 1024 (bias/SE ~ width^-1/2 sqrt(M)); width 512 with M = 400 keeps it near 1.

@@ -18,7 +18,8 @@ import numpy as np
 __all__ = [
     "as_float_array", "same_features", "positive_int", "field", "convert", "convert_fields", "hyper", "std", "real",
     "nonneg_float", "positive", "integer", "int_tuple", "padding", "boolean", "optional_positive", "function",
-    "positive_number", "nonneg_int",
+    "positive_number", "nonneg_int", "gram_in_range", "finite_values", "nonneg_number", "same_feature_shape",
+    "positive_ints",
 ]
 
 
@@ -41,10 +42,43 @@ def as_float_array(name: str, x, *, where: str, rank: int | None = 2, cast: bool
                          "Add a batch axis, e.g. x[None].")
     if arr.shape[0] == 0:
         raise ValueError(f"{where}: {name} is empty (shape {tuple(arr.shape)}); pass at least one input")
-    if not isinstance(arr, jax.core.Tracer) and not np.all(np.isfinite(np.asarray(arr))):
+    if math.prod(arr.shape[1:]) == 0:
+        raise ValueError(f"{where}: {name} has no features (shape {tuple(arr.shape)}); each input needs at least "
+                         "one feature")
+    dtype = jnp.result_type(float) if cast else arr.dtype
+    if not isinstance(arr, jax.core.Tracer):
         # checked on the host with numpy: works for concrete arrays even inside an outer trace
-        raise ValueError(f"{where}: {name} contains NaN or Inf; clean or impute the data first")
-    return jnp.asarray(arr, dtype=jnp.result_type(float)) if cast else jnp.asarray(arr)
+        host = np.asarray(arr)
+        if not np.all(np.isfinite(host)):
+            raise ValueError(f"{where}: {name} contains NaN or Inf; clean or impute the data first")
+        with np.errstate(over="ignore"):
+            overflows = np.dtype(dtype).kind == "f" and not np.all(np.isfinite(host.astype(dtype)))
+        if overflows:
+            raise ValueError(
+                f"{where}: {name} holds values beyond the range of {np.dtype(dtype).name} (|{name}| up to "
+                f"{np.max(np.abs(host)):.3g} > {float(jnp.finfo(dtype).max):.3g}): rescale the data, or enable "
+                "float64 with jax.config.update('jax_enable_x64', True)")
+    return jnp.asarray(arr, dtype=dtype) if cast else jnp.asarray(arr)
+
+
+def gram_in_range(name: str, x: jax.Array, *, where: str) -> None:
+    """Refuse inputs whose second moments ``|x|^2 / d`` overflow ``x``'s dtype (the first layer's
+    covariances, from which every kernel entry is built: they would be Inf and the kernel NaN).
+    Concrete inputs only (under an outer trace the values are unknown)."""
+    if isinstance(x, jax.core.Tracer) or not jnp.issubdtype(x.dtype, jnp.floating):
+        return
+    host = np.asarray(x, dtype=np.float64)
+    scale = np.max(np.abs(host))
+    if scale == 0:
+        return
+    # |x|^2 / d <= max|x|^2: in range when max|x| < sqrt(max) (with room for the layers' w_std^2 factors)
+    limit = math.sqrt(float(jnp.finfo(x.dtype).max)) * 0.1
+    if scale > limit:
+        raise ValueError(
+            f"{where}: {name} has entries up to {scale:.3g}: its second moments |{name}|^2 / d (the first layer's "
+            f"covariances) overflow {np.dtype(x.dtype).name} (max {float(jnp.finfo(x.dtype).max):.3g}). Rescale the "
+            f"data (e.g. divide by {scale:.3g}; the kernels of homogeneous nets such as ReLU MLPs scale with it)"
+            + (", or enable float64 with jax.config.update('jax_enable_x64', True)" if x.dtype == jnp.float32 else ""))
 
 
 def positive_number(name: str, value, *, where: str, what: str = "") -> float:
@@ -179,14 +213,15 @@ def integer(cls: str, name: str, value) -> int:
 
 def int_tuple(cls: str, name: str, value, n: int | None = None) -> tuple[int, ...]:
     """A tuple of positive ints (an int is repeated ``n`` times); ``n``: the required length."""
-    if isinstance(value, int) and not isinstance(value, bool):
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
         value = (value,) * (n or 1)
     try:
         value = tuple(value)
     except TypeError as err:
         raise TypeError(f"{cls}({name}=...) must be an int or a tuple of ints, got {value!r}") from err
-    if not value or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
+    if not value or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0 for v in value):
         raise ValueError(f"{cls}({name}={value!r}) must hold positive ints")
+    value = tuple(int(v) for v in value)
     if n is not None and len(value) != n:
         raise ValueError(f"{cls}({name}={value!r}) must have {n} entries, one per spatial axis")
     return value
@@ -210,14 +245,72 @@ def optional_positive(cls: str, name: str, value):
 
 
 def _positive_out(cls: str, name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{cls}({name}=...) must be an int or None (hidden), got {value!r}")
     if value <= 0:
         raise ValueError(f"{cls}({name}={value}) must be positive; leave {name}=None for a hidden layer")
-    return value
+    return int(value)
 
 
 def function(cls: str, name: str, value):
     if not callable(value):
         raise TypeError(f"{cls}({name}=...) must be callable, got {value!r}")
     return value
+
+
+def finite_values(name: str, x, *, where: str):
+    """``x`` (array or number) must hold finite real numbers: ``ValueError`` on NaN/Inf, ``TypeError`` on
+    non-numbers. Checked on the host for concrete values; a tracer passes unchecked. Returns ``x``."""
+    if isinstance(x, jax.core.Tracer):
+        return x
+    try:
+        arr = np.asarray(x)
+    except Exception as err:  # noqa: BLE001 - re-raised with context
+        raise TypeError(f"{where}: {name} must be an array of numbers, got {type(x).__name__}") from err
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"{where}: {name} must hold real numbers, got dtype {arr.dtype}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{where}: {name} contains NaN or Inf; remove or replace them first (for a kernel: check "
+                         "the inputs and hyperparameters it was computed from)")
+    return x
+
+
+def nonneg_number(name: str, value, *, where: str, below: float | None = None, what: str = ""):
+    """A finite real number ``>= 0`` (and ``< below`` when given): a Python or NumPy number or a concrete
+    0-d array, returned as a Python float; a JAX tracer (e.g. under ``jax.grad``) passes unchecked.
+    ``TypeError`` for a non-number, ``ValueError`` for NaN, Inf or a value out of range."""
+    if isinstance(value, jax.core.Tracer):
+        return value
+    if isinstance(value, (np.ndarray, np.generic, jax.Array)) and np.ndim(value) == 0 \
+            and np.asarray(value).dtype.kind in "iuf":
+        value = np.asarray(value).item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{where}: {name} must be a real number, got {type(value).__name__} {value!r}")
+    rng = ">= 0" if below is None else f"in [0, {below:g})"
+    if not (math.isfinite(value) and value >= 0 and (below is None or value < below)):
+        raise ValueError(f"{where}: {name} must be a finite number {rng}{what}, got {value!r}")
+    return float(value)
+
+
+def same_feature_shape(name1: str, x1, name2: str, x2, *, where: str) -> None:
+    """``x2`` (may be None) must have the feature shape (all axes but the first) of ``x1``; the message
+    names both arguments, e.g. ``x_train`` and ``x_test``."""
+    if x2 is not None and tuple(x1.shape[1:]) != tuple(x2.shape[1:]):
+        raise ValueError(
+            f"{where}: {name2} must have the same feature shape as {name1}, {tuple(x1.shape[1:])}, got "
+            f"{tuple(x2.shape[1:])} ({name1} has shape {tuple(x1.shape)}, {name2} {tuple(x2.shape)})")
+
+
+def positive_ints(name: str, value, *, where: str) -> tuple[int, ...]:
+    """One positive int or a non-empty sequence of distinct positive ints (NumPy ints too), as a tuple:
+    ``TypeError`` for other types, ``ValueError`` for an empty list, duplicates or values <= 0."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        value = (value,)
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple, range, np.ndarray)) \
+            or (isinstance(value, np.ndarray) and value.ndim != 1):
+        raise TypeError(f"{where}: {name} must be a positive int or a list of positive ints, got "
+                        f"{type(value).__name__} {value!r}")
+    values = tuple(positive_int(name, v, where=where) for v in value)
+    if not values or len(set(values)) != len(values):
+        raise ValueError(f"{where}: {name} must be a non-empty list without duplicates, got {list(values)}")
+    return values

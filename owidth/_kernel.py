@@ -16,6 +16,7 @@ from owidth._caches import cached
 from owidth.kernels import hyper, tiles
 from owidth.kernels.state import Kernel, KState, VarTape
 from owidth.layers._base import Layer, walk_all, walk_any
+from owidth.layers.sequence import check_tokens
 
 __all__ = ["kernel"]
 
@@ -302,13 +303,34 @@ def kernel(net, x1, x2=None, *, get=("nngp", "ntk"), batch_size: int | str | Non
     if x2 is not None:
         x2 = _checks.as_float_array("x2", x2, where="ow.kernel", rank=rank)
         _checks.same_features(x1, x2, where="ow.kernel")
+    for name, x in (("x1", x1), ("x2", x2)):
+        if x is not None:
+            _checks.gram_in_range(name, x, where="ow.kernel")
+            check_tokens(net, x, name=name, where="ow.kernel")
     _check_structure(net, get, x2 is None, tuple(x1.shape[1:]))
     size = _tile_size(net, x1, x2, batch_size, memory_budget)
     if size is None:
-        return _kernel(net, x1, x2, get)
+        return _finite(_kernel(net, x1, x2, get))
     full = _spatial_info(net)[1]
-    return tiles.tiled(_kernel_auto, net, x1, x2, get, size, full=full, pixel=full and walk_all(net, "pixel_var"),
-                       progress_bar=progress_bar)
+    return _finite(tiles.tiled(_kernel_auto, net, x1, x2, get, size, full=full,
+                               pixel=full and walk_all(net, "pixel_var"), progress_bar=progress_bar))
+
+
+def _finite(k: Kernel) -> Kernel:
+    """``k``, or a ``FloatingPointError`` if a concrete kernel holds Inf/NaN: the layers' variances
+    overflowed the dtype (they grow by ``w_std^2 E phi'(u)^2`` per layer in the ordered phase's
+    complement). One fused reduction over the result; skipped under an outer trace (``jax.jit``,
+    ``jax.grad``), where values are not known."""
+    arrays = [a for a in (k.nngp, k.ntk) if a is not None]
+    if any(isinstance(a, jax.core.Tracer) for a in arrays):
+        return k
+    if not bool(jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in arrays]))):
+        dtype = arrays[0].dtype
+        raise FloatingPointError(
+            f"ow.kernel: the kernel overflowed {dtype} (Inf/NaN entries): the pre-activation variances grow "
+            f"layer by layer beyond {float(jnp.finfo(dtype).max):.3g}. Rescale the inputs or lower w_std, use fewer "
+            "layers, or enable float64 with jax.config.update('jax_enable_x64', True).")
+    return k
 
 
 @cached(maxsize=256)

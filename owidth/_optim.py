@@ -33,14 +33,28 @@ updates ("sgd") or entrywise-normalised updates ("adam")."""
 
 def family(optimizer: str, *, where: str) -> str:
     """``"sgd"`` or ``"adam"``: which learning-rate exponents apply to ``optimizer``."""
+    if not isinstance(optimizer, str):
+        raise TypeError(f"{where}: optimizer must be a string, one of {sorted(OPTIMIZERS)}, got "
+                        f"{type(optimizer).__name__} {optimizer!r}")
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"{where}: optimizer={optimizer!r} is not known; use one of {sorted(OPTIMIZERS)}")
     return OPTIMIZERS[optimizer]
 
 
-def check(optimizer: str, *, weight_decay: float = 0.0, where: str) -> str:
-    """Validate a configuration before anything is traced; returns the family."""
+def check(optimizer: str, *, weight_decay: float = 0.0, momentum: float = 0.9, eps: float = 1e-8,
+          where: str, eps_name: str = "eps") -> str:
+    """Validate a configuration before anything is traced; returns the family.
+
+    ``weight_decay`` must be finite and >= 0, ``momentum`` in [0, 1) (a decay of 1 or more never forgets a
+    gradient), Adam's ``eps`` finite and >= 0 (``eps_name``: its name in the caller's signature). A NaN
+    would otherwise surface as a "diverged" run after compiling, a negative ``eps`` as a silently wrong
+    update."""
+    from owidth import _checks
+
     fam = family(optimizer, where=where)
+    _checks.nonneg_number("weight_decay", weight_decay, where=where)
+    _checks.nonneg_number("momentum", momentum, where=where, below=1.0)
+    _checks.nonneg_number(eps_name, eps, where=where, what=" (Adam's epsilon)")
     if weight_decay and optimizer == "adam":
         raise ValueError(f"{where}: weight_decay with optimizer='adam' is ambiguous; use optimizer='adamw' (decoupled)")
     return fam
@@ -78,7 +92,7 @@ def make(optimizer: str, *, lr, scales: Any, weight_decay: float = 0.0, momentum
     """
     import optax
 
-    fam = check(optimizer, weight_decay=weight_decay, where=where)
+    fam = check(optimizer, weight_decay=weight_decay, momentum=momentum, eps=eps, where=where)
     parts = []
     if weight_decay and fam == "sgd":  # L2 penalty on the gradient
         parts.append(optax.add_decayed_weights(weight_decay))

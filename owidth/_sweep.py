@@ -9,10 +9,11 @@ program, so they are the natural unit of work and of persistence.
 
 What is persisted, in ``out_dir``:
 
-* ``manifest.json``: the sweep's *fingerprint* (a SHA-256 of a canonical JSON
-  description of the configuration, see :meth:`Sweep.describe`), that
-  description itself, the list of groups (file name and labels) and, for each
-  finished group, the SHA-256 of its file.
+* ``manifest.json``: its format version (``owidth_sweep_format``), the
+  sweep's *fingerprint* (a SHA-256 of a canonical JSON description of the
+  configuration, see :meth:`Sweep.describe`), that description itself, the
+  list of groups (file name and labels) and, for each finished group, the
+  SHA-256 of its file.
 * ``group-NNNN_width<w>[_<axis><label>...].nc``: one netCDF file per finished
   group, with dims ``(width, [extra axes], seed, lr, alpha|gamma0, step)``
   (each of length 1 on width and the extra axes) and the attrs
@@ -33,13 +34,32 @@ beside it -- e.g. a first attempt that failed on bad data -- is replaced.)
 A group file that exists but is missing from the manifest (a crash between
 the two writes) is checked and adopted. Leftover temporary files
 (``.group-*.tmp``) are deleted. Only netCDF and JSON are written (never
-pickle). Run one process per ``out_dir`` at a time (there is no lock).
+pickle).
+
+A manifest is checked in full when it is read, by :func:`run_sweep` and
+:func:`load_sweep` alike: every field and type, and every group file name must
+be exactly the name the sweep gives that group (``group-NNNN_width<w>...nc``:
+no path separator, so never a file outside the folder; a group file that is a
+link resolving outside the folder is refused too). A manifest that fails
+raises ``ValueError`` saying what is wrong.
+
+While :func:`run_sweep` runs, it holds an operating-system file lock on
+``out_dir/.sweep.lock`` (:mod:`filelock`; released, and the file removed, when
+it returns or fails; the lock of a killed process is released by the system).
+A second run into the same folder meanwhile raises ``RuntimeError`` at once
+instead of training the same groups twice. :func:`load_sweep` takes no lock.
+
+A write that fails (disk full, permissions, a read-only folder) raises an
+``OSError`` (``RuntimeError`` for the netCDF library's own errors) "could not
+write <file>: <reason>; nothing was lost: rerun to resume", the original
+error chained: the finished groups are on disk and a rerun trains the rest.
 
 The fingerprint covers the widths, learning rates, seeds, richness values,
 steps, the parametrization's exponents, the optimizer, every ``ow.train``
 option, the ``extra`` axes, the network's ``repr`` (with memory addresses
 removed) and the data (SHA-256 of each array's bytes, with its dtype and
-shape); not ``members_per_batch``, which does not change results.
+shape); not ``members_per_batch``: results with different values are equal up
+to floating-point reassociation (~1e-15).
 Callables cannot be hashed stably across processes: metric functions enter
 by their qualified name (``module.qualname``), functions inside the net by
 the name in its ``repr``, so editing a function's body without renaming it
@@ -54,6 +74,7 @@ References:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import inspect
@@ -85,6 +106,11 @@ _OPTIONS = ("param", "optimizer", "center", "loss", "batch_size", "record_every"
             "adam_eps", "linearized", "metrics", "record_outputs", "members_per_batch")
 _OPTION_DEFAULTS = {k: _TRAIN_DEFAULTS[k] for k in _OPTIONS}
 _TMP = re.compile(r"^\.group-.*\.tmp$|^\.manifest\.json\..*\.tmp$")
+# held by a running ow.run_sweep; neither a group file (*.nc) nor a temporary file (_TMP)
+_LOCK = ".sweep.lock"
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+# the fields of manifest.json, all required (format 1)
+_MANIFEST_FIELDS = ("owidth_sweep_format", "fingerprint", "config", "rich_name", "extra_axes", "groups", "done")
 
 
 # --------------------------------------------------------------------------- #
@@ -261,11 +287,7 @@ class Sweep:
 
     def __post_init__(self):
         setf = lambda name, v: object.__setattr__(self, name, v)  # noqa: E731
-        widths = [self.widths] if isinstance(self.widths, (int, np.integer)) and not isinstance(self.widths, bool) \
-            else list(self.widths)
-        widths = tuple(_checks.positive_int("widths", w, where=_WHERE) for w in widths)
-        if not widths or len(set(widths)) != len(widths):
-            raise ValueError(f"{_WHERE}: widths must be a non-empty list without duplicates, got {list(widths)}")
+        widths = _checks.positive_ints("widths", self.widths, where=_WHERE)
         setf("widths", widths)
         setf("steps", _checks.positive_int("steps", self.steps, where=_WHERE))
         # every ow.train argument is checked as ow.train checks it: the sweep builds its plan
@@ -313,7 +335,8 @@ class Sweep:
     def describe(self) -> dict:
         """The canonical JSON description the fingerprint hashes (also stored in the manifest)."""
         plan = self._plan
-        options = {k: v for k, v in self._options().items() if k != "members_per_batch"}  # results do not depend on it
+        # members_per_batch changes results only by floating-point reassociation (~1e-15): not part of the config
+        options = {k: v for k, v in self._options().items() if k != "members_per_batch"}
         return {
             "format": _FORMAT,
             "net": _ADDRESS.sub("", repr(self.net)),
@@ -340,9 +363,7 @@ class Sweep:
         for i, combo in enumerate(itertools.product(self.widths, *(self.extra[a] for a in axes))):
             width, picks = combo[0], combo[1:]
             labels = {a: lab for a, (lab, _) in zip(axes, picks)}
-            slug = "".join(f"_{a}{lab}" for a, lab in labels.items())
-            name = re.sub(r"[^A-Za-z0-9._=-]", "-", f"group-{i:04d}_width{width}{slug}") + ".nc"
-            out.append({"name": name, "width": width, "labels": labels,
+            out.append({"name": _group_name(i, width, labels, axes), "width": width, "labels": labels,
                         "kwargs": {a: v for a, (_, v) in zip(axes, picks)}})
         return out
 
@@ -366,16 +387,33 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def _write_error(path: Path, err: BaseException) -> Exception:
+    """What a failed write of ``path`` re-raises (``raise _write_error(path, err) from err``): an ``OSError``
+    (with ``err``'s errno) for an ``OSError``, else a ``RuntimeError`` (the netCDF library's HDF errors)."""
+    msg = f"{_WHERE}: could not write {path}: {type(err).__name__}: {err}; nothing was lost: rerun to resume"
+    if not isinstance(err, OSError):
+        return RuntimeError(msg)
+    new = OSError(msg)
+    new.errno = err.errno
+    return new
+
+
 def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """``write(tmp)`` to a temporary file beside ``path``, fsync it, then ``os.replace`` it onto ``path``.
+
+    A failure (``OSError``, or ``RuntimeError`` from the netCDF library) raises :func:`_write_error`; ``path``
+    is then untouched and the temporary file removed (or, if even that fails, removed by the next run)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:
+        raise _write_error(path, err) from err
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        with contextlib.suppress(OSError):  # e.g. a read-only folder: the next run deletes it (_TMP)
+            tmp.unlink(missing_ok=True)
 
 
 def _write_json(path: Path, obj) -> None:
@@ -386,6 +424,24 @@ def _write_json(path: Path, obj) -> None:
 
 def _group_key(width: int, labels: Mapping) -> str:
     return json.dumps({"width": width, **labels}, sort_keys=True)
+
+
+def _group_name(index: int, width: int, labels: Mapping, axes: Sequence[str]) -> str:
+    """The file name of group ``index`` (labels in ``axes`` order): ``group-NNNN_width<w>[_<axis><label>...].nc``
+    with every character outside ``[A-Za-z0-9._=-]`` replaced by ``-``, so never a path separator.
+    The only names a manifest may give (:func:`_manifest_problem`)."""
+    slug = "".join(f"_{a}{labels[a]}" for a in axes)
+    return re.sub(r"[^A-Za-z0-9._=-]", "-", f"group-{index:04d}_width{width}{slug}") + ".nc"
+
+
+def _group_path(out: Path, name: str) -> Path:
+    """``out / name``, refused (``ValueError``) unless it resolves (links followed) to a file directly in ``out``."""
+    path = out / name
+    if "/" in name or "\\" in name or os.sep in name or path.resolve().parent != out.resolve():
+        raise ValueError(f"{_WHERE}: group file {path} resolves to {path.resolve()}, outside {out.resolve()}; a "
+                         "sweep folder holds its group files itself: replace the link by the file it points to "
+                         "(or move that file into the folder) and rerun")
+    return path
 
 
 def _expected_coords(sweep: Sweep, group: dict) -> dict:
@@ -425,17 +481,124 @@ def _open_group(path: Path, sweep: Sweep, fingerprint: str, group: dict, sha: st
     return ds
 
 
+def _short(v) -> str:
+    r = repr(v)
+    return r if len(r) <= 80 else r[:77] + "..."
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _manifest_problem(m) -> str | None:
+    """What is wrong with a parsed ``manifest.json`` (``None`` if nothing): every field :func:`run_sweep`
+    writes, with its type; group names exactly :func:`_group_name`'s; groups forming the grid
+    ``width x extra axes`` in run order (as :func:`load_sweep` assembles them); ``done`` naming only groups."""
+    if not isinstance(m, dict):
+        return f"expected a JSON object, got {type(m).__name__}"
+    if "owidth_sweep_format" not in m:  # every owidth that wrote manifests wrote it
+        return "no owidth_sweep_format field (every manifest ow.run_sweep writes has one)"
+    if not _is_int(m["owidth_sweep_format"]) or m["owidth_sweep_format"] != _FORMAT:
+        return f"owidth_sweep_format must be {_FORMAT}, got {_short(m['owidth_sweep_format'])}"
+    missing = [k for k in _MANIFEST_FIELDS if k not in m]
+    if missing:
+        return f"missing field(s) {missing}"
+    unknown = sorted(set(m) - set(_MANIFEST_FIELDS))
+    if unknown:
+        return f"unknown field(s) {unknown}"
+    if not isinstance(m["fingerprint"], str) or not _SHA256.match(m["fingerprint"]):
+        return f"fingerprint must be a SHA-256 (64 lowercase hex digits), got {_short(m['fingerprint'])}"
+    if not isinstance(m["config"], dict):
+        return f"config must be an object, got {type(m['config']).__name__}"
+    if m["rich_name"] not in ("alpha", "gamma0"):
+        return f"rich_name must be 'alpha' or 'gamma0', got {_short(m['rich_name'])}"
+    axes = m["extra_axes"]
+    if not isinstance(axes, list) or not all(isinstance(a, str) and a in _EXTRA_OK for a in axes) \
+            or len(set(axes)) != len(axes):
+        return f"extra_axes must be a list of distinct keywords among {list(_EXTRA_OK)}, got {_short(axes)}"
+    groups = m["groups"]
+    if not isinstance(groups, list) or not groups:
+        return f"groups must be a non-empty list, got {_short(groups)}"
+    for i, g in enumerate(groups):
+        if not isinstance(g, dict) or sorted(g) != ["labels", "name", "width"]:
+            return f"groups[{i}] must be an object with the fields name, width and labels, got {_short(g)}"
+        if not _is_int(g["width"]) or g["width"] < 1:
+            return f"groups[{i}].width must be a positive integer, got {_short(g['width'])}"
+        labels = g["labels"]
+        if not isinstance(labels, dict) or sorted(labels) != sorted(axes) or not all(
+                isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in labels.values()):
+            return f"groups[{i}].labels must map each of extra_axes {axes} to a string or a number, got {_short(labels)}"
+        name = _group_name(i, g["width"], labels, axes)
+        if g["name"] != name:
+            return f"groups[{i}].name is {_short(g['name'])}, expected {name!r} (the name the sweep gives this group)"
+    for a in axes:
+        if len({isinstance(g["labels"][a], str) for g in groups}) > 1:
+            return f"the labels of extra axis {a!r} mix strings and numbers"
+    # JSON text of each coordinate: equal for equal values (NaN included)
+    keys = [tuple(json.dumps(v) for v in (g["width"], *(g["labels"][a] for a in axes))) for g in groups]
+    grid = list(itertools.product(*(dict.fromkeys(k[j] for k in keys) for j in range(1 + len(axes)))))
+    if keys != grid:
+        return f"groups do not form the grid {' x '.join(['width', *axes])} in run order"
+    done, names = m["done"], {g["name"] for g in groups}
+    if not isinstance(done, dict):
+        return f"done must be an object {{group file name: SHA-256}}, got {type(done).__name__}"
+    for name, sha in done.items():
+        if name not in names:
+            return f"done names {_short(name)}, which is not one of its groups"
+        if not isinstance(sha, str) or not _SHA256.match(sha):
+            return f"done[{name!r}] must be a SHA-256 (64 lowercase hex digits), got {_short(sha)}"
+    return None
+
+
 def _read_manifest(out: Path) -> dict | None:
+    """``out/manifest.json`` parsed and checked (:func:`_manifest_problem`); ``None`` if there is none."""
     path = out / _MANIFEST
     if not path.exists():
         return None
     try:
         manifest = json.loads(path.read_text())
-        manifest["fingerprint"], manifest["done"]  # noqa: B018
-    except (ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"{_WHERE}: {path} is not a sweep manifest ({err}); point the sweep at a new out_dir "
-                         "or remove the folder") from err
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
+        problem = f"not JSON ({err})"
+    else:
+        version = manifest.get("owidth_sweep_format") if isinstance(manifest, dict) else None
+        if _is_int(version) and version > _FORMAT:
+            raise ValueError(f"{_WHERE}: {path} was written by a newer owidth (sweep format {version}; this one "
+                             f"reads format {_FORMAT}); upgrade owidth to read or resume it")
+        problem = _manifest_problem(manifest)
+    if problem is not None:
+        raise ValueError(f"{_WHERE}: {path} is not a valid sweep manifest: {problem}; it was not written by "
+                         f"ow.run_sweep, or was edited or damaged. Delete it and rerun the same sweep into {out} "
+                         "(its group files are checked against the sweep and kept), or run the sweep into a new "
+                         "out_dir")
     return manifest
+
+
+@contextlib.contextmanager
+def _folder_lock(out: Path):
+    """Hold the operating-system lock ``out/.sweep.lock`` (:class:`filelock.FileLock`) for the block, or raise
+    ``RuntimeError`` at once if another run holds it. On leaving, the file is removed while still locked (a run
+    that opened it meanwhile finds it deleted -- filelock checks -- and fails as held), then the lock released."""
+    from filelock import FileLock, Timeout
+
+    path = out / _LOCK
+    lock = FileLock(str(path), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout as err:
+        raise RuntimeError(
+            f"{_WHERE}: another run holds {out} (lock {path}); two runs into one folder would train the same "
+            f"groups twice. Wait for it to finish, or run this sweep into another out_dir. If no run uses {out} "
+            f"any more (the system releases the lock of a process that died, but not on filesystems without "
+            f"file locks), delete {path} and rerun") from err
+    except OSError as err:
+        raise _write_error(path, err) from err
+    try:
+        yield
+    finally:
+        if os.name == "posix":  # Windows cannot delete an open file; filelock deletes it there on release
+            with contextlib.suppress(OSError):
+                path.unlink()
+        lock.release()
 
 
 def _check_folder(sweep: Sweep, out: Path, manifest: dict | None, config: dict, fingerprint: str) -> None:
@@ -465,8 +628,12 @@ def run_sweep(sweep: Sweep, out_dir: str | os.PathLike, *, progress: bool = True
     checked and skipped; each new group is written atomically (temporary file,
     then ``os.replace``) and recorded in ``manifest.json``. Rerunning a complete
     sweep trains nothing. Raises ``ValueError`` (before training anything) if
-    ``out_dir`` holds a different configuration, a group file that does not
-    open or is not this sweep's, or other netCDF files.
+    ``out_dir`` holds a different configuration, a manifest that is not valid,
+    a group file that does not open or is not this sweep's, or other netCDF
+    files; ``RuntimeError`` at once if another run holds ``out_dir`` (the lock
+    ``out_dir/.sweep.lock``, held while this runs); and ``OSError`` (or
+    ``RuntimeError``) "could not write <file>: <reason>; nothing was lost:
+    rerun to resume" if a write fails.
 
     Examples:
       One group (width 8), 2 seeds x 2 learning rates; a rerun finds the group on disk and trains nothing:
@@ -490,7 +657,16 @@ def run_sweep(sweep: Sweep, out_dir: str | os.PathLike, *, progress: bool = True
       (True, True)
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise _write_error(out, err) from err
+    with _folder_lock(out):
+        return _run_locked(sweep, out, progress=progress)
+
+
+def _run_locked(sweep: Sweep, out: Path, *, progress: bool):
+    """:func:`run_sweep`'s work, with ``out`` existing and locked."""
     config = sweep.describe()  # hashes the data once per run
     fingerprint = _hash_config(config)
     manifest = _read_manifest(out)
@@ -500,12 +676,15 @@ def run_sweep(sweep: Sweep, out_dir: str | os.PathLike, *, progress: bool = True
     _check_folder(sweep, out, manifest, config, fingerprint)
     for p in out.iterdir():  # temporary files of an interrupted write
         if _TMP.match(p.name):
-            p.unlink()
+            try:
+                p.unlink()
+            except OSError as err:
+                raise _write_error(p, err) from err
     groups = sweep.groups()
     done = dict(manifest["done"]) if manifest is not None else {}
     todo = []
     for g in groups:  # check everything on disk before training anything
-        path = out / g["name"]
+        path = _group_path(out, g["name"])
         if path.exists():
             _open_group(path, sweep, fingerprint, g, done.get(g["name"]))
             done.setdefault(g["name"], _sha256_file(path))
@@ -529,7 +708,7 @@ def run_sweep(sweep: Sweep, out_dir: str | os.PathLike, *, progress: bool = True
             bar.set_description(f"ow.sweep width={g['width']}" + "".join(f" {a}={v}" for a, v in g["labels"].items()))
             ds = _train_group(plan, g)
             ds.attrs.update(sweep_fingerprint=fingerprint, sweep_group=_group_key(g["width"], g["labels"]))
-            path = out / g["name"]
+            path = _group_path(out, g["name"])
             _atomic_write(path, lambda tmp, ds=ds: ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4"))
             done[g["name"]] = _sha256_file(path)
             save_manifest()
@@ -555,8 +734,10 @@ def load_sweep(out_dir: str | os.PathLike, *, allow_partial: bool = False):
     Attrs that differ between groups (e.g. ``param``'s exponents along a
     ``param`` axis) are dropped: the axis label names them. Raises
     ``ValueError`` listing the missing groups unless ``allow_partial``, in
-    which case they are NaN with ``status="missing"``. Every file is checked as
-    in :func:`run_sweep` (fingerprint, group, coordinates, SHA-256).
+    which case they are NaN with ``status="missing"``. The manifest is checked
+    first (every field and type; group file names must be the sweep's own, so
+    no file outside ``out_dir`` is ever opened), then every group file as in
+    :func:`run_sweep` (fingerprint, group, SHA-256).
 
     Examples:
       >>> import os, tempfile
@@ -577,6 +758,23 @@ def load_sweep(out_dir: str | os.PathLike, *, allow_partial: bool = False):
       ow.Sweep: ... is incomplete: 1 of 1 groups missing (['group-0000_width8.nc']); rerun the sweep ...
       >>> bool(ds.identical(ran)), ds.train_loss.dims
       (True, ('width', 'seed', 'lr', 'alpha', 'step'))
+
+      A manifest naming a file the sweep would not write is refused before anything is opened:
+
+      >>> import json
+      >>> with tempfile.TemporaryDirectory() as out:
+      ...     ran = sweep.run(out, progress=False)
+      ...     path = os.path.join(out, "manifest.json")
+      ...     with open(path) as f:
+      ...         manifest = json.load(f)
+      ...     manifest["groups"][0]["name"] = "../elsewhere.nc"
+      ...     with open(path, "w") as f:
+      ...         json.dump(manifest, f)
+      ...     try:
+      ...         ow.load_sweep(out)
+      ...     except ValueError as err:
+      ...         print(err)
+      ow.Sweep: .../manifest.json is not a valid sweep manifest: groups[0].name is '../elsewhere.nc', expected ...
     """
     import xarray as xr
 
@@ -587,7 +785,7 @@ def load_sweep(out_dir: str | os.PathLike, *, allow_partial: bool = False):
     fingerprint, groups = manifest["fingerprint"], manifest["groups"]
     present, missing = {}, []
     for g in groups:
-        path = out / g["name"]
+        path = _group_path(out, g["name"])  # the name is the sweep's own (checked by _read_manifest)
         if not path.exists():
             missing.append(g["name"])
             continue

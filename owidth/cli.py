@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import pathlib
 import sys
 
 __all__ = ["main"]
@@ -35,8 +36,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.seed < 0:
         print("owidth: --seed must be >= 0", file=sys.stderr)
         return 2
-    summary = experiments.run(args.name, out=args.out, quick=args.quick, seed=args.seed)
     out = args.out or f"owidth-out/{args.name}"
+    try:  # the output folder, checked (and made) before anything runs
+        pathlib.Path(out).mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        what = "is an existing file, not a folder" if pathlib.Path(out).is_file() else \
+            f"cannot be made a folder ({err.strerror or err})"
+        print(f"owidth: --out {out} {what}; give a folder path", file=sys.stderr)
+        return 2
+    summary = experiments.run(args.name, out=args.out, quick=args.quick, seed=args.seed)
     print(f"wrote {', '.join(summary.get('files', []))} to {out}")
     return 0
 

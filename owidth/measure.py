@@ -275,13 +275,15 @@ def coord_check(
     import xarray as xr
 
     from owidth._finite import finite
+    from owidth.layers.sequence import check_tokens
 
     where = "ow.coord_check"
     _optim.check(optimizer, where=where)
-    widths = [_checks.positive_int("widths", w, where=where) for w in widths]
+    widths = list(_checks.positive_ints("widths", widths, where=where))
     steps = _checks.positive_int("steps", steps, where=where)
     seeds = _checks.positive_int("seeds", seeds, where=where)
     x = _checks.as_float_array("x", data[0], where=where, rank=None)
+    check_tokens(net, x, name="x", where=where)
     y = targets("y", data[1], x.shape[0], loss, where=where)
 
     sizes, deltas = [], []

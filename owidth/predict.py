@@ -133,22 +133,68 @@ def _as_outputs(y):
     return (y[:, None], True) if y.ndim == 1 else (y, False)
 
 
-def _dynamics(k_train, k_test_train, y_train, *, times, lr, discrete, k_test_test, ridge, f0_train, f0_test):
+def _check_values(where: str, **blocks) -> None:
+    """Concrete kernel blocks (arrays or ``ow.Kernel``), targets and outputs must be finite: a NaN or Inf
+    anywhere would spread through ``eigh`` into every prediction. Run before anything is computed."""
+    for name, value in blocks.items():
+        if value is None:
+            continue
+        if isinstance(value, Kernel):
+            for field in ("nngp", "ntk"):
+                if getattr(value, field) is not None:
+                    _checks.finite_values(f"{name}.{field}", getattr(value, field), where=where)
+        else:
+            _checks.finite_values(name, value, where=where)
+
+
+def _check_shapes(where: str, *, k, y, kxt=None, ktt=None, f0_train=None, f0_test=None) -> None:
+    """Shapes of the training kernel ``k`` (n, n), targets ``y`` (n,) or (n, k), test-train kernel
+    ``kxt`` (m, n), test-test kernel ``ktt`` (m, m) and initial outputs (shaped like the targets)."""
+    if k.ndim != 2 or k.shape[0] != k.shape[1]:
+        raise ValueError(f"{where}: k_train must be square (n, n), got shape {tuple(k.shape)}")
+    n = k.shape[0]
+    if y.ndim not in (1, 2) or y.shape[0] != n:
+        raise ValueError(f"{where}: y_train must have shape ({n},) or ({n}, k), one row per training point of "
+                         f"k_train ({n} x {n}), got shape {tuple(y.shape)}")
+    if kxt is not None and (kxt.ndim != 2 or kxt.shape[1] != n):
+        raise ValueError(f"{where}: k_test_train must have shape (m, {n}) (test points x the {n} training points "
+                         f"of k_train), got shape {tuple(kxt.shape)}")
+    if ktt is not None and kxt is not None and tuple(ktt.shape) != (kxt.shape[0],) * 2:
+        m = kxt.shape[0]
+        raise ValueError(f"{where}: k_test_test must have shape ({m}, {m}) for the {m} test points of "
+                         f"k_test_train, got shape {tuple(ktt.shape)}")
+    for name, f0, rows in (("f0_train", f0_train, n), ("f0_test", f0_test, None if kxt is None else kxt.shape[0])):
+        if f0 is None:
+            continue
+        if rows is None:
+            raise ValueError(f"{where}: f0_test needs k_test_train")
+        want = (rows,) + tuple(y.shape[1:])
+        if tuple(jnp.shape(f0)) != want:
+            raise ValueError(f"{where}: {name} must have shape {want} (like y_train, one row per point), got "
+                             f"shape {tuple(jnp.shape(f0))}")
+
+
+def _dynamics(k_train, k_test_train, y_train, *, times, lr, discrete, k_test_test, ridge, f0_train, f0_test,
+              where):
+    if discrete:
+        _checks.positive_number("lr", lr, where=where)
+    ridge = _checks.nonneg_number("ridge", ridge, where=where)
+    if y_train is None:
+        raise TypeError(f"{where}: y_train is missing; pass the (n,) or (n, k) training targets")
+    _check_values(where, k_train=k_train, k_test_train=k_test_train, k_test_test=k_test_test, y_train=y_train,
+                  f0_train=f0_train, f0_test=f0_test)
     theta, nngp = _split(k_train, "k_train")
     theta_xt, nngp_xt = _split(k_test_train, "k_test_train")
     nngp_tt = _nngp_only(k_test_test, "k_test_test")
-    if theta.ndim != 2 or theta.shape[0] != theta.shape[1]:
-        raise ValueError(f"ow.predict: k_train must be square (n, n), got shape {theta.shape}")
+    _check_shapes(where, k=theta, y=jnp.asarray(y_train), kxt=theta_xt, ktt=nngp_tt, f0_train=f0_train,
+                  f0_test=f0_test)
+    if nngp is not None and nngp.shape != theta.shape:
+        raise ValueError(f"{where}: k_train.nngp has shape {tuple(nngp.shape)}, its ntk {tuple(theta.shape)}")
+    if nngp_xt is not None and nngp_xt.shape != theta_xt.shape:
+        raise ValueError(f"{where}: k_test_train.nngp has shape {tuple(nngp_xt.shape)}, its ntk "
+                         f"{tuple(theta_xt.shape)}")
     n = theta.shape[0]
     y, squeeze = _as_outputs(y_train)
-    if y.shape[0] != n:
-        raise ValueError(f"ow.predict: y_train has {y.shape[0]} rows but k_train is {n} x {n}")
-    if theta_xt is not None and theta_xt.shape[1] != n:
-        raise ValueError(f"ow.predict: k_test_train must be (m, {n}), got {theta_xt.shape}")
-    if discrete:
-        _checks.positive_number("lr", lr, where="ow.predict")
-    if ridge < 0:
-        raise ValueError(f"ow.predict: ridge must be >= 0, got {ridge}")
     times_arr = jnp.asarray(times, dtype=theta.dtype)
 
     lam, v = jnp.linalg.eigh(theta + ridge * jnp.eye(n, dtype=theta.dtype))
@@ -199,10 +245,15 @@ def gradient_descent(k_train, k_test_train=None, y_train=None, *, lr: float, ste
         ``L = 1/(2n) sum ||f - y||^2``.
       steps: an int or a sequence of ints (all computed at once).
       k_test_test: ``ow.Kernel`` or NNGP array (m, m) for the test covariance.
-      ridge: added to the NTK's diagonal.
+      ridge: added to the NTK's diagonal (finite, >= 0).
       f0_train, f0_test: outputs of one particular network at initialisation;
         then the result is that (linearised) network's trajectory rather than
         the mean over initialisations.
+
+    Bad input: NaN or Inf in a concrete kernel block, target or ``f0``, a
+    non-finite or negative ``ridge``, and blocks whose shapes do not fit
+    together raise ``ValueError`` before anything is computed (under
+    ``jax.jit`` only the shapes are checked).
 
     Returns:
       :class:`Prediction` with leading time axis.
@@ -222,7 +273,7 @@ def gradient_descent(k_train, k_test_train=None, y_train=None, *, lr: float, ste
     """
     times = _check_times(steps, integer=True)
     return _dynamics(k_train, k_test_train, y_train, times=times, lr=lr, discrete=True, k_test_test=k_test_test,
-                     ridge=ridge, f0_train=f0_train, f0_test=f0_test)
+                     ridge=ridge, f0_train=f0_train, f0_test=f0_test, where="ow.predict.gradient_descent")
 
 
 def gradient_flow(k_train, k_test_train=None, y_train=None, *, times, k_test_test=None, ridge: float = 0.0,
@@ -245,7 +296,7 @@ def gradient_flow(k_train, k_test_train=None, y_train=None, *, times, k_test_tes
     """
     times = _check_times(times, integer=False)
     return _dynamics(k_train, k_test_train, y_train, times=times, lr=1.0, discrete=False, k_test_test=k_test_test,
-                     ridge=ridge, f0_train=f0_train, f0_test=f0_test)
+                     ridge=ridge, f0_train=f0_train, f0_test=f0_test, where="ow.predict.gradient_flow")
 
 
 def nngp_posterior(k_train, k_test_train, y_train, *, noise: float = 0.0, k_test_test=None) -> Prediction:
@@ -254,7 +305,11 @@ def nngp_posterior(k_train, k_test_train, y_train, *, noise: float = 0.0, k_test
         mean = K(x*, X) (K + noise I)^-1 Y,    cov = K(x*, x*) - K(x*, X) (K + noise I)^-1 K(X, x*)
 
     computed through ``eigh`` of ``K + noise I``. Kernels may be ``ow.Kernel``
-    (their NNGP is used) or NNGP arrays.
+    (their NNGP is used) or NNGP arrays: ``k_train`` (n, n), ``k_test_train``
+    (m, n), ``k_test_test`` (m, m), with ``y_train`` (n,) or (n, k).
+    ``noise`` must be finite and >= 0; NaN or Inf in a concrete kernel block or
+    target, and shapes that do not fit together, raise ``ValueError`` before
+    anything is computed.
 
     References:
       - Lee et al. 2018, Deep Neural Networks as Gaussian Processes. <https://arxiv.org/abs/1711.00165>
@@ -268,11 +323,15 @@ def nngp_posterior(k_train, k_test_train, y_train, *, noise: float = 0.0, k_test
       >>> round(float(p.mean_test[0, 0, 0]), 4), round(float(p.cov_test[0, 0, 0]), 4)   # 0.5 / 2; 1 - 0.25 / 2
       (0.25, 0.875)
     """
+    where = "ow.predict.nngp_posterior"
+    noise = _checks.nonneg_number("noise", noise, where=where, what=" (a variance)")
+    if k_test_train is None or y_train is None:
+        raise TypeError(f"{where}: pass k_test_train (m, n) and y_train (n,) or (n, k)")
+    _check_values(where, k_train=k_train, k_test_train=k_test_train, k_test_test=k_test_test, y_train=y_train)
     k = _nngp_only(k_train, "k_train")
     kxt = _nngp_only(k_test_train, "k_test_train")
     ktt = _nngp_only(k_test_test, "k_test_test")
-    if noise < 0:
-        raise ValueError(f"ow.predict: noise must be >= 0, got {noise}")
+    _check_shapes(where, k=k, y=jnp.asarray(y_train), kxt=kxt, ktt=ktt)
     n = k.shape[0]
     y, squeeze = _as_outputs(y_train)
     lam, v = jnp.linalg.eigh(k + noise * jnp.eye(n, dtype=k.dtype))

@@ -48,6 +48,11 @@ CASES = [
      "implementation="),
     ("empirical_ntk not callable", lambda: ow.empirical_ntk(None, {}, X), TypeError, "apply_fn"),
     ("unknown experiment", lambda: ow.experiments.run("nope"), ValueError, "unknown experiment"),
+    ("no features", lambda: ow.kernel(NET, np.ones((6, 0))), ValueError, "x1 has no features"),
+    ("x1 norms overflow", lambda: ow.kernel(NET, X * 1e200), ValueError, "overflow float64"),
+    ("x2 norms overflow", lambda: ow.kernel(NET, X, X * 1e200), ValueError, "x2 has entries up to"),
+    ("LayerNorm over one feature", lambda: ow.kernel(ow.serial(ow.Dense(out=1), ow.LayerNorm()), X), ValueError,
+     "LayerNorm follows a weight layer with a fixed out=k"),
 ]
 
 
@@ -71,3 +76,16 @@ def test_concrete_inputs_captured_inside_outer_jit():
     x2 = np.ones((2, 4))
     g = jax.jit(jax.grad(lambda a: ow.kernel(NET, a, x2).ntk.sum()))(jnp.ones((3, 4)))
     assert np.all(np.isfinite(g))
+
+
+def test_float32_range_checked_after_the_cast():
+    with jax.enable_x64(False):
+        raises_before_compiling(lambda: ow.kernel(NET, np.full((2, 4), 1e39)), ValueError, "beyond the range of float32")
+        raises_before_compiling(lambda: ow.kernel(NET, np.full((2, 4), 1e20, np.float32)), ValueError,
+                                "overflow float32")
+
+
+def test_overflow_inside_the_network_is_an_error_not_a_nan():
+    deep = ow.serial(*[layer for _ in range(80) for layer in (ow.Dense(w_std=4.0), ow.Relu())], ow.Dense(out=1))
+    with jax.enable_x64(False), pytest.raises(FloatingPointError, match="overflowed float32"):
+        ow.kernel(deep, np.ones((2, 4), np.float32))

@@ -104,6 +104,23 @@ class KState:
     def replace(self, **changes) -> KState:
         return dataclasses.replace(self, **changes)
 
+    def arrays(self) -> tuple:
+        """The arrays of the state (and of ``pre``, recursively) as a pytree: a ``lax.scan`` carry."""
+        return (tuple(getattr(self, f) for f in _ARRAYS), None if self.pre is None else self.pre.arrays())
+
+    def with_arrays(self, arrays: tuple) -> KState:
+        """This state with the arrays of :meth:`arrays` replaced (the inverse of :meth:`arrays`)."""
+        own, pre = arrays
+        return self.replace(**dict(zip(_ARRAYS, own)), pre=None if pre is None else self.pre.with_arrays(pre))
+
+    def structure(self) -> tuple:
+        """Everything but the array values: which arrays are set, their shapes and dtypes, and the
+        flags. Two states of equal structure can be one ``lax.scan`` carry."""
+        shapes = tuple(None if a is None else (a.shape, a.dtype) for a in (getattr(self, f) for f in _ARRAYS))
+        flags = tuple(getattr(self, f.name) for f in dataclasses.fields(self)
+                      if f.name not in _ARRAYS and f.name not in ("pre", "tape"))
+        return shapes, flags, self.tape is None, None if self.pre is None else self.pre.structure()
+
     def materialize(self) -> KState:
         """Turn a raw-data state into covariances ``x1 x2^T / d`` (NTK zero)."""
         if not self.is_input:
@@ -167,6 +184,9 @@ class VarTape:
         entry = self.entries[self._pos]
         self._pos += 1
         return entry
+
+
+_ARRAYS = ("x1", "x2", "nngp", "ntk", "var1", "var2", "mean1", "mean2")
 
 
 def self_var(nngp: jax.Array) -> jax.Array:

@@ -58,6 +58,7 @@ class Activation(Layer):
 
     _smooth = True  # False for kinked functions (relu family): no Gauss-Hermite quadrature of their compositions
     _kink_at_zero_only = False  # True for the relu family: piecewise linear with the kink at 0
+    _exact_at_identical = False  # True where ``dual`` itself returns the diagonal values at rho = 1
 
     def fn(self, x: jax.Array) -> jax.Array:
         raise NotImplementedError
@@ -68,6 +69,14 @@ class Activation(Layer):
     def dual_diag(self, q, *, need_dot: bool):
         """``(E phi(u)^2, E phi'(u)^2)`` for ``u ~ N(0, q)`` (the kernel diagonal)."""
         return self.dual(q, q, q, need_dot=need_dot)
+
+    def _dual_exact(self, q1, q2, c, diag1, diag2, *, need_dot: bool):
+        """``dual`` with identical inputs' entries equal to the diagonal values ``diag1``/``diag2``
+        (``(E phi^2, E phi'^2)`` at ``q1``/``q2``, broadcast like them): :func:`owidth.kernels.dual.at_identical`."""
+        t, tdot = self.dual(q1, q2, c, need_dot=need_dot)
+        if self._exact_at_identical:
+            return t, tdot
+        return dual.at_identical(q1, q2, c, t, tdot, diag1, diag2)
 
     def mean(self, q):
         """``E phi(u)`` for ``u ~ N(0, q)`` (used by ``LayerNorm``, which centres its input).
@@ -114,10 +123,13 @@ class Activation(Layer):
             return self._kernel_spatial(ks)
         need = ks.ntk is not None
         v2 = ks.var1 if ks.var2 is None else ks.var2
-        nngp, tdot = self.dual(ks.var1[:, None], v2[None, :], ks.nngp, need_dot=need)
+        d1 = self.dual_diag(ks.var1, need_dot=need)
+        d2 = d1 if ks.var2 is None else self.dual_diag(ks.var2, need_dot=need)
+        nngp, tdot = self._dual_exact(ks.var1[:, None], v2[None, :], ks.nngp, _outer(d1, 0), _outer(d2, 1),
+                                      need_dot=need)
         if ks.var2 is None:  # x1 against itself: exactly symmetric, diagonal computed at rho = 1
             eye = jnp.eye(nngp.shape[0], dtype=bool)
-            var1, tdot_diag = self.dual_diag(ks.var1, need_dot=need)
+            var1, tdot_diag = d1
             # No ``0.5 (A + A.T)`` here: XLA would fuse the dual-kernel chain into
             # both reads and recompute it, doubling the cost per layer (2^depth).
             # The dual kernels are symmetric in (q1, q2) by construction instead.
@@ -126,8 +138,7 @@ class Activation(Layer):
                 tdot = jnp.where(eye, tdot_diag[:, None], tdot)
             var2 = None
         else:
-            var1 = self.dual_diag(ks.var1, need_dot=False)[0]
-            var2 = self.dual_diag(ks.var2, need_dot=False)[0]
+            var1, var2 = d1[0], d2[0]
         ntk = ks.ntk * tdot if need else None
         mean1 = self.mean(ks.var1)
         mean2 = None if ks.var2 is None else self.mean(ks.var2)
@@ -152,19 +163,21 @@ class Activation(Layer):
             p1 = sp.pixel_var(ks.var1, nsp, full)
             p2 = p1 if ks.var2 is None else sp.pixel_var(ks.var2, nsp, full)
         qa, qb = sp.outer(p1, p2, nsp, full)
-        nngp, tdot = self.dual(qa, qb, ks.nngp, need_dot=need)
         d1, dd1 = self.dual_diag(p1, need_dot=need)
+        d2, dd2 = (d1, dd1) if ks.var2 is None else self.dual_diag(p2, need_dot=need)
+        da, db = sp.outer(d1, d2, nsp, full)
+        dda, ddb = sp.outer(dd1, dd2, nsp, full) if need else (None, None)
+        nngp, tdot = self._dual_exact(qa, qb, ks.nngp, (da, dda), (db, ddb), need_dot=need)
         if ks.var2 is None:
             mask = sp.diag_mask(nngp.shape[0], nsp, ks.spatial, full)
-            da = sp.outer(d1, d1, nsp, full)[0]
             nngp = jnp.where(mask, da, nngp)
             if need:
-                tdot = jnp.where(mask, sp.outer(dd1, dd1, nsp, full)[0], tdot)
+                tdot = jnp.where(mask, dda, tdot)
             var1, var2 = self_var(nngp), None
         elif ks.var_pixel:
-            var1, var2 = d1, self.dual_diag(p2, need_dot=False)[0]
+            var1, var2 = d1, d2
         else:
-            var1, var2 = self._self_block(ks.var1, p1, d1, ks), self._self_block(ks.var2, p2, None, ks)
+            var1, var2 = self._self_block(ks.var1, p1, d1, ks), self._self_block(ks.var2, p2, d2, ks)
         ntk = ks.ntk * tdot if need else None
         mean1 = self.mean(p1)
         mean2 = None if ks.var2 is None else self.mean(p2)
@@ -173,13 +186,12 @@ class Activation(Layer):
 
     def _self_block(self, var, p, d, ks):
         """The rule on a same-input block: per pixel (diagonal), or all pixel pairs (full)."""
-        if d is None:
-            d = self.dual_diag(p, need_dot=False)[0]
         if not ks.full:
             return d
         qa, qb = sp.block(p, len(ks.spatial))
-        t, _ = self.dual(qa, qb, var, need_dot=False)
-        return jnp.where(sp.pixel_eye(ks.spatial), sp.block(d, len(ks.spatial))[0], t)
+        da, db = sp.block(d, len(ks.spatial))
+        t, _ = self._dual_exact(qa, qb, var, (da, None), (db, None), need_dot=False)
+        return jnp.where(sp.pixel_eye(ks.spatial), da, t)
 
     def _init(self, key, dim, ctx):
         return (), dim
@@ -189,6 +201,11 @@ class Activation(Layer):
 
 
 
+def _outer(d, axis: int):
+    """Per-input ``(value, derivative)`` pair as a column (axis 0) or row (axis 1) of an (n1, n2) kernel."""
+    return tuple(None if v is None else (v[:, None] if axis == 0 else v[None, :]) for v in d)
+
+
 class _PiecewiseLinear(Activation):
     """``max(x, a x)`` for a slope ``a`` below zero: one closed form for the relu family (the degree-1
     arc-cosine kernel of Cho & Saul 2009, generalised to any ``a``; :func:`owidth.kernels.dual.leaky_relu`).
@@ -196,6 +213,7 @@ class _PiecewiseLinear(Activation):
 
     _smooth = False
     _kink_at_zero_only = True
+    _exact_at_identical = True
     slope = 0.0
 
     def fn(self, x):
@@ -306,6 +324,7 @@ class Erf(_ScaledActivation):
     """
 
     _closed_form = staticmethod(dual.erf)
+    _exact_at_identical = True
 
     def fn(self, x):
         return self.a * jax.scipy.special.erf(self.b * x) + self.shift
@@ -331,6 +350,8 @@ class Gelu(Activation):
 
     def fn(self, x):
         return jax.nn.gelu(x, approximate=False)
+
+    _exact_at_identical = True
 
     def dual(self, q1, q2, c, *, need_dot):
         return dual.gelu(q1, q2, c, need_dot=need_dot)
@@ -401,12 +422,12 @@ class Identity(Activation):
 def _nodes(cls: str, name: str, nodes):
     if nodes is None:
         return nodes
-    if isinstance(nodes, bool) or not isinstance(nodes, int) or not 2 <= nodes <= 512:
+    if isinstance(nodes, bool) or not isinstance(nodes, (int, jnp.integer)) or not 2 <= nodes <= 512:
         raise ValueError(
             f"{cls}({name}={nodes!r}) must be None (the default: 64, or 128 with a kink at 0, accurate to "
             "~1e-11 for variances 1e-4 to 1e3) or an int in [2, 512] (see owidth.kernels.quadrature)"
         )
-    return nodes
+    return int(nodes)
 
 
 class Quadrature(Activation):

@@ -49,8 +49,15 @@ class Serial(Layer):
         return 2 * quadrature.inner_nodes(None, True) if any(a and b for a, b in zip(acts, acts[1:])) else 0
 
     def _kernel(self, ks):
-        for layer in self.layers:
-            ks = layer._kernel(ks)
+        layers, i = self.layers, 0
+        while i < len(layers):
+            period, repeats = _repeats(layers, i)
+            if repeats >= _SCAN_REPEATS and ks.tape is None and not ks.spatial:
+                ks = _kernel_scanned(layers[i:i + period], repeats, ks)
+                i += period * repeats
+            else:
+                ks = layers[i]._kernel(ks)
+                i += 1
         return ks
 
     def _init(self, key, dim, ctx):
@@ -160,6 +167,59 @@ class Parallel(Layer):
     def _apply(self, params, x, dim, ctx):
         ys = [b._apply(p, x, dim, ctx) for b, p in zip(self.branches, params)]
         return sum(y for y, _ in ys), ys[0][1]
+
+
+# A block of layers repeated this many times in a row or more (e.g. ``[Dense(), Erf()] * 50``) runs its
+# kernel rule in a ``lax.scan``: XLA then compiles one block, not every copy. Unrolled, compile time grew
+# faster than linearly in depth although the program grew linearly (Erf on a 2-core CPU: 3.4 s at depth
+# 10, 8.1 s at 20, 31 s at 40); a loop also stops XLA from fusing the layers' elementwise maps into one
+# pass over the kernel, which pays for shallow nets, so short runs stay unrolled.
+_SCAN_REPEATS = 8
+_MAX_PERIOD = 4
+
+
+def _same(a: Layer, b: Layer) -> bool:
+    """``a == b`` for layers with static hyperparameters (traced ones compare as different)."""
+    try:
+        return bool(a == b) and hash(a) == hash(b)
+    except Exception:  # noqa: BLE001 - array hyperparameters: no static equality
+        return False
+
+
+def _repeats(layers, i: int) -> tuple[int, int]:
+    """``(period, repeats)``: the block ``layers[i:i + period]`` repeated most often in a row from ``i``
+    (the longest stretch of layers; the shortest period on ties)."""
+    best = (1, 1)
+    for period in range(1, _MAX_PERIOD + 1):
+        r = 1
+        while i + (r + 1) * period <= len(layers) and all(
+                _same(layers[i + k], layers[i + r * period + k]) for k in range(period)):
+            r += 1
+        if r > 1 and period * r > best[0] * best[1]:
+            best = (period, r)
+    return best
+
+
+def _kernel_scanned(block, repeats: int, ks):
+    """The kernel rule of ``block`` applied ``repeats`` times: twice unrolled (the state reaches the
+    structure it keeps), then in a ``lax.scan`` over the rest if that structure is a fixed point."""
+    def apply(s):
+        for layer in block:
+            s = layer._kernel(s)
+        return s
+
+    first = apply(ks)
+    second = apply(first)
+    if first.structure() != second.structure():  # not a steady state: stay unrolled
+        for _ in range(repeats - 2):
+            second = apply(second)
+        return second
+
+    def body(arrays, _):
+        return apply(second.with_arrays(arrays)).arrays(), None
+
+    arrays, _ = jax.lax.scan(body, second.arrays(), None, length=repeats - 2)
+    return second.with_arrays(arrays)
 
 
 def serial(*layers: Layer) -> Serial:

@@ -68,6 +68,13 @@ class LayerNorm(Layer):
     def _kernel(self, ks: KState) -> KState:
         if ks.is_input:
             return ks.replace(x1=self.fn(ks.x1), x2=None if ks.x2 is None else self.fn(ks.x2))
+        if ks.fixed:
+            # over k features the mean and variance are random (k = 1: the output is exactly 0), not the
+            # deterministic infinite-width statistics this rule uses
+            raise ValueError(
+                "ow.kernel: LayerNorm follows a weight layer with a fixed out=k: over k features its mean and "
+                "variance are random (k = 1: the network's output is exactly 0), not the infinite-width limit. "
+                "Leave out=None on that layer (a hidden layer) and put the readout Dense(out=k) after the LayerNorm.")
         nsp, full = len(ks.spatial), ks.full
         p1 = sp.pixel_var(ks.var1, nsp, full)
         p2 = p1 if ks.var2 is None else sp.pixel_var(ks.var2, nsp, full)

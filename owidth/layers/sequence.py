@@ -31,7 +31,7 @@ from owidth.layers.dense import Dense
 from owidth.layers.norm import LayerNorm
 from owidth.param import Role
 
-__all__ = ["Embedding", "Attention", "TakePosition", "transformer"]
+__all__ = ["Embedding", "Attention", "TakePosition", "check_tokens", "transformer"]
 
 
 # --------------------------------------------------------------------------- #
@@ -45,7 +45,9 @@ class Embedding(WeightLayer):
     positional embedding; absent when ``pos_std = 0``) are input-role tensors
     with ``N(0, 1)`` entries in every preset (``a = b = 0`` for inputs), so
     coordinates are ``O(1)`` at any width. Inputs are ``(batch, length)``
-    integer tokens in ``[0, vocab)``.
+    integer tokens in ``[0, vocab)``: concrete inputs holding anything else
+    (``0.5``, ``-1``, ``vocab``) raise ``ValueError`` (:func:`check_tokens`);
+    under a trace, where values are unknown, the kernel is NaN for them.
 
     Kernel rule (tokens one-hot, an input layer of fan-in 1):
 
@@ -77,9 +79,30 @@ class Embedding(WeightLayer):
     w_std: float = _checks.field(1.0, converter=_checks.std)
     pos_std: float = _checks.field(1.0, converter=_checks.std)
 
+    def _check_tokens(self, x, *, name: str, where: str) -> None:
+        """Concrete ``x`` must hold integers in ``[0, vocab)`` (a tracer passes: see :meth:`_valid`)."""
+        if isinstance(x, jax.core.Tracer):
+            return
+        tokens = np.asarray(x)
+        with np.errstate(invalid="ignore"):
+            bad = ~((tokens == np.round(tokens)) & (tokens >= 0) & (tokens < self.vocab))
+        if bad.any():
+            at = tuple(int(i) for i in np.argwhere(bad)[0])
+            more = f" and {int(bad.sum()) - 1} more" if bad.sum() > 1 else ""
+            raise ValueError(f"{where}: tokens in {name} must be integers in [0, {self.vocab}) (the vocabulary of "
+                             f"Embedding(vocab={self.vocab})), got {tokens[at].item()!r} at {name}"
+                             f"[{', '.join(map(str, at))}]{more}; map them to token ids, or raise vocab")
+
+    def _valid(self, t) -> jax.Array:
+        """Whether every token of (traced) ``t`` is an integer in ``[0, vocab)``."""
+        return jnp.all((t == jnp.round(t)) & (t >= 0) & (t < self.vocab))
+
     def _kernel(self, ks: KState) -> KState:
         if not ks.is_input or ks.x1.ndim != 2:
             raise ValueError("ow.kernel: Embedding must be the first layer and get (batch, length) integer tokens")
+        for name, t in (("x1", ks.x1), ("x2", ks.x2)):
+            if t is not None:
+                self._check_tokens(t, name=name, where="ow.kernel")
         w2, p2 = self.w_std**2, self.pos_std**2
         t1 = ks.x1
         t2 = t1 if ks.x2 is None else ks.x2
@@ -89,6 +112,9 @@ class Embedding(WeightLayer):
             nngp = w2 * same + p2 * jnp.eye(length, dtype=t1.dtype)[None, None]
         else:
             nngp = w2 * (t1[:, None, :] == t2[None, :, :]).astype(t1.dtype) + p2
+        # traced tokens cannot be checked before compiling: a kernel of non-tokens is NaN, not a silent value
+        ok = self._valid(t1) & self._valid(t2)
+        nngp = jnp.where(ok, nngp, jnp.nan)
         if ks.x2 is None:
             var1, var2 = self_var(nngp), None
         else:
@@ -98,7 +124,7 @@ class Embedding(WeightLayer):
                     return w2 * same + p2 * jnp.eye(length, dtype=t.dtype)[None]
                 return jnp.full(t.shape, w2 + p2, t.dtype)
 
-            var1, var2 = var(t1), var(ks.x2)
+            var1, var2 = (jnp.where(ok, var(t), jnp.nan) for t in (t1, ks.x2))
         ntk = nngp if ks.need_ntk else None
         return ks.replace(x1=None, x2=None, nngp=nngp, ntk=ntk, var1=var1, var2=var2, spatial=(length,),
                           gaussian=True, fixed=False, pre=None, act=None, mean1=None, mean2=None)
@@ -120,11 +146,7 @@ class Embedding(WeightLayer):
 
     def _forward(self, params, x, dim, ctx):
         length = self._check_dim(dim)
-        if not isinstance(x, jax.core.Tracer):
-            tokens = np.asarray(x)
-            if np.any(tokens != np.round(tokens)) or tokens.min() < 0 or tokens.max() >= self.vocab:
-                raise ValueError(f"Embedding: tokens must be integers in [0, {self.vocab}), got values in "
-                                 f"[{tokens.min()}, {tokens.max()}]")
+        self._check_tokens(x, name="x", where="Embedding")
         if "pos" in params and params["pos"].shape[0] != length:
             raise ValueError(f"Embedding: params were made for length {params['pos'].shape[0]}, inputs have {length}")
         s = ctx.param.dense(Role.INPUT, fan_in=1, width=ctx.width, w_std=self.w_std, b_std=self.pos_std)
@@ -132,6 +154,18 @@ class Embedding(WeightLayer):
         if "pos" in params:
             y = y + s.b_mult * params["pos"][None]
         return y, Dim(ctx.width, True, (length,)), s
+
+
+def check_tokens(net, x, *, name: str, where: str) -> None:
+    """If ``net`` reads tokens (its input layer is an :class:`Embedding`), concrete inputs ``x`` must hold
+    integers in ``[0, vocab)``: ``ValueError`` naming ``name`` and the first bad token otherwise. Other
+    networks (also non-owidth ones) and traced ``x`` pass. Entry points call it before compiling
+    (the layer's own rules only see traced inputs there)."""
+    if not isinstance(net, Layer):
+        return
+    first = next((layer for layer in net.walk() if not layer.caps.transparent), None)
+    if isinstance(first, Embedding):
+        first._check_tokens(x, name=name, where=where)
 
 
 # --------------------------------------------------------------------------- #

@@ -211,7 +211,7 @@ def dmft(net, x_train, y_train, *, gamma0: float, lr: float, steps: int, param: 
         ``act`` an elementwise activation (``ow.Identity()`` for a deep linear network); with two
         or more hidden layers the Monte Carlo solver needs smooth ones (not the Relu family:
         its pathwise response functions would miss the delta function in ``phi''``).
-      x_train: (P, D) inputs; y_train: (P,) or (P, 1) targets.
+      x_train: (P, D) inputs; y_train: (P,) or (P, 1) targets (NaN or Inf in either raises ``ValueError``).
       gamma0: richness (> 0; ``gamma0 -> 0`` is the NTK limit). lr: the base learning rate ``eta0``.
       steps: number of gradient-descent steps T.
       param: ``ow.MUP`` or ``ow.MF`` at any base width (the limit depends on the base width
@@ -320,7 +320,7 @@ def _plan(net, x_train, y_train, *, gamma0, lr, steps, param, x_test, y_test, me
     lr = _checks.positive_number("lr", lr, where=where)
     steps = _checks.positive_int("steps", steps, where=where)
     x = np.asarray(_checks.as_float_array("x_train", x_train, where=where, rank=2))
-    y = np.asarray(y_train, dtype=x.dtype)
+    y = np.asarray(_checks.finite_values("y_train", y_train, where=where), dtype=x.dtype)
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
     if y.shape != (x.shape[0],):
@@ -328,12 +328,12 @@ def _plan(net, x_train, y_train, *, gamma0, lr, steps, param, x_test, y_test, me
     xt = None
     if x_test is not None:
         xt = np.asarray(_checks.as_float_array("x_test", x_test, where=where, rank=2))
-        _checks.same_features(x, xt, where=where)
+        _checks.same_feature_shape("x_train", x, "x_test", xt, where=where)
     yt = None
     if y_test is not None:
         if xt is None:
             raise ValueError(f"{where}: y_test needs x_test")
-        yt = np.asarray(y_test, dtype=x.dtype).reshape(-1)
+        yt = np.asarray(_checks.finite_values("y_test", y_test, where=where), dtype=x.dtype).reshape(-1)
         if yt.shape != (xt.shape[0],):
             raise ValueError(f"{where}: y_test must have {xt.shape[0]} entries, got {np.shape(y_test)}")
     if method not in ("auto", "exact", "monte-carlo"):

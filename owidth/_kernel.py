@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from owidth import _checks
 from owidth._caches import cached
@@ -319,12 +320,12 @@ def kernel(net, x1, x2=None, *, get=("nngp", "ntk"), batch_size: int | str | Non
 def _finite(k: Kernel) -> Kernel:
     """``k``, or a ``FloatingPointError`` if a concrete kernel holds Inf/NaN: the layers' variances
     overflowed the dtype (they grow by ``w_std^2 E phi'(u)^2`` per layer in the ordered phase's
-    complement). One fused reduction over the result; skipped under an outer trace (``jax.jit``,
+    complement). One pass over the result on the host; skipped under an outer trace (``jax.jit``,
     ``jax.grad``), where values are not known."""
     arrays = [a for a in (k.nngp, k.ntk) if a is not None]
     if any(isinstance(a, jax.core.Tracer) for a in arrays):
         return k
-    if not bool(jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in arrays]))):
+    if not all(np.isfinite(np.asarray(a)).all() for a in arrays):  # on the host: no program to compile per shape
         dtype = arrays[0].dtype
         raise FloatingPointError(
             f"ow.kernel: the kernel overflowed {dtype} (Inf/NaN entries): the pre-activation variances grow "

@@ -83,3 +83,14 @@ def raises_before_compiling(fn, exc, msg):
         assert msg in str(info.value), str(info.value)
 
     compiles_nothing(call)
+
+
+def kernels_64_32(net, x):
+    """``{name: (float64 kernel, float32 kernel, float32 kernel with x2 = x1)}`` for name in nngp, ntk, all
+    as float64 numpy arrays (the float32 ones computed with x64 off)."""
+    k64 = ow.kernel(net, x)
+    with jax.enable_x64(False):
+        x32 = np.asarray(x, np.float32)
+        k32, k32x = ow.kernel(net, x32), ow.kernel(net, x32, x32)
+        assert k32.nngp.dtype == np.float32
+    return {name: tuple(np.asarray(getattr(k, name), np.float64) for k in (k64, k32, k32x)) for name in ("nngp", "ntk")}

@@ -6,7 +6,7 @@ pooling heads, with random weight and bias scales:
 - NTK - NNGP is PSD: the NTK is a sum over the parameters of J J^T (each PSD), and the
   readout layer's share is exactly the NNGP (Jacot et al. 2018, eq. 4; Lee et al. 2019, eq. 8);
 - the jitted kernel equals the eager one (``jax.disable_jit``; MLPs, eager CNNs are slow);
-- at input scales 1e-2..30, in float32 with a duplicated input: finite, the duplicate exactly correlated,
+- at input scales 1e-2..30, in float32 with a duplicated input: finite, the duplicate correlated to 1e-6,
   ``x2=x1`` equal to ``x2=None``, float32 within 1e-4 of float64.
 Each example compiles a new net, so the example counts are small.
 """
@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import owidth as ow
-from helpers import sphere
+from helpers import kernels_64_32, sphere
 
 ACTS = [ow.Relu(), ow.Erf(), ow.Tanh(), ow.Gelu(), ow.Abs(), ow.LeakyRelu(0.2)]
 # ~1-10 s of compilation per example on a 2-core CPU (Tanh, Conv and eager evaluation the dearest):
@@ -101,19 +101,17 @@ def test_jit_equals_eager(net, seed):
 @settings(SETTINGS, max_examples=3)
 @given(net=mlps(), seed=st.integers(0, 2**16), log_scale=st.floats(-2.0, 1.5))
 def test_float32_duplicates_and_input_scale(net, seed, log_scale):
-    """Inputs of norm 10^-2..10^1.5 per feature, with a duplicate: finite, the duplicate's entries equal the
-    diagonal exactly, x2 = x1 equals x2 = None, and float32 within 1e-4 (relative to the diagonal scale) of
+    """Inputs of norm 10^-2..10^1.5 per feature, with a duplicate: finite, the duplicate perfectly
+    correlated (to 1e-6), x2 = x1 equals x2 = None, and float32 within 1e-4 (relative to the diagonal scale) of
     float64 (issue 24)."""
     x = sphere(4, 3, seed) * 10.0**log_scale
     x = np.concatenate([x, x[:1]])
-    k64 = ow.kernel(net, x)
-    with jax.enable_x64(False):
-        x32 = x.astype(np.float32)
-        k32, k32x = ow.kernel(net, x32), ow.kernel(net, x32, x32)
-    for name in ("nngp", "ntk"):
-        a, b, c = (np.asarray(getattr(k, name), np.float64) for k in (k64, k32, k32x))
+    for name, (a, b, c) in kernels_64_32(net, x).items():
         scale = np.max(np.abs(np.diagonal(a)))
         assert np.all(np.isfinite(b)) and np.all(np.isfinite(c))
-        assert b[0, 4] == b[0, 0] and b[4, 4] == b[0, 0], (name, b[0, 0], b[0, 4], b[4, 4])
+        # perfectly correlated up to float32 rounding (the duplicate's own variance can differ by an ulp: the
+        # input Gram's matmul may sum its diagonal entries in different orders); before issue 24, deep chaotic
+        # nets decorrelated them completely
+        assert abs(b[0, 4] / np.sqrt(b[0, 0] * b[4, 4]) - 1) < 1e-6, (name, b[0, 0], b[0, 4], b[4, 4])
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5 * scale, err_msg=name)
         np.testing.assert_allclose(c, b, rtol=1e-5, atol=1e-6 * scale, err_msg=name)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import owidth as ow
+from helpers import kernels_64_32
 from owidth.layers import combinators
 
 DEPTH = 50
@@ -25,14 +26,7 @@ def _inputs():
 
 @pytest.mark.parametrize("act", [ow.Erf(), ow.Tanh(), ow.Gelu()], ids=["erf", "tanh", "gelu"])
 def test_depth_50_float32(act):
-    net, x = _net(act), _inputs()
-    k64 = ow.kernel(net, x)
-    with jax.enable_x64(False):
-        x32 = x.astype(np.float32)
-        k32, k32x = ow.kernel(net, x32), ow.kernel(net, x32, x32)
-    for name in ("nngp", "ntk"):
-        a, b, c = (np.asarray(getattr(k, name), np.float64) for k in (k64, k32, k32x))
-        assert b.dtype == np.float64 and np.asarray(getattr(k32, name)).dtype == np.float32
+    for name, (a, b, c) in kernels_64_32(_net(act), _inputs()).items():
         np.testing.assert_allclose(b, a, rtol=1e-4, err_msg=name)            # float32 vs float64
         np.testing.assert_allclose(c, b, rtol=1e-5, err_msg=name)            # x2 = x1 vs x2 = None (~3e-6 seen)
         assert b[0, 4] == b[0, 0] == b[4, 4], (name, b[0, 0], b[0, 4])       # duplicates exactly correlated

@@ -680,10 +680,10 @@ def train(
         ``None`` for full batch.
       test: ``(x_test, y_test)`` evaluated at every record.
       record_every: steps between records (default: about 50 records); must divide ``steps``.
-      weight_decay: L2 penalty for sgd/momentum, decoupled decay for adamw.
-      momentum: decay of ``"momentum"``, in [0, 1). adam_eps: Adam's epsilon, >= 0.
-      weight_decay, momentum and adam_eps must be finite: unlike ``lr`` they
-      are checked up front (``ValueError``), not marked per member.
+      weight_decay: L2 penalty for sgd/momentum, decoupled decay for adamw; finite and >= 0,
+        checked up front (``ValueError``; unlike ``lr``, not marked per member).
+      momentum: decay of ``"momentum"``, in [0, 1) (checked up front).
+      adam_eps: Adam's epsilon, finite and >= 0 (checked up front).
       linearized: train the network's linearization around its initialisation instead.
       metrics: ``{name: fn(Snapshot) -> scalar}`` recorded alongside the losses.
         Each ``fn`` is part of the compiled program's static key: a hashable

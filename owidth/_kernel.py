@@ -128,15 +128,7 @@ def _blocked(net, x1, x2, get, size: int) -> Kernel:
         var2 = k.var2.reshape(t1, t2, size)[0].reshape(-1)[:n2]
         return Kernel(nngp=out["nngp"], ntk=out["ntk"], var1=var1, var2=var2)
 
-    upper = np.triu(np.ones((size, size), bool))
-
-    def self_block(u):
-        k = _kernel_impl(net, u, None, get)
-        sym = {f: None if getattr(k, f) is None else jnp.where(upper, getattr(k, f), getattr(k, f).T)
-               for f in ("nngp", "ntk")}
-        return Kernel(nngp=sym["nngp"], ntk=sym["ntk"], var1=k.var1, var2=k.var1)
-
-    diag = jax.lax.map(self_block, b1)
+    diag = jax.lax.map(lambda u: _kernel_impl(net, u, None, get), b1)
     ii, jj = np.triu_indices(t1, 1)
     off = jax.lax.map(lambda ij: _kernel_impl(net, b1[ij[0]], b1[ij[1]], get), (jnp.asarray(ii), jnp.asarray(jj)))
     n = x1.shape[0]
@@ -147,13 +139,20 @@ def _blocked(net, x1, x2, get, size: int) -> Kernel:
     src = np.array([[i if i == j else t1 + pair[i, j] if i < j else t1 + len(ii) + pair[j, i] for j in range(t1)]
                     for i in range(t1)])
 
+    upper = np.triu(np.ones((size, size), bool))
+
     def assemble(d, o):
+        # mirrored after the map, from its stored output: inside the map XLA may fuse the recursion into
+        # both operands of the where and evaluate (j, i) apart from (i, j), rounding them differently
+        # (seen at XLA's -O0 with the loop emitters); a loop's output cannot be fused into its consumer
+        d = jnp.where(upper, d, jnp.swapaxes(d, 1, 2))
         stacked = jnp.concatenate([d, o, jnp.swapaxes(o, 1, 2)])
         return grid(stacked[src], t1, t1)[:n, :n]
 
     out = {f: None if getattr(diag, f) is None else assemble(getattr(diag, f), getattr(off, f))
            for f in ("nngp", "ntk")}
-    var = diag.var1.reshape(-1)[:n]
+    # the variances read off the stored diagonal blocks: bit for bit the diagonal, whatever XLA fuses
+    var = (diag.var1 if diag.nngp is None else jnp.diagonal(diag.nngp, axis1=1, axis2=2)).reshape(-1)[:n]
     return Kernel(nngp=out["nngp"], ntk=out["ntk"], var1=var, var2=var)
 
 

@@ -13,8 +13,8 @@ def test_notebooks_exist():
 
 
 # Each notebook starts its own kernel and compiles afresh (20-120 s each on 2 cores, 02 and 05 the
-# dearest): the quickstart runs by default, all of them with the slow tests (.ci/run runs both).
-FAST_NOTEBOOKS = {"01_quickstart"}
+# dearest; the quickstart ~25 s): all of them run with the slow tests (.ci/run runs both suites).
+FAST_NOTEBOOKS: set[str] = set()
 
 
 @pytest.mark.parametrize("path", [p if p.stem in FAST_NOTEBOOKS else pytest.param(p, marks=pytest.mark.slow)

@@ -32,6 +32,12 @@ def test_ensemble_members_are_independent_and_labelled():
     assert (ds.diverged_step.values[:, :, 2] >= 0).all() and (ds.diverged_step.values[:, :, :2] == -1).all()
     ok = ds.train_loss.isel(lr=slice(0, 2))
     assert np.isfinite(ok).all() and (ok.isel(step=-1) < 0.5 * ok.isel(step=0)).all()
+
+
+@pytest.mark.slow  # ~9 s: three more ensembles compiled
+def test_members_in_batches_or_alone_train_as_in_the_ensemble():
+    ds = ow.train(NET, (X, Y), test=(XT, YT), widths=[16, 32], lr=[0.1, 0.5, 1e9, -1.0], alpha=[1.0, 4.0], seeds=3,
+                  steps=40, record_every=10, progress_bar=False)
     # advancing members in batches inside the program changes nothing
     batched = ow.train(NET, (X, Y), test=(XT, YT), widths=[16, 32], lr=[0.1, 0.5, 1e9, -1.0], alpha=[1.0, 4.0],
                        seeds=3, steps=40, record_every=10, progress_bar=False, members_per_batch=5)

@@ -13,7 +13,9 @@ REF = np.load(pathlib.Path(__file__).parents[1] / "reference" / "nt_kernels.npz"
 ARCHS = load_archs(REF)
 
 
-@pytest.mark.parametrize("name", sorted(ARCHS))
+# the two CNNs (~4-6 s each) with the slow tests: test_reference_nt_cnn.py checks conv kernels by default
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n.startswith("cnn") else n
+                                  for n in sorted(ARCHS)])
 def test_matches_neural_tangents(name):
     net = build(ARCHS[name])
     x1, x2 = load_inputs(REF, name)

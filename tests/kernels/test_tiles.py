@@ -28,7 +28,8 @@ def rel(a, b):
     return np.max(np.abs(a - b)) / np.max(np.abs(b))
 
 
-@pytest.mark.parametrize("name", sorted(NETS))
+# cnn-gap by default (pixel-pixel covariances through tiles); the others (~6-8 s each) with the slow tests
+@pytest.mark.parametrize("name", [n if n == "cnn-gap" else pytest.param(n, marks=pytest.mark.slow) for n in sorted(NETS)])
 def test_tiled_equals_untiled(name):
     net, shape = NETS[name]
     rng = np.random.default_rng(0)
@@ -74,8 +75,10 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # ~30 s: a second process compiling every tiled kernel for four devices
 def test_four_fake_cpu_devices_equal_one(tmp_path):
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu",
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4".strip()  # + tests/conftest.py's
+    env = {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu",
            "JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}  # compile-bound, as the default suite (tests/conftest.py)
     script = SCRIPT.format(here=str(pathlib.Path(__file__).parent), tests=str(pathlib.Path(__file__).parents[1]),
                            tmp=str(tmp_path))

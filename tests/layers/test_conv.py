@@ -105,6 +105,7 @@ def test_symmetric_psd_and_cross_consistent(name):
     np.testing.assert_allclose(k12.var2, np.diagonal(kj.nngp)[4:], rtol=1e-12)
 
 
+@pytest.mark.slow  # ~13 s
 def test_jit_and_grad_finite():
     net = NETS["gap"]
     x = images(3, (4, 3), 2, seed=3)

@@ -56,7 +56,7 @@ CASES = {
 }
 
 
-SLOW_CASES = ("cnn2-flatten", "cnn2-avgpool-gap")  # with the slow tests; the one-conv cases stay by default
+SLOW_CASES = ("cnn2-flatten", "cnn2-avgpool-gap", "cnn1-flatten")  # with the slow tests; cnn1-gap by default
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=[pytest.mark.slow, pytest.mark.compute_bound])
@@ -91,8 +91,10 @@ MLP_CASES = {
 }
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.compute_bound) if n.startswith("residual") else n
-                                  for n in sorted(MLP_CASES)])
+# the residual case (~20 s) runs with the slow tests: test_mlp_monte_carlo's residual-after-relu checks
+# the same post-activation identity branch by default
+@pytest.mark.parametrize("name", [pytest.param(n, marks=[pytest.mark.compute_bound, pytest.mark.slow])
+                                  if n.startswith("residual") else n for n in sorted(MLP_CASES)])
 def test_mlp_kernels_match_monte_carlo(name):
     # LayerNorm's NTK has an O(1/width) bias: measured z up to 5.3 at width 256 with M = 4000,
     # 2.7 at width 1024 (bias/SE ~ width^-1/2 sqrt(M)); width 512 with M = 400 keeps it near 1.

@@ -117,7 +117,7 @@ def _linear_net(depth):
 
 
 # depth 3 has A^1, B^1 and the middle layer of depth 2 too: depth 2 with the slow tests
-@pytest.mark.parametrize("depth", [1, pytest.param(2, marks=pytest.mark.slow), 3])
+@pytest.mark.parametrize("depth", [1, pytest.param(2, marks=pytest.mark.slow), pytest.param(3, marks=pytest.mark.slow)])
 def test_monte_carlo_agrees_with_exact_linear_solver(depth):
     """The sampled function-space solver on a deep linear net is within its own error bars of the exact one
     (depth 1: no response functions; 2: A^1 and B^1; 3: a middle layer with both kinds of tangents).

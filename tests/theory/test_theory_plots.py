@@ -146,6 +146,7 @@ def test_confusion_and_coherence_statistics():
 # ---------------------------------------------------------------- the experiments in quick mode (float32)
 
 
+@pytest.mark.slow  # ~5 s: the experiment end to end
 def test_learning_curves_quick(tmp_path, monkeypatch):
     """Eigenlearning within 10% of the mean NTK-regression test MSE for P >= 32, digits and sphere."""
     monkeypatch.setenv("OWIDTH_NO_PROGRESS", "1")

@@ -212,6 +212,7 @@ def test_training_does_not_retrace(trained):
 # ---------------------------------------------------------------- the experiment
 
 
+@pytest.mark.slow  # ~6 s: the experiment end to end
 def test_woodworth_quick(tmp_path, capsys, monkeypatch):
     """The quick experiment in float32, as users run it: trained nets within 2% of theory at every alpha."""
     monkeypatch.setenv("OWIDTH_NO_PROGRESS", "1")

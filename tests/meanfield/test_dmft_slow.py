@@ -8,7 +8,8 @@ import pytest
 import owidth as ow
 from owidth.experiments.dmft import _finite
 
-pytestmark = pytest.mark.slow
+# width-4096 ensembles and DMFT Monte Carlo: run optimised (tests/conftest.py)
+pytestmark = [pytest.mark.slow, pytest.mark.compute_bound]
 os.environ.setdefault("OWIDTH_NO_PROGRESS", "1")
 
 WIDTHS = [256, 1024, 4096]

@@ -20,16 +20,14 @@ _FAST_COMPILE = "--xla_cpu_use_fusion_emitters=false --xla_cpu_parallel_codegen_
 
 
 def _test_xla_flags() -> None:
-    if "OWIDTH_TEST_XLA_FLAGS" in os.environ:  # decided by the controller (xdist workers) or by the user
-        flags = os.environ["OWIDTH_TEST_XLA_FLAGS"]
-    else:
-        flags = _FAST_COMPILE
-        env = {**os.environ, "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} {flags}", "JAX_PLATFORMS": "cpu"}
+    given = os.environ.get("XLA_FLAGS", "")
+    flags = os.environ.get("OWIDTH_TEST_XLA_FLAGS")  # set by the controller (xdist workers) or by the user
+    if flags is None:
+        env = {**os.environ, "XLA_FLAGS": f"{given} {_FAST_COMPILE}", "JAX_PLATFORMS": "cpu"}
         probe = subprocess.run([sys.executable, "-c", "import jax; jax.devices()"], env=env, capture_output=True)
-        flags = flags if probe.returncode == 0 else ""
-        os.environ["OWIDTH_TEST_XLA_FLAGS"] = flags
-    if flags and flags not in os.environ.get("XLA_FLAGS", ""):
-        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flags}".strip()
+        flags = os.environ["OWIDTH_TEST_XLA_FLAGS"] = _FAST_COMPILE if probe.returncode == 0 else ""
+    if flags and flags not in given:
+        os.environ["XLA_FLAGS"] = f"{given} {flags}".strip()
 
 
 _test_xla_flags()

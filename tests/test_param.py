@@ -41,7 +41,10 @@ def test_preset_regimes_match_tensor_programs_iv():
             assert ow.MUP.shifted(role, 0.3).regime(depth=2, optimizer=optimizer) == ow.MUP.regime(depth=2, optimizer=optimizer)
 
 
-def _first_step_feature_change(param, optimizer, widths, *, lr=1e-3, seeds=4):
+FEATURE_WIDTHS = [128, 256, 512, 1024]
+
+
+def _first_step_feature_change(param, optimizer, widths=FEATURE_WIDTHS, *, lr=1e-3, seeds=4):
     """rms of (h_1 - h_0) for every weight layer after one step on the centred MSE (residual = -y exactly)."""
     net = ow.serial(ow.Dense(), ow.Tanh(), ow.Dense(), ow.Tanh(), ow.Dense(), ow.Tanh(), ow.Dense(out=1))
     x = sphere(8, 6, 3)
@@ -78,7 +81,7 @@ def test_feature_update_exponent_is_minus_r(optimizer, name):
     its exploding output instead (below). (SP with c = 1 approaches its r = 1/2 only slowly: measured
     slopes -0.81, -0.57, -0.54, -0.54, -0.52 between consecutive widths 128 ... 4096.)"""
     p = getattr(ow, name).with_base_width(64)
-    slopes = _first_step_feature_change(p, optimizer, [128, 256, 512, 1024])
+    slopes = _first_step_feature_change(p, optimizer)
     regime = p.regime(depth=3, optimizer=optimizer)
     assert abs(slopes[2] + regime.r) < 0.1, (p.name, optimizer, slopes, regime.r)
     if regime.stable:
@@ -88,7 +91,7 @@ def test_feature_update_exponent_is_minus_r(optimizer, name):
 @pytest.mark.slow
 def test_standard_parametrization_with_sgd_explodes():
     """SP with SGD at a fixed learning rate: the output's first-step update grows with width (slope > 1/2)."""
-    assert _first_step_feature_change(ow.SP.with_base_width(64), "sgd", [128, 256, 512, 1024])[3] > 0.5
+    assert _first_step_feature_change(ow.SP.with_base_width(64), "sgd")[3] > 0.5
 
 
 @functools.lru_cache(maxsize=None)

@@ -17,11 +17,13 @@ X = sphere(16, 5, 0)
 Y = np.sin(X[:, 0])
 XT = sphere(8, 5, 1)
 YT = np.sin(XT[:, 0])
+# a 2 x 3 x 4 x 2 ensemble: two learning rates that train, one that diverges, one that is invalid
+ENSEMBLE = dict(test=(XT, YT), widths=[16, 32], lr=[0.1, 0.5, 1e9, -1.0], alpha=[1.0, 4.0], seeds=3, steps=40,
+                record_every=10, progress_bar=False)
 
 
 def test_ensemble_members_are_independent_and_labelled():
-    ds = ow.train(NET, (X, Y), test=(XT, YT), widths=[16, 32], lr=[0.1, 0.5, 1e9, -1.0], alpha=[1.0, 4.0], seeds=3,
-                  steps=40, record_every=10, progress_bar=False)
+    ds = ow.train(NET, (X, Y), **ENSEMBLE)
     assert dict(ds.sizes) == {"width": 2, "seed": 3, "lr": 4, "alpha": 2, "step": 5}
     np.testing.assert_array_equal(ds.step, [0, 10, 20, 30, 40])
     status = ds.status.values
@@ -36,11 +38,9 @@ def test_ensemble_members_are_independent_and_labelled():
 
 @pytest.mark.slow  # ~9 s: three more ensembles compiled
 def test_members_in_batches_or_alone_train_as_in_the_ensemble():
-    ds = ow.train(NET, (X, Y), test=(XT, YT), widths=[16, 32], lr=[0.1, 0.5, 1e9, -1.0], alpha=[1.0, 4.0], seeds=3,
-                  steps=40, record_every=10, progress_bar=False)
+    ds = ow.train(NET, (X, Y), **ENSEMBLE)
     # advancing members in batches inside the program changes nothing
-    batched = ow.train(NET, (X, Y), test=(XT, YT), widths=[16, 32], lr=[0.1, 0.5, 1e9, -1.0], alpha=[1.0, 4.0],
-                       seeds=3, steps=40, record_every=10, progress_bar=False, members_per_batch=5)
+    batched = ow.train(NET, (X, Y), **ENSEMBLE, members_per_batch=5)
     np.testing.assert_allclose(batched.test_loss, ds.test_loss, rtol=1e-12)
     # one member trained alone gives the same numbers as inside the ensemble
     alone = ow.train(NET, (X, Y), test=(XT, YT), widths=32, lr=0.5, alpha=4.0, seeds=[2], steps=40, record_every=10,

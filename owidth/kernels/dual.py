@@ -236,7 +236,7 @@ def leaky_relu(q1, q2, c, *, a: float, need_dot: bool = True):
     # diagonal would grow by ~sqrt(ulp) per layer.
     # "Identical" means within rounding: 1 - rho < 4 eps (the division and
     # square root may be off by an ulp or two on some backends).
-    one = rho >= 1.0 - 4.0 * float(jnp.finfo(jnp.result_type(rho)).eps)
+    one, neg = _near_unit(rho)
     j, asin = _j_abs(rho)
     # T is written in s and rho only, never in c itself (c = s rho up to an ulp; kernel
     # diagonals are set from ``leaky_relu_diag`` by the callers, and a duplicated input's cross
@@ -247,8 +247,7 @@ def leaky_relu(q1, q2, c, *, a: float, need_dot: bool = True):
     # fused computations grow with depth and compile time goes superlinear.
     # s and rho come out of sqrt/divide, which XLA materialises.
     # likewise at rho = -1 (u = -v: an input and its negative), where Tdot has the same singularity
-    # and the factored correlation lands an ulp or two inside [-1, 1]
-    neg = rho <= -1.0 + 4.0 * float(jnp.finfo(jnp.result_type(rho)).eps)
+    # and the factored correlation lands an ulp or two inside [-1, 1] (``neg`` above)
     t = jnp.where(one, (p * p + m * m) * s,
                   jnp.where(neg, (m * m - p * p) * s, s * (p * p * rho + m * m * (2.0 / _PI) * j)))
     if not need_dot:
@@ -315,9 +314,17 @@ def _snap_unit(rho: jax.Array) -> jax.Array:
     """``rho`` clipped to [-1, 1], and set to exactly +-1 within 4 eps of it (identical inputs, or an
     input and its negative, up to the rounding of the correlation's division and square root). The
     gradient passes straight through."""
-    eps = 4.0 * float(jnp.finfo(jnp.result_type(rho)).eps)
-    snapped = jnp.where(rho >= 1.0 - eps, 1.0, jnp.where(rho <= -1.0 + eps, -1.0, jnp.clip(rho, -1.0, 1.0)))
+    one, neg = _near_unit(rho)
+    snapped = jnp.where(one, 1.0, jnp.where(neg, -1.0, jnp.clip(rho, -1.0, 1.0)))
     return straight_through(snapped, rho)
+
+
+def _near_unit(rho: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Where a correlation is +1 or -1 up to rounding: ``(rho >= 1 - 4 eps, rho <= -1 + 4 eps)``, eps the
+    machine epsilon of ``rho``'s dtype (the division and square root of the correlation may be off by an
+    ulp or two on some backends). The one tolerance of every "identical inputs" rule in this module."""
+    eps = 4.0 * float(jnp.finfo(jnp.result_type(rho)).eps)
+    return rho >= 1.0 - eps, rho <= -1.0 + eps
 
 
 def straight_through(value: jax.Array, grad_of: jax.Array) -> jax.Array:
@@ -329,7 +336,7 @@ def identical(q1, q2, c) -> jax.Array:
     """Where two Gaussians are the same one up to rounding: correlation ``c / sqrt(q1 q2) >= 1 - 4 eps``
     (the tolerance of :func:`leaky_relu`), with both variances positive."""
     _, rho = _corr_factored(q1, q2, c) if jnp.ndim(c) > 2 else _corr(q1, q2, c)
-    return (rho >= 1.0 - 4.0 * float(jnp.finfo(jnp.result_type(rho)).eps)) & (q1 > 0) & (q2 > 0)
+    return _near_unit(rho)[0] & (q1 > 0) & (q2 > 0)
 
 
 def at_identical(q1, q2, c, t, tdot, diag1, diag2):

@@ -72,6 +72,7 @@ def test_coord_check_quick(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow  # default suite was 9:59 in CI; these three take ~80 s
+@pytest.mark.compute_bound  # 132 networks, 150 Adam steps each: 184 s at -O0, 138 s optimised
 def test_mutransfer_quick(tmp_path, monkeypatch):
     """The best Adam learning rate stays within one grid step (x2) under muP and drifts under SP."""
     monkeypatch.setenv("OWIDTH_NO_PROGRESS", "1")
@@ -106,6 +107,7 @@ def test_lazy_rich_quick(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow  # default suite was 9:59 in CI; these three take ~80 s
+@pytest.mark.compute_bound  # the Monte Carlo DMFT sweep: 90 s at -O0, 71 s optimised
 def test_dmft_quick(tmp_path, monkeypatch):
     """muP networks approach the DMFT as width grows; gamma0 -> 0 is the NTK prediction; richer is faster."""
     monkeypatch.setenv("OWIDTH_NO_PROGRESS", "1")

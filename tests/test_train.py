@@ -171,6 +171,7 @@ def test_coord_check_is_flat_under_mup_and_grows_under_sp():
 
 
 @pytest.mark.slow
+@pytest.mark.compute_bound  # 100 steps of 32 width-1024 networks: 90 s at -O0, 75 s optimised
 def test_ntp_network_approaches_its_linearization():
     """Lee et al. 2019: a wide NTP network trained by GD stays close to its linearization.
     The relative distance of the trained outputs falls with width; Lee et al. bound it by n^-1/2,

@@ -105,7 +105,7 @@ def test_kernel_of_embedding_and_uniform_attention_in_closed_form():
     np.testing.assert_allclose(k.nngp, same / LENGTH**2, rtol=1e-12)
 
 
-@pytest.mark.parametrize("n_nets,width", [(400, 128), pytest.param(3000, 512, marks=[pytest.mark.slow,
+@pytest.mark.parametrize("n_nets,width", [(400, 128), pytest.param(2000, 384, marks=[pytest.mark.slow,
                                                                                  pytest.mark.compute_bound])])
 def test_kernel_monte_carlo(n_nets, width):
     """NNGP of a transformer block under 1/d attention vs the empirical output covariance of random finite

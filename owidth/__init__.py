@@ -14,7 +14,7 @@ from owidth._caches import clear_caches
 from owidth._finite import FiniteModel, finite
 from owidth._kernel import kernel
 from owidth._protocol import FiniteNetwork, Intermediates
-from owidth.empirical import empirical_ntk, linearize
+from owidth.empirical import empirical_nngp, empirical_ntk, empirical_ntk_vp, linearize, taylor_expand
 from owidth.flax_bridge import FlaxModel, FlaxNet, from_flax
 from owidth.kernels import Kernel
 from owidth.layers import (
@@ -51,6 +51,7 @@ from owidth.layers import (
 )
 from owidth._sweep import Sweep, load_sweep, run_sweep
 from owidth._train import Snapshot, train
+from owidth.monte_carlo import MonteCarloKernel, monte_carlo_kernel
 from owidth.meanfield import DMFTConvergenceError, DMFTResult, dmft
 from owidth.measure import coord_check
 from owidth.param import MF, MUP, NTP, SP, Parametrization, Regime, Role, scale_by_width
@@ -84,6 +85,7 @@ __all__ = [
     "LeakyRelu",
     "MF",
     "MUP",
+    "MonteCarloKernel",
     "NTP",
     "Parallel",
     "Parametrization",
@@ -105,7 +107,9 @@ __all__ = [
     "clear_caches",
     "coord_check",
     "dmft",
+    "empirical_nngp",
     "empirical_ntk",
+    "empirical_ntk_vp",
     "experiments",
     "finite",
     "from_flax",
@@ -114,11 +118,13 @@ __all__ = [
     "linearize",
     "load_sweep",
     "measure",
+    "monte_carlo_kernel",
     "parallel",
     "predict",
     "run_sweep",
     "scale_by_width",
     "serial",
+    "taylor_expand",
     "theory",
     "train",
     "transformer",

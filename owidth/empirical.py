@@ -1,4 +1,4 @@
-"""Empirical (finite-width) neural tangent kernels.
+"""Empirical (finite-width) kernels: the NTK, the output covariance, NTK-vector products, Taylor expansions.
 
 For a network ``f(theta, x)`` with ``k`` outputs the empirical NTK is
 
@@ -22,7 +22,7 @@ from owidth import _checks
 from owidth._caches import cached
 from owidth._finite import FiniteModel
 
-__all__ = ["empirical_ntk", "linearize"]
+__all__ = ["empirical_ntk", "empirical_nngp", "empirical_ntk_vp", "linearize", "taylor_expand"]
 
 _OUTPUTS = ("trace", "full")
 _IMPLS = ("auto", "jacobian", "ntvp", "structured")
@@ -309,3 +309,164 @@ def linearize(apply_fn: Callable[[Any, jax.Array], jax.Array], params0: Any) -> 
         return y0 + dy
 
     return f_lin
+
+
+def _check_fn(where: str, apply_fn) -> None:
+    if not callable(apply_fn):
+        raise TypeError(f"{where}: apply_fn must be a function (params, x) -> outputs, got {type(apply_fn).__name__}")
+
+
+def empirical_nngp(apply_fn: Callable[[Any, jax.Array], jax.Array], params: Any, x1, x2=None, *,
+                   outputs: str = "trace") -> jax.Array:
+    """The outputs' second moment for one network: ``f(x1) f(x2)^T`` over the readout units.
+
+    For ``k`` outputs, ``outputs="trace"`` (default) gives ``(1/k) sum_a f_a(x1_i) f_a(x2_j)``, an
+    (n1, n2) array whose average over random initialisations is the NNGP of :func:`ow.kernel` (per output
+    unit; neural-tangents' ``empirical_nngp_fn`` with the readout axis traced); ``"full"`` gives the
+    (n1, n2, k, k) array ``f_a(x1_i) f_b(x2_j)``.
+
+    Args:
+      apply_fn: ``(params, x) -> (batch,)`` or ``(batch, k)``.
+      params: the network's parameters.
+      x1, x2: inputs; ``x2=None`` uses ``x1``.
+      outputs: ``"trace"`` or ``"full"``.
+
+    Returns:
+      The kernel as a float array.
+
+    References:
+      - Neal 1996, Bayesian Learning for Neural Networks, ch. 2.
+      - Novak et al. 2020, Neural Tangents: Fast and Easy Infinite Neural Networks in Python. <https://arxiv.org/abs/1912.02803>
+
+    Examples:
+      >>> import numpy as np
+      >>> import owidth as ow
+      >>> import jax
+      >>> model = ow.finite(ow.serial(ow.Dense(), ow.Relu(), ow.Dense(out=3)), width=16)
+      >>> x = np.ones((2, 4))
+      >>> ow.empirical_nngp(model.apply, model.init(jax.random.key(0), x), x).shape
+      (2, 2)
+    """
+    where = "ow.empirical_nngp"
+    _check_fn(where, apply_fn)
+    if outputs not in _OUTPUTS:
+        raise ValueError(f"{where}: outputs={outputs!r}; use one of {_OUTPUTS}")
+    x1 = _checks.as_float_array("x1", x1, where=where, rank=None, cast=False)
+    f1 = _as_2d(apply_fn(params, x1))
+    f2 = f1 if x2 is None else _as_2d(apply_fn(params, _checks.as_float_array("x2", x2, where=where, rank=None,
+                                                                              cast=False)))
+    if outputs == "full":
+        return jnp.einsum("ia,jb->ijab", f1, f2)
+    return f1 @ f2.T / f1.shape[1]
+
+
+def empirical_ntk_vp(apply_fn: Callable[[Any, jax.Array], jax.Array], params: Any, x1, x2=None
+                     ) -> Callable[[jax.Array], jax.Array]:
+    """NTK-vector products ``v -> Theta(x1, x2) v`` without forming the kernel.
+
+    ``Theta(x1, x2) v = J(x1) (J(x2)^T v)``: one VJP at ``x2`` (done once, here) and one JVP at ``x1``
+    per product, so memory is that of a forward and backward pass, whatever the number of inputs
+    (neural-tangents' ``empirical_ntk_vp_fn``). ``v`` has the shape of ``apply_fn(params, x2)``, the
+    result that of ``apply_fn(params, x1)``; the kernel is the full one, output blocks included
+    (:func:`empirical_ntk` with ``outputs="full"``, contracted with ``v``). Use it in iterative solvers
+    (conjugate gradients, Lanczos) on kernels too large to store.
+
+    Args:
+      apply_fn: ``(params, x) -> outputs``.
+      params: the network's parameters.
+      x1, x2: inputs; ``x2=None`` uses ``x1``.
+
+    Returns:
+      A function ``ntk_vp(v)``; it is ``jax.jit``-able and linear in ``v``.
+
+    References:
+      - Novak et al. 2022, Fast Finite Width Neural Tangent Kernel. <https://arxiv.org/abs/2206.08720>
+
+    Examples:
+      >>> import numpy as np
+      >>> import owidth as ow
+      >>> import jax
+      >>> model = ow.finite(ow.serial(ow.Dense(), ow.Tanh(), ow.Dense(out=1)), width=32)
+      >>> x = np.random.default_rng(0).normal(size=(5, 3))
+      >>> params = model.init(jax.random.key(0), x)
+      >>> v = np.ones((5, 1))
+      >>> theta = ow.empirical_ntk(model.apply, params, x)
+      >>> bool(np.allclose(ow.empirical_ntk_vp(model.apply, params, x)(v), theta @ v))
+      True
+    """
+    where = "ow.empirical_ntk_vp"
+    _check_fn(where, apply_fn)
+    x1 = _checks.as_float_array("x1", x1, where=where, rank=None, cast=False)
+    x2 = x1 if x2 is None else _checks.as_float_array("x2", x2, where=where, rank=None, cast=False)
+    _checks.same_features(x1, x2, where=where)
+    out2, vjp2 = jax.vjp(lambda p: apply_fn(p, x2), params)
+
+    def ntk_vp(v):
+        v = jnp.asarray(v, out2.dtype)
+        if v.shape != out2.shape:
+            raise ValueError(f"{where}: v has shape {v.shape}; it must have the shape of apply_fn(params, x2), "
+                             f"{out2.shape}")
+        (tangent,) = vjp2(v)
+        return jax.jvp(lambda p: apply_fn(p, x1), (params,), (tangent,))[1]
+
+    return ntk_vp
+
+
+def taylor_expand(apply_fn: Callable[[Any, jax.Array], jax.Array], params0: Any, degree: int
+                  ) -> Callable[[Any, jax.Array], jax.Array]:
+    """Taylor expansion of ``apply_fn`` in the parameters around ``params0``, to order ``degree``:
+
+        f_d(theta, x) = sum_{k <= d} (1/k!) d^k/dt^k f(theta0 + t (theta - theta0), x) |_{t=0}
+
+    ``degree=1`` is :func:`linearize` (Lee et al. 2019); ``degree=2`` the quadratic model of wide
+    networks beyond the kernel regime (Huang & Yau 2020; Bai & Lee 2020). The derivatives are nested
+    forward-mode JVPs along ``theta - theta0`` (no Hessian is stored); order ``d`` costs about ``2^d``
+    forward passes.
+
+    Args:
+      apply_fn: ``(params, x) -> outputs``.
+      params0: the expansion point.
+      degree: the order, an int >= 0 (0: the constant ``f(theta0, x)``).
+
+    Returns:
+      ``f_d(params, x)``, with the signature of ``apply_fn``.
+
+    References:
+      - Lee et al. 2019, Wide Neural Networks of Any Depth Evolve as Linear Models Under Gradient Descent. <https://arxiv.org/abs/1902.06720>
+      - Huang & Yau 2020, Dynamics of Deep Neural Networks and Neural Tangent Hierarchy. <https://arxiv.org/abs/1909.08156>
+      - Bai & Lee 2020, Beyond Linearization: On Quadratic and Higher-Order Approximation of Wide Neural Networks. <https://arxiv.org/abs/1910.01619>
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> import owidth as ow
+      >>> f = lambda p, x: jnp.sin(p * x)
+      >>> f2 = ow.taylor_expand(f, 0.0, 2)        # sin(p x) = p x + O(p^3)
+      >>> round(float(f2(0.1, 1.0)), 6)
+      0.1
+    """
+    where = "ow.taylor_expand"
+    _check_fn(where, apply_fn)
+    if isinstance(degree, bool) or not isinstance(degree, int) or degree < 0:
+        raise ValueError(f"{where}: degree={degree!r} must be an int >= 0")
+
+    def f_taylor(params, x):
+        delta = jax.tree.map(lambda p, p0: p - p0, params, params0)
+        leaves = jax.tree.leaves(params0)
+        dtype = jnp.result_type(*leaves) if leaves else jnp.result_type(float)
+
+        def along(t):
+            return (apply_fn(jax.tree.map(lambda p0, d: p0 + t * d, params0, delta), x),)
+
+        derivs = along  # derivs(t) = (g(t), g'(t), ..., g^(k)(t))
+        for _ in range(degree):
+            derivs = functools.partial(_one_more_derivative, derivs)
+        terms = derivs(jnp.zeros((), dtype))
+        return functools.reduce(lambda a, b: a + b, (term / math.factorial(k) for k, term in enumerate(terms)))
+
+    return f_taylor
+
+
+def _one_more_derivative(derivs, t):
+    """``(g, ..., g^(k))(t)`` -> ``(g, ..., g^(k+1))(t)`` by one JVP in ``t``."""
+    primal, tangent = jax.jvp(derivs, (t,), (jnp.ones_like(t),))
+    return (*primal, tangent[-1])

@@ -4,7 +4,7 @@ Run inside the legacy venv (never imported by owidth or its tests):
 
     $(bash benchmarks/peers/build_venv.sh) benchmarks/peers/nt_reference.py
 
-writes two files in tests/reference/, each holding the inputs, the
+writes three files in tests/reference/, each holding the inputs, the
 architectures as JSON (a list of [layer, kwargs] in owidth's names, which the
 test rebuilds with the owidth API), which inputs each architecture takes
 (``inputs``: JSON name -> kind; arrays ``{kind}1``/``{kind}2``) and NT's
@@ -17,8 +17,15 @@ NNGP/NTK for (x1, x1) and (x1, x2), all float64:
   2-conv + GlobalAvgPool CNTK (also with Erf and Gelu) and a Myrtle-style net
   (Shankar et al. 2020) on small images; kinds "img10x10x3", "img7x9x2",
   "img8x8x3". It pins owidth's conv kernel engine tightly.
+* nt_activation_kernels.npz (tests/kernels/test_reference_nt_activations.py): MLPs with NT's
+  closed-form activations (Cos, Rbf, Exp, Gaussian, Gabor, Sign, ExpNormalized, Polynomial,
+  Monomial, Hermite, RectifiedMonomial); kinds "x" (the same vectors as nt_kernels.npz) and
+  "xunit" (those rows scaled to |x|^2 = d, where NT's Hermite rule, which assumes unit
+  pre-activation variance, is exact). NT's RectifiedMonomial gives NaN where the angle is 0
+  (the diagonal of the (x1, x1) kernels, and its variances, so everywhere after a second such
+  layer): recorded as NT gives it.
 
-``--only base`` / ``--only cnn`` writes just one of them.
+``--only base`` / ``--only cnn`` / ``--only act`` writes just one of them.
 """
 
 import argparse
@@ -35,6 +42,7 @@ from neural_tangents import stax  # noqa: E402
 REF_DIR = pathlib.Path(__file__).resolve().parents[2] / "tests" / "reference"
 OUT = REF_DIR / "nt_kernels.npz"
 OUT_CNN = REF_DIR / "nt_cnn_kernels.npz"
+OUT_ACT = REF_DIR / "nt_activation_kernels.npz"
 
 R2, B = 2**0.5, 0.1**0.5
 
@@ -113,6 +121,42 @@ CNN_ARCHS = {
 CNN_INPUTS = {name: "img" + name.rsplit("_", 1)[1] for name in CNN_ARCHS}
 
 
+# MLPs with NT's closed-form activations: [Dense, act1, Dense, act2, Dense(1)], or one activation
+# layer where NT's rule needs unit pre-activation variance (Hermite) or NT's second layer is NaN
+# (RectifiedMonomial).
+def _mlp2(act1, act2, d1=(1.3, 0.2), d2=(1.1, 0.1)):
+    return [["Dense", {"w_std": d1[0], "b_std": d1[1]}], act1, ["Dense", {"w_std": d2[0], "b_std": d2[1]}], act2,
+            ["Dense", {"out": 1, "w_std": 1.0, "b_std": 0.1}]]
+
+
+_POLY = [0.5, -1.0, 0.3, 0.2]
+ACT_ARCHS = {
+    "cos": _mlp2(["Cos", {"a": 1.2, "b": 0.8, "shift": 0.3}], ["Cos", {}]),
+    "rbf": _mlp2(["Rbf", {"gamma": 0.7}], ["Rbf", {"gamma": 1.3}]),
+    # small variances: E exp(2 b u) = exp(2 b^2 q) stays moderate
+    "exp": _mlp2(["Exp", {"a": 0.9, "b": 0.5}], ["Exp", {"a": 1.1, "b": 0.4}], d1=(0.8, 0.1), d2=(0.8, 0.1)),
+    "gaussian": _mlp2(["Gaussian", {"a": 1.5, "b": -0.7}], ["Gaussian", {"a": 0.8, "b": -1.2}]),
+    "gabor": _mlp2(["Gabor", {}], ["Gabor", {}]),
+    "sign": _mlp2(["Sign", {}], ["Sign", {}]),
+    "exp_normalized": _mlp2(["ExpNormalized", {"gamma": 0.8, "shift": -0.5}], ["ExpNormalized", {}]),
+    "polynomial": _mlp2(["Polynomial", {"coef": _POLY}], ["Polynomial", {"coef": _POLY}]),
+    "monomial2": _mlp2(["Monomial", {"degree": 2}], ["Monomial", {"degree": 2}]),
+    "monomial3": _mlp2(["Monomial", {"degree": 3}], ["Monomial", {"degree": 3}]),
+    # NT's RectifiedMonomial computes the variances (cov1/cov2) at angle 0, where its
+    # (pi - theta) / sin(theta) gives NaN, so one layer of it is NaN on the diagonal of (x1, x1) only,
+    # and a second layer NaN everywhere: kept as a record of NT's defect (owidth is finite there).
+    "rectified_monomial2_twice": _mlp2(["RectifiedMonomial", {"degree": 2}], ["RectifiedMonomial", {"degree": 2}]),
+}
+for _n in (0, 2, 3):
+    ACT_ARCHS[f"rectified_monomial{_n}"] = [["Dense", {"w_std": 1.3, "b_std": 0.2}],
+                                            ["RectifiedMonomial", {"degree": _n}],
+                                            ["Dense", {"out": 1, "w_std": 1.0, "b_std": 0.1}]]
+for _n in (2, 3):  # unit pre-activation variance: Dense(w_std=1, b_std=0) on rows with |x|^2 = d
+    ACT_ARCHS[f"hermite{_n}"] = [["Dense", {"w_std": 1.0, "b_std": 0.0}], ["Hermite", {"degree": _n}],
+                                 ["Dense", {"out": 1, "w_std": 1.0, "b_std": 0.0}]]
+ACT_INPUTS = {name: "xunit" if name.startswith("hermite") else "x" for name in ACT_ARCHS}
+
+
 def nt_layer(name, kw):
     if name == "Dense":
         return stax.Dense(kw.get("out", 512), W_std=kw.get("w_std", 1.0), b_std=kw.get("b_std", 0.0))
@@ -130,6 +174,28 @@ def nt_layer(name, kw):
         return stax.Sin(a=kw.get("a", 1.0), b=kw.get("b", 1.0), c=kw.get("shift", 0.0))
     if name == "Identity":
         return stax.Identity()
+    if name == "Cos":
+        return stax.Cos(a=kw.get("a", 1.0), b=kw.get("b", 1.0), c=kw.get("shift", 0.0))
+    if name == "Rbf":
+        return stax.Rbf(gamma=kw.get("gamma", 1.0))
+    if name == "Exp":
+        return stax.Exp(a=kw.get("a", 1.0), b=kw.get("b", 1.0))
+    if name == "Gaussian":
+        return stax.Gaussian(a=kw.get("a", 1.0), b=kw.get("b", -1.0))
+    if name == "Gabor":
+        return stax.Gabor()
+    if name == "Sign":
+        return stax.Sign()
+    if name == "ExpNormalized":
+        return stax.ExpNormalized(gamma=kw.get("gamma", 1.0), shift=kw.get("shift", -1.0), do_clip=True)
+    if name == "Polynomial":
+        return stax.Polynomial(list(kw["coef"]))
+    if name == "Monomial":
+        return stax.Monomial(kw["degree"])  # NT: degree <= 5
+    if name == "Hermite":
+        return stax.Hermite(kw["degree"])  # NT's rule assumes unit pre-activation variance
+    if name == "RectifiedMonomial":
+        return stax.RectifiedMonomial(kw["degree"])
     if name == "Conv":
         fs = tuple(kw["filter_shape"])
         dn = ("NWC", "WIO", "NWC") if len(fs) == 1 else ("NHWC", "HWIO", "NHWC")
@@ -188,14 +254,24 @@ def main_cnn():
     dump(OUT_CNN, CNN_ARCHS, CNN_INPUTS, data, extra)
 
 
+def main_act():
+    rng = np.random.RandomState(1234)  # the vectors "x" of main_base
+    x1, x2 = rng.randn(6, 5), rng.randn(4, 5)
+    u1, u2 = (x * np.sqrt(x.shape[1]) / np.linalg.norm(x, axis=1, keepdims=True) for x in (x1, x2))
+    data = {"x": (x1, x2), "xunit": (u1, u2)}
+    dump(OUT_ACT, ACT_ARCHS, ACT_INPUTS, data, {"x1": x1, "x2": x2, "xunit1": u1, "xunit2": u2})
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--only", choices=("base", "cnn"), help="write only this file (default: both)")
+    p.add_argument("--only", choices=("base", "cnn", "act"), help="write only this file (default: all three)")
     only = p.parse_args().only
     if only in (None, "base"):
         main_base()
     if only in (None, "cnn"):
         main_cnn()
+    if only in (None, "act"):
+        main_act()
 
 
 if __name__ == "__main__":

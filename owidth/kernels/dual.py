@@ -28,6 +28,8 @@ import numpy as np
 __all__ = [
     "fast_arcsin", "safe_sqrt", "safe_arcsin", "safe_arccos", "identity", "leaky_relu", "leaky_relu_diag",
     "leaky_relu_mean", "erf", "gelu", "sin", "identical", "at_identical", "straight_through",
+    "exp", "gaussian", "rbf", "gabor", "sign", "exp_normalized", "polynomial", "polynomial_mean",
+    "hermite_coefficients", "rectified_monomial", "rectified_monomial_mean",
 ]
 
 _PI = math.pi
@@ -289,8 +291,7 @@ def erf(q1, q2, c, *, a: float = 1.0, b: float = 1.0, shift: float = 0.0, need_d
     """
     b2 = b * b
     q1, q2 = b2 * q1, b2 * q2
-    s, rho = _corr_factored(q1, q2, b2 * c) if jnp.ndim(c) > 2 else _corr(q1, q2, b2 * c)
-    rho = _snap_unit(rho)
+    s, rho = _unit_corr(q1, q2, b2 * c)
     ar = jnp.abs(rho)
     g = safe_sqrt(1.0 + 2.0 * q1) * safe_sqrt(1.0 + 2.0 * q2)
     det = 1.0 + 2.0 * (q1 + q2) + 4.0 * (s * s) * ((1.0 - ar) * (1.0 + ar))
@@ -308,6 +309,13 @@ def _arcsin_of(r: jax.Array, comp: jax.Array, sign: jax.Array) -> jax.Array:
     near = jnp.abs(r) > 0.5
     far = 0.5 * _PI - 2.0 * safe_arcsin(jnp.sqrt(0.5 * jnp.minimum(comp, 0.5)))
     return jnp.where(near, jnp.where(sign > 0, far, -far), safe_arcsin(jnp.where(near, 0.0, r)))
+
+
+def _unit_corr(q1, q2, c) -> tuple[jax.Array, jax.Array]:
+    """``(s, rho)``: ``s = sqrt(q1 q2)`` and the correlation ``rho = c / s`` snapped to +-1 within 4 eps
+    (:func:`_snap_unit`), factored for kernels with pixel axes (``c.ndim > 2``)."""
+    s, rho = _corr_factored(q1, q2, c) if jnp.ndim(c) > 2 else _corr(q1, q2, c)
+    return s, _snap_unit(rho)
 
 
 def _snap_unit(rho: jax.Array) -> jax.Array:
@@ -383,8 +391,7 @@ def gelu(q1, q2, c, *, need_dot: bool = True):
     variances (in float32, q ~ 1e14 after 50 layers at w_std = 2: ``q1 q2 - c^2`` computed directly
     lost every digit and the diagonal came out 33% low).
     """
-    s, rho = _corr_factored(q1, q2, c) if jnp.ndim(c) > 2 else _corr(q1, q2, c)
-    rho = _snap_unit(rho)
+    s, rho = _unit_corr(q1, q2, c)
     ar = jnp.abs(rho)
     s1, s2 = 1.0 + q1, 1.0 + q2
     g = safe_sqrt(s1) * safe_sqrt(s2)
@@ -421,3 +428,208 @@ def sin(q1, q2, c, *, a: float = 1.0, b: float = 1.0, shift: float = 0.0, need_d
     if not need_dot:
         return t, None
     return t, 0.5 * a * a * b2 * (ep + em)
+
+
+# --------------------------------------------------------------------------- #
+# The rest of neural-tangents' closed forms (Novak et al. 2020), derived here
+# --------------------------------------------------------------------------- #
+def exp(q1, q2, c, *, a: float = 1.0, b: float = 1.0, need_dot: bool = True):
+    """phi(x) = a exp(b x). ``u + v`` is Gaussian with variance ``q1 + q2 + 2c``, so
+
+        T    = a^2 E exp(b (u + v)) = a^2 exp(b^2 (q1 + q2 + 2 c) / 2),    Tdot = b^2 T
+    """
+    t = a * a * jnp.exp(0.5 * (b * b) * ((q1 + q2) + 2.0 * c))
+    return t, (b * b * t if need_dot else None)
+
+
+def gaussian(q1, q2, c, *, a: float = 1.0, b: float = -1.0, need_dot: bool = True):
+    """phi(x) = a exp(b x^2) (neural-tangents' ``Gaussian``). For ``z = (u, v)`` with covariance ``S``,
+    ``E exp(b z.z) = det(I - 2 b S)^(-1/2)`` where ``I - 2 b S`` is positive definite, so with
+    ``det = (1 - 2 b q1)(1 - 2 b q2) - 4 b^2 c^2``:
+
+        T    = a^2 det^(-1/2)
+        Tdot = E[phi'(u) phi'(v)] = 4 a^2 b^2 E[u v exp(b z.z)] = 4 a^2 b^2 c det^(-3/2)
+
+    (the covariance of the tilted Gaussian is ``S (I - 2 b S)^-1``, whose off-diagonal entry is
+    ``c / det``). ``det`` is written ``1 - 2 b (q1 + q2) + 4 b^2 s^2 (1 - rho)(1 + rho)``: for ``b < 0``
+    every term is >= 0 (nothing cancels). For ``b > 0`` the moments are infinite once
+    ``2 b q >= 1``; those entries are ``inf``.
+    """
+    s, rho = _unit_corr(q1, q2, c)
+    det = 1.0 - 2.0 * b * (q1 + q2) + 4.0 * (b * b) * (s * s) * ((1.0 - rho) * (1.0 + rho))
+    finite = (1.0 - 2.0 * b * q1 > 0) & (1.0 - 2.0 * b * q2 > 0)
+    r = jnp.where(finite, jax.lax.rsqrt(jnp.where(finite, det, 1.0)), jnp.inf)
+    t = a * a * r
+    if not need_dot:
+        return t, None
+    return t, 4.0 * (a * a) * (b * b) * (s * rho) * r * r * r
+
+
+def rbf(q1, q2, c, *, gamma: float = 1.0, need_dot: bool = True):
+    """phi(x) = sqrt(2) sin(sqrt(2 gamma) x + pi/4) (neural-tangents' ``Rbf``): the NNGP is the RBF
+    kernel of the pre-activations, ``E (u - v)^2 = q1 + q2 - 2 c``,
+
+        T = exp(-gamma (q1 + q2 - 2 c)),    Tdot = 2 gamma T
+
+    (:func:`sin` with ``a = sqrt 2``, ``b = sqrt(2 gamma)``, shift ``pi/4``, whose second term vanishes).
+    ``q1 + q2 - 2 c`` is written ``(sqrt q1 - sqrt q2)^2 + 2 s (1 - rho)``, both >= 0, so that close
+    inputs keep their distance in float32."""
+    s, rho = _unit_corr(q1, q2, c)
+    dist = jnp.square(safe_sqrt(q1) - safe_sqrt(q2)) + 2.0 * s * (1.0 - rho)
+    t = jnp.exp(-gamma * dist)
+    return t, (2.0 * gamma * t if need_dot else None)
+
+
+def gabor(q1, q2, c, *, need_dot: bool = True):
+    """phi(x) = exp(-x^2) sin(x) (neural-tangents' ``Gabor``).
+
+    ``sin u sin v = (cos(u - v) - cos(u + v)) / 2`` and, for ``z = (u, v)`` with covariance ``S`` and
+    ``D = det(I + 2 S)``, ``E[exp(-z.z) cos(a.z)] = D^(-1/2) exp(-a.M a / 2)`` with
+    ``M = S (I + 2 S)^-1 = [[q1 + 2 g, c], [c, q2 + 2 g]] / D``, ``g = q1 q2 - c^2``. With
+    ``N = q1 + q2 + 4 g`` and ``D = 1 + 2 (q1 + q2) + 4 g``:
+
+        T    = D^(-1/2) exp(-N / (2 D)) sinh(c / D)
+        Tdot = dT/dc (Price's theorem)
+             = D^(-1/2) exp(-N / (2 D)) [4 c (1 + q1 + q2 + D) sinh(c / D) + (D + 8 c^2) cosh(c / D)] / D^2
+
+    (``dD/dc = dN/dc = -8 c`` and ``D - N = 1 + q1 + q2``). ``g = s^2 (1 - rho)(1 + rho) >= 0``."""
+    s, rho = _unit_corr(q1, q2, c)
+    c = s * rho
+    g = (s * s) * ((1.0 - rho) * (1.0 + rho))
+    d = 1.0 + 2.0 * (q1 + q2) + 4.0 * g
+    pre = jax.lax.rsqrt(d) * jnp.exp(-0.5 * ((q1 + q2) + 4.0 * g) / d)
+    t = pre * jnp.sinh(c / d)
+    if not need_dot:
+        return t, None
+    dot = pre * (4.0 * c * (1.0 + (q1 + q2) + d) * jnp.sinh(c / d) + (d + 8.0 * c * c) * jnp.cosh(c / d)) / (d * d)
+    return t, dot
+
+
+def sign(q1, q2, c, *, need_dot: bool = True):
+    """phi(x) = sign(x): ``T = (2/pi) asin(rho)`` (the orthant probabilities of (u, v)), ``0`` where a
+    variance is 0 (``sign(0) = 0``). ``Tdot = 0``: the derivative vanishes almost everywhere, as in
+    the finite network, whose gradients through ``sign`` are 0 (and as in neural-tangents)."""
+    _, rho = _unit_corr(q1, q2, c)
+    t = jnp.where((q1 > 0) & (q2 > 0), (2.0 / _PI) * safe_arcsin(rho), 0.0)
+    return t, (jnp.zeros_like(t) if need_dot else None)
+
+
+def exp_normalized(q1, q2, c, *, gamma: float = 1.0, shift: float = -1.0, need_dot: bool = True):
+    """The "Gaussian normalised kernel" of Shankar et al. 2020 (neural-tangents' ``ExpNormalized``), a
+    kernel map with no finite-network counterpart:
+
+        T = s exp(gamma (rho + shift)),    Tdot = dT/dc = gamma exp(gamma (rho + shift)),
+
+    ``s = sqrt(q1 q2)``, ``rho = c / s`` (clipped to [-1, 1])."""
+    s, rho = _unit_corr(q1, q2, c)
+    e = jnp.exp(gamma * (rho + shift))
+    return s * e, (gamma * e if need_dot else None)
+
+
+def hermite_coefficients(coef: tuple[float, ...]) -> tuple[tuple[float, ...], ...]:
+    """For ``p(x) = sum_j coef[j] x^j``: the polynomials ``P_m(q) = sum_k coef[m + 2k] h(m + 2k, m) q^k``
+    (coefficients lowest first), ``h(j, m) = j! / (m! 2^k k!)`` with ``j = m + 2k``, such that for
+    ``u = sqrt(q) z``, ``z ~ N(0, 1)``,
+
+        p(u) = sum_m q^(m/2) P_m(q) He_m(z)
+
+    (``z^j = sum_m h(j, m) He_m(z)``, the probabilists' Hermite expansion of a monomial)."""
+    out = []
+    for m in range(len(coef)):
+        out.append(tuple(coef[m + 2 * k] * math.factorial(m + 2 * k) / (math.factorial(m) * 2**k * math.factorial(k))
+                         for k in range((len(coef) - 1 - m) // 2 + 1)))
+    return tuple(out)
+
+
+def _poly(coef, x):
+    """``sum_k coef[k] x^k`` by Horner's rule (``coef`` lowest first, Python floats)."""
+    out = jnp.zeros_like(x) + coef[-1]
+    for v in coef[-2::-1]:
+        out = out * x + v
+    return out
+
+
+def _hermite_form(q1, q2, c, coef):
+    """``E[p(u) p(v)] = sum_m m! c^m P_m(q1) P_m(q2)`` (:func:`hermite_coefficients`;
+    ``E[He_m(z1) He_n(z2)] = m! rho^m delta_mn`` and ``(q1 q2)^(m/2) rho^m = c^m``)."""
+    shape = jnp.broadcast_shapes(jnp.shape(q1), jnp.shape(q2), jnp.shape(c))
+    out = jnp.zeros(shape, jnp.result_type(q1, q2, c))
+    for m, pm in reversed(list(enumerate(hermite_coefficients(coef)))):  # Horner in c
+        out = out * c + math.factorial(m) * _poly(pm, q1) * _poly(pm, q2)
+    return out
+
+
+def polynomial(q1, q2, c, *, coef: tuple[float, ...], need_dot: bool = True):
+    """phi(x) = sum_j coef[j] x^j, exactly, at any variances (Hermite expansion):
+
+        T    = sum_m m! c^m P_m(q1) P_m(q2)             (see :func:`hermite_coefficients`)
+        Tdot = the same for phi'(x) = sum_j (j + 1) coef[j + 1] x^j
+
+    a polynomial in ``(q1, q2, c)``: no square root, no division. (neural-tangents' ``Polynomial`` and
+    ``Monomial`` (degree <= 5), and its ``Hermite``, which is exact only at unit variance.)"""
+    t = _hermite_form(q1, q2, c, coef)
+    if not need_dot:
+        return t, None
+    return t, _hermite_form(q1, q2, c, tuple((j + 1) * coef[j + 1] for j in range(len(coef) - 1)))
+
+
+def polynomial_mean(q, *, coef: tuple[float, ...]):
+    """``E p(u) = P_0(q) = sum_k coef[2k] (2k - 1)!! q^k``."""
+    return _poly(hermite_coefficients(coef)[0], q) if coef else jnp.zeros_like(q)
+
+
+def _arc_cosine_terms(n: int) -> tuple[tuple[int, int, int, int], ...]:
+    """``J_n(theta) = (-1)^n sin^(2n+1) (1/sin d/dtheta)^n ((pi - theta) / sin)`` (Cho & Saul 2009, eq. 4)
+    as a sum of terms ``coef (pi - theta)^e cos^i sin^j``: tuples ``(coef, e, i, j)`` with integer
+    coefficients and ``j >= 0``, found by applying the operator symbolically to the term list (at trace
+    time; n steps over at most ~n^2 terms)."""
+    terms = {(1, 0, -1): 1}  # (pi - theta)^1 cos^0 sin^-1
+    for _ in range(n):
+        new: dict[tuple[int, int, int], int] = {}
+        for (e, i, j), k in terms.items():
+            # d/dtheta of (pi - theta)^e cos^i sin^j, then divided by sin
+            for key, v in (((e - 1, i, j - 1), -e * k), ((e, i - 1, j), -i * k), ((e, i + 1, j - 2), j * k)):
+                if v:
+                    new[key] = new.get(key, 0) + v
+        terms = {key: v for key, v in new.items() if v}
+    sign = -1 if n % 2 else 1
+    out = tuple((sign * k, e, i, j + 2 * n + 1) for (e, i, j), k in sorted(terms.items()))
+    if any(j < 0 for *_, j in out):  # the operator's identity: every negative power cancels
+        raise AssertionError(f"arc-cosine J_{n}: negative power of sin left: {out}")
+    return out
+
+
+def _arc_cosine_j(n: int, rho):
+    """``J_n(theta)`` at ``cos theta = rho`` (``sin theta = sqrt((1 - rho)(1 + rho))``)."""
+    sin = safe_sqrt((1.0 - rho) * (1.0 + rho))
+    pi_minus = _PI - safe_arccos(rho)
+    out = 0.0
+    for k, e, i, j in _arc_cosine_terms(n):
+        out = out + k * pi_minus**e * rho**i * sin**j
+    return out
+
+
+def rectified_monomial(q1, q2, c, *, degree: int, need_dot: bool = True):
+    """phi(x) = max(x, 0)^degree: the arc-cosine kernel of degree n (Cho & Saul 2009),
+
+        T    = (q1 q2)^(n/2) J_n(theta) / (2 pi),                 cos theta = rho
+        Tdot = n^2 (q1 q2)^((n-1)/2) J_(n-1)(theta) / (2 pi)      (phi' = n max(x, 0)^(n-1); 0 for n = 0)
+
+    with ``J_n`` in closed form (:func:`_arc_cosine_terms`: ``J_0 = pi - theta``,
+    ``J_1 = sin + (pi - theta) cos``, ``J_2 = 3 sin cos + (pi - theta)(1 + 2 cos^2)``, ...), evaluated
+    in ``rho`` and ``sin theta = sqrt((1 - rho)(1 + rho))``: no derivative of the angle is taken, so
+    the kernel is finite at rho = +-1 in float32 (neural-tangents differentiates ``(pi - theta)/sin``
+    n times by autodiff). ``degree = 0`` is the step function ``x >= 0`` (Tdot 0, as its derivative
+    vanishes almost everywhere; the finite network's gradients through it are 0)."""
+    s, rho = _unit_corr(q1, q2, c)
+    t = s**degree * _arc_cosine_j(degree, rho) / (2.0 * _PI)
+    if not need_dot:
+        return t, None
+    if degree == 0:
+        return t, jnp.zeros_like(t)
+    return t, degree**2 * s ** (degree - 1) * _arc_cosine_j(degree - 1, rho) / (2.0 * _PI)
+
+
+def rectified_monomial_mean(q, *, degree: int):
+    """``E max(u, 0)^n = q^(n/2) 2^(n/2) Gamma((n + 1)/2) / (2 sqrt(pi))`` (half of ``E |u|^n``)."""
+    return 2.0 ** (0.5 * degree) * math.gamma(0.5 * (degree + 1)) / (2.0 * math.sqrt(_PI)) * safe_sqrt(q) ** degree

@@ -2,8 +2,9 @@
 
 * :mod:`owidth.layers.dense`: ``Dense``.
 * :mod:`owidth.layers.activations`: closed-form activations (relu family, ``Erf``, ``Gelu``, ``Sin``,
-  ``Identity``), quadrature (``Tanh``, ``Sigmoid``, ``Silu``, ``Softplus``, ``ActivationFn``) and
-  compositions.
+  ``Cos``, ``Rbf``, ``Exp``, ``Gaussian``, ``Gabor``, ``Sign``, polynomials, rectified monomials,
+  ``Identity``, the kernel-only ``ExpNormalized``, user-supplied duals in ``Elementwise``), quadrature
+  (``Tanh``, ``Sigmoid``, ``Silu``, ``Softplus``, ``ActivationFn``) and compositions.
 * :mod:`owidth.layers.combinators`: ``serial``, ``parallel``, ``Residual``.
 * :mod:`owidth.layers.conv`: ``Conv``, ``AvgPool``, ``GlobalAvgPool``, ``Flatten``.
 * :mod:`owidth.layers.norm`: ``LayerNorm``.
@@ -19,13 +20,25 @@ from owidth.layers.activations import (
     Activation,
     ActivationFn,
     Composed,
+    Cos,
+    Elementwise,
     Erf,
+    Exp,
+    ExpNormalized,
+    Gabor,
+    Gaussian,
     Gelu,
+    Hermite,
     Identity,
     LeakyRelu,
+    Monomial,
+    Polynomial,
     Quadrature,
+    Rbf,
+    RectifiedMonomial,
     Relu,
     Sigmoid,
+    Sign,
     Silu,
     Sin,
     Softplus,
@@ -43,6 +56,8 @@ __all__ = [
     "Dense",
     "Activation", "Relu", "LeakyRelu", "Abs", "Erf", "Gelu", "Sin", "Identity",
     "Quadrature", "ActivationFn", "Composed", "Tanh", "Sigmoid", "Silu", "Swish", "Softplus",
+    "Cos", "Rbf", "Exp", "Gaussian", "Gabor", "Sign", "ExpNormalized", "Polynomial", "Monomial", "Hermite",
+    "RectifiedMonomial", "Elementwise",
     "Serial", "Parallel", "serial", "parallel", "Residual",
     "Conv", "AvgPool", "Flatten", "GlobalAvgPool",
     "LayerNorm",

@@ -9,10 +9,12 @@ row, by the graded trapezoid rule of :mod:`owidth.kernels.quadrature`.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from owidth import _checks
 from owidth.kernels import dual, quadrature
@@ -21,7 +23,8 @@ from owidth.kernels.state import KState, self_var
 from owidth.layers._base import Caps, Layer
 
 __all__ = ["Activation", "LeakyRelu", "Relu", "Abs", "Erf", "Gelu", "Sin", "Identity", "Quadrature", "ActivationFn",
-           "Composed", "Tanh", "Sigmoid", "Silu", "Swish", "Softplus"]
+           "Composed", "Tanh", "Sigmoid", "Silu", "Swish", "Softplus", "Cos", "Rbf", "Exp", "Gaussian", "Gabor",
+           "Sign", "ExpNormalized", "Polynomial", "Monomial", "Hermite", "RectifiedMonomial", "Elementwise"]
 
 
 class Activation(Layer):
@@ -59,6 +62,7 @@ class Activation(Layer):
     _smooth = True  # False for kinked functions (relu family): no Gauss-Hermite quadrature of their compositions
     _kink_at_zero_only = False  # True for the relu family: piecewise linear with the kink at 0
     _exact_at_identical = False  # True where ``dual`` itself returns the diagonal values at rho = 1
+    _has_mean = True  # False where ``E phi(u)`` is unknown (kernel-only or user-supplied duals)
 
     def fn(self, x: jax.Array) -> jax.Array:
         raise NotImplementedError
@@ -90,6 +94,11 @@ class Activation(Layer):
                 f"{type(self).__name__}.mean: no closed form for E phi(u); LayerNorm after it is not supported"
             )
         return quadrature.mean(self.fn, q, nodes=getattr(self, "nodes", None))
+
+    def _mean_or_nan(self, q):
+        """``mean(q)``, or NaN for activations without ``E phi(u)`` (``_has_mean = False``): carried in the
+        kernel state for a ``LayerNorm`` later, which refuses them by name when it follows directly."""
+        return self.mean(q) if self._has_mean else jnp.full_like(q, jnp.nan)
 
     def _kernel(self, ks: KState) -> KState:
         if ks.is_input:
@@ -140,8 +149,8 @@ class Activation(Layer):
         else:
             var1, var2 = d1[0], d2[0]
         ntk = ks.ntk * tdot if need else None
-        mean1 = self.mean(ks.var1)
-        mean2 = None if ks.var2 is None else self.mean(ks.var2)
+        mean1 = self._mean_or_nan(ks.var1)
+        mean2 = None if ks.var2 is None else self._mean_or_nan(ks.var2)
         return ks.replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2, gaussian=False, pre=ks, act=self,
                           mean1=mean1, mean2=mean2)
 
@@ -179,8 +188,8 @@ class Activation(Layer):
         else:
             var1, var2 = self._self_block(ks.var1, p1, d1, ks), self._self_block(ks.var2, p2, d2, ks)
         ntk = ks.ntk * tdot if need else None
-        mean1 = self.mean(p1)
-        mean2 = None if ks.var2 is None else self.mean(p2)
+        mean1 = self._mean_or_nan(p1)
+        mean2 = None if ks.var2 is None else self._mean_or_nan(p2)
         return ks.replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2, gaussian=False, pre=ks, act=self,
                           mean1=mean1, mean2=mean2)
 
@@ -413,6 +422,434 @@ class Identity(Activation):
 
     def _odd_linear(self) -> bool:
         return True
+
+
+# --------------------------------------------------------------------------- #
+# The rest of neural-tangents' closed forms
+# --------------------------------------------------------------------------- #
+@dataclasses.dataclass(frozen=True)
+class Cos(Sin):
+    """``a * cos(b x + shift)`` (``Sin`` with the shift moved by pi/2).
+
+    References:
+      - Novak et al. 2020, Neural Tangents: Fast and Easy Infinite Neural Networks in Python. <https://arxiv.org/abs/1912.02803>
+
+    Examples:
+      >>> import numpy as np
+      >>> import owidth as ow
+      >>> net = ow.serial(ow.Dense(), ow.Cos(), ow.Dense(out=1))
+      >>> round(float(ow.kernel(net, np.ones((1, 2)), get="nngp").nngp[0, 0]), 4)   # e^-q cosh(q), q = 1
+      0.5677
+    """
+
+    def fn(self, x):
+        return self.a * jnp.cos(self.b * x + self.shift)
+
+    def dual(self, q1, q2, c, *, need_dot):
+        return dual.sin(q1, q2, c, a=self.a, b=self.b, shift=self.shift + 0.5 * jnp.pi, need_dot=need_dot)
+
+    def mean(self, q):
+        return self.a * jnp.cos(self.shift) * jnp.exp(-0.5 * self.b**2 * q)
+
+
+@dataclasses.dataclass(frozen=True)
+class Rbf(Activation):
+    """``sqrt(2) sin(sqrt(2 gamma) x + pi/4)``, whose NNGP is the RBF kernel of its inputs,
+    ``exp(-gamma E(u - v)^2)`` (random Fourier features, Rahimi & Recht 2007; neural-tangents' ``Rbf``).
+
+    References:
+      - Rahimi & Recht 2007, Random Features for Large-Scale Kernel Machines (NeurIPS 2007).
+      - Novak et al. 2020, Neural Tangents: Fast and Easy Infinite Neural Networks in Python. <https://arxiv.org/abs/1912.02803>
+
+    Examples:
+      >>> import numpy as np
+      >>> import owidth as ow
+      >>> x = np.array([[1.0, 0.0], [0.0, 1.0]])
+      >>> k = ow.kernel(ow.serial(ow.Dense(), ow.Rbf(gamma=0.5)), x, get="nngp").nngp
+      >>> round(float(k[0, 1]), 4)    # exp(-gamma |x - x'|^2 / d) = exp(-0.5)
+      0.6065
+    """
+
+    gamma: float = _checks.field(1.0, converter=_checks.std)
+
+    def fn(self, x):
+        return 2**0.5 * jnp.sin((2.0 * self.gamma) ** 0.5 * x + 0.25 * jnp.pi)
+
+    def dual(self, q1, q2, c, *, need_dot):
+        return dual.rbf(q1, q2, c, gamma=self.gamma, need_dot=need_dot)
+
+    def mean(self, q):
+        return jnp.exp(-self.gamma * q)  # sqrt(2) sin(pi/4) E cos(b u)
+
+
+@dataclasses.dataclass(frozen=True)
+class Exp(Activation):
+    """``a * exp(b x)``: ``E[phi(u) phi(v)] = a^2 exp(b^2 (q1 + q2 + 2 c) / 2)``.
+
+    References:
+      - Novak et al. 2020, Neural Tangents: Fast and Easy Infinite Neural Networks in Python. <https://arxiv.org/abs/1912.02803>
+
+    Examples:
+      >>> import numpy as np
+      >>> import owidth as ow
+      >>> net = ow.serial(ow.Dense(), ow.Exp(), ow.Dense(out=1))
+      >>> round(float(ow.kernel(net, np.ones((1, 2)), get="nngp").nngp[0, 0]), 4)   # E e^(2u) = e^(2q), q = 1
+      7.3891
+    """
+
+    a: float = _checks.field(1.0, converter=_checks.real)
+    b: float = _checks.field(1.0, converter=_checks.real)
+
+    def fn(self, x):
+        return self.a * jnp.exp(self.b * x)
+
+    def dual(self, q1, q2, c, *, need_dot):
+        return dual.exp(q1, q2, c, a=self.a, b=self.b, need_dot=need_dot)
+
+    def mean(self, q):
+        return self.a * jnp.exp(0.5 * self.b**2 * q)
+
+
+@dataclasses.dataclass(frozen=True)
+class Gaussian(Activation):
+    """``a * exp(b x^2)`` (neural-tangents' ``Gaussian``; ``b < 0`` for a bump). For ``b > 0`` its moments
+    are finite only while every pre-activation variance is below ``1 / (4 b)`` (``1 / (2 b)`` for the
+    kernel's off-diagonal entries); beyond, the kernel is ``inf``.
+
+    References:
+      - Novak et al. 2020, Neural Tangents: Fast and Easy Infinite Neural Networks in Python. <https://arxiv.org/abs/1912.02803>
+
+    Examples:
+      >>> import numpy as np
+      >>> import owidth as ow
+      >>> net = ow.serial(ow.Dense(), ow.Gaussian(), ow.Dense(out=1))
+      >>> round(float(ow.kernel(net, np.ones((1, 2)), get="nngp").nngp[0, 0]), 4)   # E e^(-2u^2) = (1 + 4q)^-1/2
+      0.4472
+    """
+
+    a: float = _checks.field(1.0, converter=_checks.real)
+    b: float = _checks.field(-1.0, converter=_checks.real)
+
+    def fn(self, x):
+        return self.a * jnp.exp(self.b * x * x)
+
+    def dual(self, q1, q2, c, *, need_dot):
+        return dual.gaussian(q1, q2, c, a=self.a, b=self.b, need_dot=need_dot)
+
+    def mean(self, q):
+        ok = 1.0 - 2.0 * self.b * q > 0
+        return jnp.where(ok, self.a * jax.lax.rsqrt(jnp.where(ok, 1.0 - 2.0 * self.b * q, 1.0)), jnp.inf)
+
+
+@dataclasses.dataclass(frozen=True)
+class Gabor(Activation):
+    """``exp(-x^2) sin(x)`` (neural-tangents' ``Gabor``), in closed form (:func:`owidth.kernels.dual.gabor`).
+
+    References:
+      - Novak et al. 2020, Neural Tangents: Fast and Easy Infinite Neural Networks in Python. <https://arxiv.org/abs/1912.02803>
+
+    Examples:
+      >>> import numpy as np
+      >>> import owidth as ow
+      >>> net = ow.serial(ow.Dense(), ow.Gabor(), ow.Dense(out=1))
+      >>> round(float(ow.kernel(net, np.ones((1, 2)), get="nngp").nngp[0, 0]), 4)   # (1 - e^(-2q/(1+4q))) / (2 sqrt(1+4q))
+      0.0737
+    """
+
+    def fn(self, x):
+        return jnp.exp(-x * x) * jnp.sin(x)
+
+    def dual(self, q1, q2, c, *, need_dot):
+        return dual.gabor(q1, q2, c, need_dot=need_dot)
+
+    def mean(self, q):
+        return jnp.zeros_like(q)  # odd
+
+
+@dataclasses.dataclass(frozen=True)
+class Sign(Activation):
+    """``sign(x)``: NNGP ``(2/pi) asin(rho)``; its derivative vanishes almost everywhere, so the NTK
+    contribution of the layers below is 0, as in the finite network, whose gradients through ``sign`` are 0.
+
+    References:
+      - Novak et al. 2020, Neural Tangents: Fast and Easy Infinite Neural Networks in Python. <https://arxiv.org/abs/1912.02803>
+
+    Examples:
+      >>> import numpy as np
+      >>> import owidth as ow
+      >>> x = np.array([[1.0, 0.0], [1.0, 1.0]])
+      >>> k = ow.kernel(ow.serial(ow.Dense(), ow.Sign()), x, get="nngp").nngp
+      >>> round(float(k[0, 1]), 4)    # (2/pi) asin(1/sqrt 2) = 1/2
+      0.5
+    """
+
+    _smooth = False
+
+    def fn(self, x):
+        return jnp.sign(x)
+
+    def dual(self, q1, q2, c, *, need_dot):
+        return dual.sign(q1, q2, c, need_dot=need_dot)
+
+    def mean(self, q):
+        return jnp.zeros_like(q)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExpNormalized(Activation):
+    """The "Gaussian normalised kernel" of Shankar et al. 2020 (neural-tangents' ``ExpNormalized``):
+    ``nngp' = sqrt(q1 q2) exp(gamma (rho + shift))``, ``ntk' = ntk gamma exp(gamma (rho + shift))``,
+    ``rho`` the correlation (clipped to [-1, 1], neural-tangents' ``do_clip=True``). A kernel map only:
+    no elementwise function has it as its dual, so ``ow.finite`` refuses it.
+
+    References:
+      - Shankar et al. 2020, Neural Kernels Without Tangents. <https://arxiv.org/abs/2003.02237>
+
+    Examples:
+      >>> import numpy as np
+      >>> import owidth as ow
+      >>> x = np.array([[1.0, 0.0], [0.0, 1.0]])
+      >>> k = ow.kernel(ow.serial(ow.Dense(), ow.ExpNormalized(gamma=1.0, shift=-1.0)), x, get="nngp").nngp
+      >>> round(float(k[0, 1]), 4), round(float(k[0, 0]), 4)   # (1/2) e^(-1) and (1/2) e^0
+      (0.1839, 0.5)
+    """
+
+    gamma: float = _checks.field(1.0, converter=_checks.real)
+    shift: float = _checks.field(-1.0, converter=_checks.real)
+
+    _smooth = False
+    _has_mean = False
+
+    def fn(self, x):
+        raise NotImplementedError(
+            "ow.ExpNormalized is a kernel map with no finite-network function (Shankar et al. 2020); use it "
+            "with ow.kernel only, or pick an activation with a finite counterpart (e.g. ow.Rbf, ow.Exp)"
+        )
+
+    def dual(self, q1, q2, c, *, need_dot):
+        return dual.exp_normalized(q1, q2, c, gamma=self.gamma, shift=self.shift, need_dot=need_dot)
+
+    def mean(self, q):
+        raise NotImplementedError("ow.ExpNormalized has no finite function: LayerNorm after it is not defined")
+
+
+def _coefficients(cls: str, name: str, value) -> tuple[float, ...]:
+    try:
+        coef = tuple(value)
+    except TypeError as err:
+        raise TypeError(f"{cls}({name}=...) must be a sequence of numbers (lowest power first), got {value!r}") from err
+    if not coef or not all(isinstance(v, (int, float, jnp.integer, jnp.floating)) and not isinstance(v, bool)
+                           and jnp.isfinite(v) for v in coef):
+        raise ValueError(f"{cls}({name}={value!r}) must be a non-empty sequence of finite numbers, lowest power first")
+    if len(coef) > 41:
+        raise ValueError(f"{cls}({name}=...) has degree {len(coef) - 1}: at most 40 (the Hermite expansion's "
+                         "coefficients grow like degree! and lose float64 precision beyond)")
+    return tuple(float(v) for v in coef)
+
+
+def _degree(cls: str, name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, jnp.integer)):
+        raise TypeError(f"{cls}({name}={value!r}) must be an int")
+    if not 0 <= value <= 40:
+        raise ValueError(f"{cls}({name}={value!r}) must be an int in [0, 40]")
+    return int(value)
+
+
+class _PolynomialActivation(Activation):
+    """A polynomial ``sum_j coefficients[j] x^j``, its kernels exact at any variance
+    (:func:`owidth.kernels.dual.polynomial`). Subclasses define ``coefficients``."""
+
+    coefficients = (0.0,)
+
+    def fn(self, x):
+        out = jnp.zeros_like(x) + self.coefficients[-1]
+        for v in self.coefficients[-2::-1]:
+            out = out * x + v
+        return out
+
+    def dual(self, q1, q2, c, *, need_dot):
+        return dual.polynomial(q1, q2, c, coef=self.coefficients, need_dot=need_dot)
+
+    def mean(self, q):
+        return dual.polynomial_mean(q, coef=self.coefficients)
+
+
+@dataclasses.dataclass(frozen=True)
+class Polynomial(_PolynomialActivation):
+    """``coef[0] + coef[1] x + ... + coef[n] x^n`` (lowest power first, as ``numpy.polynomial``), with
+    its kernels exact at any variances (``E[phi(u) phi(v)] = sum_m m! c^m P_m(q1) P_m(q2)``, a
+    polynomial in the covariance entries; see :func:`owidth.kernels.dual.polynomial`).
+
+    References:
+      - Novak et al. 2020, Neural Tangents: Fast and Easy Infinite Neural Networks in Python. <https://arxiv.org/abs/1912.02803>
+
+    Examples:
+      >>> import numpy as np
+      >>> import owidth as ow
+      >>> net = ow.serial(ow.Dense(), ow.Polynomial([1.0, 0.0, 1.0]), ow.Dense(out=1))   # 1 + x^2
+      >>> float(ow.kernel(net, np.ones((1, 2)), get="nngp").nngp[0, 0])   # E (1 + u^2)^2 = 1 + 2q + 3q^2, q = 1
+      6.0
+    """
+
+    coef: tuple[float, ...] = _checks.field(converter=_coefficients)
+
+    @property
+    def coefficients(self):
+        return self.coef
+
+
+@dataclasses.dataclass(frozen=True)
+class Monomial(_PolynomialActivation):
+    """``x^degree``, exact at any degree (neural-tangents: degree <= 5).
+
+    References:
+      - Novak et al. 2020, Neural Tangents: Fast and Easy Infinite Neural Networks in Python. <https://arxiv.org/abs/1912.02803>
+
+    Examples:
+      >>> import numpy as np
+      >>> import owidth as ow
+      >>> net = ow.serial(ow.Dense(), ow.Monomial(3), ow.Dense(out=1))
+      >>> float(ow.kernel(net, np.ones((1, 2)), get="nngp").nngp[0, 0])   # E u^6 = 15 q^3
+      15.0
+    """
+
+    degree: int = _checks.field(converter=_degree)
+
+    @property
+    def coefficients(self):
+        return (0.0,) * self.degree + (1.0,)
+
+
+@dataclasses.dataclass(frozen=True)
+class Hermite(_PolynomialActivation):
+    """The normalised probabilists' Hermite polynomial ``He_n(x) / sqrt(n!)`` (unit norm under N(0, 1)).
+
+    Its kernel is exact at any variances; at unit variance it is ``c^n`` (neural-tangents' ``Hermite``
+    assumes unit variance, e.g. after ``LayerNorm``, and returns ``c^n`` whatever the variance).
+
+    References:
+      - Novak et al. 2020, Neural Tangents: Fast and Easy Infinite Neural Networks in Python. <https://arxiv.org/abs/1912.02803>
+      - O'Donnell 2014, Analysis of Boolean Functions, ch. 11 (Hermite polynomials and Gaussian space).
+
+    Examples:
+      >>> import numpy as np
+      >>> import owidth as ow
+      >>> x = np.array([[1.0, 0.0], [0.6, 0.8]])     # unit variance after Dense(): q = |x|^2 / d
+      >>> k = ow.kernel(ow.serial(ow.Dense(w_std=2**0.5), ow.Hermite(2)), x, get="nngp").nngp
+      >>> round(float(k[0, 1]), 4)    # c^2 = 0.6^2
+      0.36
+    """
+
+    degree: int = _checks.field(converter=_degree)
+
+    @property
+    def coefficients(self):
+        he = np.polynomial.hermite_e.herme2poly([0.0] * self.degree + [1.0])
+        return tuple(float(v) / math.sqrt(math.factorial(self.degree)) for v in he)
+
+
+@dataclasses.dataclass(frozen=True)
+class RectifiedMonomial(Activation):
+    """``max(x, 0)^degree``: the arc-cosine kernel of degree n (Cho & Saul 2009), in closed form at any
+    degree (:func:`owidth.kernels.dual.rectified_monomial`); ``degree = 1`` is ``Relu``, ``0`` the step.
+
+    References:
+      - Cho & Saul 2009, Kernel Methods for Deep Learning (NeurIPS 2009): the arc-cosine kernels.
+
+    Examples:
+      >>> import numpy as np
+      >>> import owidth as ow
+      >>> net = ow.serial(ow.Dense(), ow.RectifiedMonomial(2), ow.Dense(out=1))
+      >>> float(ow.kernel(net, np.ones((1, 2)), get="nngp").nngp[0, 0])   # E relu(u)^4 = 3 q^2 / 2
+      1.5
+    """
+
+    degree: int = _checks.field(converter=_degree)
+
+    _smooth = False
+
+    def fn(self, x):
+        return jnp.where(x >= 0, 1.0, 0.0) * jnp.maximum(x, 0.0) ** self.degree
+
+    def dual(self, q1, q2, c, *, need_dot):
+        return dual.rectified_monomial(q1, q2, c, degree=self.degree, need_dot=need_dot)
+
+    def mean(self, q):
+        return dual.rectified_monomial_mean(q, degree=self.degree)
+
+
+@dataclasses.dataclass(frozen=True, init=False)
+class Elementwise(Activation):
+    """An activation with a user-supplied dual kernel (neural-tangents' ``Elementwise``).
+
+    Args:
+      fn: the elementwise function (jax-traceable) for finite networks; ``None``: kernels only.
+      nngp_fn: ``(cov12, var1, var2) -> E[fn(u) fn(v)]`` for centred Gaussians with these moments,
+        written for scalars (it is vectorised with ``jnp.vectorize``).
+      d_nngp_fn: ``(cov12, var1, var2) -> E[fn'(u) fn'(v)]``; ``None``: ``d nngp_fn / d cov12`` by
+        autodiff (Price's theorem: ``d E[f(u) f(v)] / d c = E[f'(u) f'(v)]``).
+
+    Pass the same function objects to reuse compilations (they compare by identity).
+
+    References:
+      - Price 1958, A useful theorem for nonlinear devices having Gaussian inputs. IRE Trans. Inf. Theory 4(2).
+      - Han et al. 2022, Fast Neural Kernel Embeddings for General Activations. <https://arxiv.org/abs/2209.04121>
+
+    Examples:
+      >>> import numpy as np
+      >>> import jax.numpy as jnp
+      >>> import owidth as ow
+      >>> def nngp_fn(c, q1, q2):   # E[erf(u) erf(v)] (Williams 1997)
+      ...     return 2 / jnp.pi * jnp.arcsin(2 * c / jnp.sqrt((1 + 2 * q1) * (1 + 2 * q2)))
+      >>> mine = ow.serial(ow.Dense(), ow.Elementwise(None, nngp_fn), ow.Dense(out=1))
+      >>> ref = ow.serial(ow.Dense(), ow.Erf(), ow.Dense(out=1))
+      >>> x = np.array([[1.0, 0.5], [0.2, -1.0]])
+      >>> bool(np.allclose(ow.kernel(mine, x).ntk, ow.kernel(ref, x).ntk))
+      True
+    """
+
+    function: Callable[[jax.Array], jax.Array] | None = None
+    nngp_fn: Callable | None = None
+    d_nngp_fn: Callable | None = None
+
+    _smooth = False
+    _has_mean = False
+
+    def __init__(self, fn: Callable | None = None, nngp_fn: Callable | None = None, d_nngp_fn: Callable | None = None):
+        # neural-tangents' argument names (``fn`` is also the method every activation has, so the function
+        # is stored as ``function``)
+        object.__setattr__(self, "function", fn)
+        object.__setattr__(self, "nngp_fn", nngp_fn)
+        object.__setattr__(self, "d_nngp_fn", d_nngp_fn)
+        self.__post_init__()
+
+    def __post_init__(self):
+        for name in ("function", "nngp_fn", "d_nngp_fn"):
+            value = getattr(self, name)
+            if value is not None and not callable(value):
+                raise TypeError(f"Elementwise({name}=...) must be callable or None, got {value!r}")
+        if self.function is None and self.nngp_fn is None:
+            raise ValueError("Elementwise: give fn (finite networks), nngp_fn (kernels) or both")
+        super().__post_init__()
+
+    def fn(self, x):
+        if self.function is None:
+            raise NotImplementedError("ow.Elementwise(fn=None, ...): no finite function given; pass fn= to build "
+                                      "finite networks")
+        return self.function(x)
+
+    def dual(self, q1, q2, c, *, need_dot):
+        if self.nngp_fn is None:
+            raise NotImplementedError("ow.Elementwise(nngp_fn=None): no dual kernel given; pass nngp_fn= "
+                                      "(or use ow.ActivationFn(fn) for quadrature)")
+        t = jnp.vectorize(self.nngp_fn)(c, q1, q2)
+        if not need_dot:
+            return t, None
+        d = self.d_nngp_fn if self.d_nngp_fn is not None else jax.grad(self.nngp_fn)
+        return t, jnp.vectorize(d)(c, q1, q2)
+
+    def mean(self, q):
+        raise NotImplementedError("ow.Elementwise: E fn(u) is not given; LayerNorm after it is not supported")
 
 
 # --------------------------------------------------------------------------- #

@@ -75,6 +75,11 @@ class LayerNorm(Layer):
                 "ow.kernel: LayerNorm follows a weight layer with a fixed out=k: over k features its mean and "
                 "variance are random (k = 1: the network's output is exactly 0), not the infinite-width limit. "
                 "Leave out=None on that layer (a hidden layer) and put the readout Dense(out=k) after the LayerNorm.")
+        if ks.act is not None and not ks.act._has_mean:
+            raise NotImplementedError(
+                f"ow.kernel: LayerNorm after {type(ks.act).__name__}, whose mean E phi(u) is not known (a kernel-only "
+                "or user-supplied dual): LayerNorm centres its input. Put a Dense layer between them."
+            )
         nsp, full = len(ks.spatial), ks.full
         p1 = sp.pixel_var(ks.var1, nsp, full)
         p2 = p1 if ks.var2 is None else sp.pixel_var(ks.var2, nsp, full)

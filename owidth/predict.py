@@ -40,7 +40,8 @@ import numpy as np
 from owidth import _checks
 from owidth.kernels.state import Kernel
 
-__all__ = ["Prediction", "gradient_descent", "gradient_flow", "log_marginal_likelihood", "nngp_posterior"]
+__all__ = ["Prediction", "gradient_descent", "gradient_flow", "log_marginal_likelihood", "max_learning_rate",
+           "nngp_posterior"]
 
 
 @jax.tree_util.register_dataclass
@@ -297,6 +298,45 @@ def gradient_flow(k_train, k_test_train=None, y_train=None, *, times, k_test_tes
     times = _check_times(times, integer=False)
     return _dynamics(k_train, k_test_train, y_train, times=times, lr=1.0, discrete=False, k_test_test=k_test_test,
                      ridge=ridge, f0_train=f0_train, f0_test=f0_test, where="ow.predict.gradient_flow")
+
+
+def max_learning_rate(k_train, *, momentum: float = 0.0) -> jax.Array:
+    """The largest learning rate at which gradient descent on the MSE converges, in the kernel regime.
+
+    With ``L = 1/(2n) sum ||f - y||^2`` the residual evolves as ``r <- (I - lr Theta / n) r``, a
+    contraction iff ``lr < 2 n / lambda_max(Theta)``; with heavy-ball momentum ``beta`` the bound is
+    ``2 (1 + beta) n / lambda_max`` (Polyak 1964; Goh 2017). Above it the linearised (infinitely wide)
+    network diverges; finite networks between ``2 n / lambda_max`` and about twice that can instead
+    leave the kernel regime and converge (the catapult phase of Lewkowycz et al. 2020).
+
+    Args:
+      k_train: the NTK on the ``n`` training points, (n, n), or an ``ow.Kernel`` (its ``ntk``).
+      momentum: heavy-ball momentum ``beta`` in [0, 1).
+
+    Returns:
+      The learning rate, a scalar array (``jax.jit``-able).
+
+    References:
+      - Lee et al. 2019, Wide Neural Networks of Any Depth Evolve as Linear Models Under Gradient Descent. <https://arxiv.org/abs/1902.06720>
+      - Lewkowycz et al. 2020, The large learning rate phase of deep learning: the catapult mechanism. <https://arxiv.org/abs/2003.02218>
+      - Goh 2017, Why Momentum Really Works. Distill. <https://distill.pub/2017/momentum/>
+
+    Examples:
+      >>> import numpy as np
+      >>> import owidth as ow
+      >>> float(ow.predict.max_learning_rate(np.array([[3.0, 1.0], [1.0, 3.0]])))   # 2 n / lambda_max = 4 / 4
+      1.0
+    """
+    where = "ow.predict.max_learning_rate"
+    ntk, _ = _split(k_train, "k_train")
+    if ntk.ndim != 2 or ntk.shape[0] != ntk.shape[1]:
+        raise ValueError(f"{where}: k_train must be a square (n, n) NTK, got shape {ntk.shape}")
+    if isinstance(momentum, bool) or not isinstance(momentum, (int, float, np.floating)) or not 0 <= momentum < 1:
+        raise ValueError(f"{where}: momentum={momentum!r} must be a float in [0, 1)")
+    if _concrete(ntk):
+        _check_values(where, k_train=ntk)
+    lam_max = jnp.linalg.eigvalsh(ntk)[-1]
+    return 2.0 * (1.0 + momentum) * ntk.shape[0] / lam_max
 
 
 def nngp_posterior(k_train, k_test_train, y_train, *, noise: float = 0.0, k_test_test=None) -> Prediction:

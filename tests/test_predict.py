@@ -119,3 +119,23 @@ def test_singular_kernel_and_times_batch():
         ow.predict.gradient_descent(k, None, y, lr=-1.0, steps=3)
     with pytest.raises(ValueError, match="integers"):
         ow.predict.gradient_descent(k, None, y, lr=1.0, steps=[1.5])
+
+
+def test_max_learning_rate_is_the_edge_of_divergence():
+    """Just below ow.predict.max_learning_rate the linearised network's training residual contracts; just
+    above, it grows (along the top eigenvector of the NTK); momentum widens the bound by (1 + beta)."""
+    net = ow.serial(ow.Dense(w_std=1.5, b_std=0.1), ow.Relu(), ow.Dense(out=1))
+    x = np.random.default_rng(0).normal(size=(8, 3))
+    k = ow.kernel(net, x)
+    y = np.random.default_rng(1).normal(size=(8, 1))
+    lr = float(ow.predict.max_learning_rate(k))
+    np.testing.assert_allclose(lr, 2 * 8 / np.linalg.eigvalsh(np.asarray(k.ntk))[-1], rtol=1e-12)
+    for factor, grows in ((0.98, False), (1.02, True)):
+        p = ow.predict.gradient_descent(k.ntk, None, y, lr=factor * lr, steps=[2000])
+        residual = np.abs(np.asarray(p.mean_train[0]) - y).max()
+        assert (residual > 1e3) == grows, (factor, residual)
+    assert float(ow.predict.max_learning_rate(k, momentum=0.5)) == pytest.approx(1.5 * lr, rel=1e-12)
+    with pytest.raises(ValueError, match="momentum"):
+        ow.predict.max_learning_rate(k, momentum=1.0)
+    with pytest.raises(ValueError, match="square"):
+        ow.predict.max_learning_rate(np.ones((3, 2)))

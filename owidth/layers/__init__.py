@@ -6,7 +6,7 @@
   ``Identity``, the kernel-only ``ExpNormalized``, user-supplied duals in ``Elementwise``), quadrature
   (``Tanh``, ``Sigmoid``, ``Silu``, ``Softplus``, ``ActivationFn``) and compositions.
 * :mod:`owidth.layers.combinators`: ``serial``, ``parallel``, ``Residual``.
-* :mod:`owidth.layers.conv`: ``Conv``, ``AvgPool``, ``GlobalAvgPool``, ``Flatten``.
+* :mod:`owidth.layers.conv`: ``Conv``, ``AvgPool``, ``SumPool``, ``GlobalAvgPool``, ``GlobalSumPool``, ``Flatten``.
 * :mod:`owidth.layers.norm`: ``LayerNorm``.
 * :mod:`owidth.layers.sequence`: ``Embedding``, ``Attention``, ``TakePosition``, ``transformer``.
 
@@ -46,7 +46,7 @@ from owidth.layers.activations import (
     Tanh,
 )
 from owidth.layers.combinators import Parallel, Residual, Serial, parallel, serial
-from owidth.layers.conv import AvgPool, Conv, Flatten, GlobalAvgPool
+from owidth.layers.conv import AvgPool, Conv, Flatten, GlobalAvgPool, GlobalSumPool, SumPool
 from owidth.layers.dense import Dense
 from owidth.layers.norm import LayerNorm
 from owidth.layers.sequence import Attention, Embedding, TakePosition, transformer
@@ -59,7 +59,7 @@ __all__ = [
     "Cos", "Rbf", "Exp", "Gaussian", "Gabor", "Sign", "ExpNormalized", "Polynomial", "Monomial", "Hermite",
     "RectifiedMonomial", "Elementwise",
     "Serial", "Parallel", "serial", "parallel", "Residual",
-    "Conv", "AvgPool", "Flatten", "GlobalAvgPool",
+    "Conv", "AvgPool", "SumPool", "Flatten", "GlobalAvgPool", "GlobalSumPool",
     "LayerNorm",
     "Embedding", "Attention", "TakePosition", "transformer",
 ]

@@ -26,7 +26,7 @@ from owidth.kernels.state import KState, self_var
 from owidth.layers._base import Caps, Dim, FiniteCtx, Layer, WeightLayer, has_bias, init_weights
 from owidth.param import Role
 
-__all__ = ["Conv", "AvgPool", "Flatten", "GlobalAvgPool", "linear_pixels"]
+__all__ = ["Conv", "AvgPool", "SumPool", "Flatten", "GlobalAvgPool", "GlobalSumPool", "linear_pixels"]
 
 
 def _need_spatial(ks: KState, where: str) -> None:
@@ -250,10 +250,15 @@ class AvgPool(Layer):
         return sp.out_shape_and_pads(f"AvgPool(window={self.window})", spatial, self.window, self.strides,
                                      self.padding)
 
+    _divisor = True  # False: SumPool
+
+    def _norm(self) -> float:
+        return float(math.prod(self.window)) if self._divisor else 1.0
+
     def _pool(self, x, lead, groups, spatial):
         out, pads = self._geometry(spatial)
         for group in groups:
-            x = sp.window_sum(x, (group,), self.window, self.strides, pads, out) / math.prod(self.window)
+            x = sp.window_sum(x, (group,), self.window, self.strides, pads, out) / self._norm()
         return x
 
     def _kernel(self, ks):
@@ -277,7 +282,7 @@ class AvgPool(Layer):
     def _finite(self, x):
         out, pads = self._geometry(tuple(x.shape[1:-1]))
         groups = (tuple(range(1, x.ndim - 1)),)
-        return sp.window_sum(x, groups, self.window, self.strides, pads, out) / math.prod(self.window)
+        return sp.window_sum(x, groups, self.window, self.strides, pads, out) / self._norm()
 
     def _init(self, key, dim, ctx):
         out, _ = self._geometry(dim.spatial)
@@ -360,29 +365,74 @@ class GlobalAvgPool(Layer):
     """
 
     caps = Caps(spatial=True, mixes_pixels=True, pixel_var=True)
+    _reduce = staticmethod(jnp.mean)  # jnp.sum: GlobalSumPool
 
     def _odd_linear(self) -> bool:
         return True
 
     def _kernel(self, ks):
         if ks.is_input:
-            f = lambda x: jnp.mean(x, axis=tuple(range(1, x.ndim - 1)))  # noqa: E731
+            f = lambda x: self._reduce(x, axis=tuple(range(1, x.ndim - 1)))  # noqa: E731
             return ks.replace(x1=f(ks.x1), x2=None if ks.x2 is None else f(ks.x2))
         _need_spatial(ks, "GlobalAvgPool")
         if not ks.full:
             raise AssertionError("owidth internal: GlobalAvgPool reached with diagonal pixel covariances")
 
         def fn(x, lead):
-            y = jnp.mean(x.reshape(x.shape[:lead] + (-1,)), axis=-1)
+            y = self._reduce(x.reshape(x.shape[:lead] + (-1,)), axis=-1)
             if lead == 2 and ks.var2 is None:  # (i, j) and (j, i) may sum the pixel pairs in other orders
                 y = sp.mirror(y)
             return y
 
         return linear_pixels(ks, fn, spatial=(), full=False,
-                              mean_fn=lambda m: jnp.mean(m.reshape(m.shape[0], -1), axis=-1))
+                              mean_fn=lambda m: self._reduce(m.reshape(m.shape[0], -1), axis=-1))
 
     def _init(self, key, dim, ctx):
         return (), Dim(dim.size, dim.scales)
 
     def _apply(self, params, x, dim, ctx):
-        return jnp.mean(x, axis=tuple(range(1, x.ndim - 1))), Dim(dim.size, dim.scales)
+        return self._reduce(x, axis=tuple(range(1, x.ndim - 1))), Dim(dim.size, dim.scales)
+
+
+@dataclasses.dataclass(frozen=True)
+class SumPool(AvgPool):
+    """Sum pooling over windows of the spatial axes: ``AvgPool`` without the ``1/|W|`` (neural-tangents'
+    ``SumPool``); its kernel is ``|W|^2`` times ``AvgPool``'s.
+
+    Args:
+      window: spatial window, e.g. ``(2, 2)``.
+      strides: per spatial axis; default: the window (non-overlapping).
+      padding: ``"VALID"`` (default) or ``"SAME"``.
+
+    References:
+      - Novak et al. 2019, Bayesian Deep Convolutional Networks with Many Channels are Gaussian Processes. <https://arxiv.org/abs/1810.05148>
+
+    Examples:
+      >>> import numpy as np
+      >>> import owidth as ow
+      >>> x = np.ones((1, 4, 4, 1))
+      >>> net = ow.serial(ow.Conv(filter_shape=(1, 1)), ow.SumPool(window=(2, 2)), ow.Flatten(), ow.Dense(out=1))
+      >>> float(ow.kernel(net, x).nngp[0, 0])          # constant image: (2 x 2)^2
+      16.0
+    """
+
+    _divisor = False
+
+
+@dataclasses.dataclass(frozen=True)
+class GlobalSumPool(GlobalAvgPool):
+    """Sum over all spatial axes: ``(batch, *spatial, channels) -> (batch, channels)`` (neural-tangents'
+    ``GlobalSumPool``); its kernel is ``|S|^2`` times ``GlobalAvgPool``'s, ``K' = sum_{s, t} K(s, t)``.
+
+    References:
+      - Novak et al. 2019, Bayesian Deep Convolutional Networks with Many Channels are Gaussian Processes. <https://arxiv.org/abs/1810.05148>
+
+    Examples:
+      >>> import numpy as np
+      >>> import owidth as ow
+      >>> net = ow.serial(ow.Conv(filter_shape=(3, 3), padding="VALID"), ow.GlobalSumPool(), ow.Dense(out=1))
+      >>> float(ow.kernel(net, np.ones((1, 4, 4, 1)), get="nngp").nngp[0, 0])    # constant image: 2 x 2 pixels, 4^2
+      16.0
+    """
+
+    _reduce = staticmethod(jnp.sum)

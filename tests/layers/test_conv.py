@@ -174,3 +174,28 @@ def test_layernorm_of_gaussian_layer_normalises():
     pre = ow.kernel(ow.serial(ow.Dense(w_std=1.7, b_std=0.3)), x).nngp
     d = np.sqrt(np.diagonal(pre))
     np.testing.assert_allclose(k.nngp, pre / d[:, None] / d[None, :], rtol=1e-12)
+
+
+def test_sum_pools_are_scaled_average_pools():
+    """SumPool = |W| AvgPool and GlobalSumPool = |S| GlobalAvgPool, for finite networks and kernels (|W|^2,
+    |S|^2: the pooled layer is linear); the readout after them has the same fan-in."""
+    x = np.random.default_rng(0).normal(size=(3, 6, 5, 2))
+
+    def net(pool):
+        return ow.serial(ow.Conv(filter_shape=(2, 2), w_std=1.3, b_std=0.2), ow.Relu(), pool,
+                         ow.Conv(filter_shape=(2, 2), w_std=1.1), ow.Relu(), ow.Flatten(), ow.Dense(out=1))
+
+    for avg, total, w in [(ow.AvgPool((2, 2), strides=(1, 2), padding="SAME"),
+                           ow.SumPool((2, 2), strides=(1, 2), padding="SAME"), 4)]:
+        # Relu is positively homogeneous: scaling the pooled layer by |W| scales the kernel by |W|^2
+        ka, ks = ow.kernel(net(avg), x), ow.kernel(net(total), x)
+        np.testing.assert_allclose(ks.nngp, w**2 * ka.nngp, rtol=1e-12)
+        np.testing.assert_allclose(ks.ntk, w**2 * ka.ntk, rtol=1e-12)
+        ma, ms = ow.finite(net(avg), width=4), ow.finite(net(total), width=4)
+        p = ma.init(jax.random.key(0), x)
+        np.testing.assert_allclose(ms.apply(p, x), w * ma.apply(p, x), rtol=1e-12)
+    gap = ow.serial(ow.Conv(filter_shape=(3, 3), b_std=0.1), ow.Erf(), ow.GlobalAvgPool(), ow.Dense(out=1))
+    gsp = ow.serial(ow.Conv(filter_shape=(3, 3), b_std=0.1), ow.Erf(), ow.GlobalSumPool(), ow.Dense(out=1))
+    ka, ks = ow.kernel(gap, x), ow.kernel(gsp, x)
+    np.testing.assert_allclose(ks.nngp, 30**2 * ka.nngp, rtol=1e-12)
+    np.testing.assert_allclose(ks.ntk, 30**2 * ka.ntk, rtol=1e-12)

@@ -50,6 +50,7 @@ def test_docstrings_have_examples():
     assert {"owidth._kernel.kernel", "owidth._caches.clear_caches"} <= names
 
 
+@pytest.mark.slow  # ~37 s for the ~80 docstrings, each compiling its example: with the slow tests in CI
 @pytest.mark.parametrize("test", DOCTESTS)
 def test_docstring_examples(test):
     np_options = np.get_printoptions()

@@ -27,6 +27,9 @@ IDS = [type(a).__name__ for a in ACTS]
 # Gelu's and Erf's programs are the largest (~10 s a test): with the slow tests (their duals are checked by
 # default against quadrature below, and nets with them by test_properties.py)
 ACT_CASES = [pytest.param(a, marks=pytest.mark.slow) if i in ("Gelu", "Erf") else a for a, i in zip(ACTS, IDS)]
+# jit-vs-eager and gradients: Relu (the relu family's one rule) and Identity by default, the rest slow
+JIT_CASES = [pytest.param(a, marks=pytest.mark.slow) if i in ("Gelu", "Erf", "LeakyRelu", "Abs", "Sin") else a
+             for a, i in zip(ACTS, IDS)]
 
 
 # --------------------------------------------------------------------------- #
@@ -96,7 +99,7 @@ def test_symmetry_and_psd(act):
     np.testing.assert_allclose(k.var1, np.diag(k.nngp), rtol=1e-14)
 
 
-@pytest.mark.parametrize("act", ACT_CASES, ids=IDS)
+@pytest.mark.parametrize("act", JIT_CASES, ids=IDS)
 def test_jit_equals_eager_and_grads_finite(act):
     net = mlp(act, depth=2)
     x = jnp.asarray(sphere(5, 4, 2))
@@ -243,6 +246,7 @@ def test_fast_arcsin_is_accurate_to_a_few_ulp(dtype, max_ulp):
     assert got[x == 0.0].tolist() == [0.0] * int(np.sum(x == 0.0))
 
 
+@pytest.mark.slow  # ~12 s: a 780-input kernel compiled unoptimised
 def test_blocked_self_kernel_matches_one_piece():
     """Large x2=None kernels are computed by blocks of rows (api._blocked): exactly symmetric,
     variances the diagonal bit for bit, the one-piece values to rounding, and differentiable."""

@@ -18,6 +18,7 @@ def data(n=8, m=5, d=4, seed=0):
     return x, xt, y
 
 
+@pytest.mark.slow  # ~7 s; by default test_train's linearized training follows the same closed form
 def test_linearized_network_gd_matches_closed_form_exactly():
     """theta <- theta - lr grad(1/2n ||f_lin - y||^2): f_lin follows (I - lr Theta/n)^t exactly."""
     x, xt, y = data()

@@ -13,6 +13,7 @@ Each example compiles a new net, so the example counts are small.
 
 import jax
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -98,6 +99,7 @@ def test_jit_equals_eager(net, seed):
     check_jit_equals_eager(net, sphere(3, 3, seed))
 
 
+@pytest.mark.slow  # ~11 s: each example compiles float32 and float64 kernels
 @settings(SETTINGS, max_examples=3)
 @given(net=mlps(), seed=st.integers(0, 2**16), log_scale=st.floats(-2.0, 1.5))
 def test_float32_duplicates_and_input_scale(net, seed, log_scale):

@@ -184,6 +184,7 @@ def test_gamma0_sweep_over_optimizer_labels_and_validation(tmp_path):
         ow.load_sweep(tmp_path / "nowhere")
 
 
+@pytest.mark.slow  # ~7 s: fresh processes importing owidth
 def test_fingerprint_is_stable_across_processes_and_sensitive_to_the_config():
     import subprocess
     import sys

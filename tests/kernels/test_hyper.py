@@ -57,15 +57,19 @@ IMAGES = np.random.RandomState(3).randn(5, 4, 4, 2)
 @pytest.mark.parametrize("name, make, params, x", [
     ("dense w_std, b_std", mlp, (1.3, 0.4), sphere(8, 3, 0)),
     pytest.param("conv w_std, b_std", cnn, (1.2, 0.3), IMAGES, marks=pytest.mark.slow),
+    # one activation hyperparameter by default (~1.4 s); Erf's program is the largest (~7 s)
     ("LeakyRelu a", lambda a: mlp(1.3, 0.4, ow.LeakyRelu(a)), (0.2,), sphere(8, 3, 0)),
-    ("Erf a, b, shift", lambda a, b, s: mlp(1.3, 0.4, ow.Erf(a=a, b=b, shift=s)), (1.1, 0.7, 0.2), sphere(8, 3, 0)),
-    ("Sin b, shift", lambda b, s: mlp(1.3, 0.4, ow.Sin(b=b, shift=s)), (0.8, 0.3), sphere(8, 3, 0)),
+    pytest.param("Erf a, b, shift", lambda a, b, s: mlp(1.3, 0.4, ow.Erf(a=a, b=b, shift=s)), (1.1, 0.7, 0.2),
+                 sphere(8, 3, 0), marks=pytest.mark.slow),
+    pytest.param("Sin b, shift", lambda b, s: mlp(1.3, 0.4, ow.Sin(b=b, shift=s)), (0.8, 0.3), sphere(8, 3, 0),
+                 marks=pytest.mark.slow),
 ])
 def test_grad_of_evidence_matches_finite_differences(name, make, params, x):
     errs = fd_check(lml_of(make, x, _targets(x.shape[0])), params)
     assert max(errs) < RTOL_FD, (name, errs)
 
 
+@pytest.mark.slow  # ~5 s; the NNGP evidence's gradient is checked by default above
 def test_grad_of_ntk_evidence_and_of_noise_match_finite_differences():
     x, y = sphere(8, 3, 1), _targets(8)
     assert max(fd_check(lml_of(mlp, x, y, get="ntk"), (1.3, 0.4))) < RTOL_FD
@@ -75,6 +79,7 @@ def test_grad_of_ntk_evidence_and_of_noise_match_finite_differences():
     assert max(fd_check(f, (1.3, 0.05))) < RTOL_FD
 
 
+@pytest.mark.slow  # ~5.5 s; compositions' kernels by default: test_quadrature.py
 def test_grad_through_composed_activations():
     """Relu then Sin: the composition's dual kernel is computed by quadrature (polar rule), with a traced shift."""
     x, y = sphere(6, 3, 2), _targets(6)

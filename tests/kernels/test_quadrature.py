@@ -33,6 +33,7 @@ def test_tanh_converges_with_nodes():
     assert err[-1] < 1e-5 and err[0] > 1e-3
 
 
+@pytest.mark.slow  # ~8 s; symmetry/PSD of quadrature nets by default: test_properties.py (Tanh, Silu, ...)
 def test_full_network_kernel_symmetric_psd_and_jittable():
     net = ow.serial(ow.Dense(w_std=1.5, b_std=0.2), ow.Tanh(), ow.Dense(w_std=1.5, b_std=0.2), ow.Silu(),
                     ow.Dense(out=1))
@@ -45,8 +46,9 @@ def test_full_network_kernel_symmetric_psd_and_jittable():
     assert np.all(np.isfinite(g))
 
 
-@pytest.mark.parametrize("act", [ow.Tanh(), ow.Silu(), ow.Sigmoid(), ow.Softplus(), ow.ActivationFn(jnp.cos)],
-                         ids=["tanh", "silu", "sigmoid", "softplus", "cos"])
+@pytest.mark.parametrize("act", [ow.Tanh(), *[pytest.param(a, marks=pytest.mark.slow) for a in (ow.Silu(), ow.Sigmoid(),
+                                                                                              ow.Softplus())],
+                                 ow.ActivationFn(jnp.cos)], ids=["tanh", "silu", "sigmoid", "softplus", "cos"])
 def test_monte_carlo(act):
     net = ow.serial(ow.Dense(w_std=1.4, b_std=0.3), act, ow.Dense(out=1, w_std=1.1, b_std=0.2))
     k = ow.kernel(net, X)
@@ -64,7 +66,7 @@ def test_bad_nodes():
 
 @pytest.mark.parametrize("name,acts", [
     ("tanh-softplus", [ow.Tanh(), ow.Softplus()]),
-    ("gelu-sin-erf", [ow.Gelu(), ow.Sin(), ow.Erf()]),
+    pytest.param("gelu-sin-erf", [ow.Gelu(), ow.Sin(), ow.Erf()], marks=pytest.mark.slow),
 ])
 def test_consecutive_nonlinearities_monte_carlo(name, acts):
     net = ow.serial(ow.Dense(w_std=1.4, b_std=0.3), *acts, ow.Dense(out=1, w_std=1.1, b_std=0.2))
@@ -88,8 +90,8 @@ def test_kinked_composition_refused():
         ow.kernel(net, X)
 
 
-@pytest.mark.parametrize("act", [ow.Tanh(), ow.ActivationFn(lambda x: jnp.where(x > 0, jnp.tanh(x), 0.2 * x))],
-                         ids=["smooth", "kink"])
+@pytest.mark.parametrize("act", [pytest.param(ow.Tanh(), marks=pytest.mark.slow),
+                                 ow.ActivationFn(lambda x: jnp.where(x > 0, jnp.tanh(x), 0.2 * x))], ids=["smooth", "kink"])
 def test_gradients_finite_at_degenerate_inputs(act):
     """Orthogonal inputs without bias (c = 0), a duplicated input (rho = 1) and a zero input (q = 0)."""
     x = jnp.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])

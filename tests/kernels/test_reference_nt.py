@@ -14,7 +14,8 @@ ARCHS = load_archs(REF)
 
 
 # the two CNNs (~4-6 s each) with the slow tests: test_reference_nt_cnn.py checks conv kernels by default
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n.startswith("cnn") else n
+# the CNNs (~4-6 s each) and the 1-d conv with the slow tests: test_reference_nt_cnn.py checks conv kernels by default
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n.startswith(("cnn", "conv1d")) else n
                                   for n in sorted(ARCHS)])
 def test_matches_neural_tangents(name):
     net = build(ARCHS[name])

@@ -77,7 +77,8 @@ def _relu_moment(k, q):
     return _double_factorial(k - 1) * q ** (k // 2) / 2
 
 
-@pytest.mark.parametrize("name", sorted(NT_ANGLE_ZERO - {"rectified_monomial2_twice"}))
+@pytest.mark.parametrize("name", [n if n == "sign" else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in sorted(NT_ANGLE_ZERO - {"rectified_monomial2_twice"})])
 def test_diagonal_at_angle_zero(name):
     """The (x1, x1) diagonal where NT's is unreliable, from exact moments: E sign(u)^2 = 1 with no NTK
     through Sign; E phi^2 = E relu^(2n), E phi'^2 = n^2 E relu^(2n - 2) for phi = relu^n."""
@@ -105,6 +106,7 @@ def _arccos(q1, q2, c, degree):
     return (q1 * q2) ** (degree / 2) * j / (2 * np.pi)
 
 
+@pytest.mark.slow  # ~2.4 s
 def test_two_rectified_monomial_layers_match_the_arc_cosine_kernels():
     """Where NT is NaN everywhere: [Dense, relu^2, Dense, relu^2, Dense(1)] composed in numpy from the
     degree-2 arc-cosine kernel (NNGP) and 4x the degree-1 one (E phi' phi', phi' = 2 relu)."""

@@ -112,8 +112,8 @@ POOLED = {
 }
 
 
-@pytest.mark.parametrize("name", [n if n == "strided-1d" else pytest.param(n, marks=pytest.mark.slow)
-                                  for n in sorted(POOLED)])
+@pytest.mark.slow  # ~10-15 s each; by default tiles are checked by test_tiled_equals_untiled[cnn-gap]
+@pytest.mark.parametrize("name", sorted(POOLED))
 def test_pooled_tiles_replay_variances(name):
     net, shape = POOLED[name]
     assert ow.layers._base.walk_all(net, "pixel_var")

@@ -56,7 +56,9 @@ CASES = {
 }
 
 
-SLOW_CASES = ("cnn2-flatten", "cnn2-avgpool-gap", "cnn1-flatten")  # with the slow tests; cnn1-gap by default
+# all with the slow tests (~6-12 s each); conv kernels are checked by default against neural-tangents
+# (test_reference_nt_cnn.py) and the conv finite network by test_conv.py
+SLOW_CASES = ("cnn2-flatten", "cnn2-avgpool-gap", "cnn1-flatten", "cnn1-gap")
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=[pytest.mark.slow, pytest.mark.compute_bound])

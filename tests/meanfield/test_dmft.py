@@ -80,6 +80,7 @@ DEEP_LINEAR = ow.serial(ow.Dense(w_std=1.2), ow.Identity(), ow.Dense(w_std=0.9),
                         ow.Dense(out=1, w_std=1.1))
 
 
+@pytest.mark.slow  # ~6-10 s; the dmft experiment's quick run (test_cli) checks the lazy limit to 1e-6
 def test_lazy_limit_is_ntk_gradient_descent():
     """gamma0 -> 0: the DMFT equals ow.predict.gradient_descent with the analytic NTK (to 1e-6 relative)."""
     x, y, xt, _ = _data()
@@ -94,6 +95,7 @@ def test_lazy_limit_is_ntk_gradient_descent():
     assert np.max(np.abs(r.ntk[-1] - r.ntk[0])) < 1e-6 * np.max(np.abs(k.ntk))  # and it stays put
 
 
+@pytest.mark.slow  # ~5 s; the dmft experiment's quick run (test_cli) checks the same ordering
 def test_richness_speeds_up_learning_and_aligns_the_kernel():
     """Bordelon & Pehlevan (2022, Fig. 2): larger gamma0, faster loss decrease, NTK more aligned with y."""
     x, y, _, _ = _data(p=8, d=6)
@@ -200,6 +202,7 @@ def test_monte_carlo_sweep_refuses_iteration_settings_and_huge_problems():
         ow.dmft(TANH, big, np.tile(y, 25), gamma0=1.0, lr=0.3, steps=100)
 
 
+@pytest.mark.slow  # ~4-8 s
 def test_result_shapes_and_xarray():
     x, y, xt, yt = _data(p=5, d=3, m=2)
     r = ow.dmft(DEEP_LINEAR, x, y, gamma0=0.5, lr=0.3, steps=4, x_test=xt, y_test=yt)
@@ -239,6 +242,7 @@ def test_bad_arguments_raise():
         ow.dmft(ow.serial(ow.Dense(), ow.Tanh(), ow.Dense(out=1)), x, y, gamma0=1.0, lr=0.1, steps=2, method="exact")
 
 
+@pytest.mark.slow  # ~3-6 s
 def test_no_convergence_says_so():
     x, y, _, _ = _data(p=3, d=2)
     with pytest.raises(ow.DMFTConvergenceError, match="last residual"):

@@ -397,12 +397,8 @@ class GlobalAvgPool(Layer):
 @dataclasses.dataclass(frozen=True)
 class SumPool(AvgPool):
     """Sum pooling over windows of the spatial axes: ``AvgPool`` without the ``1/|W|`` (neural-tangents'
-    ``SumPool``); its kernel is ``|W|^2`` times ``AvgPool``'s.
-
-    Args:
-      window: spatial window, e.g. ``(2, 2)``.
-      strides: per spatial axis; default: the window (non-overlapping).
-      padding: ``"VALID"`` (default) or ``"SAME"``.
+    ``SumPool``); its kernel is ``|W|^2`` times ``AvgPool``'s. Arguments as for :class:`AvgPool`
+    (``window``, ``strides`` defaulting to the window, ``padding``).
 
     References:
       - Novak et al. 2019, Bayesian Deep Convolutional Networks with Many Channels are Gaussian Processes. <https://arxiv.org/abs/1810.05148>

@@ -16,14 +16,15 @@ X = sphere(6, 3, 0)
 def test_error_falls_like_inverse_sqrt_samples():
     """One hidden layer: E[f f'] and E[Theta_emp] equal the analytic kernels at any width, so the error is
     sampling error alone: the RMS error over the 21 distinct entries of both kernels (relative to
-    sqrt(K_ii K_jj)), averaged over 3 keys, falls with log-log slope in [-0.6, -0.4] from 100 to 6400 networks."""
+    sqrt(K_ii K_jj)), averaged over 8 keys, falls with log-log slope in [-0.6, -0.4] from 100 to 6400 networks
+    (measured for three sets of keys: -0.487, -0.512, -0.493; with 3 keys the slope scattered to -0.40)."""
     exact = ow.kernel(NET, X)
     sizes = [100, 400, 1600, 6400]
     iu = np.triu_indices(len(X))
     errs = []
     for s in sizes:
         e = []
-        for seed in range(3):
+        for seed in range(8):
             mc = ow.monte_carlo_kernel(NET, X, width=8, samples=s, key=jax.random.key(seed), batch=100,
                                        progress_bar=False)
             for what in ("nngp", "ntk"):
@@ -36,17 +37,18 @@ def test_error_falls_like_inverse_sqrt_samples():
 
 
 def test_standard_errors_are_calibrated_and_chunking_changes_nothing():
-    """z = (estimate - exact) / stderr over many entries and keys has mean square near 1; the estimate and
-    its standard error do not depend on how the networks are chunked (Chan et al.'s merge)."""
+    """z = (estimate - exact) / stderr of one entry over 60 independent estimates (100 networks each) has
+    mean square near 1 (measured 1.02-1.19 for four sets of keys: the per-network products are
+    heavier-tailed than Gaussian); the estimate and its standard error do not depend on how the networks
+    are chunked (Chan et al.'s merge)."""
     exact = ow.kernel(NET, X)
-    iu = np.triu_indices(len(X))
-    z2 = []
-    for seed in range(3):
-        mc = ow.monte_carlo_kernel(NET, X, width=8, samples=300, key=jax.random.key(seed), batch=100,
+    z = []
+    for seed in range(60):
+        mc = ow.monte_carlo_kernel(NET, X, width=8, samples=100, key=jax.random.key(5000 + seed), batch=100,
                                    progress_bar=False)
         for what in ("nngp", "ntk"):
-            z2.append(((np.asarray(getattr(mc, what)) - getattr(exact, what)) / getattr(mc.stderr, what))[iu] ** 2)
-    assert 0.5 < np.mean(z2) < 1.7, np.mean(z2)
+            z.append(((np.asarray(getattr(mc, what)) - getattr(exact, what)) / getattr(mc.stderr, what))[0, 1])
+    assert 0.6 < np.mean(np.square(z)) < 1.6, np.mean(np.square(z))
     one = ow.monte_carlo_kernel(NET, X, width=8, samples=300, key=jax.random.key(0), batch=100, progress_bar=False)
     # 300 = 42 chunks of 7 and a last one of 6 (padded and masked)
     many = ow.monte_carlo_kernel(NET, X, width=8, samples=300, key=jax.random.key(0), batch=7, progress_bar=False)

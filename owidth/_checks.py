@@ -211,6 +211,45 @@ def integer(cls: str, name: str, value) -> int:
     return int(value)
 
 
+def kernel_get(get, *, where: str) -> tuple[str, ...]:
+    """Which kernels to compute: ``"nngp"``, ``"ntk"`` or a tuple of them, as ``("nngp", "ntk")``-ordered
+    tuple without repeats."""
+    kinds = ("nngp", "ntk")
+    if isinstance(get, str):
+        get = (get,)
+    try:
+        get = tuple(get)
+    except TypeError as err:
+        raise TypeError(f"{where}: get must be 'nngp', 'ntk' or a tuple of them, got {get!r}") from err
+    bad = [g for g in get if g not in kinds]
+    if bad or not get:
+        raise ValueError(f"{where}: get={get!r} is not valid; use 'nngp', 'ntk' or ('nngp', 'ntk')")
+    return tuple(g for g in kinds if g in get)
+
+
+def degree(cls: str, name: str, value) -> int:
+    """A polynomial degree: an int in [0, 40] (the Hermite expansion's coefficients grow like degree!)."""
+    value = integer(cls, name, value)
+    if not 0 <= value <= 40:
+        raise ValueError(f"{cls}({name}={value!r}) must be an int in [0, 40]")
+    return value
+
+
+def polynomial_coefficients(cls: str, name: str, value) -> tuple[float, ...]:
+    """Polynomial coefficients, lowest power first: 1 to 41 finite real numbers."""
+    try:
+        coef = tuple(value)
+    except TypeError as err:
+        raise TypeError(f"{cls}({name}=...) must be a sequence of numbers (lowest power first), got {value!r}") from err
+    if not coef or not all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+                           and math.isfinite(v) for v in coef):
+        raise ValueError(f"{cls}({name}={value!r}) must be a non-empty sequence of finite numbers, lowest power first")
+    if len(coef) > 41:
+        raise ValueError(f"{cls}({name}=...) has degree {len(coef) - 1}: at most 40 (the Hermite expansion's "
+                         "coefficients grow like degree! and lose float64 precision beyond)")
+    return tuple(float(v) for v in coef)
+
+
 def int_tuple(cls: str, name: str, value, n: int | None = None) -> tuple[int, ...]:
     """A tuple of positive ints (an int is repeated ``n`` times); ``n``: the required length."""
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):

@@ -21,21 +21,6 @@ from owidth.layers.sequence import check_tokens
 
 __all__ = ["kernel"]
 
-_GETS = ("nngp", "ntk")
-
-
-def _normalize_get(get) -> tuple[str, ...]:
-    if isinstance(get, str):
-        get = (get,)
-    try:
-        get = tuple(get)
-    except TypeError as err:
-        raise TypeError(f"ow.kernel: get must be 'nngp', 'ntk' or a tuple of them, got {get!r}") from err
-    bad = [g for g in get if g not in _GETS]
-    if bad or not get:
-        raise ValueError(f"ow.kernel: get={get!r} is not valid; use 'nngp', 'ntk' or ('nngp', 'ntk')")
-    return tuple(g for g in _GETS if g in get)
-
 
 def _check_structure(net, get: tuple[str, ...], same: bool, features: tuple[int, ...]) -> None:
     """Trace the layer rules on tiny abstract inputs (no FLOPs, no compilation)
@@ -294,7 +279,7 @@ def kernel(net, x1, x2=None, *, get=("nngp", "ntk"), batch_size: int | str | Non
     """
     if not isinstance(net, Layer):
         raise TypeError(f"ow.kernel: net must be an owidth layer or ow.serial(...), got {type(net).__name__}")
-    get = _normalize_get(get)
+    get = _checks.kernel_get(get, where="ow.kernel")
     _check_attn(net, attn)
     if not net._has_weights():
         raise ValueError("ow.kernel: net has no weight layer (Dense); add one, e.g. ow.serial(..., ow.Dense(out=1))")

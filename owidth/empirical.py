@@ -29,6 +29,11 @@ _IMPLS = ("auto", "jacobian", "ntvp", "structured")
 _JACOBIAN_BYTES = 2**31  # auto: Jacobian contraction below 2 GiB of Jacobians
 
 
+def _check_fn(where: str, apply_fn) -> None:
+    if not callable(apply_fn):
+        raise TypeError(f"{where}: apply_fn must be a function (params, x) -> outputs, got {type(apply_fn).__name__}")
+
+
 def _as_2d(y: jax.Array) -> jax.Array:
     return y[:, None] if y.ndim == 1 else y.reshape(y.shape[0], -1)
 
@@ -213,8 +218,7 @@ def empirical_ntk(
       True
     """
     where = "ow.empirical_ntk"
-    if not callable(apply_fn):
-        raise TypeError(f"{where}: apply_fn must be a function (params, x) -> outputs, got {type(apply_fn).__name__}")
+    _check_fn(where, apply_fn)
     if outputs not in _OUTPUTS:
         raise ValueError(f"{where}: outputs={outputs!r}; use one of {_OUTPUTS}")
     if implementation not in _IMPLS:
@@ -300,8 +304,7 @@ def linearize(apply_fn: Callable[[Any, jax.Array], jax.Array], params0: Any) -> 
       >>> bool(np.allclose(f_lin(params0, x), model.apply(params0, x)))   # equal at params0
       True
     """
-    if not callable(apply_fn):
-        raise TypeError(f"ow.linearize: apply_fn must be a function (params, x) -> outputs, got {type(apply_fn).__name__}")
+    _check_fn("ow.linearize", apply_fn)
 
     def f_lin(params, x):
         delta = jax.tree.map(lambda p, p0: p - p0, params, params0)
@@ -309,11 +312,6 @@ def linearize(apply_fn: Callable[[Any, jax.Array], jax.Array], params0: Any) -> 
         return y0 + dy
 
     return f_lin
-
-
-def _check_fn(where: str, apply_fn) -> None:
-    if not callable(apply_fn):
-        raise TypeError(f"{where}: apply_fn must be a function (params, x) -> outputs, got {type(apply_fn).__name__}")
 
 
 def empirical_nngp(apply_fn: Callable[[Any, jax.Array], jax.Array], params: Any, x1, x2=None, *,

@@ -28,7 +28,6 @@ from owidth.param import NTP, Parametrization
 
 __all__ = ["MonteCarloKernel", "monte_carlo_kernel"]
 
-_GETS = ("nngp", "ntk")
 _BATCH_BYTES = 2**30  # default chunk: about 1 GiB of per-network parameters and Jacobians
 
 
@@ -127,9 +126,7 @@ def monte_carlo_kernel(net, x1, x2=None, *, width: int, samples: int, key: jax.A
     samples = _checks.positive_int("samples", samples, where=where)
     if samples < 2:
         raise ValueError(f"{where}: samples={samples}; at least 2 networks are needed for a standard error")
-    get = (get,) if isinstance(get, str) else tuple(get)
-    if not get or any(g not in _GETS for g in get) or len(set(get)) != len(get):
-        raise ValueError(f"{where}: get={get!r}; use 'nngp', 'ntk' or ('nngp', 'ntk')")
+    get = _checks.kernel_get(get, where=where)
     if not (isinstance(key, jax.Array) and key.shape == () and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)):
         raise TypeError(f"{where}: key must be a typed PRNG key from jax.random.key(seed), got {key!r}")
     x1 = _checks.as_float_array("x1", x1, where=where, rank=None, cast=False)
@@ -155,21 +152,18 @@ def monte_carlo_kernel(net, x1, x2=None, *, width: int, samples: int, key: jax.A
     # the same networks whatever the batch: keys for ``samples`` networks, the last chunk padded (masked out)
     keys = jax.random.split(key, samples)
     keys = jnp.concatenate([keys, jnp.repeat(keys[:1], chunks * batch - samples, axis=0)]).reshape(chunks, batch)
-    n_done, mean, m2 = 0, None, None
+    n_done, mean, m2 = 0, {}, {}
     with progress(total=chunks, desc="monte carlo kernel", enabled=progress_bar, delay=2.0) as bar:
         for c in range(chunks):
             count = min(batch, samples - c * batch)
             mask = jnp.arange(batch) < count
             stats = jax.device_get(_chunk_stats_jit(model, x1, x2, keys[c], mask, get))
-            if mean is None:
-                mean = {k: np.asarray(m, np.float64) for k, (m, _) in stats.items()}
-                m2 = {k: np.asarray(s, np.float64) for k, (_, s) in stats.items()}
-            else:  # Chan, Golub & LeVeque: merge (n_done, mean, m2) with the chunk's (count, m, s)
-                total = n_done + count
-                for k, (m, s) in stats.items():
-                    delta = np.asarray(m, np.float64) - mean[k]
-                    mean[k] = mean[k] + delta * (count / total)
-                    m2[k] = m2[k] + np.asarray(s, np.float64) + delta**2 * (n_done * count / total)
+            # Chan, Golub & LeVeque: merge (n_done, mean, m2) with the chunk's (count, m, s); exact for the first
+            total = n_done + count
+            for k, (m, s) in stats.items():
+                delta = np.asarray(m, np.float64) - mean.get(k, 0.0)
+                mean[k] = mean.get(k, 0.0) + delta * (count / total)
+                m2[k] = m2.get(k, 0.0) + np.asarray(s, np.float64) + delta**2 * (n_done * count / total)
             n_done += count
             bar.update(1)
     dtype = shapes.dtype

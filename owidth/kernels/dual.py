@@ -29,7 +29,7 @@ __all__ = [
     "fast_arcsin", "safe_sqrt", "safe_arcsin", "safe_arccos", "identity", "leaky_relu", "leaky_relu_diag",
     "leaky_relu_mean", "erf", "gelu", "sin", "identical", "at_identical", "straight_through",
     "exp", "gaussian", "rbf", "gabor", "sign", "exp_normalized", "polynomial", "polynomial_mean",
-    "hermite_coefficients", "rectified_monomial", "rectified_monomial_mean",
+    "hermite_coefficients", "horner", "rectified_monomial", "rectified_monomial_mean",
 ]
 
 _PI = math.pi
@@ -187,6 +187,11 @@ def _corr(q1, q2, c):
     return s, c / jnp.maximum(s, tiny)
 
 
+def _corr_auto(q1, q2, c):
+    """:func:`_corr_factored` for kernels with pixel axes (``c.ndim > 2``), else :func:`_corr`."""
+    return _corr_factored(q1, q2, c) if jnp.ndim(c) > 2 else _corr(q1, q2, c)
+
+
 def _corr_factored(q1, q2, c):
     """``(sqrt(q1 q2), c / sqrt(q1 q2))`` from per-input factors ``sqrt(q)`` and ``1 / sqrt(q)``.
 
@@ -231,7 +236,7 @@ def leaky_relu(q1, q2, c, *, a: float, need_dot: bool = True):
     # variances) take the factored correlation; MLP kernels keep c / sqrt(q1 q2), whose sqrt and
     # division XLA stores, which cuts the layer-to-layer chain of cheap ops (see below): factored,
     # a depth-4 ReLU MLP at N = 2048 took 2x longer (0.31 vs 0.16 s, float64).
-    s, rho = _corr_factored(q1, q2, c) if jnp.ndim(c) > 2 else _corr(q1, q2, c)
+    s, rho = _corr_auto(q1, q2, c)
     # At rho = 1 (identical inputs, up to rounding) use the exact diagonal values, bit for bit
     # equal to ``leaky_relu_diag``: near rho = 1, Tdot has a sqrt singularity
     # and a one-ulp mismatch between a duplicated point's cross entry and its
@@ -314,7 +319,7 @@ def _arcsin_of(r: jax.Array, comp: jax.Array, sign: jax.Array) -> jax.Array:
 def _unit_corr(q1, q2, c) -> tuple[jax.Array, jax.Array]:
     """``(s, rho)``: ``s = sqrt(q1 q2)`` and the correlation ``rho = c / s`` snapped to +-1 within 4 eps
     (:func:`_snap_unit`), factored for kernels with pixel axes (``c.ndim > 2``)."""
-    s, rho = _corr_factored(q1, q2, c) if jnp.ndim(c) > 2 else _corr(q1, q2, c)
+    s, rho = _corr_auto(q1, q2, c)
     return s, _snap_unit(rho)
 
 
@@ -343,7 +348,7 @@ def straight_through(value: jax.Array, grad_of: jax.Array) -> jax.Array:
 def identical(q1, q2, c) -> jax.Array:
     """Where two Gaussians are the same one up to rounding: correlation ``c / sqrt(q1 q2) >= 1 - 4 eps``
     (the tolerance of :func:`leaky_relu`), with both variances positive."""
-    _, rho = _corr_factored(q1, q2, c) if jnp.ndim(c) > 2 else _corr(q1, q2, c)
+    _, rho = _corr_auto(q1, q2, c)
     return _near_unit(rho)[0] & (q1 > 0) & (q2 > 0)
 
 
@@ -541,7 +546,7 @@ def hermite_coefficients(coef: tuple[float, ...]) -> tuple[tuple[float, ...], ..
     return tuple(out)
 
 
-def _poly(coef, x):
+def horner(coef, x):
     """``sum_k coef[k] x^k`` by Horner's rule (``coef`` lowest first, Python floats)."""
     out = jnp.zeros_like(x) + coef[-1]
     for v in coef[-2::-1]:
@@ -555,7 +560,7 @@ def _hermite_form(q1, q2, c, coef):
     shape = jnp.broadcast_shapes(jnp.shape(q1), jnp.shape(q2), jnp.shape(c))
     out = jnp.zeros(shape, jnp.result_type(q1, q2, c))
     for m, pm in reversed(list(enumerate(hermite_coefficients(coef)))):  # Horner in c
-        out = out * c + math.factorial(m) * _poly(pm, q1) * _poly(pm, q2)
+        out = out * c + math.factorial(m) * horner(pm, q1) * horner(pm, q2)
     return out
 
 
@@ -575,7 +580,7 @@ def polynomial(q1, q2, c, *, coef: tuple[float, ...], need_dot: bool = True):
 
 def polynomial_mean(q, *, coef: tuple[float, ...]):
     """``E p(u) = P_0(q) = sum_k coef[2k] (2k - 1)!! q^k``."""
-    return _poly(hermite_coefficients(coef)[0], q) if coef else jnp.zeros_like(q)
+    return horner(hermite_coefficients(coef)[0], q) if coef else jnp.zeros_like(q)
 
 
 def _arc_cosine_terms(n: int) -> tuple[tuple[int, int, int, int], ...]:

@@ -633,28 +633,6 @@ class ExpNormalized(Activation):
         raise NotImplementedError("ow.ExpNormalized has no finite function: LayerNorm after it is not defined")
 
 
-def _coefficients(cls: str, name: str, value) -> tuple[float, ...]:
-    try:
-        coef = tuple(value)
-    except TypeError as err:
-        raise TypeError(f"{cls}({name}=...) must be a sequence of numbers (lowest power first), got {value!r}") from err
-    if not coef or not all(isinstance(v, (int, float, jnp.integer, jnp.floating)) and not isinstance(v, bool)
-                           and jnp.isfinite(v) for v in coef):
-        raise ValueError(f"{cls}({name}={value!r}) must be a non-empty sequence of finite numbers, lowest power first")
-    if len(coef) > 41:
-        raise ValueError(f"{cls}({name}=...) has degree {len(coef) - 1}: at most 40 (the Hermite expansion's "
-                         "coefficients grow like degree! and lose float64 precision beyond)")
-    return tuple(float(v) for v in coef)
-
-
-def _degree(cls: str, name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, jnp.integer)):
-        raise TypeError(f"{cls}({name}={value!r}) must be an int")
-    if not 0 <= value <= 40:
-        raise ValueError(f"{cls}({name}={value!r}) must be an int in [0, 40]")
-    return int(value)
-
-
 class _PolynomialActivation(Activation):
     """A polynomial ``sum_j coefficients[j] x^j``, its kernels exact at any variance
     (:func:`owidth.kernels.dual.polynomial`). Subclasses define ``coefficients``."""
@@ -662,10 +640,7 @@ class _PolynomialActivation(Activation):
     coefficients = (0.0,)
 
     def fn(self, x):
-        out = jnp.zeros_like(x) + self.coefficients[-1]
-        for v in self.coefficients[-2::-1]:
-            out = out * x + v
-        return out
+        return dual.horner(self.coefficients, x)
 
     def dual(self, q1, q2, c, *, need_dot):
         return dual.polynomial(q1, q2, c, coef=self.coefficients, need_dot=need_dot)
@@ -691,7 +666,7 @@ class Polynomial(_PolynomialActivation):
       6.0
     """
 
-    coef: tuple[float, ...] = _checks.field(converter=_coefficients)
+    coef: tuple[float, ...] = _checks.field(converter=_checks.polynomial_coefficients)
 
     @property
     def coefficients(self):
@@ -713,7 +688,7 @@ class Monomial(_PolynomialActivation):
       15.0
     """
 
-    degree: int = _checks.field(converter=_degree)
+    degree: int = _checks.field(converter=_checks.degree)
 
     @property
     def coefficients(self):
@@ -740,7 +715,7 @@ class Hermite(_PolynomialActivation):
       0.36
     """
 
-    degree: int = _checks.field(converter=_degree)
+    degree: int = _checks.field(converter=_checks.degree)
 
     @property
     def coefficients(self):
@@ -764,7 +739,7 @@ class RectifiedMonomial(Activation):
       1.5
     """
 
-    degree: int = _checks.field(converter=_degree)
+    degree: int = _checks.field(converter=_checks.degree)
 
     _smooth = False
 

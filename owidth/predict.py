@@ -41,7 +41,7 @@ from owidth import _checks
 from owidth.kernels.state import Kernel
 
 __all__ = ["Prediction", "gradient_descent", "gradient_flow", "log_marginal_likelihood", "max_learning_rate",
-           "nngp_posterior"]
+           "nngp_posterior", "ntk_posterior"]
 
 
 @jax.tree_util.register_dataclass
@@ -99,7 +99,7 @@ def _nngp_only(k, what: str):
     return jnp.asarray(k)
 
 
-def _check_times(times, *, integer: bool) -> np.ndarray:
+def _check_times(times, *, integer: bool, allow_inf: bool = False) -> np.ndarray:
     arr = np.atleast_1d(np.asarray(times))
     if arr.ndim != 1 or arr.size == 0:
         raise ValueError(f"ow.predict: steps/times must be a number or a 1-D sequence, got {times!r}")
@@ -107,26 +107,65 @@ def _check_times(times, *, integer: bool) -> np.ndarray:
         if not np.all(arr == np.round(arr)):
             raise ValueError(f"ow.predict: gradient-descent steps must be integers, got {times!r}")
         arr = arr.astype(np.int64)
-    if np.any(arr < 0) or not np.all(np.isfinite(arr)):
+    if allow_inf:
+        if not np.issubdtype(arr.dtype, np.number) or np.any(np.isnan(arr)) or np.any(arr < 0):
+            raise ValueError(f"ow.predict: times must be >= 0 (np.inf allowed), got {times!r}")
+    elif np.any(arr < 0) or not np.all(np.isfinite(arr)):
         raise ValueError(f"ow.predict: steps/times must be finite and >= 0, got {times!r}")
     return arr
 
 
-def _factor(lam, times, n, lr, discrete):
-    """(T, n_eig) arrays g = (1 - m(lam)) / lam and m(lam), the decay of each eigenmode."""
+def _factor(lam, times, n, lr, discrete, momentum=0.0, steps=None):
+    """(T, n_eig) arrays g = (1 - m(lam)) / lam and 1 - m(lam), where m is the decay of each eigenmode.
+
+    ``times`` (T,) as an array of the kernel's dtype; ``steps`` the same as concrete ints (discrete with
+    momentum only). At ``t = inf`` (gradient flow) a mode with ``lam <= eps n max|lam|`` is never learned:
+    ``1 - m = 0`` and ``g = 0`` (the pseudo-inverse, as in :func:`nngp_posterior`)."""
+    if discrete and momentum != 0.0:
+        g = _heavy_ball_factor(lam, steps, n, lr, momentum)
+        return g, lam[None, :] * g
     t = times[:, None]
+    small = jnp.abs(lam)[None, :] <= jnp.finfo(lam.dtype).eps * jnp.max(jnp.abs(lam))
     if discrete:
         a = lr * lam[None, :] / n  # per-step contraction 1 - a
         safe = a < 1.0
         log1m = jnp.log1p(-jnp.where(safe, a, 0.0))
         one_minus_m = jnp.where(safe, -jnp.expm1(t * log1m), 1.0 - jnp.power(1.0 - a, t))
-        small = jnp.abs(lam)[None, :] <= jnp.finfo(lam.dtype).eps * jnp.max(jnp.abs(lam))
         g = jnp.where(small, lr * t / n, one_minus_m / jnp.where(small, 1.0, lam[None, :]))
     else:
-        one_minus_m = -jnp.expm1(-t * lam[None, :] / n)
-        small = jnp.abs(lam)[None, :] <= jnp.finfo(lam.dtype).eps * jnp.max(jnp.abs(lam))
-        g = jnp.where(small, t / n, one_minus_m / jnp.where(small, 1.0, lam[None, :]))
+        inf = jnp.isinf(t)
+        t_fin = jnp.where(inf, 0.0, t)
+        one_minus_m = -jnp.expm1(-t_fin * lam[None, :] / n)
+        g = jnp.where(small, t_fin / n, one_minus_m / jnp.where(small, 1.0, lam[None, :]))
+        learned = jnp.abs(lam)[None, :] > jnp.finfo(lam.dtype).eps * lam.shape[0] * jnp.max(jnp.abs(lam))
+        one_minus_m = jnp.where(inf, jnp.where(learned, 1.0, 0.0), one_minus_m)
+        g = jnp.where(inf, jnp.where(learned, 1.0 / jnp.where(learned, lam[None, :], 1.0), 0.0), g)
     return g, one_minus_m
+
+
+def _heavy_ball_factor(lam, steps, n, lr, beta):
+    """(T, n_eig) ``g_t = (1 - m_t(lam)) / lam`` of heavy-ball gradient descent, exactly, by matrix powers.
+
+    Per eigenmode the residual obeys ``r_{t+1} = (1 + beta - a) r_t - beta r_{t-1}``, ``a = lr lam / n``,
+    ``r_{-1} = r_0``; ``g_t = (1 - r_t / r_0) / lam`` then obeys the affine recursion
+    ``g_{t+1} = (1 + beta - a) g_t - beta g_{t-1} + lr / n`` from ``g_0 = g_{-1} = 0``, i.e.
+    ``(g_t, g_{t-1}, 1) = C^t (0, 0, 1)`` with the 3 x 3 companion matrix ``C`` below. It contains no
+    division by ``lam``, so vanishing eigenvalues give the exact limit. ``C^t`` for all requested ``t``
+    at once by repeated squaring (``bit_length(max t)`` squarings, each result a product of at most as
+    many matrices; rounding grows like ``log2(t) eps``, not ``t eps`` as a loop's would)."""
+    dt = lam.dtype
+    a = lr * lam / n
+    zero, one = jnp.zeros_like(lam), jnp.ones_like(lam)
+    c = jnp.stack([jnp.stack([1.0 + beta - a, -beta * one, lr / n * one], -1),
+                   jnp.stack([one, zero, zero], -1),
+                   jnp.stack([zero, zero, one], -1)], -2)  # (n_eig, 3, 3)
+    steps = np.asarray(steps, dtype=np.int64)
+    power = jnp.broadcast_to(jnp.eye(3, dtype=dt), (steps.size,) + c.shape)  # (T, n_eig, 3, 3)
+    for b in range(max(1, int(steps.max()).bit_length())):
+        bit = jnp.asarray((steps >> b) & 1, dtype=bool)[:, None, None, None]
+        power = jnp.where(bit, power @ c[None], power)
+        c = c @ c
+    return power[..., 0, 2]
 
 
 def _as_outputs(y):
@@ -175,10 +214,33 @@ def _check_shapes(where: str, *, k, y, kxt=None, ktt=None, f0_train=None, f0_tes
                              f"shape {tuple(jnp.shape(f0))}")
 
 
-def _dynamics(k_train, k_test_train, y_train, *, times, lr, discrete, k_test_test, ridge, f0_train, f0_test,
-              where):
-    if discrete:
-        _checks.positive_number("lr", lr, where=where)
+def _check_momentum(momentum, *, where: str) -> float:
+    if isinstance(momentum, bool) or not isinstance(momentum, (int, float, np.integer, np.floating)) \
+            or not 0 <= momentum < 1:
+        raise ValueError(f"{where}: momentum={momentum!r} must be a number in [0, 1) (the heavy-ball "
+                         "coefficient beta of optax.sgd(lr, momentum=beta); 0 for plain gradient descent)")
+    return float(momentum)
+
+
+def _check_loss(loss, y_train, *, where: str) -> None:
+    """``loss`` must be a callable ``(f, y) -> scalar`` with ``f`` shaped like ``y_train`` (checked by
+    ``jax.eval_shape``, nothing is compiled)."""
+    if not callable(loss):
+        raise ValueError(f"{where}: loss must be a callable (f, y) -> scalar, e.g. "
+                         f"lambda f, y: -jnp.mean(jnp.sum(y * jax.nn.log_softmax(f), -1)); got {loss!r}")
+    y = jnp.asarray(y_train)
+    try:
+        out = jax.eval_shape(loss, jax.ShapeDtypeStruct(y.shape, jnp.result_type(y.dtype, float)), y)
+    except Exception as err:  # noqa: BLE001 - re-raised with the context the user needs
+        raise ValueError(f"{where}: calling loss(f, y_train) with f shaped like y_train {tuple(y.shape)} "
+                         f"failed: {type(err).__name__}: {err}") from err
+    if not (hasattr(out, "shape") and out.shape == () and jnp.issubdtype(out.dtype, jnp.floating)):
+        raise ValueError(f"{where}: loss(f, y_train) must return a real scalar (the loss summed or averaged "
+                         f"over the training set), got {out!r}")
+
+
+def _prepare(k_train, k_test_train, y_train, *, k_test_test, ridge, f0_train, f0_test, where):
+    """Validated (theta, nngp, theta_xt, nngp_xt, nngp_tt, ridge); raises before anything is computed."""
     ridge = _checks.nonneg_number("ridge", ridge, where=where)
     if y_train is None:
         raise TypeError(f"{where}: y_train is missing; pass the (n,) or (n, k) training targets")
@@ -194,12 +256,22 @@ def _dynamics(k_train, k_test_train, y_train, *, times, lr, discrete, k_test_tes
     if nngp_xt is not None and nngp_xt.shape != theta_xt.shape:
         raise ValueError(f"{where}: k_test_train.nngp has shape {tuple(nngp_xt.shape)}, its ntk "
                          f"{tuple(theta_xt.shape)}")
+    return theta, nngp, theta_xt, nngp_xt, nngp_tt, ridge
+
+
+def _dynamics(k_train, k_test_train, y_train, *, times, lr, discrete, k_test_test, ridge, f0_train, f0_test,
+              where, momentum=0.0):
+    if discrete:
+        _checks.positive_number("lr", lr, where=where)
+    theta, nngp, theta_xt, nngp_xt, nngp_tt, ridge = _prepare(
+        k_train, k_test_train, y_train, k_test_test=k_test_test, ridge=ridge, f0_train=f0_train, f0_test=f0_test,
+        where=where)
     n = theta.shape[0]
     y, squeeze = _as_outputs(y_train)
     times_arr = jnp.asarray(times, dtype=theta.dtype)
 
     lam, v = jnp.linalg.eigh(theta + ridge * jnp.eye(n, dtype=theta.dtype))
-    g, one_minus_m = _factor(lam, times_arr, n, lr, discrete)  # (T, n)
+    g, one_minus_m = _factor(lam, times_arr, n, lr, discrete, momentum, times)  # (T, n)
     f0x = jnp.zeros_like(y) if f0_train is None else _as_outputs(f0_train)[0]
     r0 = f0x - y  # initial residual
     vr0 = v.T @ r0  # (n, k)
@@ -233,9 +305,100 @@ def _dynamics(k_train, k_test_train, y_train, *, times, lr, discrete, k_test_tes
     return Prediction(times_arr, mean_train, mean_test, cov_test, cov_train)
 
 
-def gradient_descent(k_train, k_test_train=None, y_train=None, *, lr: float, steps, k_test_test=None,
-                     ridge: float = 0.0, f0_train=None, f0_test=None) -> Prediction:
+def _loss_dynamics(k_train, k_test_train, y_train, *, loss, times, lr, momentum, discrete, k_test_test, ridge,
+                   f0_train, f0_test, where):
+    """Function-space trajectory of the linearised network under a general ``loss`` (no closed form).
+
+    Discrete: ``f <- f + beta (f - f_prev) - lr Theta grad_f L(f)`` (and the test outputs with
+    ``Theta(x*, X)``), iterated in one ``lax.fori_loop`` up to ``max(steps)``, the requested steps
+    recorded on the way (memory ``O(T n k)``, not ``O(max(steps) n k)``). Continuous: the ODE
+    ``df/dt = -Theta grad_f L(f)`` by ``jax.experimental.ode.odeint`` (adaptive Dormand-Prince)."""
+    if discrete:
+        _checks.positive_number("lr", lr, where=where)
+    if k_test_test is not None:
+        raise ValueError(f"{where}: k_test_test asks for the covariance over initialisations, which is Gaussian "
+                         "(and computed) only for the mean squared error; drop k_test_test or loss")
+    _check_loss(loss, y_train, where=where)
+    theta, _, theta_xt, _, _, ridge = _prepare(k_train, k_test_train, y_train, k_test_test=None, ridge=ridge,
+                                               f0_train=f0_train, f0_test=f0_test, where=where)
+    n = theta.shape[0]
+    y_in = jnp.asarray(y_train)
+    y, squeeze = _as_outputs(y_in)
+    dt = jnp.result_type(theta.dtype, y.dtype, float)
+    theta = theta.astype(dt) + ridge * jnp.eye(n, dtype=dt)
+    grad_loss = jax.grad(lambda f: loss(f[:, 0] if squeeze else f, y_in))
+    f = (jnp.zeros(y.shape, dt) if f0_train is None else _as_outputs(f0_train)[0].astype(dt))
+    has_test = theta_xt is not None
+    ft = jnp.zeros((theta_xt.shape[0] if has_test else 0, y.shape[1]), dt)
+    if has_test and f0_test is not None:
+        ft = _as_outputs(f0_test)[0].astype(dt)
+    kxt = theta_xt.astype(dt) if has_test else jnp.zeros((0, n), dt)
+
+    def velocity(state):  # d(f, f_test) per unit of lr (discrete) or of time (flow)
+        g = grad_loss(state[0])
+        return -theta @ g, -kxt @ g
+
+    if discrete:
+        steps = jnp.asarray(times)
+
+        def body(i, carry):
+            (f, ft), (f_prev, ft_prev), (out, out_t) = carry
+            hit = (steps == i)[:, None, None]
+            out, out_t = jnp.where(hit, f[None], out), jnp.where(hit, ft[None], out_t)
+            df, dft = velocity((f, ft))
+            new = (f + momentum * (f - f_prev) + lr * df, ft + momentum * (ft - ft_prev) + lr * dft)
+            return new, (f, ft), (out, out_t)
+
+        out0 = (jnp.zeros((steps.size,) + f.shape, dt), jnp.zeros((steps.size,) + ft.shape, dt))
+        _, _, (mean_train, mean_test) = jax.lax.fori_loop(0, int(np.max(times)) + 1, body, ((f, ft), (f, ft), out0))
+    else:
+        from jax.experimental.ode import odeint  # noqa: PLC0415 - only the loss path needs it
+
+        grid = np.unique(np.concatenate([[0.0], np.asarray(times, dtype=float)]))  # odeint: increasing, from 0
+        tol = 1e-10 if dt == jnp.float64 else 1e-6
+        sol_f, sol_t = odeint(lambda state, _t: velocity(state), (f, ft), jnp.asarray(grid, dt), rtol=tol, atol=tol)
+        idx = np.searchsorted(grid, np.asarray(times, dtype=float))
+        mean_train, mean_test = sol_f[idx], sol_t[idx]
+    if squeeze:
+        mean_train, mean_test = mean_train[..., 0], mean_test[..., 0]
+    return Prediction(jnp.asarray(times, dtype=dt), mean_train, mean_test if has_test else None, None, None)
+
+
+def gradient_descent(k_train, k_test_train=None, y_train=None, *, lr: float, steps, momentum: float = 0.0,
+                     loss=None, k_test_test=None, ridge: float = 0.0, f0_train=None, f0_test=None) -> Prediction:
     """Outputs of a linearised / infinitely wide network after ``steps`` of gradient descent.
+
+    Mean squared error (``loss=None``), exactly, in closed form. With ``L = 1/(2n) sum ||f - y||^2`` and
+    heavy-ball momentum ``beta`` in the convention of ``optax.sgd(lr, momentum=beta)`` (Polyak 1964;
+    the same "standard", not Nesterov, momentum as neural-tangents)
+
+        v_{t+1} = beta v_t + grad L(theta_t),   theta_{t+1} = theta_t - lr v_{t+1},   v_0 = 0,
+
+    a linear model's outputs move by ``f_{t+1} - f_t = beta (f_t - f_{t-1}) - lr Theta grad_f L``, so
+    per eigenmode ``lam`` of the NTK the residual obeys the two-term recursion
+
+        r_{t+1} = (1 + beta - lr lam / n) r_t - beta r_{t-1},   r_{-1} = r_0,
+
+    and any test point follows ``f_t(x*) = f_0(x*) - Theta(x*, X) V diag(g_t) V^T r_0`` with
+    ``g_t = (1 - r_t / r_0) / lam`` (Lee et al. 2019, eq. 8-9 for ``beta = 0``, where
+    ``r_t = (1 - lr lam / n)^t r_0``). For ``beta > 0``, ``g_t`` is a 3 x 3 companion-matrix power
+    evaluated by repeated squaring for all steps at once, exact also for vanishing ``lam``; the
+    recursion is stable iff ``lr < 2 (1 + beta) n / lam_max`` (:func:`max_learning_rate`).
+    ``momentum=0`` uses the closed form above unchanged.
+
+    General loss (``loss=callable``). ``loss(f, y_train) -> scalar`` with ``f`` shaped like ``y_train``
+    (e.g. the mean cross-entropy). No closed form exists; the function-space recursion of the
+    linearised network, exact under discrete gradient descent with the same momentum convention,
+
+        f_{t+1} = f_t + beta (f_t - f_{t-1}) - lr Theta grad_f L(f_t),
+        f_{t+1}(x*) = f_t(x*) + beta (f_t(x*) - f_{t-1}(x*)) - lr Theta(x*, X) grad_f L(f_t),
+
+    is iterated up to ``max(steps)`` in one ``lax.fori_loop`` (cost ``max(steps)`` kernel-vector
+    products). It starts from ``f0_train``/``f0_test`` (zero when not given, as in neural-tangents):
+    for a non-quadratic loss the mean over initialisations is *not* the trajectory from the mean, so
+    this is the trajectory of one (linearised) network; ``cov_*`` are ``None`` and NNGP blocks of
+    ``ow.Kernel`` arguments are not used. ``loss=lambda f, y: 0.5 * jnp.sum((f - y) ** 2) / n``
+    reproduces the closed form.
 
     Args:
       k_train: NTK on the training set, (n, n) array, or an ``ow.Kernel``
@@ -243,18 +406,22 @@ def gradient_descent(k_train, k_test_train=None, y_train=None, *, lr: float, ste
       k_test_train: NTK between test and training points, (m, n) or Kernel.
       y_train: (n,) or (n, k) targets.
       lr: learning rate of ``theta <- theta - lr grad L`` with
-        ``L = 1/(2n) sum ||f - y||^2``.
+        ``L = 1/(2n) sum ||f - y||^2`` (or ``loss``).
       steps: an int or a sequence of ints (all computed at once).
-      k_test_test: ``ow.Kernel`` or NNGP array (m, m) for the test covariance.
+      momentum: heavy-ball ``beta`` in [0, 1), as ``optax.sgd(lr, momentum=beta)``.
+      loss: ``None`` for the mean squared error above, or a callable ``(f, y) -> scalar``.
+      k_test_test: ``ow.Kernel`` or NNGP array (m, m) for the test covariance (MSE only).
       ridge: added to the NTK's diagonal (finite, >= 0).
       f0_train, f0_test: outputs of one particular network at initialisation;
         then the result is that (linearised) network's trajectory rather than
         the mean over initialisations.
 
     Bad input: NaN or Inf in a concrete kernel block, target or ``f0``, a
-    non-finite or negative ``ridge``, and blocks whose shapes do not fit
-    together raise ``ValueError`` before anything is computed (under
-    ``jax.jit`` only the shapes are checked).
+    non-finite or negative ``ridge``, ``momentum`` outside [0, 1), a ``loss``
+    that is not a callable returning a real scalar, ``k_test_test`` with a
+    ``loss``, and blocks whose shapes do not fit together raise
+    ``ValueError`` before anything is computed (under ``jax.jit`` only the
+    shapes are checked).
 
     Returns:
       :class:`Prediction` with leading time axis.
@@ -262,6 +429,8 @@ def gradient_descent(k_train, k_test_train=None, y_train=None, *, lr: float, ste
     References:
       - Lee et al. 2019, Wide Neural Networks of Any Depth Evolve as Linear Models Under Gradient Descent. <https://arxiv.org/abs/1902.06720>
       - Jacot, Gabriel & Hongler 2018, Neural Tangent Kernel: Convergence and Generalization in Neural Networks. <https://arxiv.org/abs/1806.07572>
+      - Polyak 1964, Some methods of speeding up the convergence of iteration methods. USSR Comp. Math. and Math. Phys. 4(5).
+      - Goh 2017, Why Momentum Really Works. Distill. <https://distill.pub/2017/momentum/>
 
     Examples:
       >>> import numpy as np
@@ -271,17 +440,41 @@ def gradient_descent(k_train, k_test_train=None, y_train=None, *, lr: float, ste
       >>> p = ow.predict.gradient_descent(k, None, y, lr=0.25, steps=[1, 2])
       >>> print(np.round(np.asarray(p.mean_train[:, 0, 0]), 4))   # 1 - (1 - lr k / n)^t, k = n = 2
       [0.25   0.4375]
+      >>> p = ow.predict.gradient_descent(k, None, y, lr=0.25, steps=[1, 2], momentum=0.5)
+      >>> print(np.round(np.asarray(p.mean_train[:, 0, 0]), 4))   # r_2 = (1 + b - a) r_1 - b r_0 = 0.5625
+      [0.25   0.5625]
+      >>> import jax, jax.numpy as jnp
+      >>> xent = lambda f, y: -jnp.mean(jnp.sum(y * jax.nn.log_softmax(f), -1))
+      >>> p = ow.predict.gradient_descent(k, None, np.eye(2), lr=1.0, steps=[1], loss=xent)
+      >>> print(np.round(np.asarray(p.mean_train[0]), 4))   # f_1 = lr Theta (y - softmax(0)) / n
+      [[ 0.5 -0.5]
+       [-0.5  0.5]]
     """
+    where = "ow.predict.gradient_descent"
     times = _check_times(steps, integer=True)
+    momentum = _check_momentum(momentum, where=where)
+    if loss is not None:
+        return _loss_dynamics(k_train, k_test_train, y_train, loss=loss, times=times, lr=lr, momentum=momentum,
+                              discrete=True, k_test_test=k_test_test, ridge=ridge, f0_train=f0_train,
+                              f0_test=f0_test, where=where)
     return _dynamics(k_train, k_test_train, y_train, times=times, lr=lr, discrete=True, k_test_test=k_test_test,
-                     ridge=ridge, f0_train=f0_train, f0_test=f0_test, where="ow.predict.gradient_descent")
+                     ridge=ridge, f0_train=f0_train, f0_test=f0_test, where=where, momentum=momentum)
 
 
-def gradient_flow(k_train, k_test_train=None, y_train=None, *, times, k_test_test=None, ridge: float = 0.0,
-                  f0_train=None, f0_test=None) -> Prediction:
+def gradient_flow(k_train, k_test_train=None, y_train=None, *, times, loss=None, k_test_test=None,
+                  ridge: float = 0.0, f0_train=None, f0_test=None) -> Prediction:
     """As :func:`gradient_descent` for continuous time ``d theta/dt = -grad L`` (``times`` real >= 0).
 
     ``gradient_descent(..., lr, steps=t)`` approaches ``gradient_flow(..., times=lr t)`` as lr -> 0.
+    With ``loss=None`` (MSE) in closed form, ``r_t = exp(-Theta t / n) r_0``. With a callable
+    ``loss(f, y_train) -> scalar`` the linearised network's function-space ODE (Lee et al. 2019, eq. 7)
+
+        df/dt = -Theta grad_f L(f),     df(x*)/dt = -Theta(x*, X) grad_f L(f)
+
+    is integrated from ``f0_train``/``f0_test`` (zero when not given) by
+    ``jax.experimental.ode.odeint`` (adaptive Dormand-Prince, ``rtol = atol = 1e-10`` in float64,
+    ``1e-6`` in float32), as neural-tangents' ``predict.gradient_descent(loss, ...)`` does; then
+    ``cov_*`` are ``None`` (see :func:`gradient_descent`).
 
     References:
       - Lee et al. 2019, Wide Neural Networks of Any Depth Evolve as Linear Models Under Gradient Descent. <https://arxiv.org/abs/1902.06720>
@@ -294,10 +487,82 @@ def gradient_flow(k_train, k_test_train=None, y_train=None, *, times, k_test_tes
       >>> p = ow.predict.gradient_flow(k, None, y, times=[0.5])
       >>> round(float(p.mean_train[0, 0, 0]), 4)      # 1 - exp(-k t / n), k = n = 2
       0.3935
+      >>> mse = lambda f, y: 0.25 * ((f - y) ** 2).sum()   # 1/(2n) sum ||f - y||^2, n = 2
+      >>> round(float(ow.predict.gradient_flow(k, None, y, times=[0.5], loss=mse).mean_train[0, 0, 0]), 4)
+      0.3935
     """
+    where = "ow.predict.gradient_flow"
     times = _check_times(times, integer=False)
+    if loss is not None:
+        return _loss_dynamics(k_train, k_test_train, y_train, loss=loss, times=times, lr=1.0, momentum=0.0,
+                              discrete=False, k_test_test=k_test_test, ridge=ridge, f0_train=f0_train,
+                              f0_test=f0_test, where=where)
     return _dynamics(k_train, k_test_train, y_train, times=times, lr=1.0, discrete=False, k_test_test=k_test_test,
-                     ridge=ridge, f0_train=f0_train, f0_test=f0_test, where="ow.predict.gradient_flow")
+                     ridge=ridge, f0_train=f0_train, f0_test=f0_test, where=where)
+
+
+def ntk_posterior(k_train, k_test_train=None, y_train=None, *, times=np.inf, k_test_test=None,
+                  ridge: float = 0.0) -> Prediction:
+    """The NTK-GP: outputs of infinitely wide networks trained by gradient flow on the MSE, over initialisations.
+
+    Over random initialisations ``f_0`` is the centred Gaussian process with the NNGP kernel ``K``, and
+    training is linear in ``f_0``, so the outputs at time ``t`` are Gaussian with (Lee et al. 2019,
+    eq. 14-16; the module docstring gives the finite-``t`` form)
+
+        mean(x*)     = Theta(x*, X) Theta^-1 (I - exp(-Theta t / n)) Y
+        cov(x*, x*') = K(x*, x*') + A_t(x*) K A_t(x*')^T - A_t(x*) K(X, x*') - K(x*, X) A_t(x*')^T,
+
+    ``A_t(x*) = Theta(x*, X) Theta^-1 (I - exp(-Theta t / n))``. At ``t = inf`` (the default) this is
+    neural-tangents' ``gp_inference(...)(get='ntk')``: ``mean = Theta(x*, X) Theta^-1 Y`` and
+    ``A = Theta(x*, X) Theta^-1``; on the training set the mean is ``Y`` and the covariance 0. NTK
+    eigenvalues ``<= eps n max(lam)`` count as zero at ``t = inf`` (never learned: the pseudo-inverse);
+    ``ridge > 0`` regularises instead. The NNGP-only posterior is :func:`nngp_posterior`; passing
+    ``ow.Kernel(nngp=K, ntk=K)`` gives neural-tangents' ``get='nngp'`` training dynamics (only the
+    readout trained).
+
+    Args:
+      k_train: ``ow.Kernel`` on the n training points with both ``nngp`` and ``ntk``.
+      k_test_train: ``ow.Kernel`` (m, n) test-train blocks with both, or ``None`` (training set only).
+      y_train: (n,) or (n, k) targets.
+      times: a time or a sequence of times >= 0 (``np.inf`` allowed), all computed at once; in the
+        units of :func:`gradient_flow` (``lr`` times steps, for ``L = 1/(2n) sum ||f - y||^2``).
+      k_test_test: ``ow.Kernel`` or NNGP array (m, m) for the test covariance, or ``None``.
+      ridge: added to the NTK's diagonal (finite, >= 0).
+
+    Returns:
+      :class:`Prediction` with leading time axis: ``mean_train``, ``mean_test``, ``cov_train`` and
+      ``cov_test`` (``None`` without ``k_test_test``).
+
+    Bad input: kernels without both blocks, NaN or Inf, negative or NaN times, a negative ridge and
+    shapes that do not fit raise ``ValueError`` before anything is computed.
+
+    References:
+      - Lee et al. 2019, Wide Neural Networks of Any Depth Evolve as Linear Models Under Gradient Descent. <https://arxiv.org/abs/1902.06720>
+      - He, Lakshminarayanan & Teh 2020, Bayesian Deep Ensembles via the Neural Tangent Kernel. <https://arxiv.org/abs/2007.05864>
+
+    Examples:
+      >>> import numpy as np
+      >>> import owidth as ow
+      >>> x = np.array([[1.0, 0.0], [0.0, 1.0]]); xt = np.array([[1.0, 1.0]])
+      >>> net = ow.serial(ow.Dense(w_std=1.0), ow.Relu(), ow.Dense(out=1, w_std=1.0))
+      >>> p = ow.predict.ntk_posterior(ow.kernel(net, x), ow.kernel(net, xt, x), np.array([1.0, -1.0]),
+      ...                              times=[1.0, np.inf], k_test_test=ow.kernel(net, xt))
+      >>> p.mean_test.shape, p.cov_test.shape
+      ((2, 1), (2, 1, 1))
+      >>> print(np.round(np.asarray(p.mean_train[-1]), 6), float(np.abs(p.cov_train[-1]).max()) < 1e-12)
+      [ 1. -1.] True
+    """
+    where = "ow.predict.ntk_posterior"
+    for name, k in (("k_train", k_train), ("k_test_train", k_test_train)):
+        if k is None and name == "k_test_train":
+            continue
+        if not isinstance(k, Kernel) or k.ntk is None or k.nngp is None:
+            raise ValueError(f"{where}: {name} must be an ow.Kernel with both nngp and ntk (the NNGP gives the "
+                             f"spread over initialisations, the NTK the training); compute it with "
+                             f"ow.kernel(net, x1, x2, get=('nngp', 'ntk')), got {type(k).__name__}")
+    times = _check_times(times, integer=False, allow_inf=True)
+    return _dynamics(k_train, k_test_train, y_train, times=times, lr=1.0, discrete=False, k_test_test=k_test_test,
+                     ridge=ridge, f0_train=None, f0_test=None, where=where)
 
 
 def max_learning_rate(k_train, *, momentum: float = 0.0) -> jax.Array:

@@ -19,7 +19,7 @@ __all__ = [
     "as_float_array", "same_features", "positive_int", "field", "convert", "convert_fields", "hyper", "std", "real",
     "nonneg_float", "positive", "integer", "int_tuple", "padding", "boolean", "optional_positive", "function",
     "positive_number", "nonneg_int", "gram_in_range", "finite_values", "nonneg_number", "same_feature_shape",
-    "positive_ints",
+    "positive_ints", "prng_key",
 ]
 
 
@@ -353,3 +353,10 @@ def positive_ints(name: str, value, *, where: str) -> tuple[int, ...]:
     if not values or len(set(values)) != len(values):
         raise ValueError(f"{where}: {name} must be a non-empty list without duplicates, got {list(values)}")
     return values
+
+
+def prng_key(name: str, key, *, where: str) -> jax.Array:
+    """A typed scalar PRNG key (``jax.random.key(seed)``), traced or not; anything else is refused."""
+    if not (isinstance(key, jax.Array) and key.shape == () and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)):
+        raise TypeError(f"{where}: {name} must be a typed PRNG key from jax.random.key(seed), got {key!r}")
+    return key

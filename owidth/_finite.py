@@ -10,7 +10,8 @@ import jax
 from owidth import _checks
 from owidth._protocol import Intermediates, flat_features
 from owidth.flax_bridge import FlaxModel, FlaxNet
-from owidth.layers._base import Dim, FiniteCtx, Layer, Tape
+from owidth.layers._base import Dim, FiniteCtx, Layer, Rng, Tape
+from owidth.layers.graph import adjacency_pair
 from owidth.param import NTP, Parametrization, roles_from_shapes
 
 __all__ = ["FiniteModel", "finite"]
@@ -66,25 +67,32 @@ class FiniteModel:
         params, _ = self.net._init(key, _input_dim(x), self._ctx)
         return params
 
-    def apply(self, params: Any, x) -> jax.Array:
-        """Network output for inputs ``x`` shaped as for :meth:`init`."""
+    def apply(self, params: Any, x, *, adjacency=None, key: jax.Array | None = None) -> jax.Array:
+        """Network output for inputs ``x`` shaped as for :meth:`init`; ``adjacency`` (batch, V, V): the
+        graphs of node features ``x`` (batch, V, C), for nets with :class:`ow.Aggregate` (only); ``key``:
+        a PRNG key for the masks of :class:`ow.Dropout` layers (train mode; without it they are the
+        identity)."""
         x = _checks.as_float_array("x", x, where="FiniteModel.apply", rank=None)
-        y, _ = self.net._apply(params, x, _input_dim(x), self._ctx)
+        adjacency, _ = adjacency_pair("FiniteModel.apply", self.net, x, None, adjacency)
+        rng = None if key is None else Rng(_checks.prng_key("key", key, where="FiniteModel.apply"))
+        ctx = FiniteCtx(self.width, self.param, adjacency=adjacency, rng=rng)
+        y, _ = self.net._apply(params, x, _input_dim(x), ctx)
         return y
 
-    def apply_taped(self, params: Any, x: jax.Array, taps=None) -> tuple[jax.Array, Tape]:
+    def apply_taped(self, params: Any, x: jax.Array, taps=None, *, adjacency=None) -> tuple[jax.Array, Tape]:
         """``apply`` recording every weight layer's input, scales and output on a tape (internal: the
         structured empirical NTK adds ``taps`` to the outputs; use :meth:`intermediates` otherwise)."""
         tape = Tape(taps)
-        ctx = FiniteCtx(self.width, self.param, tape)
+        ctx = FiniteCtx(self.width, self.param, tape, adjacency=adjacency)
         y, _ = self.net._apply(params, x, _input_dim(x), ctx)
         return y, tape
 
-    def intermediates(self, params: Any, x) -> Intermediates:
+    def intermediates(self, params: Any, x, *, adjacency=None) -> Intermediates:
         """The output, every weight layer's output (and other observables) and the last hidden features
-        of one forward pass (:class:`ow.Intermediates`)."""
+        of one forward pass (:class:`ow.Intermediates`); ``adjacency`` as for :meth:`apply`."""
         x = _checks.as_float_array("x", x, where="FiniteModel.intermediates", rank=None)
-        y, tape = self.apply_taped(params, x)
+        adjacency, _ = adjacency_pair("FiniteModel.intermediates", self.net, x, None, adjacency)
+        y, tape = self.apply_taped(params, x, adjacency=adjacency)
         names = tuple(name for name, _ in tape.coords)
         values = tuple(v for _, v in tape.coords)
         return Intermediates(y, names, values, flat_features(tape.inputs[-1] if tape.inputs else None))

@@ -17,6 +17,7 @@ from owidth._caches import cached
 from owidth.kernels import hyper, tiles
 from owidth.kernels.state import Kernel, KState, VarTape
 from owidth.layers._base import Layer, walk_all, walk_any
+from owidth.layers.graph import adjacency_pair
 from owidth.layers.sequence import check_tokens
 
 __all__ = ["kernel"]
@@ -33,8 +34,11 @@ def _check_structure(net, get: tuple[str, ...], same: bool, features: tuple[int,
 @cached(maxsize=256)
 def _check_structure_cached(template, get, same, features) -> None:
     x = jax.ShapeDtypeStruct((2, *features), jnp.result_type(float))
-    jax.eval_shape(lambda leaves, a, b: _kernel_impl(hyper.merge(template, leaves), a, b, get),
-                   hyper.abstract_leaves(template), x, None if same else x)
+    graph = walk_any(template, "adjacency") and len(features) == 2  # a stand-in adjacency (2, V, V)
+    adj = jax.ShapeDtypeStruct((2, features[0], features[0]), x.dtype) if graph else None
+    jax.eval_shape(lambda leaves, a, b, g: _kernel_impl(hyper.merge(template, leaves), a, b, get,
+                                                        adj=None if g is None else (g, None if same else g)),
+                   hyper.abstract_leaves(template), x, None if same else x, adj)
 
 
 def _spatial_info(net) -> tuple[bool, bool]:
@@ -47,12 +51,15 @@ def _spatial_info_cached(net) -> tuple[bool, bool]:
     return walk_any(net, "spatial"), walk_any(net, "mixes_pixels")
 
 
-def _kernel_impl(net, x1, x2, get, *, tape: VarTape | None = None):
+def _kernel_impl(net, x1, x2, get, *, tape: VarTape | None = None, adj=None):
     """The layer rules on one block. ``tape``: a recording :class:`VarTape` (``x2`` None) collects the
     per-pixel variances at pooling layers; a replaying one (``x2`` given) runs with per-pixel
-    variances (``KState.var_pixel``) and takes them back there."""
+    variances (``KState.var_pixel``) and takes them back there. ``adj``: ``(a1, a2)``, the graph
+    adjacencies of ``x1`` and ``x2`` (``a2`` None without ``x2``) for ``Aggregate``, or None."""
     var_pixel = tape is not None and not tape.recording
-    ks = KState(x1=x1, x2=x2, need_ntk="ntk" in get, full=_spatial_info(net)[1], var_pixel=var_pixel, tape=tape)
+    a1, a2 = (None, None) if adj is None else adj
+    ks = KState(x1=x1, x2=x2, need_ntk="ntk" in get, full=_spatial_info(net)[1], var_pixel=var_pixel, tape=tape,
+                adj1=a1, adj2=a2)
     ks = net._kernel(ks).materialize()
     var2 = ks.var1 if ks.var2 is None else ks.var2
     return Kernel(
@@ -73,13 +80,13 @@ _SELF_BLOCK = 256
 _SELF_BLOCK_BYTES = 4 * 2**20
 
 
-def _kernel_auto(net, x1, x2, get, *, tape: VarTape | None = None):
+def _kernel_auto(net, x1, x2, get, *, tape: VarTape | None = None, adj=None):
     """``_kernel_impl``, by blocks (:func:`_blocked`) when the kernel is large and the net non-spatial."""
     n1, n2 = x1.shape[0], x1.shape[0] if x2 is None else x2.shape[0]
     big = n1 * n2 * x1.dtype.itemsize > _SELF_BLOCK_BYTES and max(n1, n2) > 2 * _SELF_BLOCK
     if big and x1.ndim == 2 and not _spatial_info(net)[0] and tape is None:
         return _blocked(net, x1, x2, get, _SELF_BLOCK)
-    return _kernel_impl(net, x1, x2, get, tape=tape)
+    return _kernel_impl(net, x1, x2, get, tape=tape, adj=adj)
 
 
 def _blocked(net, x1, x2, get, size: int) -> Kernel:
@@ -164,7 +171,8 @@ def _check_attn(net, attn) -> None:
 
 
 def kernel(net, x1, x2=None, *, get=("nngp", "ntk"), batch_size: int | str | None = "auto",
-           memory_budget: int | None = None, attn: float | None = None, progress_bar: bool = True) -> Kernel:
+           memory_budget: int | None = None, attn: float | None = None, progress_bar: bool = True,
+           adjacency=None) -> Kernel:
     """Infinite-width NNGP and NTK of ``net`` between ``x1`` and ``x2``.
 
     For a network whose hidden layers are infinitely wide, the output at
@@ -229,6 +237,11 @@ def kernel(net, x1, x2=None, *, get=("nngp", "ntk"), batch_size: int | str | Non
         implemented.
       progress_bar: a tqdm bar over tiles, shown once a tiled call has run
         for 3 s (``OWIDTH_NO_PROGRESS=1`` silences it).
+      adjacency: for graph networks (with :class:`ow.Aggregate`), whose
+        inputs are node features (n, V, C): the graphs' adjacency matrices,
+        ``a1`` of shape (n1, V, V) without ``x2``, ``(a1, a2)`` with it.
+        Tiles slice them with the inputs. Refused for nets without
+        ``Aggregate``.
 
     Returns:
       A :class:`Kernel` with ``nngp``/``ntk`` of shape (n1, n2), per output
@@ -292,13 +305,15 @@ def kernel(net, x1, x2=None, *, get=("nngp", "ntk"), batch_size: int | str | Non
         if x is not None:
             _checks.gram_in_range(name, x, where="ow.kernel")
             check_tokens(net, x, name=name, where="ow.kernel")
+    a1, a2 = adjacency_pair("ow.kernel", net, x1, x2, adjacency)
+    adj = None if a1 is None else (a1, a2)
     _check_structure(net, get, x2 is None, tuple(x1.shape[1:]))
     size = _tile_size(net, x1, x2, batch_size, memory_budget)
     if size is None:
-        return _finite(_kernel(net, x1, x2, get))
+        return _finite(_kernel(net, x1, x2, get, adj=adj))
     full = _spatial_info(net)[1]
     return _finite(tiles.tiled(_kernel_auto, net, x1, x2, get, size, full=full,
-                               pixel=full and walk_all(net, "pixel_var"), progress_bar=progress_bar))
+                               pixel=full and walk_all(net, "pixel_var"), progress_bar=progress_bar, adj=adj))
 
 
 def _finite(k: Kernel) -> Kernel:

@@ -13,6 +13,7 @@ reported per entry (``.stderr``) and an ``O(1/n)`` bias (none for the NNGP of on
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import jax
@@ -24,6 +25,8 @@ from owidth._finite import finite
 from owidth._progress import progress
 from owidth.empirical import empirical_ntk
 from owidth.kernels.state import Kernel
+from owidth.layers._base import Layer, walk_any
+from owidth.layers.graph import adjacency_pair
 from owidth.param import NTP, Parametrization
 
 __all__ = ["MonteCarloKernel", "monte_carlo_kernel"]
@@ -47,20 +50,42 @@ class MonteCarloKernel(Kernel):
     samples: int = dataclasses.field(default=0, metadata={"static": True})
 
 
-def _chunk_stats(model, x1, x2, keys, mask, get):
-    """Masked mean and sum of squared deviations over the networks of one chunk."""
+def _chunk_stats(model, x1, x2, keys, mask, get, adj=None):
+    """Masked mean and sum of squared deviations over the networks of one chunk. ``adj``: ``(a1, a2)``,
+    graph adjacencies for nets with ``Aggregate`` (``a2`` None without ``x2``), or None."""
+    apply, z1, z2 = model.apply, x1, x2
+    if adj is not None:
+        # each graph's adjacency rides along as extra node features, so that the empirical NTK (which
+        # takes per-example inputs) slices it with x: z = [x | a], (n, V, C + V)
+        c = x1.shape[-1]
+        apply = lambda p, z, **kw: model.apply(p, z[..., :c], adjacency=z[..., c:], **kw)  # noqa: E731
+        z1 = jnp.concatenate([x1.astype(adj[0].dtype), adj[0]], axis=-1)
+        z2 = None if x2 is None else jnp.concatenate([x2.astype(adj[1].dtype), adj[1]], axis=-1)
+
+    random = isinstance(getattr(model, "net", None), Layer) and walk_any(model.net, "random")
 
     def one(key):
+        if random:  # train-mode dropout: a mask per network, drawn independently for x1 and for x2
+            key, k1, k2 = jax.random.split(key, 3)
+            run1 = functools.partial(_with_key, apply, k1)
+            run2 = functools.partial(_with_key, apply, k2)
+        else:
+            run1 = run2 = apply
         params = model.init(key, x1)
-        f1 = model.apply(params, x1)
+        f1 = run1(params, z1)
         f1 = f1[:, None] if f1.ndim == 1 else f1
-        f2 = f1 if x2 is None else model.apply(params, x2)
+        f2 = f1 if x2 is None else run2(params, z2)
         f2 = f2[:, None] if f2.ndim == 1 else f2
         out = {"var1": jnp.mean(f1 * f1, axis=1), "var2": jnp.mean(f2 * f2, axis=1)}
         if "nngp" in get:
             out["nngp"] = f1 @ f2.T / f1.shape[1]
         if "ntk" in get:
-            out["ntk"] = empirical_ntk(model.apply, params, x1, x2)
+            if random:  # Jacobians through the whole batch: a mask per row (a single-row pass would reuse one)
+                z = z1 if z2 is None else jnp.concatenate([z1, z2])  # one pass over [x1; x2]: independent masks
+                ntk = empirical_ntk(run1, params, z, independent_examples=False)
+                out["ntk"] = ntk if z2 is None else ntk[:z1.shape[0], z1.shape[0]:]
+            else:
+                out["ntk"] = empirical_ntk(run1, params, z1, z2)
         return out
 
     values = jax.vmap(one)(keys)
@@ -74,18 +99,24 @@ def _chunk_stats(model, x1, x2, keys, mask, get):
     return {name: stats(v) for name, v in values.items()}
 
 
+def _with_key(apply, key, params, z):
+    return apply(params, z, key=key)
+
+
 _chunk_stats_jit = jax.jit(_chunk_stats, static_argnames=("model", "get"))
 
 
 def monte_carlo_kernel(net, x1, x2=None, *, width: int, samples: int, key: jax.Array,
                        param: Parametrization = NTP, get=("nngp", "ntk"), batch: int | None = None,
-                       progress_bar: bool = True) -> MonteCarloKernel:
+                       progress_bar: bool = True, adjacency=None) -> MonteCarloKernel:
     """NNGP and NTK of ``net`` at width ``width``, averaged over ``samples`` random initialisations.
 
     The networks are drawn with ``ow.finite(net, width=width, param=param)`` from
     ``jax.random.split(key, samples)`` (the same networks whatever ``batch``) and evaluated ``batch`` at a time (vmapped; one compiled program for all chunks). The means are
     accumulated in float64 on the host with Chan et al.'s pairwise update, so that the standard errors
-    stay accurate over many chunks.
+    stay accurate over many chunks. Nets with :class:`ow.Dropout` run in train mode, as
+    :func:`ow.kernel` describes them: each network draws its masks, independently for ``x1`` and
+    ``x2`` (the NTK between them from one pass over both).
 
     Args:
       net: width-free spec (or a flax model wrapped by :func:`ow.from_flax`) whose output is
@@ -100,6 +131,8 @@ def monte_carlo_kernel(net, x1, x2=None, *, width: int, samples: int, key: jax.A
       batch: networks per compiled chunk; default: as many as keep one chunk's parameters and
         Jacobians near 1 GiB.
       progress_bar: show a tqdm bar over chunks (``OWIDTH_NO_PROGRESS=1`` silences it).
+      adjacency: graph adjacencies for nets with :class:`ow.Aggregate` (node features ``x1`` of shape
+        (n1, V, C)): ``a1`` (n1, V, V) without ``x2``, ``(a1, a2)`` with it (as in :func:`ow.kernel`).
 
     Returns:
       A :class:`ow.MonteCarloKernel`: the means (``nngp``, ``ntk``, ``var1``, ``var2``), ``stderr``
@@ -127,14 +160,18 @@ def monte_carlo_kernel(net, x1, x2=None, *, width: int, samples: int, key: jax.A
     if samples < 2:
         raise ValueError(f"{where}: samples={samples}; at least 2 networks are needed for a standard error")
     get = _checks.kernel_get(get, where=where)
-    if not (isinstance(key, jax.Array) and key.shape == () and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)):
-        raise TypeError(f"{where}: key must be a typed PRNG key from jax.random.key(seed), got {key!r}")
+    _checks.prng_key("key", key, where=where)
     x1 = _checks.as_float_array("x1", x1, where=where, rank=None, cast=False)
     x2 = None if x2 is None else _checks.as_float_array("x2", x2, where=where, rank=None, cast=False)
     if x2 is not None:
         _checks.same_features(x1, x2, where=where)
     model = finite(net, width=width, param=param)
-    shapes = jax.eval_shape(lambda k: model.apply(model.init(k, x1), x1), key)
+    a1, a2 = (None, None) if not isinstance(net, Layer) else adjacency_pair(where, net, x1, x2, adjacency)
+    if adjacency is not None and not isinstance(net, Layer):
+        raise ValueError(f"{where}: adjacency= is read by ow.Aggregate in owidth nets; a flax model does not take it")
+    adj = None if a1 is None else (a1, a2)
+    side = {} if adj is None else {"adjacency": a1}
+    shapes = jax.eval_shape(lambda k: model.apply(model.init(k, x1), x1, **side), key)
     if len(shapes.shape) > 2:
         raise ValueError(f"{where}: the network's output has shape {shapes.shape}; the kernels are defined for "
                          "outputs (batch, k): end it with a readout (e.g. Flatten() or GlobalAvgPool(), then "
@@ -157,7 +194,7 @@ def monte_carlo_kernel(net, x1, x2=None, *, width: int, samples: int, key: jax.A
         for c in range(chunks):
             count = min(batch, samples - c * batch)
             mask = jnp.arange(batch) < count
-            stats = jax.device_get(_chunk_stats_jit(model, x1, x2, keys[c], mask, get))
+            stats = jax.device_get(_chunk_stats_jit(model, x1, x2, keys[c], mask, get, adj))
             # Chan, Golub & LeVeque: merge (n_done, mean, m2) with the chunk's (count, m, s); exact for the first
             total = n_done + count
             for k, (m, s) in stats.items():

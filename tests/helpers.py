@@ -15,6 +15,14 @@ def build(arch):
     for name, kw in arch:
         if name == "Residual":
             layers.append(ow.Residual(*[build([item])  for item in kw]))
+        elif name in ("concat", "product"):
+            extra = {"axis": kw["axis"]} if name == "concat" else {}
+            layers.append(getattr(ow, name)(*[build(b) for b in kw["branches"]], **extra))
+        elif name == "repeat":
+            layers.append(ow.repeat(build(kw["block"]), kw["n"]))
+        elif name == "Index":
+            layers.append(ow.Index(tuple(Ellipsis if i == "..." else slice(*i["slice"]) if isinstance(i, dict) else i
+                                         for i in kw["idx"])))
         else:
             kw = {k: tuple(v) if isinstance(v, list) else v for k, v in kw.items()}  # JSON lists -> tuples
             layers.append(getattr(ow, name)(**kw))

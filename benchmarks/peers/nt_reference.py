@@ -25,7 +25,14 @@ NNGP/NTK for (x1, x1) and (x1, x2), all float64:
   (the diagonal of the (x1, x1) kernels, and its variances, so everywhere after a second such
   layer): recorded as NT gives it.
 
-``--only base`` / ``--only cnn`` / ``--only act`` writes just one of them.
+* nt_combinator_kernels.npz (tests/kernels/test_reference_nt_combinators.py): fan-in concatenation
+  (channels and a spatial axis), products, ``repeat``, train-mode ``Dropout`` (NT's rate is the keep
+  probability: owidth's ``rate`` is converted) and ``Index`` on vectors and images; kinds "x", "img"
+  as in nt_kernels.npz. In the JSON, ``["concat", {"axis": a, "branches": [arch, ...]}]``,
+  ``["product", {"branches": [...]}]``, ``["repeat", {"n": n, "block": arch}]``, and ``Index`` items
+  are ints, ``"..."`` or ``{"slice": [start, stop, step]}``.
+
+``--only base`` / ``cnn`` / ``act`` / ``comb`` writes just one of them.
 """
 
 import argparse
@@ -43,6 +50,7 @@ REF_DIR = pathlib.Path(__file__).resolve().parents[2] / "tests" / "reference"
 OUT = REF_DIR / "nt_kernels.npz"
 OUT_CNN = REF_DIR / "nt_cnn_kernels.npz"
 OUT_ACT = REF_DIR / "nt_activation_kernels.npz"
+OUT_COMB = REF_DIR / "nt_combinator_kernels.npz"
 
 R2, B = 2**0.5, 0.1**0.5
 
@@ -157,6 +165,55 @@ for _n in (2, 3):  # unit pre-activation variance: Dense(w_std=1, b_std=0) on ro
 ACT_INPUTS = {name: "xunit" if name.startswith("hermite") else "x" for name in ACT_ARCHS}
 
 
+# Combinators and shape layers (concat, product, repeat, Dropout, Index)
+_D = lambda w=1.0, b=0.0: ["Dense", {"w_std": w, "b_std": b}]  # noqa: E731
+_C = lambda w=1.0, b=0.0, fs=(3, 3): ["Conv", {"filter_shape": list(fs), "w_std": w, "b_std": b}]  # noqa: E731
+_OUT = ["Dense", {"out": 1, "w_std": 1.0, "b_std": 0.1}]
+COMB_ARCHS = {
+    "concat_dense": [_D(1.3, 0.2), ["Relu", {}],
+                     ["concat", {"axis": -1, "branches": [[_D(1.1, 0.1)], [_D(0.7, 0.3), ["Erf", {}], _D(1.4, 0.2)]]}],
+                     _D(1.2, 0.1), ["Relu", {}], _OUT],
+    "concat_free_branch": [_D(1.3, 0.2), ["concat", {"axis": -1, "branches": [[["Relu", {}]], [_D(0.9, 0.4)]]}],
+                           _D(1.1, 0.1), ["Gelu", {}], _OUT],
+    "concat_pixels_gap": [_C(1.3, 0.2), ["Relu", {}],
+                          ["concat", {"axis": 1, "branches": [[_C(1.1, 0.1)], [_C(0.8, 0.3, (2, 2))]]}],
+                          ["Relu", {}], ["GlobalAvgPool", {}], _OUT],
+    "concat_width_flatten": [_C(1.3, 0.2), ["Erf", {}],
+                             ["concat", {"axis": 2, "branches": [[_C(1.1, 0.1)], [_C(0.8, 0.3)]]}],
+                             ["Relu", {}], ["Flatten", {}], _OUT],
+    "concat_channels_conv": [_C(1.3, 0.2), ["Relu", {}],
+                             ["concat", {"axis": -1, "branches": [[_C(1.1, 0.1)], [_C(0.8, 0.3, (1, 1))]]}],
+                             _C(1.0, 0.1), ["Relu", {}], ["GlobalAvgPool", {}], _OUT],
+    "product_dense": [_D(1.3, 0.2), ["Relu", {}], ["product", {"branches": [[_D(1.1, 0.1)], [_D(0.8, 0.3)]]}],
+                      _D(1.2, 0.1), ["Relu", {}], _OUT],
+    "product_free_branch": [_D(1.3, 0.2), ["product", {"branches": [[["Erf", {}]], [_D(0.9, 0.4)]]}],
+                            _D(1.1, 0.1), ["Relu", {}], _OUT],
+    "product_conv_gap": [_C(1.3, 0.2), ["Relu", {}], ["product", {"branches": [[_C(1.1, 0.1)], [_C(0.8, 0.3)]]}],
+                         _C(1.0, 0.1), ["Relu", {}], ["GlobalAvgPool", {}], _OUT],
+    "repeat_relu": [_D(1.3, 0.2), ["repeat", {"n": 6, "block": [["Relu", {}], _D(R2, B)]}], ["Relu", {}], _OUT],
+    "repeat_erf_conv": [_C(1.3, 0.2), ["repeat", {"n": 4, "block": [["Erf", {}], _C(1.2, 0.1)]}], ["Relu", {}],
+                        ["Flatten", {}], _OUT],
+    "dropout_mlp": [_D(1.3, 0.2), ["Relu", {}], ["Dropout", {"rate": 0.2}], _D(1.1, 0.1), ["Erf", {}],
+                    ["Dropout", {"rate": 0.5}], _OUT],
+    "dropout_conv_gap": [_C(1.3, 0.2), ["Relu", {}], ["Dropout", {"rate": 0.3}], _C(1.1, 0.1), ["Relu", {}],
+                         ["GlobalAvgPool", {}], _OUT],
+    "dropout_conv_flatten": [_C(1.3, 0.2), ["Relu", {}], ["Dropout", {"rate": 0.3}], ["Flatten", {}], _OUT],
+    "index_crop_gap": [_C(1.3, 0.2), ["Relu", {}], ["Index", {"idx": [{"slice": [None, None, None]},
+                                                                     {"slice": [1, 4, None]}]}],
+                       _C(1.1, 0.1), ["Relu", {}], ["GlobalAvgPool", {}], _OUT],
+    "index_row_conv1d": [_C(1.3, 0.2), ["Relu", {}], ["Index", {"idx": [{"slice": [None, None, None]}, 0, "..."]}],
+                         _C(1.1, 0.1, (2,)), ["Relu", {}], ["Flatten", {}], _OUT],
+    "index_stride_flatten": [_C(1.3, 0.2), ["Erf", {}],
+                             ["Index", {"idx": ["...", {"slice": [None, None, 2]}, {"slice": [None, None, None]}]}],
+                             ["Flatten", {}], _OUT],
+}
+COMB_INPUTS = {name: "x" if name.endswith(("dense", "branch", "relu", "mlp")) else "img" for name in COMB_ARCHS}
+
+
+def nt_index(items):
+    return tuple(Ellipsis if i == "..." else slice(*i["slice"]) if isinstance(i, dict) else i for i in items)
+
+
 def nt_layer(name, kw):
     if name == "Dense":
         return stax.Dense(kw.get("out", 512), W_std=kw.get("w_std", 1.0), b_std=kw.get("b_std", 0.0))
@@ -212,6 +269,18 @@ def nt_layer(name, kw):
         return stax.Flatten()
     if name == "LayerNorm":
         return stax.LayerNorm(axis=-1)
+    if name == "concat":
+        branches = [stax.serial(*[nt_layer(n, k) for n, k in arch]) for arch in kw["branches"]]
+        return stax.serial(stax.FanOut(len(branches)), stax.parallel(*branches), stax.FanInConcat(axis=kw["axis"]))
+    if name == "product":
+        branches = [stax.serial(*[nt_layer(n, k) for n, k in arch]) for arch in kw["branches"]]
+        return stax.serial(stax.FanOut(len(branches)), stax.parallel(*branches), stax.FanInProd())
+    if name == "repeat":
+        return stax.repeat(stax.serial(*[nt_layer(n, k) for n, k in kw["block"]]), kw["n"])
+    if name == "Dropout":
+        return stax.Dropout(1.0 - kw["rate"], mode="train")  # NT's rate is the keep probability
+    if name == "Index":
+        return stax.Index(nt_index(kw["idx"]))
     if name == "Residual":
         block = stax.serial(*[nt_layer(n, k) for n, k in kw])
         return stax.serial(stax.FanOut(2), stax.parallel(stax.Identity(), block), stax.FanInSum())
@@ -223,6 +292,7 @@ def dump(path, archs, inputs, data, extra):
     out = {**extra, "archs": np.array(json.dumps(archs)), "inputs": np.array(json.dumps(inputs))}
     for name, arch in archs.items():
         x1, x2 = data[inputs[name]]
+        print(name, flush=True)
         _, _, kfn = stax.serial(*[nt_layer(n, k) for n, k in arch])
         k11 = kfn(x1, None, ("nngp", "ntk"))
         k12 = kfn(x1, x2, ("nngp", "ntk"))
@@ -262,9 +332,17 @@ def main_act():
     dump(OUT_ACT, ACT_ARCHS, ACT_INPUTS, data, {"x1": x1, "x2": x2, "xunit1": u1, "xunit2": u2})
 
 
+def main_comb():
+    rng = np.random.RandomState(1234)  # the vectors "x" and images "img" of main_base
+    x1, x2 = rng.randn(6, 5), rng.randn(4, 5)
+    img1, img2 = rng.randn(4, 5, 4, 2), rng.randn(3, 5, 4, 2)
+    data = {"x": (x1, x2), "img": (img1, img2)}
+    dump(OUT_COMB, COMB_ARCHS, COMB_INPUTS, data, {"x1": x1, "x2": x2, "img1": img1, "img2": img2})
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--only", choices=("base", "cnn", "act"), help="write only this file (default: all three)")
+    p.add_argument("--only", choices=("base", "cnn", "act", "comb"), help="write only this file (default: all)")
     only = p.parse_args().only
     if only in (None, "base"):
         main_base()
@@ -272,6 +350,8 @@ def main():
         main_cnn()
     if only in (None, "act"):
         main_act()
+    if only in (None, "comb"):
+        main_comb()
 
 
 if __name__ == "__main__":

@@ -90,6 +90,8 @@ class KState:
     mean1: jax.Array | None = None  # per-unit means E z(x1) per pixel (None: zero)
     mean2: jax.Array | None = None
     var_pixel: bool = False  # full representation with per-pixel variances (n, *S) only (see VarTape)
+    adj1: jax.Array | None = None  # graph adjacencies (n1, V, V) / (n2, V, V) of ``ow.kernel(..., adjacency=)``
+    adj2: jax.Array | None = None  # (None without x2; read by ``Aggregate``, carried unchanged by other layers)
     tape: VarTape | None = dataclasses.field(default=None, compare=False)
 
     @property
@@ -186,7 +188,7 @@ class VarTape:
         return entry
 
 
-_ARRAYS = ("x1", "x2", "nngp", "ntk", "var1", "var2", "mean1", "mean2")
+_ARRAYS = ("x1", "x2", "nngp", "ntk", "var1", "var2", "mean1", "mean2", "adj1", "adj2")
 
 
 def self_var(nngp: jax.Array) -> jax.Array:

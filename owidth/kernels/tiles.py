@@ -110,40 +110,44 @@ def blocks(x, size: int):
 
 
 @hyper.jit_net(static_argnames=("impl", "get", "record", "singles"))
-def _self_tiles(net, impl, a, get, record, singles):
+def _self_tiles(net, impl, a, get, record, singles, adj=None):
     """Self-kernels of blocks ``a`` (d, G, size, ...) and the variances they record: the ``d`` device
     slices in parallel (vmap over the sharded axis), the ``G`` blocks of each one after the other
     (``lax.map``: one block's states at a time, one dispatch for all).
 
-    ``singles``: each input of a block alone (its own block only, not the pairs between them)."""
-    def one(u):
+    ``singles``: each input of a block alone (its own block only, not the pairs between them).
+    ``adj``: the graph adjacencies of ``a``'s inputs, blocked like them (``None`` for other nets)."""
+    def one(u, au):
         tape = VarTape() if record else None
-        k = impl(net, u, None, get, tape=tape)
+        k = impl(net, u, None, get, tape=tape, adj=None if au is None else (au, None))
         return k, (tuple(tape.entries) if record else ())
 
-    def block(u):
+    def block(args):
+        u, au = args
         if not singles:
-            return one(u)
-        k, entries = jax.vmap(lambda v: one(v[None]))(u)
+            return one(u, au)
+        k, entries = jax.vmap(lambda v, av: one(v[None], None if av is None else av[None]))(u, au)
         var = k.var1[:, 0]
         return Kernel(nngp=None, ntk=None, var1=var, var2=var), tuple(e[:, 0] for e in entries)
 
-    return jax.vmap(lambda g: jax.lax.map(block, g))(a)
+    return jax.vmap(lambda g, ga: jax.lax.map(block, (g, ga)))(a, adj)
 
 
 @hyper.jit_net(static_argnames=("impl", "get", "pixel"))
-def _cross_tiles(net, impl, a, b, get, pixel, ta, tb):
+def _cross_tiles(net, impl, a, b, get, pixel, ta, tb, adj=None):
     """Kernels of block pairs ``(a[., k], b[., k])`` (d, G, size, ...) as in :func:`_self_tiles`; with
-    ``pixel``, per-pixel variances replayed from the records ``ta``/``tb`` of the two blocks."""
+    ``pixel``, per-pixel variances replayed from the records ``ta``/``tb`` of the two blocks; ``adj``:
+    the pair of blocked adjacencies of ``a`` and ``b`` (graph nets) or None."""
     def one(args):
-        u, v, eu, ev = args
+        u, v, eu, ev, adj_uv = args
         tape = VarTape(list(zip(eu, ev))) if pixel else None
-        return impl(net, u, v, get, tape=tape)
+        return impl(net, u, v, get, tape=tape, adj=adj_uv)
 
-    return jax.vmap(lambda *g: jax.lax.map(one, g))(a, b, ta, tb)
+    return jax.vmap(lambda *g: jax.lax.map(one, g))(a, b, ta, tb, adj)
 
 
-def tiled(impl, net, x1, x2, get, size: int, *, full: bool, pixel: bool, progress_bar: bool = True) -> Kernel:
+def tiled(impl, net, x1, x2, get, size: int, *, full: bool, pixel: bool, progress_bar: bool = True,
+          adj=None) -> Kernel:
     """The kernel from blocks of ``size`` rows, computed ``len(jax.devices())`` blocks at a time.
 
     ``impl(net, u, v, get, tape=)`` computes one block (``v`` None: ``u`` against itself, exactly
@@ -152,7 +156,8 @@ def tiled(impl, net, x1, x2, get, size: int, *, full: bool, pixel: bool, progres
     multiple of ``size`` by repeating the last input, so every block has one shape whatever N.
     Blocks of different inputs differ from the untiled computation only by rounding (they compute
     the variances as in the x2 case, or replay them with ``pixel``). ``full``: the net keeps all pixel
-    pairs; if its output still has pixel axes, mirrored blocks swap the pixel groups.
+    pairs; if its output still has pixel axes, mirrored blocks swap the pixel groups. ``adj``:
+    ``(a1, a2)``, graph adjacencies (``Aggregate``) blocked and paired exactly as ``x1``/``x2``.
     """
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -168,6 +173,8 @@ def tiled(impl, net, x1, x2, get, size: int, *, full: bool, pixel: bool, progres
     b1 = np.asarray(blocks(x1, size))  # on the host: tiles are gathered there, one transfer per call
     t1, n1 = b1.shape[0], x1.shape[0]
     b2 = None if x2 is None else np.asarray(blocks(x2, size))
+    g1, g2 = (None, None) if adj is None else (np.asarray(blocks(adj[0], size)),
+                                               None if adj[1] is None else np.asarray(blocks(adj[1], size)))
     t2 = t1 if x2 is None else b2.shape[0]
     n_self = (t1 if x2 is None else (t1 + t2 if pixel else 0))
     n_cross = t1 * (t1 - 1) // 2 if x2 is None else t1 * t2
@@ -202,35 +209,39 @@ def tiled(impl, net, x1, x2, get, size: int, *, full: bool, pixel: bool, progres
         return tuple(np.stack([tapes[i][k] for i in idx]) for k in range(len(tapes[idx[0]])))
 
     def self_fn(singles):
-        return lambda a: _self_tiles(net, impl, a, get, pixel, singles)
+        return lambda a, ga: _self_tiles(net, impl, a, get, pixel, singles, ga)
 
-    def cross(pairs, ba, bb, tapes_a, tapes_b):
-        fn = lambda a, b, ta, tb: _cross_tiles(net, impl, a, b, get, pixel, ta, tb)  # noqa: E731
+    def self_args(b, g):
+        return lambda c: (b[np.array(c)], None if g is None else g[np.array(c)])
+
+    def cross(pairs, ba, bb, tapes_a, tapes_b, ga, gb):
+        fn = lambda a, b, ta, tb, g: _cross_tiles(net, impl, a, b, get, pixel, ta, tb, g)  # noqa: E731
 
         def args_of(chunk):
             ia, ib = [i for i, _ in chunk], [j for _, j in chunk]
             ta = stack_entries(tapes_a, ia) if pixel else ()
             tb = stack_entries(tapes_b, ib) if pixel else ()
-            return ba[np.array(ia)], bb[np.array(ib)], ta, tb
+            g = None if ga is None else (ga[np.array(ia)], gb[np.array(ib)])
+            return ba[np.array(ia)], bb[np.array(ib)], ta, tb, g
 
         return run(fn, pairs, args_of)
 
     try:
         if x2 is None:
-            diag = run(self_fn(False), list(range(t1)), lambda c: (b1[np.array(c)],))
+            diag = run(self_fn(False), list(range(t1)), self_args(b1, g1))
             tapes = [entries for _, entries in diag]
             diag = [k for k, _ in diag]
             upper = [(i, j) for i in range(t1) for j in range(i + 1, t1)]
-            off = dict(zip(upper, cross(upper, b1, b1, tapes, tapes)))
+            off = dict(zip(upper, cross(upper, b1, b1, tapes, tapes, g1, g1)))
         else:
             if pixel:
-                s1 = run(self_fn(True), list(range(t1)), lambda c: (b1[np.array(c)],))
-                s2 = run(self_fn(True), list(range(t2)), lambda c: (b2[np.array(c)],))
+                s1 = run(self_fn(True), list(range(t1)), self_args(b1, g1))
+                s2 = run(self_fn(True), list(range(t2)), self_args(b2, g2))
                 tapes1, tapes2 = [e for _, e in s1], [e for _, e in s2]
             else:
                 tapes1 = tapes2 = None
             pairs = [(i, j) for i in range(t1) for j in range(t2)]
-            blocks_ = dict(zip(pairs, cross(pairs, b1, b2, tapes1, tapes2)))
+            blocks_ = dict(zip(pairs, cross(pairs, b1, b2, tapes1, tapes2, g1, g2)))
     finally:
         bar.close()
 

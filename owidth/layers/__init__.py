@@ -5,9 +5,13 @@
   ``Cos``, ``Rbf``, ``Exp``, ``Gaussian``, ``Gabor``, ``Sign``, polynomials, rectified monomials,
   ``Identity``, the kernel-only ``ExpNormalized``, user-supplied duals in ``Elementwise``), quadrature
   (``Tanh``, ``Sigmoid``, ``Silu``, ``Softplus``, ``ActivationFn``) and compositions.
-* :mod:`owidth.layers.combinators`: ``serial``, ``parallel``, ``Residual``.
+* :mod:`owidth.layers.combinators`: ``serial``, ``parallel``, ``Residual``, ``concat``,
+  ``product``, ``repeat``.
 * :mod:`owidth.layers.conv`: ``Conv``, ``AvgPool``, ``SumPool``, ``GlobalAvgPool``, ``GlobalSumPool``, ``Flatten``.
+* :mod:`owidth.layers.graph`: ``Aggregate`` (graph neural networks, adjacency side input).
 * :mod:`owidth.layers.norm`: ``LayerNorm``.
+* :mod:`owidth.layers.dropout`: ``Dropout``.
+* :mod:`owidth.layers.shape`: ``Index`` (with ``Slice``).
 * :mod:`owidth.layers.sequence`: ``Embedding``, ``Attention``, ``TakePosition``, ``transformer``.
 
 Every layer is a frozen dataclass carrying its infinite-width kernel rule and its finite-network
@@ -45,10 +49,25 @@ from owidth.layers.activations import (
     Swish,
     Tanh,
 )
-from owidth.layers.combinators import Parallel, Residual, Serial, parallel, serial
+from owidth.layers.combinators import (
+    Concat,
+    Parallel,
+    Product,
+    Repeat,
+    Residual,
+    Serial,
+    concat,
+    parallel,
+    product,
+    repeat,
+    serial,
+)
 from owidth.layers.conv import AvgPool, Conv, Flatten, GlobalAvgPool, GlobalSumPool, SumPool
 from owidth.layers.dense import Dense
+from owidth.layers.dropout import Dropout
+from owidth.layers.graph import Aggregate
 from owidth.layers.norm import LayerNorm
+from owidth.layers.shape import Index, Slice
 from owidth.layers.sequence import Attention, Embedding, TakePosition, transformer
 
 __all__ = [
@@ -58,8 +77,11 @@ __all__ = [
     "Quadrature", "ActivationFn", "Composed", "Tanh", "Sigmoid", "Silu", "Swish", "Softplus",
     "Cos", "Rbf", "Exp", "Gaussian", "Gabor", "Sign", "ExpNormalized", "Polynomial", "Monomial", "Hermite",
     "RectifiedMonomial", "Elementwise",
-    "Serial", "Parallel", "serial", "parallel", "Residual",
+    "Serial", "Parallel", "Concat", "Product", "Repeat", "serial", "parallel", "concat", "product", "Residual",
+    "repeat",
     "Conv", "AvgPool", "SumPool", "Flatten", "GlobalAvgPool", "GlobalSumPool",
+    "Aggregate",
     "LayerNorm",
+    "Dropout", "Index", "Slice",
     "Embedding", "Attention", "TakePosition", "transformer",
 ]

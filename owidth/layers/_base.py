@@ -30,7 +30,7 @@ from owidth import _checks
 from owidth.kernels.state import KState
 from owidth.param import Parametrization
 
-__all__ = ["Caps", "Dim", "Tape", "FiniteCtx", "Layer", "WeightLayer", "has_bias",
+__all__ = ["Caps", "Dim", "Tape", "Rng", "FiniteCtx", "Layer", "WeightLayer", "has_bias",
            "init_weights", "enter_weights", "check_layers", "walk_any", "walk_all"]
 
 
@@ -55,6 +55,8 @@ class Caps:
       branches: a fan-out (sum of branches); ``False`` for sequential combinators.
       transparent: a combinator: asks nothing itself, its children answer ("all" questions count it
         as yes).
+      adjacency: reads the graph adjacency passed as ``adjacency=`` (``Aggregate``).
+      random: draws random numbers in the forward pass given a key (``Dropout``'s masks, train mode).
     """
 
     weights: bool = False
@@ -67,6 +69,8 @@ class Caps:
     attention: bool = False
     branches: bool = False
     transparent: bool = False
+    adjacency: bool = False
+    random: bool = False
 
     def but(self, **changes) -> Caps:
         """A copy with ``changes`` (for subclasses: ``caps = Parent.caps.but(pixel_var=False)``)."""
@@ -114,6 +118,18 @@ class Tape:
         self.coords.append((name, y))
 
 
+class Rng:
+    """The PRNG keys of one forward pass (dropout masks), one per request in trace order (internal)."""
+
+    def __init__(self, key: jax.Array):
+        self.key = key
+        self.count = 0
+
+    def next(self) -> jax.Array:
+        self.count += 1
+        return jax.random.fold_in(self.key, self.count)
+
+
 @dataclasses.dataclass(frozen=True)
 class FiniteCtx:
     """Static context of a finite network (internal)."""
@@ -121,6 +137,8 @@ class FiniteCtx:
     width: int
     param: Parametrization
     tape: Tape | None = dataclasses.field(default=None, compare=False, hash=False)
+    adjacency: jax.Array | None = dataclasses.field(default=None, compare=False, hash=False)  # (batch, V, V) graphs
+    rng: Rng | None = dataclasses.field(default=None, compare=False, hash=False)  # dropout masks (train mode)
 
 
 def has_bias(b_std) -> bool:

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
+import functools
+import operator
 
+import jax
+import jax.numpy as jnp
+
+from owidth import _checks
 from owidth.kernels import quadrature
-from owidth.layers._base import Caps, Layer, check_layers
+from owidth.layers._base import Caps, Dim, Layer, Rng, check_layers
 from owidth.layers.activations import Identity
 
-__all__ = ["Serial", "Parallel", "serial", "parallel", "Residual"]
+__all__ = ["Serial", "Parallel", "Concat", "Product", "Repeat", "serial", "parallel", "concat", "product", "Residual",
+           "repeat"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,6 +175,255 @@ class Parallel(Layer):
         return sum(y for y, _ in ys), ys[0][1]
 
 
+def _fan_in_outs(where: str, branches, ks, *, independent: bool) -> list:
+    """The branches' kernel states for a fan-in other than a sum, materialised and hidden (``out=None``).
+    ``independent``: the rule needs the branches' outputs independent, so at most one branch may end
+    without a fresh weight layer (as for :class:`Parallel`)."""
+    free = [b for b in branches if not b._ends_in_weights()]
+    if independent and len(free) > 1:
+        raise NotImplementedError(
+            f"ow.kernel: {where} with {len(free)} branches that do not end in a weight layer "
+            f"({', '.join(type(b).__name__ for b in free)}): their outputs are correlated, and the kernel would "
+            "need their joint law. End all but one branch in a Dense (or Conv) layer.")
+    outs = [b._kernel(ks) for b in branches]
+    if any(o.is_input for o in outs):
+        raw = [type(b).__name__ for b, o in zip(branches, outs) if o.is_input]
+        raise NotImplementedError(
+            f"ow.kernel: {where} of a branch without weight layers ({', '.join(raw)}: a function of the data, with "
+            "its fixed number of features) and branches of hidden (infinitely wide) layers: the two kinds of "
+            "features do not match in number. Give every branch a weight layer, or apply the fan-in to the data "
+            "before the first weight layer.")
+    outs = [o.materialize() for o in outs]
+    if any(o.fixed for o in outs):
+        raise NotImplementedError(
+            f"ow.kernel: {where} of a branch ending in a fixed-width layer (out=k): the units of the result would "
+            "not share one kernel. Leave out=None on the branches and put the readout after the fan-in.")
+    return outs
+
+
+def _mean_of(values, weight):
+    values = list(values)
+    if all(v is None for v in values):
+        return None
+    return sum(weight * (0.0 if v is None else v) for v in values)
+
+
+def _pad_concat(mats, axis: int, diag_axis: int | None):
+    """Concatenate ``mats`` along ``axis``; with ``diag_axis`` (a pixel axis that appears twice, for
+    full pixel covariances) block-diagonally: zeros between different branches' pixels."""
+    if diag_axis is None:
+        return jnp.concatenate(mats, axis=axis)
+    sizes = [m.shape[diag_axis] for m in mats]
+    rows, start = [], 0
+    for m, size in zip(mats, sizes):
+        pads = [(0, 0)] * m.ndim
+        pads[diag_axis] = (start, sum(sizes) - start - size)
+        rows.append(jnp.pad(m, pads))
+        start += size
+    return jnp.concatenate(rows, axis=axis)
+
+
+@dataclasses.dataclass(frozen=True)
+class Concat(Layer):
+    """Branches applied to the same input, outputs concatenated along ``axis`` (build it with :func:`concat`).
+
+    Channels (``axis=-1``): the next weight layer reads all ``B n`` units, each from one branch, so
+    its input covariance is the average of the branches' (Novak et al. 2020, ``FanInConcat``):
+
+        nngp = (1/B) sum_b nngp_b,    ntk = (1/B) sum_b ntk_b.
+
+    Each unit comes from one branch, so no cross-branch covariance enters and the branches may end
+    anywhere (in activations too). The result is a mixture of differently distributed units, not
+    one Gaussian process, so an activation may not follow directly (a weight layer must). A spatial axis (``1 .. len(S)``
+    of ``(batch, *S, C)`` inputs): pixels of different branches are stacked; their covariances
+    vanish when every branch ends in a weight layer (which the kernel then requires).
+
+    References:
+      - Novak et al. 2020, Neural Tangents: Fast and Easy Infinite Neural Networks in Python. <https://arxiv.org/abs/1912.02803>
+    """
+
+    caps = Caps(transparent=True, branches=True)
+
+    branches: tuple[Layer, ...]
+    axis: int = -1
+
+    def _children(self) -> tuple:
+        return self.branches
+
+    def _ends_in_weights(self) -> bool:
+        return all(b._ends_in_weights() for b in self.branches)
+
+    def _rank_axis(self, rank: int) -> int:
+        """``axis`` as a non-negative axis of a rank-``rank`` activation (batch first, channels last)."""
+        if not -rank <= self.axis < rank:
+            raise ValueError(f"ow.concat: axis={self.axis} is out of range for inputs of rank {rank} "
+                             f"(batch, {'*spatial, ' if rank > 2 else ''}features)")
+        axis = self.axis % rank
+        if axis == 0:
+            raise ValueError("ow.concat: axis=0 is the batch axis; concatenate features (axis=-1) or a spatial axis")
+        return axis
+
+    def _kernel(self, ks):
+        rank = (ks.x1.ndim if ks.is_input else len(ks.spatial) + 2)
+        axis = self._rank_axis(rank)
+        if ks.is_input and not self._has_weights():  # functions of the data itself: exact
+            outs = [b._kernel(ks) for b in self.branches]
+            if all(o.is_input for o in outs):
+                x1 = jnp.concatenate([o.x1 for o in outs], axis=axis)
+                x2 = None if ks.x2 is None else jnp.concatenate([o.x2 for o in outs], axis=axis)
+                return ks.replace(x1=x1, x2=x2)
+        channels = axis == rank - 1
+        if not channels and not self._ends_in_weights():
+            raise NotImplementedError(
+                "ow.kernel: ow.concat along a spatial axis needs every branch to end in a weight layer (Dense or "
+                "Conv): then pixels of different branches are independent and their covariances vanish.")
+        outs = _fan_in_outs("ow.concat", self.branches, ks, independent=False)
+        if channels:
+            return self._kernel_channels(ks, outs)
+        return self._kernel_spatial(ks, outs, axis - 1)
+
+    def _kernel_channels(self, ks, outs):
+        if len({o.nngp.shape for o in outs}) > 1:
+            raise ValueError(
+                f"ow.concat: branch outputs have different pixel shapes ({sorted(o.spatial for o in outs)}); "
+                "concatenating channels needs equal shapes (use the same strides/padding in every branch)")
+        w = 1.0 / len(outs)
+
+        def mean(name):
+            values = [getattr(o, name) for o in outs]
+            return None if values[0] is None else sum(w * v for v in values)
+
+        return ks.replace(spatial=outs[0].spatial, full=outs[0].full, x1=None, x2=None,
+                          nngp=mean("nngp"), ntk=mean("ntk"), var1=mean("var1"), var2=mean("var2"),
+                          mean1=_mean_of((o.mean1 for o in outs), w), mean2=_mean_of((o.mean2 for o in outs), w),
+                          gaussian=len(outs) == 1 and outs[0].gaussian, fixed=False,
+                          pre=outs[0].pre if len(outs) == 1 else None, act=outs[0].act if len(outs) == 1 else None)
+
+    def _kernel_spatial(self, ks, outs, k: int):
+        """Stack pixel axis ``k`` of the branches' pixel covariances (zero across branches)."""
+        nsp = len(outs[0].spatial)
+        others = {o.spatial[:k] + o.spatial[k + 1:] for o in outs}
+        if len(others) > 1 or any(len(o.spatial) != nsp for o in outs):
+            raise ValueError(f"ow.concat: branch outputs have pixel shapes {[o.spatial for o in outs]}, which differ "
+                             f"on axes other than the concatenated one (axis={self.axis})")
+        full = outs[0].full
+        spatial = list(outs[0].spatial)
+        spatial[k] = sum(o.spatial[k] for o in outs)
+
+        def cat(arrays, lead: int, pair: bool):
+            """``lead`` batch axes first; ``pair``: the pixel axes appear twice (full covariances)."""
+            if arrays[0] is None:
+                return None
+            return _pad_concat(arrays, lead + k, lead + nsp + k if pair else None)
+
+        var_full = full and not ks.var_pixel
+        return ks.replace(spatial=tuple(spatial), x1=None, x2=None,
+                          nngp=cat([o.nngp for o in outs], 2, full),
+                          ntk=cat([o.ntk for o in outs], 2, full) if ks.need_ntk else None,
+                          var1=cat([o.var1 for o in outs], 1, var_full),
+                          var2=cat([o.var2 for o in outs], 1, var_full),
+                          mean1=None, mean2=None, gaussian=all(o.gaussian for o in outs), fixed=False, pre=None, act=None)
+
+    def _init(self, key, dim, ctx):
+        params, dims = [], []
+        for b, k in zip(self.branches, jax.random.split(key, len(self.branches))):
+            p, d = b._init(k, dim, ctx)
+            params.append(p)
+            dims.append(d)
+        return tuple(params), self._out_dim(dims)
+
+    def _out_dim(self, dims):
+        rank = len(dims[0].spatial) + 2
+        axis = self._rank_axis(rank)
+        if axis == rank - 1:
+            if len({d.spatial for d in dims}) > 1:
+                raise ValueError(f"ow.concat: branch outputs have pixel shapes {[d.spatial for d in dims]}; "
+                                 "concatenating channels needs equal shapes")
+            scales = {d.scales for d in dims}
+            return Dim(sum(d.size for d in dims), True in scales, dims[0].spatial)
+        k = axis - 1
+        if len({(d.size, d.spatial[:k] + d.spatial[k + 1:]) for d in dims}) > 1:
+            raise ValueError(f"ow.concat: along axis {self.axis} the branches must agree on every other axis; got "
+                             f"features {[d.size for d in dims]} on pixels {[d.spatial for d in dims]}")
+        spatial = list(dims[0].spatial)
+        spatial[k] = sum(d.spatial[k] for d in dims)
+        return dataclasses.replace(dims[0], spatial=tuple(spatial))
+
+    def _apply(self, params, x, dim, ctx):
+        ys = [b._apply(p, x, dim, ctx) for b, p in zip(self.branches, params)]
+        out = self._out_dim([d for _, d in ys])
+        return jnp.concatenate([y for y, _ in ys], axis=self._rank_axis(x.ndim)), out
+
+
+@dataclasses.dataclass(frozen=True)
+class Product(Layer):
+    """Elementwise product of branches applied to the same input (build it with :func:`product`).
+
+    Branches with independent weights are independent in the infinite-width limit, so (Novak et
+    al. 2020, ``FanInProd``)
+
+        nngp = prod_b nngp_b,    ntk = sum_b ntk_b prod_{c != b} nngp_c.
+
+    At most one branch may end without a weight layer (their outputs would be correlated); the
+    product of Gaussians is not Gaussian, so a weight layer must follow before an activation.
+
+    References:
+      - Novak et al. 2020, Neural Tangents: Fast and Easy Infinite Neural Networks in Python. <https://arxiv.org/abs/1912.02803>
+    """
+
+    caps = Caps(transparent=True, branches=True)
+
+    branches: tuple[Layer, ...]
+
+    def _children(self) -> tuple:
+        return self.branches
+
+    def _ends_in_weights(self) -> bool:
+        return any(b._ends_in_weights() for b in self.branches)
+
+    def _kernel(self, ks):
+        if ks.is_input and not self._has_weights():  # functions of the data itself: exact
+            outs = [b._kernel(ks) for b in self.branches]
+            if all(o.is_input for o in outs):
+                x1 = functools.reduce(operator.mul, [o.x1 for o in outs])
+                x2 = None if ks.x2 is None else functools.reduce(operator.mul, [o.x2 for o in outs])
+                return ks.replace(x1=x1, x2=x2)
+        outs = _fan_in_outs("ow.product", self.branches, ks, independent=True)
+        if len({o.nngp.shape for o in outs}) > 1 or len({o.var1.shape for o in outs}) > 1:
+            raise ValueError(f"ow.product: branch outputs have different pixel shapes ({[o.spatial for o in outs]}); "
+                             "an elementwise product needs equal shapes")
+        nngp, ntk = outs[0].nngp, outs[0].ntk
+        for o in outs[1:]:
+            ntk = None if ntk is None else ntk * o.nngp + nngp * o.ntk
+            nngp = nngp * o.nngp
+
+        def prod(name):
+            values = [getattr(o, name) for o in outs]
+            return None if values[0] is None else functools.reduce(operator.mul, values)
+
+        zero_mean = any(b._ends_in_weights() for b in self.branches)
+        return ks.replace(spatial=outs[0].spatial, full=outs[0].full, x1=None, x2=None, nngp=nngp, ntk=ntk,
+                          var1=prod("var1"), var2=prod("var2"),
+                          mean1=None if zero_mean else prod("mean1"), mean2=None if zero_mean else prod("mean2"),
+                          gaussian=len(outs) == 1 and outs[0].gaussian, fixed=False,
+                          pre=outs[0].pre if len(outs) == 1 else None, act=outs[0].act if len(outs) == 1 else None)
+
+    def _init(self, key, dim, ctx):
+        params, dims = [], []
+        for b, k in zip(self.branches, jax.random.split(key, len(self.branches))):
+            p, d = b._init(k, dim, ctx)
+            params.append(p)
+            dims.append(d)
+        if len(set(dims)) != 1:
+            raise ValueError(f"ow.product: branch outputs differ ({', '.join(_show(d) for d in dims)}); an elementwise "
+                             "product needs equal shapes")
+        return tuple(params), dims[0]
+
+    def _apply(self, params, x, dim, ctx):
+        ys = [b._apply(p, x, dim, ctx) for b, p in zip(self.branches, params)]
+        return functools.reduce(operator.mul, [y for y, _ in ys]), ys[0][1]
+
+
 # A block of layers repeated this many times in a row or more (e.g. ``[Dense(), Erf()] * 50``) runs its
 # kernel rule in a ``lax.scan``: XLA then compiles one block, not every copy. Unrolled, compile time grew
 # faster than linearly in depth although the program grew linearly (Erf on a 2-core CPU: 3.4 s at depth
@@ -273,3 +528,177 @@ def Residual(*block: Layer) -> Parallel:  # noqa: N802 - a layer constructor
       1.5
     """
     return Parallel((Identity(), serial(*block) if len(block) != 1 else check_layers("ow.Residual", block)[0]))
+
+
+@dataclasses.dataclass(frozen=True)
+class Repeat(Layer):
+    """``block`` applied ``n`` times in a row, compiled once (build it with :func:`repeat`).
+
+    Kernel: the block's rule twice unrolled, then a ``lax.scan`` over the other ``n - 2`` copies
+    (once the state keeps its structure, as after any hidden layer). Finite network: the
+    parameters of the copies are stacked on a leading axis and the forward pass scans over them;
+    when the block changes the width of its input (a first ``Dense`` reading the data) the first
+    copy has its own parameters. A traced run that records every layer (the structured empirical
+    NTK, coordinate checks) is unrolled instead.
+
+    Parameters: a pytree whose leaves have a leading axis of size ``n`` when the block keeps the
+    shape of its input, else the pair ``(first copy, the other n - 1 stacked)``.
+    """
+
+    caps = Caps(transparent=True)
+
+    block: Layer
+    n: int
+
+    def __post_init__(self):
+        if not isinstance(self.block, Layer):
+            raise TypeError(f"ow.repeat: block must be an owidth layer (or ow.serial(...)), got {self.block!r}")
+        object.__setattr__(self, "n", _checks.positive_int("n", self.n, where="ow.repeat"))
+
+    def _children(self) -> tuple:
+        return (self.block,) * self.n  # network order: every copy (walk() sees the whole depth)
+
+    def _ends_in_weights(self) -> bool:
+        return self.block._ends_in_weights()
+
+    def _odd_linear(self) -> bool:
+        return self.block._odd_linear()
+
+    def _kernel_extra_states(self) -> int:
+        return self.block._kernel_extra_states()
+
+    def _kernel(self, ks):
+        if self.n < 3 or ks.tape is not None:  # too short to loop, or pooling layers record in order
+            for _ in range(self.n):
+                ks = self.block._kernel(ks)
+            return ks
+        return _kernel_scanned((self.block,), self.n, ks)
+
+    def _maps(self, dim, ctx):
+        """The block's output ``Dim`` for an input ``dim`` (traced on shapes only)."""
+        box = []
+
+        def init(k):
+            params, out = self.block._init(k, dim, ctx)
+            box.append(out)
+            return params
+
+        jax.eval_shape(init, jax.ShapeDtypeStruct((), jax.random.key(0).dtype))
+        return box[0]
+
+    def _init(self, key, dim, ctx):
+        out = self._maps(dim, ctx)
+        steady = out == dim
+        if not steady:
+            if self._maps(out, ctx) != out:
+                raise ValueError(
+                    f"ow.repeat: the block maps {_show(dim)} features to {_show(out)}, then {_show(out)} to "
+                    f"{_show(self._maps(out, ctx))}; a repeated block must give its output the shape of its input "
+                    "(after a first copy). End it in a hidden Dense/Conv (out=None) with SAME padding and stride 1, "
+                    "or put the layer that changes the shape outside ow.repeat.")
+            key, k_first = jax.random.split(key)
+            first, _ = self.block._init(k_first, dim, ctx)
+        count = self.n if steady else self.n - 1
+        stacked = jax.vmap(lambda k: self.block._init(k, out, ctx)[0])(jax.random.split(key, count))
+        return (stacked if steady else (first, stacked)), out
+
+    def _apply(self, params, x, dim, ctx):
+        count = self.n
+        if self._maps(dim, ctx) != dim:
+            first, params = params
+            x, dim = self.block._apply(first, x, dim, ctx)
+            count -= 1
+        if ctx.tape is not None:  # a recording run sees every copy: unrolled
+            for i in range(count):
+                x, dim = self.block._apply(jax.tree.map(lambda a, i=i: a[i], params), x, dim, ctx)
+            return x, dim
+
+        base = None if ctx.rng is None else ctx.rng.next()
+
+        def body(h, xs):
+            p, i = xs
+            inner = ctx if base is None else dataclasses.replace(ctx, rng=Rng(jax.random.fold_in(base, i)))
+            return self.block._apply(p, h, dim, inner)[0], None
+
+        x, _ = jax.lax.scan(body, x, (params, jnp.arange(count)), length=count)
+        return x, dim
+
+
+def _show(dim) -> str:
+    return f"{dim.size}{' (hidden)' if dim.scales else ''}" + (f" on pixels {dim.spatial}" if dim.spatial else "")
+
+
+def repeat(block: Layer, n: int) -> Repeat:
+    """``block`` applied ``n`` times in a row: ``repeat(b, 3) == serial(b, b, b)``, compiled once.
+
+    An unrolled net of depth L compiles in time growing with L (faster than linearly on XLA's CPU
+    backend); ``repeat`` compiles one copy of the block (three for the kernel: two unrolled while
+    the state reaches its steady structure, then one loop body), so ``repeat(block, 1000)``
+    compiles as fast as depth 3. Kernels and finite networks equal those of the unrolled
+    ``serial(*[block] * n)`` (same random parameters up to their layout: stacked on a leading
+    axis, see :class:`Repeat`).
+
+    Args:
+      block: a layer or ``ow.serial(...)`` whose output has the shape of its input (after a
+        first copy that may change it, e.g. ``serial(Dense(), Relu())`` on raw data).
+      n: number of copies, >= 1.
+
+    References:
+      - Novak et al. 2020, Neural Tangents: Fast and Easy Infinite Neural Networks in Python (``stax.repeat``). <https://arxiv.org/abs/1912.02803>
+      - Xiao et al. 2018, Dynamical Isometry and a Mean Field Theory of CNNs: How to Train 10,000-Layer Vanilla Convolutional Neural Networks. <https://arxiv.org/abs/1806.05393>
+
+    Examples:
+      >>> import numpy as np
+      >>> import owidth as ow
+      >>> block = ow.serial(ow.Dense(w_std=2**0.5), ow.Relu())
+      >>> deep = ow.serial(ow.repeat(block, 100), ow.Dense(out=1))
+      >>> k = ow.kernel(deep, np.eye(2), get="nngp")
+      >>> round(float(k.nngp[0, 0]), 6)      # the critical ReLU net keeps the variance: 2 q / 2 = q
+      0.5
+    """
+    if isinstance(block, (list, tuple)):
+        block = serial(*block)
+    if not isinstance(block, Layer):
+        hint = " (did you forget the parentheses?)" if isinstance(block, type) else ""
+        raise TypeError(f"ow.repeat: block must be an owidth layer or ow.serial(...), got {block!r}{hint}")
+    return Repeat(block, n)
+
+
+def concat(*branches: Layer, axis: int = -1) -> Concat:
+    """Apply branches to the same input and concatenate their outputs along ``axis`` (NT's ``FanInConcat``).
+
+    Args:
+      branches: layers (or ``ow.serial(...)``) applied to the same input.
+      axis: ``-1`` (features/channels, default) or a spatial axis ``1 .. len(S)`` of
+        ``(batch, *S, C)`` inputs; not the batch axis.
+
+    References:
+      - Novak et al. 2020, Neural Tangents: Fast and Easy Infinite Neural Networks in Python. <https://arxiv.org/abs/1912.02803>
+
+    Examples:
+      >>> import numpy as np
+      >>> import owidth as ow
+      >>> net = ow.serial(ow.concat(ow.Dense(w_std=1.0), ow.Dense(w_std=2.0)), ow.Dense(out=1))
+      >>> float(ow.kernel(net, np.ones((1, 2)), get="nngp").nngp[0, 0])   # the branches' average: (1 + 4) / 2
+      2.5
+    """
+    if isinstance(axis, bool) or not isinstance(axis, int):
+        raise TypeError(f"ow.concat: axis must be an int, got {axis!r}")
+    return Concat(check_layers("ow.concat", branches), axis)
+
+
+def product(*branches: Layer) -> Product:
+    """Apply branches to the same input and multiply their outputs elementwise (NT's ``FanInProd``).
+
+    References:
+      - Novak et al. 2020, Neural Tangents: Fast and Easy Infinite Neural Networks in Python. <https://arxiv.org/abs/1912.02803>
+
+    Examples:
+      >>> import numpy as np
+      >>> import owidth as ow
+      >>> net = ow.serial(ow.product(ow.Dense(w_std=2.0), ow.Dense(w_std=3.0)), ow.Dense(out=1))
+      >>> k = ow.kernel(net, np.ones((1, 2)))
+      >>> float(k.nngp[0, 0]), float(k.ntk[0, 0])   # 4 * 9; NTK 4 * 9 + 9 * 4 + 36
+      (36.0, 108.0)
+    """
+    return Product(check_layers("ow.product", branches))

@@ -16,9 +16,10 @@ from owidth import _checks
 from owidth._caches import cached
 from owidth.kernels import hyper, tiles
 from owidth.kernels.state import Kernel, KState, VarTape
-from owidth.layers._base import Layer, walk_all, walk_any
+from owidth.layers._base import Layer, StandardParam, walk_all, walk_any
 from owidth.layers.graph import adjacency_pair
 from owidth.layers.sequence import check_tokens
+from owidth.param import NTP, SP, Parametrization
 
 __all__ = ["kernel"]
 
@@ -172,7 +173,7 @@ def _check_attn(net, attn) -> None:
 
 def kernel(net, x1, x2=None, *, get=("nngp", "ntk"), batch_size: int | str | None = "auto",
            memory_budget: int | None = None, attn: float | None = None, progress_bar: bool = True,
-           adjacency=None) -> Kernel:
+           adjacency=None, param=None) -> Kernel:
     """Infinite-width NNGP and NTK of ``net`` between ``x1`` and ``x2``.
 
     For a network whose hidden layers are infinitely wide, the output at
@@ -242,6 +243,21 @@ def kernel(net, x1, x2=None, *, get=("nngp", "ntk"), batch_size: int | str | Non
         ``a1`` of shape (n1, V, V) without ``x2``, ``(a1, a2)`` with it.
         Tiles slice them with the inputs. Refused for nets without
         ``Aggregate``.
+      param: whose NTK: ``None`` or ``ow.NTP`` (default), the NTK
+        parametrization (every parameter ``w ~ N(0, 1)`` behind a multiplier
+        ``w_std / sqrt(fan_in)``); or ``ow.SP.with_base_width(n)``, the
+        standard parametrization of neural-tangents'
+        ``parameterization='standard'`` (Sohl-Dickstein et al. 2020): the raw
+        weights ``W ~ N(0, w_std^2 / fan_in)`` and biases ``b ~ N(0, b_std^2)``
+        are trained with one learning rate, so a weight layer adds
+        ``fan_in * m + 1`` to the NTK instead of ``w_std^2 m + b_std^2`` (``m``
+        its input covariance averaged over each unit's inputs, ``fan_in``
+        the data dimension (times the filter area) for a first layer and
+        ``base_width`` (times it) for hidden ones: the NTK of hidden width
+        ``n = base_width`` trained at learning rate ``eta``; at width ``n``
+        and learning rate ``eta n0 / n`` the hidden terms are the same and
+        the first layer's and the biases' shrink like ``n0 / n``). The NNGP
+        does not depend on ``param``. Dense and Conv layers only.
 
     Returns:
       A :class:`Kernel` with ``nngp``/``ntk`` of shape (n1, n2), per output
@@ -305,6 +321,7 @@ def kernel(net, x1, x2=None, *, get=("nngp", "ntk"), batch_size: int | str | Non
         if x is not None:
             _checks.gram_in_range(name, x, where="ow.kernel")
             check_tokens(net, x, name=name, where="ow.kernel")
+    net = _with_param(net, param)
     a1, a2 = adjacency_pair("ow.kernel", net, x1, x2, adjacency)
     adj = None if a1 is None else (a1, a2)
     _check_structure(net, get, x2 is None, tuple(x1.shape[1:]))
@@ -314,6 +331,27 @@ def kernel(net, x1, x2=None, *, get=("nngp", "ntk"), batch_size: int | str | Non
     full = _spatial_info(net)[1]
     return _finite(tiles.tiled(_kernel_auto, net, x1, x2, get, size, full=full,
                                pixel=full and walk_all(net, "pixel_var"), progress_bar=progress_bar, adj=adj))
+
+
+def _with_param(net, param):
+    """``net``, or ``net`` wrapped to give the standard parametrization's NTK (``param=ow.SP...``)."""
+    if param is None:
+        return net
+    if not isinstance(param, Parametrization):
+        raise TypeError(f"ow.kernel: param must be an ow.Parametrization (ow.NTP or ow.SP.with_base_width(n)), got "
+                        f"{param!r}")
+    if (param.a, param.b) == (NTP.a, NTP.b):
+        return net
+    if (param.a, param.b) != (SP.a, SP.b):
+        raise ValueError(
+            f"ow.kernel: param={param.name!r} (a={param.a}, b={param.b}): the infinite-width NTK is implemented for "
+            "the NTK parametrization (ow.NTP) and the standard one (ow.SP.with_base_width(n)); under ow.MUP and ow.MF "
+            "the network is not in the kernel regime (its features move; see ow.dmft for that limit)")
+    others = sorted({type(layer).__name__ for layer in net.walk() if layer.caps.weights and not layer._standard_ntk})
+    if others:
+        raise NotImplementedError(f"ow.kernel: param=ow.SP is implemented for Dense and Conv layers; this net has "
+                                  f"{', '.join(others)}. Use param=ow.NTP.")
+    return StandardParam(net, param.base_width)
 
 
 def _finite(k: Kernel) -> Kernel:

@@ -32,7 +32,12 @@ NNGP/NTK for (x1, x1) and (x1, x2), all float64:
   ``["product", {"branches": [...]}]``, ``["repeat", {"n": n, "block": arch}]``, and ``Index`` items
   are ints, ``"..."`` or ``{"slice": [start, stop, step]}``.
 
-``--only base`` / ``cnn`` / ``act`` / ``comb`` writes just one of them.
+* nt_standard_kernels.npz (tests/kernels/test_reference_nt_standard.py): MLPs and CNNs in NT's
+  ``parameterization='standard'`` with hidden width ``SP_WIDTH`` (owidth's
+  ``ow.kernel(..., param=ow.SP.with_base_width(SP_WIDTH))``); a zero ``b_std`` is NT's ``b_std=None``
+  (no bias parameter, as owidth's), since NT's standard NTK counts a bias of std 0 as trained.
+
+``--only base`` / ``cnn`` / ``act`` / ``comb`` / ``sp`` writes just one of them.
 """
 
 import argparse
@@ -51,6 +56,7 @@ OUT = REF_DIR / "nt_kernels.npz"
 OUT_CNN = REF_DIR / "nt_cnn_kernels.npz"
 OUT_ACT = REF_DIR / "nt_activation_kernels.npz"
 OUT_COMB = REF_DIR / "nt_combinator_kernels.npz"
+OUT_SP = REF_DIR / "nt_standard_kernels.npz"
 
 R2, B = 2**0.5, 0.1**0.5
 
@@ -184,6 +190,11 @@ COMB_ARCHS = {
     "concat_channels_conv": [_C(1.3, 0.2), ["Relu", {}],
                              ["concat", {"axis": -1, "branches": [[_C(1.1, 0.1)], [_C(0.8, 0.3, (1, 1))]]}],
                              _C(1.0, 0.1), ["Relu", {}], ["GlobalAvgPool", {}], _OUT],
+    # branches of different numbers of units (a flattened |S| n next to n): a weighted average
+    "concat_flatten_gap": [_C(1.3, 0.2), ["Relu", {}],
+                           ["concat", {"axis": -1, "branches": [[_C(1.1, 0.1), ["Relu", {}], ["Flatten", {}]],
+                                                                [_C(0.8, 0.3), ["Erf", {}], ["GlobalAvgPool", {}]]]}],
+                           _D(1.2, 0.1), ["Relu", {}], _OUT],
     "product_dense": [_D(1.3, 0.2), ["Relu", {}], ["product", {"branches": [[_D(1.1, 0.1)], [_D(0.8, 0.3)]]}],
                       _D(1.2, 0.1), ["Relu", {}], _OUT],
     "product_free_branch": [_D(1.3, 0.2), ["product", {"branches": [[["Erf", {}]], [_D(0.9, 0.4)]]}],
@@ -208,6 +219,29 @@ COMB_ARCHS = {
                              ["Flatten", {}], _OUT],
 }
 COMB_INPUTS = {name: "x" if name.endswith(("dense", "branch", "relu", "mlp")) else "img" for name in COMB_ARCHS}
+
+
+SP_WIDTH = 64
+SP_ARCHS = {
+    "sp_relu3": [_D(R2, B), ["Relu", {}], _D(1.1, 0.3), ["Relu", {}], _OUT],
+    "sp_erf_nobias": [_D(1.3), ["Erf", {}], _D(1.2), ["Erf", {}], ["Dense", {"out": 1, "w_std": 0.9}]],
+    "sp_cnn_flatten": [_C(1.3, 0.2), ["Relu", {}], _C(1.1, 0.1, (2, 2)), ["Relu", {}], ["Flatten", {}], _OUT],
+    "sp_cnn_gap": [_C(1.3, 0.2), ["Relu", {}], _C(1.1), ["Gelu", {}], ["GlobalAvgPool", {}], _OUT],
+}
+SP_INPUTS = {name: "img" if "cnn" in name else "x" for name in SP_ARCHS}
+
+
+def nt_layer_standard(name, kw):
+    """NT layers in the standard parameterization, hidden width SP_WIDTH."""
+    b_std = kw.get("b_std", 0.0) or None
+    if name == "Dense":
+        return stax.Dense(kw.get("out", SP_WIDTH), W_std=kw.get("w_std", 1.0), b_std=b_std,
+                          parameterization="standard")
+    if name == "Conv":
+        fs = tuple(kw["filter_shape"])
+        return stax.Conv(kw.get("out", SP_WIDTH), fs, padding=kw.get("padding", "SAME"), W_std=kw.get("w_std", 1.0),
+                         b_std=b_std, dimension_numbers=("NHWC", "HWIO", "NHWC"), parameterization="standard")
+    return nt_layer(name, kw)
 
 
 def nt_index(items):
@@ -287,13 +321,15 @@ def nt_layer(name, kw):
     raise ValueError(name)
 
 
-def dump(path, archs, inputs, data, extra):
-    """NT's NNGP/NTK of every architecture on its inputs, saved with ``extra`` (the inputs) to ``path``."""
+def dump(path, archs, inputs, data, extra, layer=None):
+    """NT's NNGP/NTK of every architecture on its inputs, saved with ``extra`` (the inputs) to ``path``;
+    ``layer`` maps one JSON layer to NT (default :func:`nt_layer`)."""
+    layer = layer or nt_layer
     out = {**extra, "archs": np.array(json.dumps(archs)), "inputs": np.array(json.dumps(inputs))}
     for name, arch in archs.items():
         x1, x2 = data[inputs[name]]
         print(name, flush=True)
-        _, _, kfn = stax.serial(*[nt_layer(n, k) for n, k in arch])
+        _, _, kfn = stax.serial(*[layer(n, k) for n, k in arch])
         k11 = kfn(x1, None, ("nngp", "ntk"))
         k12 = kfn(x1, x2, ("nngp", "ntk"))
         out[f"{name}/nngp11"], out[f"{name}/ntk11"] = np.asarray(k11.nngp), np.asarray(k11.ntk)
@@ -340,9 +376,18 @@ def main_comb():
     dump(OUT_COMB, COMB_ARCHS, COMB_INPUTS, data, {"x1": x1, "x2": x2, "img1": img1, "img2": img2})
 
 
+def main_sp():
+    rng = np.random.RandomState(1234)  # the vectors "x" and images "img" of main_base
+    x1, x2 = rng.randn(6, 5), rng.randn(4, 5)
+    img1, img2 = rng.randn(4, 5, 4, 2), rng.randn(3, 5, 4, 2)
+    data = {"x": (x1, x2), "img": (img1, img2)}
+    dump(OUT_SP, SP_ARCHS, SP_INPUTS, data, {"x1": x1, "x2": x2, "img1": img1, "img2": img2,
+                                             "sp_width": np.array(SP_WIDTH)}, layer=nt_layer_standard)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--only", choices=("base", "cnn", "act", "comb"), help="write only this file (default: all)")
+    p.add_argument("--only", choices=("base", "cnn", "act", "comb", "sp"), help="write only this file (default: all)")
     only = p.parse_args().only
     if only in (None, "base"):
         main_base()
@@ -352,6 +397,8 @@ def main():
         main_act()
     if only in (None, "comb"):
         main_comb()
+    if only in (None, "sp"):
+        main_sp()
 
 
 if __name__ == "__main__":

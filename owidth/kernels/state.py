@@ -92,6 +92,12 @@ class KState:
     var_pixel: bool = False  # full representation with per-pixel variances (n, *S) only (see VarTape)
     adj1: jax.Array | None = None  # graph adjacencies (n1, V, V) / (n2, V, V) of ``ow.kernel(..., adjacency=)``
     adj2: jax.Array | None = None  # (None without x2; read by ``Aggregate``, carried unchanged by other layers)
+    # the standard parametrization's NTK (NT's parameterization='standard'): the width of hidden layers, whose
+    # weights then contribute fan_in * (input covariance) rather than w_std^2 times it (None: NTK parametrization)
+    sp_width: int | None = None
+    # hidden features per unit of width on the feature axis: 1 after a hidden weight layer, |S| after flattening
+    # |S| pixels, the sum over the branches of a concatenation (the weights of a fan-in average, and fan-ins)
+    width_mult: int = 1
     tape: VarTape | None = dataclasses.field(default=None, compare=False)
 
     @property

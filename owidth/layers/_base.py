@@ -30,8 +30,8 @@ from owidth import _checks
 from owidth.kernels.state import KState
 from owidth.param import Parametrization
 
-__all__ = ["Caps", "Dim", "Tape", "Rng", "FiniteCtx", "Layer", "WeightLayer", "has_bias",
-           "init_weights", "enter_weights", "check_layers", "walk_any", "walk_all"]
+__all__ = ["Caps", "Dim", "Tape", "Rng", "FiniteCtx", "Layer", "WeightLayer", "StandardParam", "has_bias", "ntk_terms",
+           "own_ntk", "init_weights", "enter_weights", "check_layers", "walk_any", "walk_all"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,6 +175,7 @@ class Layer:
     """
 
     caps = Caps()
+    _standard_ntk = False  # a weight layer whose kernel rule reads KState.sp_width (ow.kernel(..., param=ow.SP))
 
     def __post_init__(self):
         _checks.convert(self)  # the converters of fields declared with owidth._checks.field
@@ -265,3 +266,45 @@ def check_layers(where: str, layers) -> tuple[Layer, ...]:
             hint = " (did you forget the parentheses, e.g. ow.Relu() instead of ow.Relu?)" if isinstance(layer, type) else ""
             raise TypeError(f"{where}: item {i} is {layer!r}, not an owidth layer{hint}")
     return layers
+
+
+def ntk_terms(ks: KState, *, channels: int | None, taps: int, w_std, b_std) -> tuple:
+    """``(cw, cb)``: the NTK a weight layer adds from its own weights and bias, ``cw * m + cb``, with ``m``
+    the covariance of its input averaged over the ``taps`` inputs of each unit (1 for ``Dense``, the
+    filter area for a convolution), which the NNGP rule multiplies by ``w_std^2``.
+
+    NTK parametrization (``ks.sp_width`` None): ``(w_std^2, b_std^2)``, the parameters being the
+    normalised ``w = W sqrt(fan_in) / w_std``. Standard parametrization (neural-tangents'
+    ``parameterization='standard'``, Sohl-Dickstein et al. 2020): the raw ``W`` and ``b`` are trained,
+    so ``(fan_in, 1)`` (0 without a bias), ``fan_in = taps * channels`` with ``channels`` the input's
+    (``None``: a hidden layer's, ``ks.sp_width`` times ``ks.width_mult``)."""
+    if ks.sp_width is None:
+        return w_std**2, b_std**2
+    fan_in = taps * (ks.sp_width * ks.width_mult if channels is None else channels)
+    return float(fan_in), 1.0 if has_bias(b_std) else 0.0
+
+
+def own_ntk(ks: KState, channels: int | None, taps: int, layer, unscaled):
+    """``cw * unscaled + cb`` (:func:`ntk_terms`) for a layer with ``w_std`` and ``b_std`` fields."""
+    cw, cb = ntk_terms(ks, channels=channels, taps=taps, w_std=layer.w_std, b_std=layer.b_std)
+    return cw * unscaled + cb
+
+
+@dataclasses.dataclass(frozen=True)
+class StandardParam(Layer):
+    """``net`` whose NTK is that of the standard parametrization at hidden width ``width`` (internal: made by
+    ``ow.kernel(..., param=ow.SP)``; the NNGP is unchanged)."""
+
+    caps = Caps(transparent=True)
+
+    net: Layer
+    width: int
+
+    def _children(self) -> tuple:
+        return (self.net,)
+
+    def _kernel(self, ks):
+        return self.net._kernel(ks.replace(sp_width=self.width))
+
+    def _kernel_extra_states(self) -> int:
+        return self.net._kernel_extra_states()

@@ -201,13 +201,6 @@ def _fan_in_outs(where: str, branches, ks, *, independent: bool) -> list:
     return outs
 
 
-def _mean_of(values, weight):
-    values = list(values)
-    if all(v is None for v in values):
-        return None
-    return sum(weight * (0.0 if v is None else v) for v in values)
-
-
 def _pad_concat(mats, axis: int, diag_axis: int | None):
     """Concatenate ``mats`` along ``axis``; with ``diag_axis`` (a pixel axis that appears twice, for
     full pixel covariances) block-diagonally: zeros between different branches' pixels."""
@@ -230,7 +223,10 @@ class Concat(Layer):
     Channels (``axis=-1``): the next weight layer reads all ``B n`` units, each from one branch, so
     its input covariance is the average of the branches' (Novak et al. 2020, ``FanInConcat``):
 
-        nngp = (1/B) sum_b nngp_b,    ntk = (1/B) sum_b ntk_b.
+        nngp = (1/B) sum_b nngp_b,    ntk = (1/B) sum_b ntk_b,
+
+    weighted by the branches' numbers of units where they differ (a flattened branch of ``|S|``
+    pixels has ``|S| n``).
 
     Each unit comes from one branch, so no cross-branch covariance enters and the branches may end
     anywhere (in activations too). The result is a mixture of differently distributed units, not
@@ -287,15 +283,23 @@ class Concat(Layer):
             raise ValueError(
                 f"ow.concat: branch outputs have different pixel shapes ({sorted(o.spatial for o in outs)}); "
                 "concatenating channels needs equal shapes (use the same strides/padding in every branch)")
-        w = 1.0 / len(outs)
+        # each branch's share of the units: width_mult of them per unit of width (|S| for a flattened branch)
+        total = sum(o.width_mult for o in outs)
+        weights = [o.width_mult / total for o in outs]
 
         def mean(name):
             values = [getattr(o, name) for o in outs]
-            return None if values[0] is None else sum(w * v for v in values)
+            return None if values[0] is None else sum(w * v for w, v in zip(weights, values))
 
-        return ks.replace(spatial=outs[0].spatial, full=outs[0].full, x1=None, x2=None,
+        def mean_of(name):
+            values = [getattr(o, name) for o in outs]
+            if all(v is None for v in values):
+                return None
+            return sum(w * (0.0 if v is None else v) for w, v in zip(weights, values))
+
+        return ks.replace(spatial=outs[0].spatial, full=outs[0].full, x1=None, x2=None, width_mult=total,
                           nngp=mean("nngp"), ntk=mean("ntk"), var1=mean("var1"), var2=mean("var2"),
-                          mean1=_mean_of((o.mean1 for o in outs), w), mean2=_mean_of((o.mean2 for o in outs), w),
+                          mean1=mean_of("mean1"), mean2=mean_of("mean2"),
                           gaussian=len(outs) == 1 and outs[0].gaussian, fixed=False,
                           pre=outs[0].pre if len(outs) == 1 else None, act=outs[0].act if len(outs) == 1 else None)
 

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from owidth import _checks
 from owidth.kernels import spatial as sp
 from owidth.kernels.state import KState, self_var
-from owidth.layers._base import Caps, Dim, FiniteCtx, Layer, WeightLayer, has_bias, init_weights
+from owidth.layers._base import Caps, Dim, FiniteCtx, Layer, WeightLayer, has_bias, init_weights, own_ntk
 from owidth.param import Role
 
 __all__ = ["Conv", "AvgPool", "SumPool", "Flatten", "GlobalAvgPool", "GlobalSumPool", "linear_pixels"]
@@ -97,6 +97,7 @@ class Conv(WeightLayer):
 
     caps = Caps(weights=True, spatial=True, pixel_var=True)
     _coord = "conv"
+    _standard_ntk = True
 
     out: int | None = _checks.field(None, converter=_checks.optional_positive)
     filter_shape: tuple[int, ...] = _checks.field((3, 3), converter=_checks.int_tuple)
@@ -133,16 +134,17 @@ class Conv(WeightLayer):
             groups = sp.pixel_groups(lead, nsp, full)
             return sp.window_sum(x, groups, self.filter_shape, self.strides, pads, out) / size
 
-        nngp, ntk = sp.on_both(lambda x: patch_mean(x, 2), ks.nngp, ks.ntk)
-        nngp = w2 * nngp + b2
-        ntk = None if ntk is None else w2 * ntk + nngp
+        unscaled, ntk = sp.on_both(lambda x: patch_mean(x, 2), ks.nngp, ks.ntk)
+        nngp = w2 * unscaled + b2
+        own = nngp if ks.sp_width is None else own_ntk(ks, None, size, self, unscaled)
+        ntk = None if ntk is None else w2 * ntk + own
         if ks.var2 is None:
             var1, var2 = self_var(nngp), None
         else:  # per-pixel variances (var_pixel) stay per pixel: the same-pixel entries of the rule
             vfull = ks.full and not ks.var_pixel
             var1, var2 = w2 * patch_mean(ks.var1, 1, vfull) + b2, w2 * patch_mean(ks.var2, 1, vfull) + b2
         return ks.replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2, spatial=out, gaussian=True,
-                          fixed=self.out is not None, pre=None, act=None, mean1=None, mean2=None)
+                          fixed=self.out is not None, pre=None, act=None, mean1=None, mean2=None, width_mult=1)
 
     def _kernel_of_data(self, ks: KState, where: str) -> KState:
         """First layer: ``nngp(s, t) = w^2 P1(s) . P2(t) / (|F| C) + b^2`` with ``P`` the image
@@ -168,9 +170,10 @@ class Conv(WeightLayer):
                             var_full=ks.full and not ks.var_pixel)
         nngp = w2 * g + b2
         var1, var2 = (self_var(nngp), None) if x2 is None else (w2 * g1 + b2, w2 * g2 + b2)
-        ntk = nngp if ks.need_ntk else None
+        own = nngp if ks.sp_width is None else own_ntk(ks, x1.shape[-1], math.prod(self.filter_shape), self, g)
+        ntk = own if ks.need_ntk else None
         return ks.replace(x1=None, x2=None, nngp=nngp, ntk=ntk, var1=var1, var2=var2, spatial=out, gaussian=True,
-                          fixed=self.out is not None, pre=None, act=None, mean1=None, mean2=None)
+                          fixed=self.out is not None, pre=None, act=None, mean1=None, mean2=None, width_mult=1)
 
     def _geometry(self, dim: Dim, ctx: FiniteCtx):
         if len(dim.spatial) != len(self.filter_shape):
@@ -334,8 +337,9 @@ class Flatten(Layer):
             y = jnp.mean(x.reshape(x.shape[:lead] + (-1,)), axis=-1)
             return sp.mirror(y) if lead == 2 and ks.var2 is None else y
 
-        return linear_pixels(ks, fn, spatial=(), full=False, mixes=False,
-                              mean_fn=lambda m: jnp.mean(m.reshape(m.shape[0], -1), axis=-1))
+        out = linear_pixels(ks, fn, spatial=(), full=False, mixes=False,
+                            mean_fn=lambda m: jnp.mean(m.reshape(m.shape[0], -1), axis=-1))
+        return out.replace(width_mult=ks.width_mult * math.prod(ks.spatial))  # |S| features per channel
 
     def _init(self, key, dim, ctx):
         return (), Dim(math.prod(dim.spatial) * dim.size, dim.scales)

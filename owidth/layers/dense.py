@@ -6,7 +6,16 @@ import dataclasses
 
 from owidth import _checks
 from owidth.kernels.state import KState
-from owidth.layers._base import Caps, Dim, FiniteCtx, WeightLayer, enter_weights, has_bias, init_weights
+from owidth.layers._base import (
+    Caps,
+    Dim,
+    FiniteCtx,
+    WeightLayer,
+    enter_weights,
+    has_bias,
+    init_weights,
+    own_ntk,
+)
 from owidth.param import Role
 
 __all__ = ["Dense"]
@@ -54,25 +63,29 @@ class Dense(WeightLayer):
     """
 
     caps = Caps(weights=True, dense=True, pixel_var=True)
+    _standard_ntk = True
 
     out: int | None = _checks.field(None, converter=_checks.optional_positive)
     w_std: float = _checks.field(1.0, converter=_checks.std)
     b_std: float = _checks.field(0.0, converter=_checks.std)
 
     def _kernel(self, ks: KState) -> KState:
+        channels = ks.x1.shape[-1] if ks.is_input else None
         ks, first = enter_weights(
             ks, "ow.kernel: a Dense layer follows a Dense(out=k) layer. The infinite-width kernel "
             "needs every layer but the readout to be hidden: leave out=None on all but the last Dense.")
         w2, b2 = self.w_std**2, self.b_std**2
         nngp = w2 * ks.nngp + b2
-        ntk = None if ks.ntk is None else nngp if first else w2 * ks.ntk + nngp
+        # NTK parametrization: the term of the layer's own parameters is the NNGP itself
+        own = nngp if ks.sp_width is None else own_ntk(ks, channels, 1, self, ks.nngp)
+        ntk = None if ks.ntk is None else own if first else w2 * ks.ntk + own
         # The same elementwise map on the variances: without x2 they stay the diagonal of nngp
         # (which the previous layer made equal to var1), and no per-layer gather of that diagonal
         # splits XLA's fusion of the whole recursion into one pass over the (n1, n2) entries.
         var1 = w2 * ks.var1 + b2
         var2 = None if ks.var2 is None else w2 * ks.var2 + b2
         return ks.replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2, gaussian=True, fixed=self.out is not None,
-                          pre=None, act=None, mean1=None, mean2=None)
+                          pre=None, act=None, mean1=None, mean2=None, width_mult=1)
 
     def _out_dim(self, ctx: FiniteCtx) -> Dim:
         return Dim(ctx.width, True) if self.out is None else Dim(self.out, False)

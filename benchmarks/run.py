@@ -18,6 +18,8 @@ ensembles  256 networks as one vmapped ``ow.train`` vs a loop of        >= 10x f
 import     ``import owidth`` in a fresh interpreter, median of 5        < 1.5 s
 dmft       ``ow.dmft`` time and peak memory as P and T grow             P = T = 100, 2 hidden
            (``dmft.py``, when present)                                 layers: < 60 s
+compile    compile time of ``ow.repeat(block, 1000)`` (kernel, finite   < 10 s (issue 17)
+           forward pass and gradient) vs the unrolled net (``compile.py``)
 =========  ==========================================================  ===========================
 
 Each area writes its own JSON (``DIR/kernels_TAG.json``, ...; every number
@@ -50,7 +52,7 @@ from _common import fmt, machine_info, markdown
 
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent
-AREAS = ("kernels", "empirical", "ensembles", "import", "dmft")
+AREAS = ("kernels", "empirical", "ensembles", "import", "dmft", "compile")
 IMPORT_REPEATS = 5
 
 KERNEL_TARGET = 0.5
@@ -60,6 +62,7 @@ EMPIRICAL_TARGET = 1.0
 ENSEMBLE_TARGET = 10.0
 IMPORT_TARGET_S = 1.5
 DMFT_TARGET_S = 60.0
+COMPILE_TARGET_S = 10.0
 
 
 def _env(platform_name: str) -> dict:
@@ -200,10 +203,22 @@ def dmft_rows(report: dict) -> list[dict]:
     return rows
 
 
+def run_compile(out: pathlib.Path, args, env) -> list[dict]:
+    report = _script("compile.py", out, args, env, "compile", [], peer=False)
+    rows = []
+    for r in report["rows"]:
+        headline = r["net"] == "ow.repeat" and r["depth"] >= 1000
+        rows.append(_row("compile", f"{r['kind']} of {r['net']} [Dense, Relu] x {r['depth']}: compile "
+                         f"(run {r['run_s'] * 1e3:.1f} ms)", r["compile_s"], None, None, None,
+                         f"< {COMPILE_TARGET_S:g} s" if headline else "-",
+                         (r["compile_s"] < COMPILE_TARGET_S) if headline else None))
+    return rows
+
+
 RUNNERS = {"kernels": run_kernels, "empirical": run_empirical, "ensembles": run_ensembles, "import": run_import,
-           "dmft": run_dmft}
+           "dmft": run_dmft, "compile": run_compile}
 FILES = {"kernels": "kernels", "empirical": "empirical_ntk", "ensembles": "ensembles", "import": "import",
-         "dmft": "dmft"}
+         "dmft": "dmft", "compile": "compile"}
 
 
 # ----------------------------------------------------------------- summary

@@ -37,7 +37,7 @@ def _reports_every_area(quick_run):
     summary = json.loads((quick_run / "summary_cpu.json").read_text())
     assert summary["failed"] == {} and summary["quick"] and not summary["peer"]
     areas = {r["area"] for r in summary["rows"]}
-    expected = {"kernels", "empirical", "ensembles", "import"}
+    expected = {"kernels", "empirical", "ensembles", "import", "compile"}
     if (ROOT / "benchmarks" / "dmft.py").exists():
         expected.add("dmft")
     assert areas == expected
@@ -59,5 +59,8 @@ def _area_files_hold_raw_numbers(quick_run):
         assert 0 < stats["run_s_min"] <= stats["run_s"] and stats["compile_s"] > 0
     empirical = json.loads((quick_run / "empirical_ntk_cpu.json").read_text())
     assert [list(r["owidth"]) for r in empirical["results"]] == [["auto"]]
+    compiles = json.loads((quick_run / "compile_cpu.json").read_text())["rows"]
+    assert [(r["kind"], r["depth"]) for r in compiles] == [("kernel", 100), ("grad", 100)]
+    assert all(r["compile_s"] > 0 and r["run_s"] > 0 for r in compiles)
     imports = json.loads((quick_run / "import_cpu.json").read_text())["import"]
     assert set(imports) == {"jax", "owidth"} and all(len(v["times_s"]) == 2 for v in imports.values())

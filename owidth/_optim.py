@@ -7,10 +7,13 @@ piece is an optax transformation; nothing optax already has is rewritten.
 The update of a tensor ``w`` with width multiplier ``s_w = (n / n0)^-c_role``
 (:meth:`ow.Parametrization.lr_scale`) is
 
-    sgd       -lr s_w (g + wd w)
-    momentum  -lr s_w trace_beta(g + wd w)
+    sgd       -lr s_w (g + (wd / s_w) w) = -lr (s_w g + wd w)
+    momentum  -lr s_w trace_beta(g + (wd / s_w) w)
     adam      -lr s_w adam(g)
     adamw     -lr (s_w adam(g) + wd w)     (decoupled decay, not width-scaled, as microsoft/mup's MuAdamW)
+
+so the decay per step, ``lr wd w``, is the same at every width, as in microsoft/mup's MuSGD (which
+multiplies a tensor's learning rate by ``s_w`` and divides its weight decay by it) and MuAdamW.
 
 ``lr`` may be a traced scalar (one compile for every learning rate).
 
@@ -24,7 +27,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["OPTIMIZERS", "check", "family", "make", "scale_by"]
+__all__ = ["OPTIMIZERS", "check", "decay_by", "family", "make", "scale_by"]
 
 OPTIMIZERS = {"sgd": "sgd", "momentum": "sgd", "adam": "adam", "adamw": "adam"}
 """Optimizer names and the learning-rate rule they follow: gradient-proportional
@@ -68,6 +71,16 @@ def scale_by(scales: Any):
     return optax.stateless(lambda updates, params: jax.tree.map(lambda u, c: u * c, updates, scales))
 
 
+def decay_by(weight_decay: float, scales: Any):
+    """optax transformation adding ``(weight_decay / s) w`` to each update leaf, ``s`` the matching float of
+    ``scales``: an L2 penalty whose step ``lr s (wd / s) w`` does not depend on the tensor's scale ``s``."""
+    import jax
+    import optax
+
+    return optax.stateless(lambda updates, params: jax.tree.map(
+        lambda u, w, c: u + (weight_decay / c) * w, updates, params, scales))
+
+
 def make(optimizer: str, *, lr, scales: Any, weight_decay: float = 0.0, momentum: float = 0.9, eps: float = 1e-8,
          where: str = "owidth"):
     """The optax transformation of ``optimizer`` with per-tensor multipliers ``scales`` and step ``lr``.
@@ -80,7 +93,7 @@ def make(optimizer: str, *, lr, scales: Any, weight_decay: float = 0.0, momentum
       momentum: decay of the ``"momentum"`` trace. eps: Adam's epsilon.
 
     Examples:
-      SGD with L2 decay: ``-lr s_w (g + wd w) = -0.1 * 4 * (1 + 0.5 * 2) = -0.8``:
+      SGD with L2 decay: ``-lr (s_w g + wd w) = -0.1 * (4 * 1 + 0.5 * 2) = -0.5``:
 
       >>> import jax.numpy as jnp
       >>> from owidth import _optim
@@ -88,14 +101,14 @@ def make(optimizer: str, *, lr, scales: Any, weight_decay: float = 0.0, momentum
       >>> tx = _optim.make("sgd", lr=0.1, scales={"w": 4.0}, weight_decay=0.5)
       >>> updates, _ = tx.update({"w": jnp.ones(2)}, tx.init(params), params)
       >>> [round(float(u), 4) for u in updates["w"]]
-      [-0.8, -0.8]
+      [-0.5, -0.5]
     """
     import optax
 
     fam = check(optimizer, weight_decay=weight_decay, momentum=momentum, eps=eps, where=where)
     parts = []
-    if weight_decay and fam == "sgd":  # L2 penalty on the gradient
-        parts.append(optax.add_decayed_weights(weight_decay))
+    if weight_decay and fam == "sgd":  # L2 penalty on the gradient, wd / s_w as MuSGD: lr wd fixed across widths
+        parts.append(decay_by(weight_decay, scales))
     if optimizer == "momentum":
         parts.append(optax.trace(decay=momentum))
     if fam == "adam":

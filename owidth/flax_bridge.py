@@ -189,16 +189,20 @@ class FlaxModel:
         def mult(role):
             return 1.0 if role is Role.FIXED else ratio ** (-self.param.a[index[role]])
 
-        def init(role):
-            if role is Role.FIXED:
-                return 1.0
+        roles = self.roles()
+        # the modules holding a readout (output-role) weight: their fixed-size tensors are the readout biases
+        flat = jax.tree_util.tree_flatten_with_path(roles)[0]
+        readouts = {path[:-1] for path, role in flat if role is Role.OUTPUT}
+
+        def init(path, role):
+            if role is Role.FIXED:  # mup's readout_zero_init zeroes the readout bias too
+                return 0.0 if self.param.zero_readout and path[:-1] in readouts else 1.0
             if role is Role.OUTPUT and self.param.zero_readout:
                 return 0.0
             b_sp = 0.5 if role in (Role.HIDDEN, Role.OUTPUT) else 0.0
             return ratio ** (b_sp - self.param.b[index[role]])
 
-        roles = self.roles()
-        return jax.tree.map(mult, roles), jax.tree.map(init, roles)
+        return jax.tree.map(mult, roles), jax.tree_util.tree_map_with_path(init, roles)
 
     def init(self, key: jax.Array, x=None) -> Any:
         """Parameters (a nested dict of arrays) drawn by the module's initializers, rescaled to ``param``."""

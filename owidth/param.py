@@ -211,7 +211,8 @@ class Parametrization:
       c_sgd: learning-rate exponents under SGD-like optimizers: ``lr (n/n0)^-c``.
       c_adam: learning-rate exponents under Adam-like optimizers.
       base_width: ``n0``, the width at which all parametrizations coincide.
-      zero_readout: initialise output-role weights at 0. Yang et al. (2022,
+      zero_readout: initialise output-role weights and the readout bias at 0 (as
+        microsoft/mup's ``readout_zero_init``). Yang et al. (2022,
         Tensor Programs V, Sec. D.2) recommend it for muP: it removes the
         random ``O(n^-1/2)`` output at initialisation (and with it the
         ``f0`` part of coordinate checks) without changing the limit.
@@ -349,7 +350,8 @@ class Parametrization:
         base_fan_in = fan_in if role is Role.INPUT else fan_in * self.base_width / width
         w_mult = w_std / math.sqrt(base_fan_in) * ratio ** (-self.a[i])
         if role is Role.OUTPUT:  # the readout bias is a fixed-size tensor: it never scales
-            return DenseScale(w_mult, 0.0 if self.zero_readout else ratio ** (-self.b[i]), b_std, 1.0)
+            return DenseScale(w_mult, 0.0 if self.zero_readout else ratio ** (-self.b[i]), b_std,
+                              0.0 if self.zero_readout else 1.0)
         # biases of width-sized layers are input-role tensors (weights from the constant input 1)
         return DenseScale(w_mult, ratio ** (-self.b[i]), b_std * ratio ** (-self.a[0]), ratio ** (-self.b[0]))
 

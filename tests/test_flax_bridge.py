@@ -108,3 +108,20 @@ def test_trains_as_an_ensemble_and_refuses_stateful_modules():
             def __call__(self, x):
                 return x
         ow.finite(ow.from_flax(Odd), width=4).roles()
+
+
+def test_zero_readout_zeroes_the_readout_bias_of_a_flax_module():
+    normal = nnx.initializers.normal(1.0)
+
+    class Biased(nnx.Module):
+        def __init__(self, width, rngs):
+            self.l1 = nnx.Linear(D_IN, width, bias_init=normal, rngs=rngs)
+            self.out = nnx.Linear(width, K, bias_init=normal, rngs=rngs)
+
+        def __call__(self, x):
+            return self.out(jax.nn.relu(self.l1(x)))
+
+    params = ow.finite(ow.from_flax(Biased), width=8, param=dataclasses.replace(ow.MUP, zero_readout=True)).init(
+        jax.random.key(0))
+    assert not np.any(params["out"]["kernel"]) and not np.any(params["out"]["bias"])
+    assert np.all(params["l1"]["bias"] != 0)

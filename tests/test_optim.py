@@ -59,3 +59,49 @@ def test_bad_optimizer_configurations_are_refused():
         _optim.make("lion", lr=0.1, scales={})
     with pytest.raises(ValueError, match="use optimizer='adamw'"):
         _optim.check("adam", weight_decay=0.1, where="ow.train")
+
+
+def _mup_model_and_grads(width):
+    model = ow.finite(ow.serial(ow.Dense(b_std=0.5), ow.Relu(), ow.Dense(b_std=0.5), ow.Relu(), ow.Dense(out=1)),
+                      width=width, param=ow.MUP.with_base_width(4))
+    x = jnp.ones((3, 2))
+    params = model.init(jax.random.key(0), x)
+    grads = jax.tree.map(lambda p: jnp.cos(3.0 * p), params)
+    return params, grads, model.lr_scales(x, optimizer="sgd")
+
+
+@pytest.mark.parametrize("width", [4, 64])
+def test_sgd_weight_decay_is_lr_wd_at_every_width_as_musgd(width):
+    """microsoft/mup's MuSGD multiplies a tensor's learning rate by s and divides its weight decay by s: the step
+    is -lr s (g + (wd / s) w), and the decay alone, -lr wd w, does not grow with width (issue 18: it was
+    -lr s wd w, 16x at n / n0 = 16). With momentum the decayed gradient goes through the trace, as torch's SGD."""
+    params, grads, scales = _mup_model_and_grads(width)
+    lr, wd = 0.05, 0.1
+    tx = _optim.make("sgd", lr=lr, scales=scales, weight_decay=wd)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    want = jax.tree.map(lambda g, w, s: -lr * (s * g + wd * w), grads, params, scales)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-12), updates, want)
+    decay_only, _ = tx.update(jax.tree.map(jnp.zeros_like, grads), tx.init(params), params)
+    jax.tree.map(lambda a, w: np.testing.assert_allclose(a, -lr * wd * w, rtol=1e-12), decay_only, params)
+    assert max(jax.tree.leaves(scales)) == width / 4  # the scales do differ from 1 at width 64
+    # momentum: torch SGD's buffer of (g + (wd / s) w), then -lr s buffer; two steps
+    tx = _optim.make("momentum", lr=lr, scales=scales, weight_decay=wd, momentum=0.8)
+    state = tx.init(params)
+    p, buf = params, jax.tree.map(jnp.zeros_like, params)
+    for _ in range(2):
+        updates, state = tx.update(grads, state, p)
+        buf = jax.tree.map(lambda b, g, w, s: 0.8 * b + g + (wd / s) * w, buf, grads, p, scales)
+        want = jax.tree.map(lambda b, s: -lr * s * b, buf, scales)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-12), updates, want)
+        p = optax.apply_updates(p, updates)
+
+
+def test_zero_readout_zeroes_the_readout_bias_too():
+    """As microsoft/mup's readout_zero_init: readout weights and bias at 0, the hidden biases untouched."""
+    import dataclasses
+
+    param = dataclasses.replace(ow.MUP.with_base_width(4), zero_readout=True)
+    model = ow.finite(ow.serial(ow.Dense(b_std=0.5), ow.Relu(), ow.Dense(out=2, b_std=0.5)), width=8, param=param)
+    params = model.init(jax.random.key(0), jnp.ones((3, 2)))
+    assert not np.any(params[2]["w"]) and not np.any(params[2]["b"])
+    assert np.all(params[0]["b"] != 0)

@@ -78,7 +78,7 @@ from owidth._train import Snapshot, train
 from owidth.monte_carlo import MonteCarloKernel, monte_carlo_kernel
 from owidth.meanfield import DMFTConvergenceError, DMFTResult, dmft
 from owidth.measure import coord_check
-from owidth.param import MF, MUP, NTP, SP, Parametrization, Regime, Role, scale_by_width
+from owidth.param import MF, MUP, NTP, SP, Parametrization, Regime, Role, mu_optimizer, scale_by_width
 
 __version__ = "0.1.0"
 
@@ -165,6 +165,7 @@ __all__ = [
     "load_sweep",
     "measure",
     "monte_carlo_kernel",
+    "mu_optimizer",
     "parallel",
     "predict",
     "product",

@@ -45,7 +45,8 @@ def family(optimizer: str, *, where: str) -> str:
 
 
 def check(optimizer: str, *, weight_decay: float = 0.0, momentum: float = 0.9, eps: float = 1e-8,
-          where: str, eps_name: str = "eps") -> str:
+          b1: float = 0.9, b2: float = 0.999, clip=None, schedule=None, where: str, eps_name: str = "eps",
+          prefix: str = "") -> str:
     """Validate a configuration before anything is traced; returns the family.
 
     ``weight_decay`` must be finite and >= 0, ``momentum`` in [0, 1) (a decay of 1 or more never forgets a
@@ -60,6 +61,13 @@ def check(optimizer: str, *, weight_decay: float = 0.0, momentum: float = 0.9, e
     _checks.nonneg_number(eps_name, eps, where=where, what=" (Adam's epsilon)")
     if weight_decay and optimizer == "adam":
         raise ValueError(f"{where}: weight_decay with optimizer='adam' is ambiguous; use optimizer='adamw' (decoupled)")
+    _checks.nonneg_number(f"{prefix}b1", b1, where=where, below=1.0, what=" (Adam's first-moment decay)")
+    _checks.nonneg_number(f"{prefix}b2", b2, where=where, below=1.0, what=" (Adam's second-moment decay)")
+    if clip is not None:
+        _checks.positive_number("clip_norm", clip, where=where, what=" (the largest global gradient norm)")
+    if schedule is not None and not callable(schedule):
+        raise TypeError(f"{where}: schedule must be a callable step -> multiplier of the learning rate (an optax "
+                        f"schedule, e.g. optax.cosine_decay_schedule(1.0, steps)), got {schedule!r}")
     return fam
 
 
@@ -82,7 +90,7 @@ def decay_by(weight_decay: float, scales: Any):
 
 
 def make(optimizer: str, *, lr, scales: Any, weight_decay: float = 0.0, momentum: float = 0.9, eps: float = 1e-8,
-         where: str = "owidth"):
+         b1: float = 0.9, b2: float = 0.999, clip=None, schedule=None, where: str = "owidth"):
     """The optax transformation of ``optimizer`` with per-tensor multipliers ``scales`` and step ``lr``.
 
     Args:
@@ -90,7 +98,10 @@ def make(optimizer: str, *, lr, scales: Any, weight_decay: float = 0.0, momentum
       lr: the (effective) base learning rate, a float or traced scalar.
       scales: pytree of Python floats like the parameters (``model.lr_scales(x, optimizer=...)``).
       weight_decay: L2 penalty added to the gradient (sgd, momentum) or decoupled decay (adamw).
-      momentum: decay of the ``"momentum"`` trace. eps: Adam's epsilon.
+      momentum: decay of the ``"momentum"`` trace. eps, b1, b2: Adam's epsilon and moment decays.
+      clip: clip the gradient to this global norm first (``optax.clip_by_global_norm``), or None.
+      schedule: a multiplier of ``lr`` per step (an optax schedule ``step -> float``), or None; it
+        scales the decoupled decay of ``"adamw"`` too, as ``optax.adamw(learning_rate=schedule)``.
 
     Examples:
       SGD with L2 decay: ``-lr (s_w g + wd w) = -0.1 * (4 * 1 + 0.5 * 2) = -0.5``:
@@ -105,16 +116,19 @@ def make(optimizer: str, *, lr, scales: Any, weight_decay: float = 0.0, momentum
     """
     import optax
 
-    fam = check(optimizer, weight_decay=weight_decay, momentum=momentum, eps=eps, where=where)
-    parts = []
+    fam = check(optimizer, weight_decay=weight_decay, momentum=momentum, eps=eps, b1=b1, b2=b2, clip=clip,
+                schedule=schedule, where=where)
+    parts = [] if clip is None else [optax.clip_by_global_norm(clip)]
     if weight_decay and fam == "sgd":  # L2 penalty on the gradient, wd / s_w as MuSGD: lr wd fixed across widths
         parts.append(decay_by(weight_decay, scales))
     if optimizer == "momentum":
         parts.append(optax.trace(decay=momentum))
     if fam == "adam":
-        parts.append(optax.scale_by_adam(eps=eps))
+        parts.append(optax.scale_by_adam(b1=b1, b2=b2, eps=eps))
     parts.append(scale_by(scales))
     if weight_decay and optimizer == "adamw":  # decoupled: lr * wd fixed across widths, as MuAdamW
         parts.append(optax.add_decayed_weights(weight_decay))
+    if schedule is not None:
+        parts.append(optax.scale_by_schedule(schedule))
     parts.append(optax.scale(-lr))
     return optax.chain(*parts)

@@ -120,6 +120,10 @@ class Program:
     metrics: tuple[tuple[str, Callable], ...]
     record_outputs: bool
     member_batch: int | None = None
+    b1: float = 0.9
+    b2: float = 0.999
+    clip: float | None = None
+    schedule: Callable | None = None
 
     @property
     def keep_params0(self) -> bool:
@@ -141,16 +145,17 @@ def _tx(prog: Program, lr, alpha, scales):
     """The member's optimizer; the richness factor ``alpha^-2`` (SGD-like) or ``alpha^-1`` (Adam-like) scales ``lr``."""
     rich = alpha ** -2.0 if _optim.family(prog.optimizer, where=_WHERE) == "sgd" else 1.0 / alpha
     return _optim.make(prog.optimizer, lr=lr * rich, scales=scales, weight_decay=prog.weight_decay,
-                       momentum=prog.momentum, eps=prog.eps, where=_WHERE)
+                       momentum=prog.momentum, eps=prog.eps, b1=prog.b1, b2=prog.b2, clip=prog.clip,
+                       schedule=prog.schedule, where=_WHERE)
 
 
 def _scales(prog: Program, x):
     return prog.model.lr_scales(x, optimizer=prog.optimizer)
 
 
-def _init_member(prog: Program, key, lr, alpha, x, xt):
+def _init_member(prog: Program, key, lr, alpha, x, xt, given=None):
     k_init, k_data = jax.random.split(key)
-    params = prog.model.init(k_init, x)
+    params = prog.model.init(k_init, x) if given is None else given
     tx = _tx(prog, lr, alpha, _scales(prog, x))
     valid = jnp.isfinite(lr) & (lr > 0) & jnp.isfinite(alpha) & (alpha > 0)
     state = {
@@ -224,9 +229,12 @@ def _record(prog: Program, st, x, y, xt, yt):
 # Compiled programs (cached on the static configuration)
 # --------------------------------------------------------------------------- #
 @functools.partial(jax.jit, static_argnames=("prog",))
-def init_members(prog, keys, lrs, alphas, x, xt):
-    """Initial states of all members (leading axis: member), one per (key, lr, alpha)."""
-    return jax.vmap(lambda k, lr, a: _init_member(prog, k, lr, a, x, xt))(keys, lrs, alphas)
+def init_members(prog, keys, lrs, alphas, x, xt, given=None):
+    """Initial states of all members (leading axis: member), one per (key, lr, alpha); ``given``: their
+    starting parameters (leading axis: member) instead of random ones."""
+    if given is None:
+        return jax.vmap(lambda k, lr, a: _init_member(prog, k, lr, a, x, xt))(keys, lrs, alphas)
+    return jax.vmap(lambda k, lr, a, p: _init_member(prog, k, lr, a, x, xt, p))(keys, lrs, alphas, given)
 
 
 @functools.partial(jax.jit, static_argnames=("prog",), donate_argnames=("state",))
@@ -296,6 +304,11 @@ class TrainPlan:
     members_per_batch: int | None
     progress_bar: bool
     return_params: bool
+    adam_b1: float = 0.9
+    adam_b2: float = 0.999
+    clip_norm: float | None = None
+    schedule: Callable | None = None
+    init_params: Any = None  # {width: pytree}, leaves per member or with leading (seed, lr, rich) axes
 
     @property
     def alphas(self) -> np.ndarray:
@@ -329,8 +342,46 @@ class TrainPlan:
             batch_size=self.batch_size, center=self.center, linearized=self.linearized,
             record_every=self.record_every, chunk=_chunk(self.intervals), weight_decay=self.weight_decay,
             momentum=self.momentum, eps=self.adam_eps, metrics=self.metrics,
-            record_outputs=self.record_outputs and self.x_test is not None,
+            record_outputs=self.record_outputs and self.x_test is not None, b1=self.adam_b1, b2=self.adam_b2,
+            clip=self.clip_norm, schedule=self.schedule,
             member_batch=_member_batch(self.members_per_batch, members, self.batch_size or self.x.shape[0], width))
+
+
+def _init_params(given, widths, *, where: str):
+    """``{width: params}`` from ``init_params`` (checked against the widths; shapes are checked in run)."""
+    if given is None:
+        return None
+    if isinstance(given, Mapping) and given and all(isinstance(k, (int, np.integer)) for k in given):
+        missing = sorted(set(widths) - {int(k) for k in given})
+        if missing:
+            raise ValueError(f"{where}: init_params has no parameters for widths {missing}; give {{width: params}} "
+                             "for every width")
+        return {int(k): v for k, v in given.items() if int(k) in widths}
+    if len(widths) != 1:
+        raise ValueError(f"{where}: init_params for {len(widths)} widths must be a mapping {{width: params}}")
+    return {widths[0]: given}
+
+
+def _member_params(p, model, width: int, x):
+    """The starting parameters of every member at ``width`` (leading axis: member) from ``p.init_params``."""
+    key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype)
+    want = jax.eval_shape(model.init, key, jax.ShapeDtypeStruct(x.shape, x.dtype))
+    given = p.init_params[width]
+    members = int(np.prod(p.shape))
+    if jax.tree.structure(given) != jax.tree.structure(want):
+        raise ValueError(f"ow.train: init_params at width {width} has the structure {jax.tree.structure(given)}, "
+                         f"not that of the model's parameters {jax.tree.structure(want)}")
+
+    def one(g, w):
+        g = jnp.asarray(g, dtype=w.dtype)
+        if g.shape == w.shape:
+            return jnp.broadcast_to(g, (members,) + w.shape)
+        if g.shape == p.shape + w.shape:
+            return g.reshape((members,) + w.shape)
+        raise ValueError(f"ow.train: an init_params leaf at width {width} has shape {g.shape}; expected {w.shape} "
+                         f"(one member) or {p.shape + w.shape} (seed, lr, {p.rich_name}) + that")
+
+    return jax.tree.map(one, given, want)
 
 
 def _values(name: str, value, *, where: str) -> np.ndarray:
@@ -414,6 +465,13 @@ class _ByIdentity:
         return repr(self.fn)
 
 
+def _qualname(fn) -> str:
+    """``module.qualname`` of a callable (of the wrapped one for :class:`_ByIdentity`): an attr without addresses."""
+    fn = getattr(fn, "fn", fn) if isinstance(fn, _ByIdentity) else fn
+    fn = getattr(fn, "func", fn)  # functools.partial
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__qualname__)}"
+
+
 def _hashable(fn):
     """``fn`` itself when it can be hashed (by value, as a static jit argument), else ``fn`` keyed by identity."""
     try:
@@ -449,7 +507,8 @@ def plan(net, data, *, where: str = _WHERE, **options) -> TrainPlan:
     if not isinstance(a["param"], Parametrization):
         raise TypeError(f"{where}: param must be an ow.Parametrization (e.g. ow.NTP), got {a['param']!r}")
     _optim.check(a["optimizer"], weight_decay=a["weight_decay"], momentum=a["momentum"], eps=a["adam_eps"],
-                 eps_name="adam_eps", where=where)
+                 b1=a["adam_b1"], b2=a["adam_b2"], clip=a["clip_norm"], schedule=a["schedule"], eps_name="adam_eps",
+                 prefix="adam_", where=where)
     widths = _checks.positive_ints("widths", a["widths"], where=where)
     steps = _checks.positive_int("steps", a["steps"], where=where)
     alpha, gamma0 = a["alpha"], a["gamma0"]
@@ -499,7 +558,10 @@ def plan(net, data, *, where: str = _WHERE, **options) -> TrainPlan:
         weight_decay=float(a["weight_decay"]), momentum=float(a["momentum"]), adam_eps=float(a["adam_eps"]),
         linearized=bool(a["linearized"]), metrics=metrics, record_outputs=bool(a["record_outputs"]),
         members_per_batch=members_per_batch, progress_bar=bool(a["progress_bar"]),
-        return_params=bool(a["return_params"]))
+        return_params=bool(a["return_params"]), adam_b1=float(a["adam_b1"]), adam_b2=float(a["adam_b2"]),
+        clip_norm=None if a["clip_norm"] is None else float(a["clip_norm"]),
+        schedule=None if a["schedule"] is None else _hashable(a["schedule"]),
+        init_params=_init_params(a["init_params"], widths, where=where))
     model = out.model(widths[0])
     _check_outputs(model, x, y, loss, where=where)
     if yt is not None:
@@ -540,7 +602,8 @@ def run(p: TrainPlan) -> list[WidthRun]:
         for width in p.widths:
             prog = p.program(width)
             bar.set_description(f"{_WHERE} width={width}")
-            state = init_members(prog, keys, member_lr, member_alpha, x, xt)
+            given = None if p.init_params is None else _member_params(p, prog.model, width, x)
+            state = init_members(prog, keys, member_lr, member_alpha, x, xt, given)
             recs = []
             for start in range(0, p.intervals, prog.chunk):
                 state, rec = run_chunk(prog, state, start, x, y, xt, yt)
@@ -580,7 +643,9 @@ def assemble(p: TrainPlan, runs: Sequence[WidthRun]):
         "batch_size": -1 if p.batch_size is None else p.batch_size, "center": int(p.center),
         "linearized": int(p.linearized), "n_train": int(p.x.shape[0]),
         "n_test": 0 if p.x_test is None else int(p.x_test.shape[0]), "weight_decay": p.weight_decay,
-        "momentum": p.momentum, "adam_eps": p.adam_eps,
+        "momentum": p.momentum, "adam_eps": p.adam_eps, "adam_b1": p.adam_b1, "adam_b2": p.adam_b2,
+        "clip_norm": -1.0 if p.clip_norm is None else p.clip_norm,
+        "schedule": "" if p.schedule is None else _qualname(p.schedule), "init_params": int(p.init_params is not None),
     }
     ds = xr.Dataset(data_vars, coords=p.coords(), attrs=attrs)
     if p.return_params:
@@ -645,6 +710,11 @@ def train(
     weight_decay: float = 0.0,
     momentum: float = 0.9,
     adam_eps: float = 1e-8,
+    adam_b1: float = 0.9,
+    adam_b2: float = 0.999,
+    clip_norm: float | None = None,
+    schedule: Callable[[Any], Any] | None = None,
+    init_params: Any = None,
     linearized: bool = False,
     metrics: Mapping[str, Callable[[Snapshot], Any]] | None = None,
     record_outputs: bool = False,
@@ -684,6 +754,16 @@ def train(
         checked up front (``ValueError``; unlike ``lr``, not marked per member).
       momentum: decay of ``"momentum"``, in [0, 1) (checked up front).
       adam_eps: Adam's epsilon, finite and >= 0 (checked up front).
+      adam_b1, adam_b2: Adam's moment decays, in [0, 1).
+      clip_norm: clip each member's gradient to this global norm before the optimizer
+        (``optax.clip_by_global_norm``); None (default) does not clip.
+      schedule: a learning-rate schedule, ``step -> multiplier`` of every member's ``lr`` (an optax
+        schedule such as ``optax.warmup_cosine_decay_schedule(0.0, 1.0, 10, steps)``); it also scales
+        adamw's decoupled decay, as optax does. None: constant.
+      init_params: start from these parameters instead of random ones: ``{width: params}`` (or the
+        params alone with one width), each leaf either one member's (every member starts there) or with
+        leading ``(seed, lr, alpha|gamma0)`` axes, as ``return_params=True`` returns them (to resume a
+        run; a centred run restarts centred at them, so resume with ``center=False`` runs exactly).
       linearized: train the network's linearization around its initialisation instead.
       metrics: ``{name: fn(Snapshot) -> scalar}`` recorded alongside the losses.
         Each ``fn`` is part of the compiled program's static key: a hashable

@@ -102,7 +102,7 @@ from owidth._optim import OPTIMIZERS
 from owidth._optim import family as optimizer_family
 
 __all__ = ["MF", "MUP", "NTP", "OPTIMIZERS", "PRESETS", "SP", "DenseScale", "Parametrization", "Regime", "Role",
-           "optimizer_family", "scale_by_width", "roles_from_shapes"]
+           "mu_optimizer", "optimizer_family", "scale_by_width", "roles_from_shapes"]
 
 
 class Role(enum.Enum):
@@ -512,6 +512,9 @@ def scale_by_width(model, x, *, optimizer: str):
 
         tx = optax.chain(optax.adam(1e-3), ow.scale_by_width(model, x, optimizer="adam"))
 
+    ``optimizer`` must name the family of the optimizer it is chained after (nothing can check it);
+    :func:`mu_optimizer` builds the whole chain from one name instead.
+
     Args:
       model: a finite model (``ow.finite(...)``, including flax bridges).
       x: example inputs (only their shapes are used).
@@ -542,6 +545,56 @@ def scale_by_width(model, x, *, optimizer: str):
       [8.0, 8.0]
     """
     return _optim.scale_by(model.lr_scales(x, optimizer=optimizer))
+
+
+def mu_optimizer(model, x, optimizer: str = "adam", *, lr, weight_decay: float = 0.0, momentum: float = 0.9,
+                 eps: float = 1e-8, b1: float = 0.9, b2: float = 0.999, clip_norm: float | None = None,
+                 schedule=None):
+    """The whole optax optimizer of ``model`` under its parametrization: ``optimizer`` with each tensor's
+    learning rate ``lr (n / n0)^-c_role`` of that optimizer's family, so the pairing cannot go wrong.
+
+    :func:`scale_by_width` is the scaling piece alone, to chain after a base optimizer of your own;
+    it must be told which family that optimizer is (``c_sgd`` or ``c_adam``), and a mismatch picks
+    the wrong exponents silently. This builds both from one name, exactly as ``ow.train`` and
+    ``ow.coord_check`` do:
+
+        sgd       -lr (s_w g + wd w)                 (MuSGD)
+        momentum  -lr s_w trace_beta(g + (wd / s_w) w)
+        adam      -lr s_w adam(g)                    (MuAdam)
+        adamw     -lr (s_w adam(g) + wd w)           (MuAdamW: decay not width-scaled)
+
+    with ``s_w = (n / n0)^-c_role`` (``model.lr_scales``); the weight decay per step ``lr wd w`` is the
+    same at every width, as in microsoft/mup.
+
+    Args:
+      model: a finite model (``ow.finite(...)``, including flax bridges). x: example inputs (shapes only).
+      optimizer: ``"sgd"``, ``"momentum"``, ``"adam"`` or ``"adamw"``.
+      lr: the base learning rate ``eta`` (a float or a traced scalar).
+      weight_decay, momentum, eps, b1, b2: as in optax (``weight_decay`` an L2 penalty for sgd/momentum,
+        decoupled for adamw; refused for plain adam).
+      clip_norm: clip the gradient to this global norm first, or None.
+      schedule: an optax schedule ``step -> multiplier`` of ``lr``, or None.
+
+    References:
+      - Yang et al. 2022, Tensor Programs V (MuSGD, MuAdam, MuAdamW). <https://arxiv.org/abs/2203.03466>
+
+    Examples:
+      >>> import jax
+      >>> import jax.numpy as jnp
+      >>> import numpy as np
+      >>> import owidth as ow
+      >>> x = np.ones((3, 2))
+      >>> model = ow.finite(ow.serial(ow.Dense(), ow.Relu(), ow.Dense(), ow.Relu(), ow.Dense(out=1)), width=8,
+      ...                   param=ow.MUP.with_base_width(2))
+      >>> tx = ow.mu_optimizer(model, x, "adam", lr=0.1)
+      >>> params = model.init(jax.random.key(0), x)
+      >>> updates, _ = tx.update(jax.tree.map(jnp.ones_like, params), tx.init(params), params)
+      >>> [round(float(jnp.abs(u).max()), 4) for u in jax.tree.leaves(updates)]   # hidden: lr / (8 / 2)
+      [0.1, 0.025, 0.1]
+    """
+    return _optim.make(optimizer, lr=lr, scales=model.lr_scales(x, optimizer=optimizer), weight_decay=weight_decay,
+                       momentum=momentum, eps=eps, b1=b1, b2=b2, clip=clip_norm, schedule=schedule,
+                       where="ow.mu_optimizer")
 
 
 def roles_from_shapes(small: Any, large: Any) -> Any:

@@ -105,3 +105,39 @@ def test_zero_readout_zeroes_the_readout_bias_too():
     params = model.init(jax.random.key(0), jnp.ones((3, 2)))
     assert not np.any(params[2]["w"]) and not np.any(params[2]["b"])
     assert np.all(params[0]["b"] != 0)
+
+
+def test_mu_optimizer_is_the_factory_with_the_models_scales():
+    """ow.mu_optimizer(model, x, name) = _optim.make(name, scales=model.lr_scales(x, optimizer=name)): one name
+    picks both the optimizer and its exponents; under Adam the hidden tensor's step is lr / (n / n0)."""
+    model = ow.finite(ow.serial(ow.Dense(), ow.Relu(), ow.Dense(), ow.Relu(), ow.Dense(out=1)), width=8,
+                      param=ow.MUP.with_base_width(2))
+    x = jnp.ones((3, 2))
+    params = model.init(jax.random.key(0), x)
+    grads = jax.tree.map(lambda p: jnp.sin(p) + 0.1, params)
+    for name in ("sgd", "adam"):
+        tx = ow.mu_optimizer(model, x, name, lr=0.1)
+        ref = _optim.make(name, lr=0.1, scales=model.lr_scales(x, optimizer=name))
+        a, _ = tx.update(grads, tx.init(params), params)
+        b, _ = ref.update(grads, ref.init(params), params)
+        jax.tree.map(np.testing.assert_array_equal, a, b)
+    tx = ow.mu_optimizer(model, x, "adam", lr=0.1)
+    u, _ = tx.update(grads, tx.init(params), params)
+    np.testing.assert_allclose(np.abs(u[2]["w"]).max(), 0.1 / 4, rtol=1e-6)  # Adam's first step: lr s sign(g)
+
+
+def test_schedule_clip_and_adam_moments_are_optax_own():
+    """clip_norm, a schedule and Adam's b1/b2 in the factory equal optax's own transformations chained."""
+    schedule = optax.linear_schedule(1.0, 0.2, 3)
+    ones = jax.tree.map(lambda _: 1.0, PARAMS)
+    got = trajectory(_optim.make("adam", lr=0.05, scales=ones, b1=0.5, b2=0.9, eps=1e-6, clip=0.3, schedule=schedule))
+    want = trajectory(optax.chain(optax.clip_by_global_norm(0.3),
+                                  optax.adam(optax.linear_schedule(0.05, 0.01, 3), b1=0.5, b2=0.9, eps=1e-6)))
+    # optax evaluates linear schedules in float32: lr * s(t) and the schedule of lr * values differ by ~1e-7
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), got, want)
+    with pytest.raises(ValueError, match="b1"):
+        _optim.make("adam", lr=0.1, scales={}, b1=1.0)
+    with pytest.raises(ValueError, match="clip_norm"):
+        _optim.make("adam", lr=0.1, scales={}, clip=0.0)
+    with pytest.raises(TypeError, match="schedule must be a callable"):
+        _optim.make("adam", lr=0.1, scales={}, schedule=0.5)

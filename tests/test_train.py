@@ -268,3 +268,35 @@ def test_plan_checks_arguments_and_labels_the_result():
         mod.plan(NET, (X, Y), widths=8, lr=0.1, steps=2, lerning_rate=0.1)
     with pytest.raises(ValueError, match="ow.Sweep: steps=10 is not a multiple of record_every=3"):
         mod.plan(NET, (X, Y), widths=8, lr=0.1, steps=10, record_every=3, where="ow.Sweep")
+
+
+def test_schedule_clip_betas_and_init_params():
+    """The new ow.train options (issue 18) against optax written out: a schedule, clipping and Adam's b1 equal
+    an explicit optax loop from the same initialisation; init_params resumes an uncentred run exactly."""
+    width, steps, lr = 16, 12, 0.05
+    schedule = optax.linear_schedule(1.0, 0.1, steps)
+    model = ow.finite(NET, width=width, param=ow.MUP.with_base_width(8))
+    params = model.init(jax.random.split(jax.random.key(0))[0], X)  # ow.train's init key for seed 0
+    tx = ow.mu_optimizer(model, X, "adam", lr=lr, b1=0.5, clip_norm=0.5, schedule=schedule)
+    opt = tx.init(params)
+    loss = lambda p: 0.5 * jnp.mean((model.apply(p, X)[:, 0] - Y) ** 2)  # noqa: E731
+    for _ in range(steps):
+        updates, opt = tx.update(jax.grad(loss)(params), opt, params)
+        params = optax.apply_updates(params, updates)
+    kw = dict(widths=width, param=ow.MUP.with_base_width(8), lr=lr, optimizer="adam", center=False, steps=steps,
+              record_every=steps, seeds=1, progress_bar=False)
+    ds, final = ow.train(NET, (X, Y), adam_b1=0.5, clip_norm=0.5, schedule=schedule, return_params=True, **kw)
+    # 4.5e-8 seen: optax evaluates the schedule in float32, and Adam's sqrt(v) normalisation amplifies rounding
+    np.testing.assert_allclose(ds.train_loss.isel(step=-1).item(), loss(params), rtol=1e-6)
+    assert ds.attrs["adam_b1"] == 0.5 and ds.attrs["clip_norm"] == 0.5 and "polynomial_schedule" in ds.attrs["schedule"]
+    # resume: 12 more steps from the returned parameters = 24 steps in one go (constant schedule, no clipping)
+    plain = {**kw, "steps": 2 * steps, "record_every": steps}
+    whole = ow.train(NET, (X, Y), **plain)
+    _, half = ow.train(NET, (X, Y), return_params=True, **kw)
+    resumed = ow.train(NET, (X, Y), init_params=half, **{**kw, "seeds": [0]})
+    np.testing.assert_allclose(resumed.train_loss.isel(step=0).item(), whole.train_loss.isel(step=1).item(),
+                               rtol=1e-12)
+    with pytest.raises(ValueError, match="init_params has no parameters for widths"):
+        ow.train(NET, (X, Y), init_params={8: half[width]}, **kw)
+    with pytest.raises(ValueError, match="shape"):
+        ow.train(NET, (X, Y), init_params=jax.tree.map(lambda a: a[..., :1], half[width]), **kw)

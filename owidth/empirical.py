@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from owidth import _checks
+from owidth import _jaxpr_ntk
 from owidth._caches import cached
 from owidth._finite import FiniteModel
 
@@ -150,6 +151,22 @@ def _ntk_structured(model, params, x1, x2, outputs, same):
     return total
 
 
+@cached(maxsize=256)
+def _leaf_fn(apply_fn, treedef):
+    """One ``(leaves, x) -> (n, k)`` function per (apply_fn, tree): the jitted structured NTK compiles once."""
+    return _jaxpr_ntk.leaf_fn(apply_fn, treedef)
+
+
+@cached(maxsize=256)
+def _jaxpr_plan(apply_fn, signature) -> tuple[int, int]:
+    """(number of structured leaves, floats of structured signals per example) from the jaxpr of ``apply_fn``."""
+    (treedef, leaf_structs), x_struct = signature
+    fn = _leaf_fn(apply_fn, treedef)
+    closed = jax.make_jaxpr(fn)(list(leaf_structs), x_struct)
+    plan = _jaxpr_ntk.analyse(closed, list(leaf_structs), x_struct)
+    return len(plan.structured), plan.signal_floats
+
+
 def _structured_model(apply_fn):
     """The FiniteModel behind ``apply_fn`` if it is ``model.apply`` of a Dense-only model, else None."""
     model = getattr(apply_fn, "__self__", None)
@@ -180,15 +197,37 @@ def empirical_ntk(
       outputs: ``"trace"`` (default) averages ``Theta_aa`` over the ``k``
         outputs, giving an (n1, n2) array comparable to the per-output
         analytic kernel; ``"full"`` returns (n1, n2, k, k).
-      implementation: ``"structured"`` (only for ``model.apply`` of an
-        ``ow.finite`` model made of Dense layers and activations) uses the
-        rank-one structure of Dense-layer gradients: one forward and ``k``
-        backward passes, O(N width) memory; ``"jacobian"`` materialises
-        per-example Jacobians and contracts them; ``"ntvp"`` builds the kernel
-        from NTK-vector products (one VJP and one JVP per column) with memory
-        independent of the number of inputs. ``"auto"``: structured when it
-        applies, else the Jacobian when the Jacobians take less than 2 GiB,
-        else ntvp. All agree to rounding.
+      implementation: ``"structured"`` contracts the structure of the
+        derivatives instead of the Jacobians (Novak et al. 2022, sec. 4,
+        neural-tangents' ``STRUCTURED_DERIVATIVES``): a weight ``W`` that enters
+        ``apply_fn`` only through matrix products ``y = dot_general(A, W)``
+        (``x @ W``, ``jnp.dot``, an einsum, a flax ``nn.Dense``, also shared
+        between layers) has rank-one per-example gradients
+        ``df_a/dW[b, c, g] = sum_m A[b, m, c] delta_a[b, m, g]``, with
+        ``delta_a = df_a/dy`` (``b``: batch axes of the product, ``m``: free
+        axes of ``A``, ``c``: contracted, ``g``: free axes of ``W``), so its
+        NTK block is a Gram of layer inputs times a Gram of cotangents,
+
+            <df_a(x)/dW, df_b(x')/dW> = sum_{b,m,m'} [A A'^T]_{b m m'} [delta_a delta'_b^T]_{b m m'},
+
+        computed from one forward and ``k`` backward passes with O(N width)
+        memory, without any (N, k, fan_in, fan_out) Jacobian. The weights are
+        found in the jaxpr of ``apply_fn`` (followed through transposes,
+        reshapes, float casts, scalar factors and ``jit`` calls); every other
+        parameter (biases, scales, embeddings, any use not recognised) is
+        differentiated directly in the same backward pass and contracted as
+        in ``"jacobian"``, so it works for any pure ``apply_fn``. For
+        ``model.apply`` of an ``ow.finite`` model made of Dense layers and
+        activations with (batch, features) inputs, the layer tape of the
+        model is used instead (same maths, no jaxpr). ``"jacobian"``
+        materialises per-example Jacobians and contracts them; ``"ntvp"``
+        builds the kernel from NTK-vector products (one VJP and one JVP per
+        column) with memory independent of the number of inputs. ``"auto"``:
+        the tape for such ``ow.finite`` models; else, with
+        ``independent_examples``, ``"structured"`` when it recognises weights
+        and its signals take at most half the Jacobians' memory; else the
+        Jacobian when the Jacobians take less than 2 GiB, else ntvp. All agree
+        to rounding.
       batch_size: compute the kernel in blocks of this many inputs (any N;
         the last block may be smaller), bounding peak memory by one block.
       independent_examples: ``apply_fn`` treats the examples of a batch
@@ -203,11 +242,13 @@ def empirical_ntk(
       - Jacot, Gabriel & Hongler 2018, Neural Tangent Kernel: Convergence and Generalization in Neural Networks. <https://arxiv.org/abs/1806.07572>
       - Lee et al. 2019, Wide Neural Networks of Any Depth Evolve as Linear Models Under Gradient Descent. <https://arxiv.org/abs/1902.06720>
       - Novak et al. 2020, Neural Tangents: Fast and Easy Infinite Neural Networks in Python. <https://arxiv.org/abs/1912.02803>
+      - Novak, Sohl-Dickstein & Schoenholz 2022, Fast Finite Width Neural Tangent Kernel, sec. 4. <https://arxiv.org/abs/2206.08720>
 
     Examples:
       >>> import numpy as np
       >>> import owidth as ow
       >>> import jax
+      >>> import jax.numpy as jnp
       >>> net = ow.serial(ow.Dense(), ow.Relu(), ow.Dense(out=1))
       >>> x = np.array([[1.0, 1.0], [1.0, -1.0]])
       >>> model = ow.finite(net, width=4096)
@@ -215,6 +256,11 @@ def empirical_ntk(
       >>> theta.shape
       (2, 2)
       >>> bool(np.allclose(theta, ow.kernel(net, x).ntk, atol=0.1))   # wide: close to the analytic NTK
+      True
+      >>> mlp = lambda p, x: jnp.tanh(x @ p["w"] + p["b"]) @ p["v"]   # any pure function
+      >>> p = {"w": np.ones((2, 8)), "b": np.zeros((1, 8)), "v": np.ones((8, 2))}
+      >>> a = ow.empirical_ntk(mlp, p, x, outputs="full", implementation="structured")
+      >>> bool(np.allclose(a, ow.empirical_ntk(mlp, p, x, outputs="full", implementation="jacobian")))
       True
     """
     where = "ow.empirical_ntk"
@@ -230,30 +276,30 @@ def empirical_ntk(
     same = x2 is None
     x2 = x1 if same else _checks.as_float_array("x2", x2, where=where, rank=None, cast=False)
     _checks.same_features(x1, x2, where=where)
-    model = _structured_model(apply_fn)
-    if implementation == "structured" and model is None:
-        raise ValueError(
-            f"{where}: implementation='structured' needs apply_fn to be model.apply of an ow.finite model made of "
-            "Dense layers and activations; use 'jacobian' or 'ntvp' (or 'auto')"
-        )
-    if model is not None and x1.ndim != 2:
-        model = None  # the structured rule contracts (batch, features) layer inputs only
-        if implementation == "structured":
-            raise ValueError(f"{where}: implementation='structured' needs (batch, features) inputs; use 'auto'")
+    model = _structured_model(apply_fn) if x1.ndim == 2 else None  # the tape contracts (batch, features) inputs
     if implementation == "auto" and model is not None:
         implementation = "structured"
     if batch_size is not None and max(x1.shape[0], x2.shape[0]) > batch_size:
         return _blocked(apply_fn, params, x1, x2, same, outputs=outputs, implementation=implementation,
                         batch_size=batch_size, independent=independent_examples)
-    if implementation == "structured":
+    if implementation == "structured" and model is not None:
         return _ntk_structured(model, params, x1, x2, outputs, same)
-    n_params = sum(math.prod(p.shape) for p in jax.tree.leaves(params))
     leaves, treedef = jax.tree.flatten(params)
-    signature = ((treedef, tuple(jax.ShapeDtypeStruct(p.shape, p.dtype) for p in leaves)),
-                 jax.ShapeDtypeStruct((1, *x1.shape[1:]), x1.dtype))
+    if implementation == "structured":
+        return _jaxpr_ntk.ntk(_leaf_fn(apply_fn, treedef), leaves, x1, x2, outputs, same, independent_examples)
+    n_params = sum(math.prod(p.shape) for p in leaves)
+    leaf_structs = tuple(jax.ShapeDtypeStruct(p.shape, p.dtype) for p in leaves)
+    signature = ((treedef, leaf_structs), jax.ShapeDtypeStruct((1, *x1.shape[1:]), x1.dtype))
     k = _output_size(apply_fn, signature)
+    n_rows = x1.shape[0] + (0 if same else x2.shape[0])
+    if implementation == "auto" and independent_examples:
+        # the jaxpr-structured kernel when it recognises weights and keeps at most half the Jacobians' memory
+        n_structured, floats = _jaxpr_plan(apply_fn, signature)
+        nbytes = n_rows * floats * x1.dtype.itemsize
+        if n_structured and 2 * floats <= k * n_params and nbytes <= _JACOBIAN_BYTES:
+            return _jaxpr_ntk.ntk(_leaf_fn(apply_fn, treedef), leaves, x1, x2, outputs, same, True)
     if implementation == "auto":
-        nbytes = (x1.shape[0] + (0 if same else x2.shape[0])) * k * n_params * x1.dtype.itemsize
+        nbytes = n_rows * k * n_params * x1.dtype.itemsize
         implementation = "jacobian" if nbytes <= _JACOBIAN_BYTES else "ntvp"
     if implementation == "jacobian":
         return _ntk_jacobian(apply_fn, params, x1, x2, outputs, same, independent_examples)

@@ -24,8 +24,9 @@ import numpy as np
 
 from owidth import _checks
 from owidth.kernels.state import KState, self_var
-from owidth.layers._base import Caps, Dim, FiniteCtx, Layer, WeightLayer, enter_weights, has_bias, init_weights
+from owidth.layers._base import Caps, Dim, Layer, WeightLayer, has_bias, init_weights
 from owidth.layers.activations import Relu
+from owidth.layers.attention import Attention, causal_mean  # noqa: F401 (re-exported: the sequence layers)
 from owidth.layers.combinators import Residual, serial
 from owidth.layers.dense import Dense
 from owidth.layers.norm import LayerNorm
@@ -127,7 +128,7 @@ class Embedding(WeightLayer):
             var1, var2 = (jnp.where(ok, var(t), jnp.nan) for t in (t1, ks.x2))
         ntk = nngp if ks.need_ntk else None
         return ks.replace(x1=None, x2=None, nngp=nngp, ntk=ntk, var1=var1, var2=var2, spatial=(length,),
-                          gaussian=True, fixed=False, pre=None, act=None, mean1=None, mean2=None)
+                          gaussian=True, fixed=False, pre=None, act=None, mean1=None, mean2=None, width_mult=1)
 
     def _check_dim(self, dim: Dim) -> int:
         if dim.spatial:
@@ -166,149 +167,6 @@ def check_tokens(net, x, *, name: str, where: str) -> None:
     first = next((layer for layer in net.walk() if not layer.caps.transparent), None)
     if isinstance(first, Embedding):
         first._check_tokens(x, name=name, where=where)
-
-
-# --------------------------------------------------------------------------- #
-# Attention
-# --------------------------------------------------------------------------- #
-def causal_mean(length: int, dtype) -> jax.Array:
-    """``M[s, s'] = 1 / (s + 1)`` for ``s' <= s``, else 0: uniform causal averaging."""
-    tri = jnp.tril(jnp.ones((length, length), dtype))
-    return tri / jnp.sum(tri, axis=1, keepdims=True)
-
-
-@dataclasses.dataclass(frozen=True)
-class Attention(WeightLayer):
-    """Multi-head causal self-attention on ``(batch, length, features)``.
-
-    Finite network at width ``n`` (``heads`` heads of dimension ``d = n / heads``):
-
-        q, k, v = x W_q, x W_k, x W_v                       (split into heads)
-        A = softmax_causal(tau q k^T),   y = concat_h(A v) W_o
-
-    with ``tau = param.attn_scale(d_head=d, width=n)``: ``1/sqrt(d)`` (SP, NTP)
-    or ``sqrt(d0)/d``-like ``1/d`` (MUP, MF). ``W_q, W_k, W_v, W_o`` are
-    hidden-role tensors (``W ~ N(0, w_std^2 / n)`` at the base width, scaled by
-    the parametrization); ``param.zero_query`` initialises ``W_q`` at 0.
-
-    Kernel rule (``ow.kernel``): the limit ``n -> inf`` at fixed ``heads``
-    under the ``1/d`` logit scale (``attn = 1``). Then the logits
-    ``tau q . k`` have variance ``O(n0 / n)`` and vanish, attention is uniform
-    causal averaging ``M``, and the layer is ``Dense(W_v) -> M -> Dense(W_o)``:
-
-        nngp_v = w_std^2 nngp,                     ntk_v = w_std^2 ntk + nngp_v
-        nngp'  = w_std^2 M nngp_v M^T,             ntk'  = w_std^2 M ntk_v M^T + nngp'
-
-    (on the position axes). The query and key gradients contribute
-    ``O(n0 / n)`` to the NTK and drop out (cf. Yang 2020, Tensor Programs II;
-    Hron et al. 2020, Sec. 3, for the ``1/d`` limit). Not implemented: the
-    ``1/sqrt(d)`` limit, in which the logits stay ``O(1)`` Gaussian and the
-    output is a Gaussian process only as ``heads -> inf`` (Hron et al. 2020,
-    Thm 3), with a kernel that needs expectations of softmax(Gaussian logits):
-    ``ow.kernel(net, x, attn=0.5)`` raises ``NotImplementedError`` saying so.
-    By default ``ow.kernel`` describes finite networks with ``attn > 1/2``
-    (e.g. the muP/MF logit scale ``attn = 1``), whatever the rest of their
-    parametrization (the NNGP/NTK are those of NTP-scaled weights).
-
-    Args:
-      heads: number of heads (the width must be a multiple of it).
-      w_std: standard deviation of the value and output projections (``1``:
-        variance preserving); ``qk_std`` that of the query and key.
-
-    References:
-      - Vaswani et al. 2017, Attention Is All You Need. <https://arxiv.org/abs/1706.03762>
-      - Hron et al. 2020, Infinite attention: NNGP and NTK for deep attention networks. <https://arxiv.org/abs/2006.10540>
-      - Yang et al. 2022, Tensor Programs V: Tuning Large Neural Networks via Zero-Shot Hyperparameter Transfer. <https://arxiv.org/abs/2203.03466>
-
-    Examples:
-      >>> import owidth as ow
-      >>> block = ow.Residual(ow.LayerNorm(), ow.Attention(heads=2))   # as in ow.transformer
-      >>> net = ow.serial(ow.Embedding(vocab=5), block, ow.TakePosition(-1), ow.Dense(out=5))
-      >>> [type(layer).__name__ for layer in net.walk()][:5]
-      ['Serial', 'Embedding', 'Parallel', 'Identity', 'Serial']
-    """
-
-    caps = Caps(weights=True, spatial=True, mixes_pixels=True, attention=True)
-    _coord = "attn.o"
-
-    heads: int = _checks.field(1, converter=_checks.positive)
-    w_std: float = _checks.field(1.0, converter=_checks.std)
-    qk_std: float = _checks.field(1.0, converter=_checks.std)
-
-    def _kernel(self, ks: KState) -> KState:
-        ks, first = enter_weights(
-            ks, "ow.kernel: Attention follows a layer with a fixed out=k; leave out=None before it")
-        if len(ks.spatial) != 1 or not ks.full:
-            raise ValueError(f"ow.kernel: Attention needs (batch, length, features) sequences or Embedding tokens; "
-                             f"its input here has spatial shape {ks.spatial}")
-        w2 = self.w_std**2
-        m = causal_mean(ks.spatial[0], ks.nngp.dtype)
-
-        def mix(c, lead):  # M c M^T on the two position axes
-            return jnp.einsum("st,...tu,vu->...sv", m, c, m) if lead else c
-
-        nngp_v = w2 * ks.nngp
-        ntk_v = None if ks.ntk is None else nngp_v if first else w2 * ks.ntk + nngp_v
-        nngp = w2 * mix(nngp_v, True)
-        ntk = None if ntk_v is None else w2 * mix(ntk_v, True) + nngp
-        if ks.var2 is None:  # x1 against itself: exactly symmetric under (i, s) <-> (j, t)
-            nngp = 0.5 * (nngp + jnp.transpose(nngp, (1, 0, 3, 2)))
-            ntk = None if ntk is None else 0.5 * (ntk + jnp.transpose(ntk, (1, 0, 3, 2)))
-            var1, var2 = self_var(nngp), None
-        else:
-            var1, var2 = w2 * w2 * mix(ks.var1, True), w2 * w2 * mix(ks.var2, True)
-        return ks.replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2, gaussian=True, fixed=False, pre=None,
-                          act=None, mean1=None, mean2=None)
-
-    def _dims(self, dim: Dim, ctx: FiniteCtx):
-        if len(dim.spatial) != 1:
-            raise ValueError(f"Attention: inputs must be (batch, length, features) sequences, got spatial shape "
-                             f"{dim.spatial}")
-        if ctx.width % self.heads:
-            raise ValueError(f"Attention(heads={self.heads}): width {ctx.width} is not a multiple of the heads; "
-                             "choose widths divisible by heads")
-        role_in = Role.of(dim.scales, True)
-        param = ctx.param
-        sq = param.dense(role_in, fan_in=dim.size, width=ctx.width, w_std=self.qk_std, b_std=0.0)
-        sv = param.dense(role_in, fan_in=dim.size, width=ctx.width, w_std=self.w_std, b_std=0.0)
-        so = param.dense(Role.HIDDEN, fan_in=ctx.width, width=ctx.width, w_std=self.w_std, b_std=0.0)
-        return sq, sv, so
-
-    def _init(self, key, dim, ctx):
-        sq, sv, so = self._dims(dim, ctx)
-        n = ctx.width
-        kq, kk, kv, ko = jax.random.split(key, 4)
-        params = {
-            "q": init_weights(kq, (dim.size, n), n, sq, False)["w"] * (0.0 if ctx.param.zero_query else 1.0),
-            "k": init_weights(kk, (dim.size, n), n, sq, False)["w"],
-            "v": init_weights(kv, (dim.size, n), n, sv, False)["w"],
-            "o": init_weights(ko, (n, n), n, so, False)["w"],
-        }
-        return params, Dim(n, True, dim.spatial)
-
-    def _forward(self, params, x, dim, ctx):
-        sq, sv, so = self._dims(dim, ctx)
-        n, h = ctx.width, self.heads
-        if params["o"].shape != (n, n) or params["q"].shape != (dim.size, n):
-            raise ValueError(f"Attention: parameters have shapes {params['q'].shape}, {params['o'].shape} but the "
-                             f"layer maps {dim.size} -> {n} features here; were they made by init() at this width?")
-        b, length = x.shape[0], x.shape[1]
-
-        def proj(name, s):
-            y = x @ (s.w_mult * params[name])
-            if ctx.tape is not None:
-                ctx.tape.observe(f"attn.{name}", y)
-            return y.reshape(b, length, h, n // h)
-
-        q, k, v = proj("q", sq), proj("k", sq), proj("v", sv)
-        tau = ctx.param.attn_scale(d_head=n // h, width=n)
-        logits = tau * jnp.einsum("bshd,bthd->bhst", q, k)
-        mask = jnp.tril(jnp.ones((length, length), bool))[None, None]
-        if ctx.tape is not None:
-            ctx.tape.observe("attn.logits", jnp.where(mask, logits, 0.0))
-        a = jax.nn.softmax(jnp.where(mask, logits, -jnp.inf), axis=-1)
-        y = jnp.einsum("bhst,bthd->bshd", a, v).reshape(b, length, n)
-        return y @ (so.w_mult * params["o"]), Dim(n, True, dim.spatial), so
 
 
 # --------------------------------------------------------------------------- #

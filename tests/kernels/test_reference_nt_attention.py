@@ -1,0 +1,53 @@
+"""Agreement with neural-tangents 0.6.5 on ``GlobalSelfAttention``: its linear scaling (``logits="tied"``) with
+every mechanism, SUM/CONCAT positional embeddings (also in the values, and with a decay), and its 1/sqrt(d) rule
+for the identity mechanism (``logits="gaussian"``). Reference file made by
+``benchmarks/peers/nt_attention_reference.py`` in the legacy venv; NT is never imported here."""
+
+import functools
+import pathlib
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import owidth as ow
+from helpers import build, load_archs, load_inputs
+
+REF = np.load(pathlib.Path(__file__).parents[1] / "reference" / "nt_attention_kernels.npz")
+ARCHS = load_archs(REF)
+KEYS = ("nngp11", "ntk11", "nngp12", "ntk12")
+
+
+def _arch(arch):
+    """The JSON ``"pos_decay": ["exp", ell]`` as the function ``d -> exp(-d / ell)`` (as the reference script)."""
+    out = []
+    for name, kw in arch:
+        if name == "Attention" and kw.get("pos_decay") is not None:
+            ell = kw["pos_decay"][1]
+            kw = {**kw, "pos_decay": lambda d, ell=ell: jnp.exp(-d / ell)}
+        out.append([name, kw])
+    return out
+
+
+@functools.cache
+def _owidth(name):
+    net = build(_arch(ARCHS[name]))
+    x1, x2 = load_inputs(REF, name)
+    k11, k12 = ow.kernel(net, x1), ow.kernel(net, x1, x2)
+    return {key: np.asarray(k) for key, k in
+            (("nngp11", k11.nngp), ("ntk11", k11.ntk), ("nngp12", k12.nngp), ("ntk12", k12.ntk))}
+
+
+# one per feature in the default suite (each compiles two kernel programs, ~1 s)
+FAST = {"tied_softmax", "tied_relu", "tied_concat_val", "tied_decay", "gauss_identity_sum"}
+
+
+@pytest.mark.parametrize("name", [n if n in FAST else pytest.param(n, marks=pytest.mark.slow) for n in sorted(ARCHS)])
+def test_matches_neural_tangents(name):
+    kernels = _owidth(name)
+    for key in KEYS:
+        got, ref = kernels[key], REF[f"{name}/{key}"]
+        assert got.shape == ref.shape, (name, key, got.shape, ref.shape)
+        err = np.abs(got - ref) / np.max(np.abs(ref))
+        assert np.max(err) < 1e-8, (name, key, np.max(err))
+    np.testing.assert_allclose(kernels["nngp11"], kernels["nngp11"].T, rtol=1e-14, atol=0)

@@ -8,6 +8,7 @@
 * :mod:`owidth.layers.combinators`: ``serial``, ``parallel``, ``Residual``, ``concat``,
   ``product``, ``repeat``.
 * :mod:`owidth.layers.conv`: ``Conv``, ``AvgPool``, ``SumPool``, ``GlobalAvgPool``, ``GlobalSumPool``, ``Flatten``.
+* :mod:`owidth.layers.conv_more`: ``ConvTranspose``, ``ConvLocal``, ``ImageResize``.
 * :mod:`owidth.layers.graph`: ``Aggregate`` (graph neural networks, adjacency side input).
 * :mod:`owidth.layers.norm`: ``LayerNorm``.
 * :mod:`owidth.layers.dropout`: ``Dropout``.
@@ -63,6 +64,7 @@ from owidth.layers.combinators import (
     serial,
 )
 from owidth.layers.conv import AvgPool, Conv, Flatten, GlobalAvgPool, GlobalSumPool, SumPool
+from owidth.layers.conv_more import ConvLocal, ConvTranspose, ImageResize
 from owidth.layers.dense import Dense
 from owidth.layers.dropout import Dropout
 from owidth.layers.graph import Aggregate
@@ -80,6 +82,7 @@ __all__ = [
     "Serial", "Parallel", "Concat", "Product", "Repeat", "serial", "parallel", "concat", "product", "Residual",
     "repeat",
     "Conv", "AvgPool", "SumPool", "Flatten", "GlobalAvgPool", "GlobalSumPool",
+    "ConvTranspose", "ConvLocal", "ImageResize",
     "Aggregate",
     "LayerNorm",
     "Dropout", "Index", "Slice",

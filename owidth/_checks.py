@@ -23,8 +23,10 @@ __all__ = [
 ]
 
 
-def as_float_array(name: str, x, *, where: str, rank: int | None = 2, cast: bool = True) -> jax.Array:
-    """Check ``x`` and convert it to an array (of the default float dtype when ``cast``)."""
+def as_float_array(name: str, x, *, where: str, rank: int | None = 2, cast: bool = True,
+                   padding: bool = False) -> jax.Array:
+    """Check ``x`` and convert it to an array (of the default float dtype when ``cast``). ``padding``: NaN
+    marks padding positions (``owidth.layers.masking``, checked there) and is let through."""
     if isinstance(x, jax.core.Tracer):
         arr = x
     else:
@@ -49,10 +51,12 @@ def as_float_array(name: str, x, *, where: str, rank: int | None = 2, cast: bool
     if not isinstance(arr, jax.core.Tracer):
         # checked on the host with numpy: works for concrete arrays even inside an outer trace
         host = np.asarray(arr)
-        if not np.all(np.isfinite(host)):
-            raise ValueError(f"{where}: {name} contains NaN or Inf; clean or impute the data first")
-        with np.errstate(over="ignore"):
-            overflows = np.dtype(dtype).kind == "f" and not np.all(np.isfinite(host.astype(dtype)))
+        let = np.isnan(host) if padding and np.issubdtype(host.dtype, np.floating) else False
+        if not np.all(np.isfinite(host) | let):
+            raise ValueError(f"{where}: {name} contains NaN or Inf; clean or impute the data first (NaN in all "
+                             "features of a position marks padding of a sequence or set: see mask=)")
+        with np.errstate(over="ignore", invalid="ignore"):
+            overflows = np.dtype(dtype).kind == "f" and not np.all(np.isfinite(host.astype(dtype)) | let)
         if overflows:
             raise ValueError(
                 f"{where}: {name} holds values beyond the range of {np.dtype(dtype).name} (|{name}| up to "
@@ -68,7 +72,7 @@ def gram_in_range(name: str, x: jax.Array, *, where: str) -> None:
     if isinstance(x, jax.core.Tracer) or not jnp.issubdtype(x.dtype, jnp.floating):
         return
     host = np.asarray(x, dtype=np.float64)
-    scale = np.max(np.abs(host))
+    scale = np.nanmax(np.abs(host))  # NaN: padding (owidth.layers.masking)
     if scale == 0:
         return
     # |x|^2 / d <= max|x|^2: in range when max|x| < sqrt(max) (with room for the layers' w_std^2 factors)

@@ -6,11 +6,13 @@ import dataclasses
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 from owidth import _checks
 from owidth._protocol import Intermediates, flat_features
 from owidth.flax_bridge import FlaxModel, FlaxNet
-from owidth.layers._base import Dim, FiniteCtx, Layer, Rng, Tape
+from owidth.layers import masking
+from owidth.layers._base import Dim, FiniteCtx, Layer, Rng, Tape, zero_padding
 from owidth.layers.graph import adjacency_pair
 from owidth.param import NTP, Parametrization, roles_from_shapes
 
@@ -63,21 +65,36 @@ class FiniteModel:
     def init(self, key: jax.Array, x) -> Any:
         """Random parameters for inputs shaped like ``x``: (batch, features), or
         (batch, *spatial, channels) for convolutional networks."""
-        x = _checks.as_float_array("x", x, where="FiniteModel.init", rank=None)
+        padded = masking.check_padding("x", x, where="FiniteModel.init")
+        x = _checks.as_float_array("x", x, where="FiniteModel.init", rank=None, padding=padded)
         params, _ = self.net._init(key, _input_dim(x), self._ctx)
         return params
 
-    def apply(self, params: Any, x, *, adjacency=None, key: jax.Array | None = None) -> jax.Array:
+    def apply(self, params: Any, x, *, adjacency=None, key: jax.Array | None = None, mask=None) -> jax.Array:
         """Network output for inputs ``x`` shaped as for :meth:`init`; ``adjacency`` (batch, V, V): the
         graphs of node features ``x`` (batch, V, C), for nets with :class:`ow.Aggregate` (only); ``key``:
         a PRNG key for the masks of :class:`ow.Dropout` layers (train mode; without it they are the
-        identity)."""
-        x = _checks.as_float_array("x", x, where="FiniteModel.apply", rank=None)
-        adjacency, _ = adjacency_pair("FiniteModel.apply", self.net, x, None, adjacency)
-        rng = None if key is None else Rng(_checks.prng_key("key", key, where="FiniteModel.apply"))
-        ctx = FiniteCtx(self.width, self.param, adjacency=adjacency, rng=rng)
+        identity); ``mask`` (batch, *S), True at padding positions of variable-size inputs (or NaN in
+        all features of a position, read when ``x`` is concrete; pass ``mask`` under ``jax.jit``):
+        padding is zero after every layer and ``GlobalAvgPool`` averages the valid positions."""
+        where = "FiniteModel.apply"
+        padded = mask is not None or masking.check_padding("x", x, where=where)
+        x = _checks.as_float_array("x", x, where=where, rank=None, padding=padded)
+        adjacency, _ = adjacency_pair(where, self.net, x, None, adjacency)
+        rng = None if key is None else Rng(_checks.prng_key("key", key, where=where))
+        if padded:
+            masking.check_layers(self.net, where=where)
+            if mask is None:
+                x, mask = masking.split(x)
+            elif tuple(mask.shape) != tuple(x.shape[:-1]):
+                raise ValueError(f"{where}: mask has shape {tuple(mask.shape)}; it must be {tuple(x.shape[:-1])}, x's "
+                                 "shape without its feature axis (True = padding)")
+            else:
+                mask = jnp.asarray(mask, dtype=bool)
+                x = jnp.where(mask[..., None], jnp.zeros((), x.dtype), x)
+        ctx = FiniteCtx(self.width, self.param, adjacency=adjacency, rng=rng, mask=mask)
         y, _ = self.net._apply(params, x, _input_dim(x), ctx)
-        return y
+        return zero_padding(y, ctx)
 
     def apply_taped(self, params: Any, x: jax.Array, taps=None, *, adjacency=None) -> tuple[jax.Array, Tape]:
         """``apply`` recording every weight layer's input, scales and output on a tape (internal: the

@@ -16,6 +16,7 @@ from owidth import _checks
 from owidth._caches import cached
 from owidth.kernels import hyper, tiles
 from owidth.kernels.state import Kernel, KState, VarTape
+from owidth.layers import masking
 from owidth.layers._base import Layer, StandardParam, walk_all, walk_any
 from owidth.layers.graph import adjacency_pair
 from owidth.layers.sequence import check_tokens
@@ -161,7 +162,8 @@ def _check_attn(net, attn) -> None:
     if attn <= 0.5 and walk_any(net, "attention"):
         what = ("the logits q.k / sqrt(d) stay O(1) Gaussian at infinite width, so attention stays random; the "
                 "output is a Gaussian process only when heads -> inf as well (Hron et al. 2020, Thm 3), with a "
-                "kernel needing E[softmax(u) softmax(v)^T] over Gaussian logits u, v, which owidth does not compute"
+                "kernel needing E[softmax(u) softmax(v)^T] over Gaussian logits u, v: use Attention(logits='gaussian') "
+                "for that limit (its Monte Carlo over logits)"
                 if attn == 0.5 else
                 "the logits grow with width and attention tends to a hard (argmax) attention with no Gaussian limit")
         raise NotImplementedError(
@@ -173,7 +175,7 @@ def _check_attn(net, attn) -> None:
 
 def kernel(net, x1, x2=None, *, get=("nngp", "ntk"), batch_size: int | str | None = "auto",
            memory_budget: int | None = None, attn: float | None = None, progress_bar: bool = True,
-           adjacency=None, param=None) -> Kernel:
+           adjacency=None, param=None, mask=None) -> Kernel:
     """Infinite-width NNGP and NTK of ``net`` between ``x1`` and ``x2``.
 
     For a network whose hidden layers are infinitely wide, the output at
@@ -243,6 +245,11 @@ def kernel(net, x1, x2=None, *, get=("nngp", "ntk"), batch_size: int | str | Non
         ``a1`` of shape (n1, V, V) without ``x2``, ``(a1, a2)`` with it.
         Tiles slice them with the inputs. Refused for nets without
         ``Aggregate``.
+      mask: padding of variable-size inputs (sequences, sets, graphs padded to one shape): ``m1``
+        (n1, *S) without ``x2``, ``(m1, m2)`` with it, True at padding positions. Equivalently, give
+        the padding positions as NaN in every feature. Padding is zero after every layer and
+        ``GlobalAvgPool`` averages over the valid positions, so the kernel is that of the unpadded
+        inputs (see ``owidth.layers.masking`` for the layers that take padding).
       param: whose NTK: ``None`` or ``ow.NTP`` (default), the NTK
         parametrization (every parameter ``w ~ N(0, 1)`` behind a multiplier
         ``w_std / sqrt(fan_in)``); or ``ow.SP.with_base_width(n)``, the
@@ -313,15 +320,18 @@ def kernel(net, x1, x2=None, *, get=("nngp", "ntk"), batch_size: int | str | Non
     if not net._has_weights():
         raise ValueError("ow.kernel: net has no weight layer (Dense); add one, e.g. ow.serial(..., ow.Dense(out=1))")
     rank = None if _spatial_info(net)[0] else 2
-    x1 = _checks.as_float_array("x1", x1, where="ow.kernel", rank=rank)
+    x1, x2, padded = masking.prepare("ow.kernel", net, x1, x2, mask)
+    x1 = _checks.as_float_array("x1", x1, where="ow.kernel", rank=rank, padding=padded)
     if x2 is not None:
-        x2 = _checks.as_float_array("x2", x2, where="ow.kernel", rank=rank)
+        x2 = _checks.as_float_array("x2", x2, where="ow.kernel", rank=rank, padding=padded)
         _checks.same_features(x1, x2, where="ow.kernel")
     for name, x in (("x1", x1), ("x2", x2)):
         if x is not None:
             _checks.gram_in_range(name, x, where="ow.kernel")
             check_tokens(net, x, name=name, where="ow.kernel")
     net = _with_param(net, param)
+    if padded:
+        net = masking.Masked(net)
     a1, a2 = adjacency_pair("ow.kernel", net, x1, x2, adjacency)
     adj = None if a1 is None else (a1, a2)
     _check_structure(net, get, x2 is None, tuple(x1.shape[1:]))

@@ -25,6 +25,7 @@ from owidth._finite import finite
 from owidth._progress import progress
 from owidth.empirical import empirical_ntk
 from owidth.kernels.state import Kernel
+from owidth.layers import masking
 from owidth.layers._base import Layer, walk_any
 from owidth.layers.graph import adjacency_pair
 from owidth.param import NTP, Parametrization
@@ -50,7 +51,7 @@ class MonteCarloKernel(Kernel):
     samples: int = dataclasses.field(default=0, metadata={"static": True})
 
 
-def _chunk_stats(model, x1, x2, keys, mask, get, adj=None):
+def _chunk_stats(model, x1, x2, keys, mask, get, adj=None, padded=False):
     """Masked mean and sum of squared deviations over the networks of one chunk. ``adj``: ``(a1, a2)``,
     graph adjacencies for nets with ``Aggregate`` (``a2`` None without ``x2``), or None."""
     apply, z1, z2 = model.apply, x1, x2
@@ -61,6 +62,12 @@ def _chunk_stats(model, x1, x2, keys, mask, get, adj=None):
         apply = lambda p, z, **kw: model.apply(p, z[..., :c], adjacency=z[..., c:], **kw)  # noqa: E731
         z1 = jnp.concatenate([x1.astype(adj[0].dtype), adj[0]], axis=-1)
         z2 = None if x2 is None else jnp.concatenate([x2.astype(adj[1].dtype), adj[1]], axis=-1)
+
+    if padded:  # NaN padding rides in the data (sliced with each input); read back as the mask
+        base, c = apply, x1.shape[-1]
+
+        def apply(p, z, **kw):
+            return base(p, z, mask=jnp.all(jnp.isnan(z[..., :c]), axis=-1), **kw)
 
     random = isinstance(getattr(model, "net", None), Layer) and walk_any(model.net, "random")
 
@@ -88,7 +95,14 @@ def _chunk_stats(model, x1, x2, keys, mask, get, adj=None):
                 out["ntk"] = empirical_ntk(run1, params, z1, z2)
         return out
 
-    values = jax.vmap(one)(keys)
+    if isinstance(getattr(model, "net", None), Layer) and any(
+            layer.caps.weights and layer.caps.spatial for layer in model.net.walk()):
+        # Convolutions of many networks at once (vmapped weights) become grouped convolutions, which XLA's
+        # CPU backend lowers with temporaries growing like the square of the group (measured: 2 MB per
+        # network at 64 networks, 29 MB at 1024): a loop over groups of 16 keeps them linear.
+        values = jax.lax.map(one, keys, batch_size=min(16, keys.shape[0]))
+    else:
+        values = jax.vmap(one)(keys)
     count = jnp.sum(mask)
 
     def stats(v):
@@ -103,12 +117,12 @@ def _with_key(apply, key, params, z):
     return apply(params, z, key=key)
 
 
-_chunk_stats_jit = jax.jit(_chunk_stats, static_argnames=("model", "get"))
+_chunk_stats_jit = jax.jit(_chunk_stats, static_argnames=("model", "get", "padded"))
 
 
 def monte_carlo_kernel(net, x1, x2=None, *, width: int, samples: int, key: jax.Array,
                        param: Parametrization = NTP, get=("nngp", "ntk"), batch: int | None = None,
-                       progress_bar: bool = True, adjacency=None) -> MonteCarloKernel:
+                       progress_bar: bool = True, adjacency=None, mask=None) -> MonteCarloKernel:
     """NNGP and NTK of ``net`` at width ``width``, averaged over ``samples`` random initialisations.
 
     The networks are drawn with ``ow.finite(net, width=width, param=param)`` from
@@ -133,6 +147,8 @@ def monte_carlo_kernel(net, x1, x2=None, *, width: int, samples: int, key: jax.A
       progress_bar: show a tqdm bar over chunks (``OWIDTH_NO_PROGRESS=1`` silences it).
       adjacency: graph adjacencies for nets with :class:`ow.Aggregate` (node features ``x1`` of shape
         (n1, V, C)): ``a1`` (n1, V, V) without ``x2``, ``(a1, a2)`` with it (as in :func:`ow.kernel`).
+      mask: padding of variable-size inputs, as in :func:`ow.kernel` (or NaN in all features of a
+        padding position).
 
     Returns:
       A :class:`ow.MonteCarloKernel`: the means (``nngp``, ``ntk``, ``var1``, ``var2``), ``stderr``
@@ -161,8 +177,13 @@ def monte_carlo_kernel(net, x1, x2=None, *, width: int, samples: int, key: jax.A
         raise ValueError(f"{where}: samples={samples}; at least 2 networks are needed for a standard error")
     get = _checks.kernel_get(get, where=where)
     _checks.prng_key("key", key, where=where)
-    x1 = _checks.as_float_array("x1", x1, where=where, rank=None, cast=False)
-    x2 = None if x2 is None else _checks.as_float_array("x2", x2, where=where, rank=None, cast=False)
+    x1, x2, padded = masking.prepare(where, net, x1, x2, mask)
+    if padded and not isinstance(net, Layer):
+        raise ValueError(f"{where}: padding (NaN positions or mask=) is read by owidth nets; a flax model does not "
+                         "take it")
+    x1 = _checks.as_float_array("x1", x1, where=where, rank=None, cast=False, padding=padded)
+    x2 = None if x2 is None else _checks.as_float_array("x2", x2, where=where, rank=None, cast=False,
+                                                        padding=padded)
     if x2 is not None:
         _checks.same_features(x1, x2, where=where)
     model = finite(net, width=width, param=param)
@@ -170,7 +191,7 @@ def monte_carlo_kernel(net, x1, x2=None, *, width: int, samples: int, key: jax.A
     if adjacency is not None and not isinstance(net, Layer):
         raise ValueError(f"{where}: adjacency= is read by ow.Aggregate in owidth nets; a flax model does not take it")
     adj = None if a1 is None else (a1, a2)
-    side = {} if adj is None else {"adjacency": a1}
+    side = ({} if adj is None else {"adjacency": a1}) | ({"mask": jnp.all(jnp.isnan(x1), axis=-1)} if padded else {})
     shapes = jax.eval_shape(lambda k: model.apply(model.init(k, x1), x1, **side), key)
     if len(shapes.shape) > 2:
         raise ValueError(f"{where}: the network's output has shape {shapes.shape}; the kernels are defined for "
@@ -194,7 +215,7 @@ def monte_carlo_kernel(net, x1, x2=None, *, width: int, samples: int, key: jax.A
         for c in range(chunks):
             count = min(batch, samples - c * batch)
             mask = jnp.arange(batch) < count
-            stats = jax.device_get(_chunk_stats_jit(model, x1, x2, keys[c], mask, get, adj))
+            stats = jax.device_get(_chunk_stats_jit(model, x1, x2, keys[c], mask, get, adj, padded))
             # Chan, Golub & LeVeque: merge (n_done, mean, m2) with the chunk's (count, m, s); exact for the first
             total = n_done + count
             for k, (m, s) in stats.items():

@@ -37,7 +37,10 @@ NNGP/NTK for (x1, x1) and (x1, x2), all float64:
   ``ow.kernel(..., param=ow.SP.with_base_width(SP_WIDTH))``); a zero ``b_std`` is NT's ``b_std=None``
   (no bias parameter, as owidth's), since NT's standard NTK counts a bias of std 0 as trained.
 
-``--only base`` / ``cnn`` / ``act`` / ``comb`` / ``sp`` writes just one of them.
+* nt_masked_kernels.npz (tests/kernels/test_reference_nt_masked.py): padded sequences of different
+  lengths (NT's ``mask_constant``; owidth reads the stored ``seq1``/``seq2`` with NaN at padding).
+
+``--only base`` / ``cnn`` / ``act`` / ``comb`` / ``sp`` / ``mask`` writes just one of them.
 """
 
 import argparse
@@ -57,6 +60,7 @@ OUT_CNN = REF_DIR / "nt_cnn_kernels.npz"
 OUT_ACT = REF_DIR / "nt_activation_kernels.npz"
 OUT_COMB = REF_DIR / "nt_combinator_kernels.npz"
 OUT_SP = REF_DIR / "nt_standard_kernels.npz"
+OUT_MASK = REF_DIR / "nt_masked_kernels.npz"
 
 R2, B = 2**0.5, 0.1**0.5
 
@@ -244,6 +248,15 @@ def nt_layer_standard(name, kw):
     return nt_layer(name, kw)
 
 
+MASK_ARCHS = {
+    "mask_conv_gap": [_C(1.3, 0.2, (3,)), ["Relu", {}], _C(1.1, 0.1, (3,)), ["Erf", {}], ["GlobalAvgPool", {}], _OUT],
+    "mask_dense_gsp": [_D(1.3, 0.2), ["Relu", {}], _D(1.1, 0.1), ["Gelu", {}], ["GlobalSumPool", {}], _OUT],
+    "mask_conv_flatten": [_C(1.3, 0.2, (2,)), ["Relu", {}], _C(0.9, 0.3, (3,)), ["Relu", {}], ["Flatten", {}], _OUT],
+}
+MASK_INPUTS = {name: "seq" for name in MASK_ARCHS}
+MASK_CONSTANT = 1e3  # NT's padding value; owidth's files hold NaN there
+
+
 def nt_index(items):
     return tuple(Ellipsis if i == "..." else slice(*i["slice"]) if isinstance(i, dict) else i for i in items)
 
@@ -299,6 +312,8 @@ def nt_layer(name, kw):
         return stax.AvgPool(window, strides=tuple(kw.get("strides", window)), padding=kw.get("padding", "VALID"))
     if name == "GlobalAvgPool":
         return stax.GlobalAvgPool()
+    if name == "GlobalSumPool":
+        return stax.GlobalSumPool()
     if name == "Flatten":
         return stax.Flatten()
     if name == "LayerNorm":
@@ -321,17 +336,17 @@ def nt_layer(name, kw):
     raise ValueError(name)
 
 
-def dump(path, archs, inputs, data, extra, layer=None):
+def dump(path, archs, inputs, data, extra, layer=None, **kernel_kwargs):
     """NT's NNGP/NTK of every architecture on its inputs, saved with ``extra`` (the inputs) to ``path``;
-    ``layer`` maps one JSON layer to NT (default :func:`nt_layer`)."""
+    ``layer`` maps one JSON layer to NT (default :func:`nt_layer`); ``kernel_kwargs`` go to NT's kernel_fn."""
     layer = layer or nt_layer
     out = {**extra, "archs": np.array(json.dumps(archs)), "inputs": np.array(json.dumps(inputs))}
     for name, arch in archs.items():
         x1, x2 = data[inputs[name]]
         print(name, flush=True)
         _, _, kfn = stax.serial(*[layer(n, k) for n, k in arch])
-        k11 = kfn(x1, None, ("nngp", "ntk"))
-        k12 = kfn(x1, x2, ("nngp", "ntk"))
+        k11 = kfn(x1, None, ("nngp", "ntk"), **kernel_kwargs)
+        k12 = kfn(x1, x2, ("nngp", "ntk"), **kernel_kwargs)
         out[f"{name}/nngp11"], out[f"{name}/ntk11"] = np.asarray(k11.nngp), np.asarray(k11.ntk)
         out[f"{name}/nngp12"], out[f"{name}/ntk12"] = np.asarray(k12.nngp), np.asarray(k12.ntk)
     out["versions"] = np.array(json.dumps({"jax": jax.__version__, "neural_tangents": "0.6.5"}))
@@ -385,9 +400,21 @@ def main_sp():
                                              "sp_width": np.array(SP_WIDTH)}, layer=nt_layer_standard)
 
 
+def main_mask():
+    rng = np.random.RandomState(77)
+    x1, x2 = rng.randn(4, 7, 2), rng.randn(3, 7, 2)
+    for x, lengths in ((x1, (7, 5, 2, 4)), (x2, (3, 7, 6))):
+        for i, length in enumerate(lengths):
+            x[i, length:] = MASK_CONSTANT
+    nan1, nan2 = (np.where(x == MASK_CONSTANT, np.nan, x) for x in (x1, x2))
+    # NT's convolutions take SAME padding from the layer; owidth's Conv default is SAME too
+    dump(OUT_MASK, MASK_ARCHS, MASK_INPUTS, {"seq": (x1, x2)}, {"seq1": nan1, "seq2": nan2},
+         mask_constant=MASK_CONSTANT)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--only", choices=("base", "cnn", "act", "comb", "sp"), help="write only this file (default: all)")
+    p.add_argument("--only", choices=("base", "cnn", "act", "comb", "sp", "mask"), help="write only this file (default: all)")
     only = p.parse_args().only
     if only in (None, "base"):
         main_base()
@@ -399,6 +426,8 @@ def main():
         main_comb()
     if only in (None, "sp"):
         main_sp()
+    if only in (None, "mask"):
+        main_mask()
 
 
 if __name__ == "__main__":

@@ -98,6 +98,9 @@ class KState:
     # hidden features per unit of width on the feature axis: 1 after a hidden weight layer, |S| after flattening
     # |S| pixels, the sum over the branches of a concatenation (the weights of a fan-in average, and fan-ins)
     width_mult: int = 1
+    # padding positions (batch, *S), True = padding, of x1 and x2 (None: no padding; see owidth.layers.masking)
+    mask1: jax.Array | None = None
+    mask2: jax.Array | None = None
     tape: VarTape | None = dataclasses.field(default=None, compare=False)
 
     @property
@@ -194,7 +197,7 @@ class VarTape:
         return entry
 
 
-_ARRAYS = ("x1", "x2", "nngp", "ntk", "var1", "var2", "mean1", "mean2", "adj1", "adj2")
+_ARRAYS = ("x1", "x2", "nngp", "ntk", "var1", "var2", "mean1", "mean2", "adj1", "adj2", "mask1", "mask2")
 
 
 def self_var(nngp: jax.Array) -> jax.Array:

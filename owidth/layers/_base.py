@@ -31,7 +31,7 @@ from owidth.kernels.state import KState
 from owidth.param import Parametrization
 
 __all__ = ["Caps", "Dim", "Tape", "Rng", "FiniteCtx", "Layer", "WeightLayer", "StandardParam", "has_bias", "ntk_terms",
-           "own_ntk", "init_weights", "enter_weights", "check_layers", "walk_any", "walk_all"]
+           "own_ntk", "zero_padding", "init_weights", "enter_weights", "check_layers", "walk_any", "walk_all"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,6 +139,15 @@ class FiniteCtx:
     tape: Tape | None = dataclasses.field(default=None, compare=False, hash=False)
     adjacency: jax.Array | None = dataclasses.field(default=None, compare=False, hash=False)  # (batch, V, V) graphs
     rng: Rng | None = dataclasses.field(default=None, compare=False, hash=False)  # dropout masks (train mode)
+    mask: jax.Array | None = dataclasses.field(default=None, compare=False, hash=False)  # padding (batch, *S)
+
+
+def zero_padding(x: jax.Array, ctx: FiniteCtx) -> jax.Array:
+    """``x`` with the padding positions of ``ctx.mask`` zeroed (a no-op without a mask, or once the position
+    axes are gone)."""
+    if ctx.mask is None or x.shape[:-1] != ctx.mask.shape:
+        return x
+    return jnp.where(ctx.mask[..., None], jnp.zeros((), x.dtype), x)
 
 
 def has_bias(b_std) -> bool:
@@ -197,6 +206,11 @@ class Layer:
         yield self
         for child in self._children():
             yield from child.walk()
+
+    def _takes_padding(self) -> bool:
+        """Whether the layer's rules handle padded inputs (``owidth.layers.masking``): pointwise layers do
+        (padding is zeroed where positions mix); layers that change the position grid must say so."""
+        return not self.caps.spatial or self.caps.transparent
 
     def _has_weights(self) -> bool:
         return walk_any(self, "weights")

@@ -249,6 +249,9 @@ class Concat(Layer):
     def _ends_in_weights(self) -> bool:
         return all(b._ends_in_weights() for b in self.branches)
 
+    def _takes_padding(self) -> bool:
+        return self.axis == -1  # stacking positions of padded inputs would interleave padding
+
     def _rank_axis(self, rank: int) -> int:
         """``axis`` as a non-negative axis of a rank-``rank`` activation (batch first, channels last)."""
         if not -rank <= self.axis < rank:

@@ -22,8 +22,9 @@ import jax.numpy as jnp
 
 from owidth import _checks
 from owidth.kernels import spatial as sp
+from owidth.layers import masking
 from owidth.kernels.state import KState, self_var
-from owidth.layers._base import Caps, Dim, FiniteCtx, Layer, WeightLayer, has_bias, init_weights, own_ntk
+from owidth.layers._base import Caps, Dim, FiniteCtx, Layer, WeightLayer, has_bias, init_weights, own_ntk, zero_padding
 from owidth.param import Role
 
 __all__ = ["Conv", "AvgPool", "SumPool", "Flatten", "GlobalAvgPool", "GlobalSumPool", "linear_pixels"]
@@ -126,6 +127,7 @@ class Conv(WeightLayer):
         where = f"Conv(filter_shape={self.filter_shape})"
         if ks.is_input:
             return self._kernel_of_data(ks, where)
+        ks = masking.remask(ks)  # padding feeds nothing into the windows
         out, pads = sp.out_shape_and_pads(where, ks.spatial, self.filter_shape, self.strides, self.padding)
         w2, b2, size = self.w_std**2, self.b_std**2, math.prod(self.filter_shape)
         nsp = len(self.filter_shape)
@@ -197,8 +199,12 @@ class Conv(WeightLayer):
         out, s = self._geometry(dim, ctx)
         return init_weights(key, (*self.filter_shape, dim.size, out.size), out.size, s, has_bias(self.b_std)), out
 
+    def _takes_padding(self) -> bool:
+        return self.padding == "SAME" and all(st == 1 for st in self.strides)  # the position grid is kept
+
     def _forward(self, params, x, dim, ctx):
         out, s = self._geometry(dim, ctx)
+        x = zero_padding(x, ctx)
         spatial = "".join("HWDUVXYZ"[: len(self.filter_shape)])
         dn = (f"N{spatial}C", f"{spatial}IO", f"N{spatial}C")
         y = jax.lax.conv_general_dilated(x, s.w_mult * params["w"], self.strides, self.padding, dimension_numbers=dn)
@@ -327,6 +333,7 @@ class Flatten(Layer):
                               x2=None if ks.x2 is None else ks.x2.reshape(ks.x2.shape[0], -1))
         if not ks.spatial:
             return ks
+        ks = masking.remask(ks)  # padding positions flatten to zeros
         nsp = len(ks.spatial)
 
         def fn(x, lead):
@@ -339,13 +346,16 @@ class Flatten(Layer):
 
         out = linear_pixels(ks, fn, spatial=(), full=False, mixes=False,
                             mean_fn=lambda m: jnp.mean(m.reshape(m.shape[0], -1), axis=-1))
-        return out.replace(width_mult=ks.width_mult * math.prod(ks.spatial))  # |S| features per channel
+        return out.replace(width_mult=ks.width_mult * math.prod(ks.spatial), mask1=None, mask2=None)  # |S| per channel
 
     def _init(self, key, dim, ctx):
         return (), Dim(math.prod(dim.spatial) * dim.size, dim.scales)
 
+    def _takes_padding(self) -> bool:
+        return True
+
     def _apply(self, params, x, dim, ctx):
-        return x.reshape(x.shape[0], -1), Dim(math.prod(dim.spatial) * dim.size, dim.scales)
+        return zero_padding(x, ctx).reshape(x.shape[0], -1), Dim(math.prod(dim.spatial) * dim.size, dim.scales)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -374,13 +384,30 @@ class GlobalAvgPool(Layer):
     def _odd_linear(self) -> bool:
         return True
 
+    def _takes_padding(self) -> bool:
+        return True
+
+    def _weights(self, mask):
+        """Per-position weights making the reduction one over the valid positions (padding: 0)."""
+        return masking.average_weights(mask) if self._reduce is jnp.mean else ~mask
+
     def _kernel(self, ks):
         if ks.is_input:
-            f = lambda x: self._reduce(x, axis=tuple(range(1, x.ndim - 1)))  # noqa: E731
-            return ks.replace(x1=f(ks.x1), x2=None if ks.x2 is None else f(ks.x2))
+            def f(x, m):
+                if m is not None:
+                    x = x * self._weights(m)[..., None].astype(x.dtype)
+                return self._reduce(x, axis=tuple(range(1, x.ndim - 1)))
+
+            m2 = ks.mask1 if ks.mask2 is None else ks.mask2
+            return ks.replace(x1=f(ks.x1, ks.mask1), x2=None if ks.x2 is None else f(ks.x2, m2), mask1=None,
+                              mask2=None)
         _need_spatial(ks, "GlobalAvgPool")
         if not ks.full:
             raise AssertionError("owidth internal: GlobalAvgPool reached with diagonal pixel covariances")
+        if ks.mask1 is not None:  # a reduction over the valid positions only
+            w1 = self._weights(ks.mask1)
+            ks = masking.weigh(ks, w1, w1 if ks.mask2 is None else self._weights(ks.mask2)).replace(
+                mask1=None, mask2=None)
 
         def fn(x, lead):
             y = self._reduce(x.reshape(x.shape[:lead] + (-1,)), axis=-1)
@@ -395,6 +422,8 @@ class GlobalAvgPool(Layer):
         return (), Dim(dim.size, dim.scales)
 
     def _apply(self, params, x, dim, ctx):
+        if ctx.mask is not None and x.shape[:-1] == ctx.mask.shape:
+            x = x * self._weights(ctx.mask)[..., None].astype(x.dtype)
         return self._reduce(x, axis=tuple(range(1, x.ndim - 1))), Dim(dim.size, dim.scales)
 
 

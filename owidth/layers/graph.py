@@ -19,7 +19,8 @@ import numpy as np
 from owidth import _checks
 from owidth.kernels import spatial as sp
 from owidth.kernels.state import KState, self_var
-from owidth.layers._base import Caps, Layer, walk_any
+from owidth.layers import masking
+from owidth.layers._base import Caps, Layer, walk_any, zero_padding
 
 __all__ = ["Aggregate", "adjacency_pair", "check_graph_input"]
 
@@ -96,6 +97,9 @@ class Aggregate(Layer):
     def _odd_linear(self) -> bool:
         return True
 
+    def _takes_padding(self) -> bool:
+        return True
+
     def _kernel(self, ks: KState) -> KState:
         if ks.adj1 is None:
             raise ValueError(f"ow.kernel: the net has an Aggregate layer, which needs each graph's adjacency; {_HOW}")
@@ -105,6 +109,7 @@ class Aggregate(Layer):
             _nodes(ks.x1.shape[1:-1], "ow.kernel", a1)
             return ks.replace(x1=_agg(a1, ks.x1), x2=None if ks.x2 is None else _agg(a2, ks.x2))
         _nodes(ks.spatial, "ow.kernel", a1)
+        ks = masking.remask(ks)  # padding nodes send nothing
         if not ks.full:
             raise AssertionError("owidth internal: Aggregate reached with diagonal pixel covariances")
         dtype = ks.nngp.dtype
@@ -144,7 +149,7 @@ class Aggregate(Layer):
 
     def _apply(self, params, x, dim, ctx):
         self._check_finite(x, dim, ctx)
-        return _agg(ctx.adjacency, x), dim
+        return _agg(ctx.adjacency, zero_padding(x, ctx)), dim
 
 
 def check_graph_input(where: str, name: str, x, a) -> jax.Array:

@@ -99,7 +99,11 @@ def _check_against_jacobian(case, x2):
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10 * np.abs(want).max())
 
 
-@pytest.mark.parametrize("case", list(CASES))
+# the default suite keeps one case per kind of use (plain, flax, shared, owidth model); the rest run with the slow tests
+_FAST = {"mlp", "flax", "shared", "ow.finite"}
+
+
+@pytest.mark.parametrize("case", [c if c in _FAST else pytest.param(c, marks=pytest.mark.slow) for c in CASES])
 def test_structured_equals_the_jacobian_contraction(case):
     _check_against_jacobian(case, X2)
 
@@ -154,6 +158,7 @@ def test_structured_is_jit_compatible_and_blocks():
     np.testing.assert_allclose(blocked, want, rtol=1e-10)
 
 
+@pytest.mark.slow  # ~2 s; independent_examples=False is the plain batch path
 def test_structured_for_functions_that_mix_examples():
     """``independent_examples=False``: the whole batch is one unit (here the hidden layer is centred)."""
     def centred(p, x):

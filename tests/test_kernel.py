@@ -82,7 +82,9 @@ def test_relu_family_special_values():
 # --------------------------------------------------------------------------- #
 # Invariants
 # --------------------------------------------------------------------------- #
-@pytest.mark.parametrize("act", ACT_CASES, ids=IDS)
+# Relu and Sin by default (~2 s each); every other activation with the slow tests
+@pytest.mark.parametrize("act", [a if i in ("Relu", "Sin") else pytest.param(a, marks=pytest.mark.slow)
+                                 for a, i in zip(ACTS, IDS)], ids=IDS)
 def test_symmetry_and_psd(act):
     net = mlp(act)
     x1, x2 = sphere(20, 5, 0), sphere(7, 5, 1)

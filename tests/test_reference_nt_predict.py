@@ -40,7 +40,7 @@ def test_gp_inference_nngp_and_ntk():
     close(ntk.cov_test[0], REF["gp/ntk/cov"])
 
 
-@pytest.mark.parametrize("g", ["ntk", "nngp"])
+@pytest.mark.parametrize("g", [pytest.param("ntk", marks=pytest.mark.slow), "nngp"])
 def test_gradient_descent_mse_ensemble(g):
     """NT's get='nngp' trains with the NNGP as the tangent kernel (only the readout trained)."""
     times = float(REF["lr"]) * REF["ens_t"]

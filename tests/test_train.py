@@ -270,6 +270,7 @@ def test_plan_checks_arguments_and_labels_the_result():
         mod.plan(NET, (X, Y), widths=8, lr=0.1, steps=10, record_every=3, where="ow.Sweep")
 
 
+@pytest.mark.slow  # ~10 s (four ow.train programs); the factory's schedule, clipping and betas: tests/test_optim.py
 def test_schedule_clip_betas_and_init_params():
     """The new ow.train options (issue 18) against optax written out: a schedule, clipping and Adam's b1 equal
     an explicit optax loop from the same initialisation; init_params resumes an uncentred run exactly."""

@@ -43,7 +43,7 @@ def _owidth(name, batch=None):
 
 
 # one per layer kind in the default suite (each compiles two kernel programs, ~1-3 s)
-FAST = {"concat_dense", "concat_pixels_gap", "product_dense", "repeat_relu", "dropout_conv_gap", "index_row_conv1d"}
+FAST = {"concat_dense", "product_dense", "repeat_relu", "dropout_mlp"}
 
 
 @pytest.mark.parametrize("name", [n if n in FAST else pytest.param(n, marks=pytest.mark.slow) for n in sorted(ARCHS)])

@@ -37,6 +37,7 @@ def _net(pool):
                      ow.Erf(), pool, ow.Dense(out=1, b_std=0.1))
 
 
+@pytest.mark.slow  # ~10 s (a kernel per sequence length); padding is checked against NT by default
 @pytest.mark.parametrize("pool", ["GlobalAvgPool", "GlobalSumPool"])
 def test_padding_gives_the_unpadded_inputs_kernel_and_output(pool):
     """A padded sequence's kernel with itself, and a finite network's output on it, are those of the

@@ -18,7 +18,7 @@ ARCHS = load_archs(REF)
 SP = ow.SP.with_base_width(int(REF["sp_width"]))
 
 
-@pytest.mark.parametrize("name", [n if n in ("sp_relu3", "sp_cnn_gap") else pytest.param(n, marks=pytest.mark.slow)
+@pytest.mark.parametrize("name", [n if n == "sp_relu3" else pytest.param(n, marks=pytest.mark.slow)
                                   for n in sorted(ARCHS)])
 def test_matches_neural_tangents(name):
     net = build(ARCHS[name])

@@ -49,6 +49,7 @@ def test_concat_monte_carlo_and_power():
     _check_mc(_concat(), _x(), _concat(1.26))
 
 
+@pytest.mark.slow  # ~5 s; the product's kernel is checked against NT by default (test_reference_nt_combinators)
 def test_product_monte_carlo_and_power():
     _check_mc(_product(), _x(), _product(1.26))
 
@@ -79,6 +80,7 @@ def _dropout_monte_carlo(net, x, *, samples, width, key):
     return stats
 
 
+@pytest.mark.slow  # ~6 s; by default test_dropout_monte_carlo_kernel_draws_train_mode_masks checks the kernel
 @pytest.mark.compute_bound
 def test_dropout_monte_carlo_and_power():
     """Train-mode masks: the diagonal grows by 1/keep, the rest is unchanged; a 5% change of the rate's
@@ -120,7 +122,7 @@ def test_index_monte_carlo_and_power():
     _check_mc(_index(), x, _index(1.365), width=64)
 
 
-@pytest.mark.parametrize("param", ["NTP", "SP", "MUP", "MF"])
+@pytest.mark.parametrize("param", ["NTP", *[pytest.param(p, marks=pytest.mark.slow) for p in ("SP", "MUP", "MF")]])
 def test_finite_networks_under_every_parametrization(param):
     """The fan-ins and shape layers build, run and keep their widths under each parametrization; muP's
     roles read the concatenated width as hidden."""

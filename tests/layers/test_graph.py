@@ -94,7 +94,8 @@ def test_deeper_gnn_matches_monte_carlo():
         assert np.all(z < 4.0), (f, np.round(z, 2))
 
 
-@pytest.mark.parametrize("param", [ow.NTP, ow.SP, ow.MUP, ow.MF], ids=lambda p: p.name)
+@pytest.mark.parametrize("param", [ow.NTP, *[pytest.param(p, marks=pytest.mark.slow) for p in (ow.SP, ow.MUP, ow.MF)]],
+                         ids=lambda p: p.name)
 def test_every_parametrization_runs_and_scales_with_width(param):
     """Hidden features of a finite GNN have the width-independent covariance of the infinite-width
     NNGP under every parametrization (their init differs only in where the 1/sqrt(n) sits); the

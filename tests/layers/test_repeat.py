@@ -57,7 +57,7 @@ def _unrolled(model_params, n, steady):
     return tuple(([] if steady else [first]) + copies) + (model_params[1],)
 
 
-@pytest.mark.parametrize("param", ["NTP", "MUP", pytest.param("SP", marks=pytest.mark.slow),
+@pytest.mark.parametrize("param", ["NTP", pytest.param("MUP", marks=pytest.mark.slow), pytest.param("SP", marks=pytest.mark.slow),
                                    pytest.param("MF", marks=pytest.mark.slow)])
 def test_finite_equals_unrolled_net_at_depth_20(param):
     param = getattr(ow, param)

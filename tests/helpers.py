@@ -102,3 +102,17 @@ def kernels_64_32(net, x):
         k32, k32x = ow.kernel(net, x32), ow.kernel(net, x32, x32)
         assert k32.nngp.dtype == np.float32
     return {name: tuple(np.asarray(getattr(k, name), np.float64) for k in (k64, k32, k32x)) for name in ("nngp", "ntk")}
+
+
+def check_monte_carlo(net, x, other, *, samples, width, key=1):
+    """``ow.monte_carlo_kernel`` of ``net`` within 4 standard errors of ``ow.kernel(net)`` everywhere, and the
+    kernels of ``other`` (a 5% change of a hyperparameter) more than 4 standard errors off somewhere."""
+    mc = ow.monte_carlo_kernel(net, x, width=width, samples=samples, key=jax.random.key(key), progress_bar=False)
+    exact = ow.kernel(net, x)
+    for what in ("nngp", "ntk"):
+        z = np.abs(np.asarray(getattr(mc, what)) - getattr(exact, what)) / np.asarray(getattr(mc.stderr, what))
+        assert np.all(z < 4), (what, z)
+    wrong = ow.kernel(other, x)
+    z = [np.abs(np.asarray(getattr(mc, w)) - getattr(wrong, w)) / np.asarray(getattr(mc.stderr, w))
+         for w in ("nngp", "ntk")]
+    assert max(zz.max() for zz in z) > 4, ("a 5% change went undetected", z)

@@ -383,21 +383,21 @@ def main_act():
     dump(OUT_ACT, ACT_ARCHS, ACT_INPUTS, data, {"x1": x1, "x2": x2, "xunit1": u1, "xunit2": u2})
 
 
-def main_comb():
-    rng = np.random.RandomState(1234)  # the vectors "x" and images "img" of main_base
+def _vectors_and_images():
+    """The vectors "x" and images "img" of main_base (same seed): ``(data, extra)`` for :func:`dump`."""
+    rng = np.random.RandomState(1234)
     x1, x2 = rng.randn(6, 5), rng.randn(4, 5)
     img1, img2 = rng.randn(4, 5, 4, 2), rng.randn(3, 5, 4, 2)
-    data = {"x": (x1, x2), "img": (img1, img2)}
-    dump(OUT_COMB, COMB_ARCHS, COMB_INPUTS, data, {"x1": x1, "x2": x2, "img1": img1, "img2": img2})
+    return {"x": (x1, x2), "img": (img1, img2)}, {"x1": x1, "x2": x2, "img1": img1, "img2": img2}
+
+
+def main_comb():
+    dump(OUT_COMB, COMB_ARCHS, COMB_INPUTS, *_vectors_and_images())
 
 
 def main_sp():
-    rng = np.random.RandomState(1234)  # the vectors "x" and images "img" of main_base
-    x1, x2 = rng.randn(6, 5), rng.randn(4, 5)
-    img1, img2 = rng.randn(4, 5, 4, 2), rng.randn(3, 5, 4, 2)
-    data = {"x": (x1, x2), "img": (img1, img2)}
-    dump(OUT_SP, SP_ARCHS, SP_INPUTS, data, {"x1": x1, "x2": x2, "img1": img1, "img2": img2,
-                                             "sp_width": np.array(SP_WIDTH)}, layer=nt_layer_standard)
+    data, extra = _vectors_and_images()
+    dump(OUT_SP, SP_ARCHS, SP_INPUTS, data, {**extra, "sp_width": np.array(SP_WIDTH)}, layer=nt_layer_standard)
 
 
 def main_mask():

@@ -79,6 +79,16 @@ class Serial(Layer):
         return x, dim
 
 
+def _init_branches(branches, key, dim, ctx) -> tuple[tuple, list]:
+    """The branches' parameters (a tuple) and output ``Dim`` s, each branch from its own key."""
+    params, dims = [], []
+    for b, k in zip(branches, jax.random.split(key, len(branches))):
+        p, d = b._init(k, dim, ctx)
+        params.append(p)
+        dims.append(d)
+    return tuple(params), dims
+
+
 @dataclasses.dataclass(frozen=True)
 class Parallel(Layer):
     """Sum of branches applied to the same input (fan-out, then fan-in sum).
@@ -160,11 +170,7 @@ class Parallel(Layer):
         )
 
     def _init(self, key, dim, ctx):
-        params, dims = [], []
-        for b, k in zip(self.branches, jax.random.split(key, len(self.branches))):
-            p, d = b._init(k, dim, ctx)
-            params.append(p)
-            dims.append(d)
+        params, dims = _init_branches(self.branches, key, dim, ctx)
         if len(set(dims)) != 1:
             sizes = ", ".join(f"{d.size}{' (hidden)' if d.scales else ''}" for d in dims)
             raise ValueError(f"ow.parallel: branch output widths differ ({sizes}); a fan-in sum needs equal widths")
@@ -332,12 +338,8 @@ class Concat(Layer):
                           mean1=None, mean2=None, gaussian=all(o.gaussian for o in outs), fixed=False, pre=None, act=None)
 
     def _init(self, key, dim, ctx):
-        params, dims = [], []
-        for b, k in zip(self.branches, jax.random.split(key, len(self.branches))):
-            p, d = b._init(k, dim, ctx)
-            params.append(p)
-            dims.append(d)
-        return tuple(params), self._out_dim(dims)
+        params, dims = _init_branches(self.branches, key, dim, ctx)
+        return params, self._out_dim(dims)
 
     def _out_dim(self, dims):
         rank = len(dims[0].spatial) + 2
@@ -416,11 +418,7 @@ class Product(Layer):
                           pre=outs[0].pre if len(outs) == 1 else None, act=outs[0].act if len(outs) == 1 else None)
 
     def _init(self, key, dim, ctx):
-        params, dims = [], []
-        for b, k in zip(self.branches, jax.random.split(key, len(self.branches))):
-            p, d = b._init(k, dim, ctx)
-            params.append(p)
-            dims.append(d)
+        params, dims = _init_branches(self.branches, key, dim, ctx)
         if len(set(dims)) != 1:
             raise ValueError(f"ow.product: branch outputs differ ({', '.join(_show(d) for d in dims)}); an elementwise "
                              "product needs equal shapes")

@@ -27,7 +27,7 @@ from owidth.kernels.state import KState, self_var
 from owidth.layers._base import Caps, Dim, FiniteCtx, Layer, WeightLayer, has_bias, init_weights, own_ntk, zero_padding
 from owidth.param import Role
 
-__all__ = ["Conv", "AvgPool", "SumPool", "Flatten", "GlobalAvgPool", "GlobalSumPool", "linear_pixels"]
+__all__ = ["Conv", "ConvFields", "AvgPool", "SumPool", "Flatten", "GlobalAvgPool", "GlobalSumPool", "linear_pixels"]
 
 
 def _need_spatial(ks: KState, where: str) -> None:
@@ -67,7 +67,26 @@ def linear_pixels(ks: KState, fn, *, var_fn=None, spatial, full, mean_fn=None, m
 
 
 @dataclasses.dataclass(frozen=True)
-class Conv(WeightLayer):
+class ConvFields(WeightLayer):
+    """The fields of convolution-like weight layers (``Conv``, ``ConvTranspose``, ``ConvLocal``), checked:
+    ``out``, ``filter_shape``, ``strides`` (default 1 per axis), ``padding``, ``w_std``, ``b_std``."""
+
+    caps = Caps(weights=True, spatial=True, pixel_var=True)
+
+    out: int | None = _checks.field(None, converter=_checks.optional_positive)
+    filter_shape: tuple[int, ...] = _checks.field((3, 3), converter=_checks.int_tuple)
+    strides: tuple[int, ...] | None = None
+    padding: str = _checks.field("SAME", converter=_checks.padding)
+    w_std: float = _checks.field(1.0, converter=_checks.std)
+    b_std: float = _checks.field(0.0, converter=_checks.std)
+
+    def __post_init__(self):
+        super().__post_init__()
+        _checks.convert_fields(self, strides=lambda c, n, v: _checks.int_tuple(c, n, v or 1, len(self.filter_shape)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Conv(ConvFields):
     """Convolution over the spatial axes of channels-last inputs, NTK convention.
 
     ``z = (w_std / sqrt(prod(filter_shape) * C_in)) W * x + b_std b`` with
@@ -100,16 +119,6 @@ class Conv(WeightLayer):
     _coord = "conv"
     _standard_ntk = True
 
-    out: int | None = _checks.field(None, converter=_checks.optional_positive)
-    filter_shape: tuple[int, ...] = _checks.field((3, 3), converter=_checks.int_tuple)
-    strides: tuple[int, ...] | None = None
-    padding: str = _checks.field("SAME", converter=_checks.padding)
-    w_std: float = _checks.field(1.0, converter=_checks.std)
-    b_std: float = _checks.field(0.0, converter=_checks.std)
-
-    def __post_init__(self):
-        super().__post_init__()
-        _checks.convert_fields(self, strides=lambda c, n, v: _checks.int_tuple(c, n, v or 1, len(self.filter_shape)))
 
     def _kernel(self, ks: KState) -> KState:
         """CNTK rule (Arora et al. 2019; Novak et al. 2019), ``|F|`` the filter size:

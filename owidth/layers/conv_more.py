@@ -26,7 +26,7 @@ from owidth import _checks
 from owidth.kernels import spatial as sp
 from owidth.kernels.state import KState, self_var
 from owidth.layers._base import Caps, Dim, FiniteCtx, Layer, WeightLayer, enter_weights, has_bias, init_weights
-from owidth.layers.conv import Conv, linear_pixels
+from owidth.layers.conv import Conv, ConvFields, linear_pixels
 from owidth.param import Role
 
 __all__ = ["ConvTranspose", "ConvLocal", "ImageResize"]
@@ -54,21 +54,11 @@ def _check_rank(where: str, spatial, nsp: int) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
-class _ConvLike(WeightLayer):
+class _ConvLike(ConvFields):
     """Fields and checks shared by ``ConvTranspose`` and ``ConvLocal`` (as :class:`ow.Conv`'s)."""
 
     caps = Caps(weights=True, spatial=True, pixel_var=True)
 
-    out: int | None = _checks.field(None, converter=_checks.optional_positive)
-    filter_shape: tuple[int, ...] = _checks.field((3, 3), converter=_checks.int_tuple)
-    strides: tuple[int, ...] | None = None
-    padding: str = _checks.field("SAME", converter=_checks.padding)
-    w_std: float = _checks.field(1.0, converter=_checks.std)
-    b_std: float = _checks.field(0.0, converter=_checks.std)
-
-    def __post_init__(self):
-        super().__post_init__()
-        _checks.convert_fields(self, strides=lambda c, n, v: _checks.int_tuple(c, n, v or 1, len(self.filter_shape)))
 
     def _where(self) -> str:
         return f"{type(self).__name__}(filter_shape={self.filter_shape})"

@@ -9,22 +9,13 @@ import numpy as np
 import pytest
 
 import owidth as ow
-from helpers import raises_before_compiling, sphere
+from helpers import check_monte_carlo, raises_before_compiling, sphere
 
 D = ow.Dense
 
 
-def _check_mc(net, x, other, *, mc=None, samples=2000, width=128):
-    """``ow.monte_carlo_kernel`` within 4 SE of ``ow.kernel(net)``; ``other`` (a 5% change) detected."""
-    mc = mc or ow.monte_carlo_kernel(net, x, width=width, samples=samples, key=jax.random.key(1), progress_bar=False)
-    exact = ow.kernel(net, x)
-    for what in ("nngp", "ntk"):
-        z = np.abs(np.asarray(getattr(mc, what)) - getattr(exact, what)) / np.asarray(getattr(mc.stderr, what))
-        assert np.all(z < 4), (what, z)
-    wrong = ow.kernel(other, x)
-    z = [np.abs(np.asarray(getattr(mc, w)) - getattr(wrong, w)) / np.asarray(getattr(mc.stderr, w))
-         for w in ("nngp", "ntk")]
-    assert max(zz.max() for zz in z) > 4, ("a 5% change went undetected", z)
+def _check_mc(net, x, other, *, samples=2000, width=128):
+    check_monte_carlo(net, x, other, samples=samples, width=width)
 
 
 def _x():

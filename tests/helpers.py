@@ -116,3 +116,12 @@ def check_monte_carlo(net, x, other, *, samples, width, key=1):
     z = [np.abs(np.asarray(getattr(mc, w)) - getattr(wrong, w)) / np.asarray(getattr(mc.stderr, w))
          for w in ("nngp", "ntk")]
     assert max(zz.max() for zz in z) > 4, ("a 5% change went undetected", z)
+
+
+def reference_kernels(net, ref, name, **options):
+    """owidth's NNGP/NTK of ``net`` on the inputs of reference architecture ``name``: ``{"nngp11", "ntk11",
+    "nngp12", "ntk12"}`` as numpy arrays, for (x1, x1) and (x1, x2) (``options`` go to ``ow.kernel``)."""
+    x1, x2 = load_inputs(ref, name)
+    k11, k12 = ow.kernel(net, x1, **options), ow.kernel(net, x1, x2, **options)
+    return {key: np.asarray(k) for key, k in
+            (("nngp11", k11.nngp), ("ntk11", k11.ntk), ("nngp12", k12.nngp), ("ntk12", k12.ntk))}

@@ -296,11 +296,7 @@ class Concat(Layer):
         total = sum(o.width_mult for o in outs)
         weights = [o.width_mult / total for o in outs]
 
-        def mean(name):
-            values = [getattr(o, name) for o in outs]
-            return None if values[0] is None else sum(w * v for w, v in zip(weights, values))
-
-        def mean_of(name):
+        def mean(name):  # None where every branch has None (a zero mean counts as 0 next to others)
             values = [getattr(o, name) for o in outs]
             if all(v is None for v in values):
                 return None
@@ -308,7 +304,7 @@ class Concat(Layer):
 
         return ks.replace(spatial=outs[0].spatial, full=outs[0].full, x1=None, x2=None, width_mult=total,
                           nngp=mean("nngp"), ntk=mean("ntk"), var1=mean("var1"), var2=mean("var2"),
-                          mean1=mean_of("mean1"), mean2=mean_of("mean2"),
+                          mean1=mean("mean1"), mean2=mean("mean2"),
                           gaussian=len(outs) == 1 and outs[0].gaussian, fixed=False,
                           pre=outs[0].pre if len(outs) == 1 else None, act=outs[0].act if len(outs) == 1 else None)
 

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from owidth import _checks
 from owidth.kernels import spatial as sp
 from owidth.kernels.state import KState, self_var
-from owidth.layers._base import Caps, Dim, FiniteCtx, Layer, WeightLayer, enter_weights, has_bias, init_weights
+from owidth.layers._base import Caps, Dim, FiniteCtx, Layer, enter_weights, has_bias, init_weights
 from owidth.layers.conv import Conv, ConvFields, linear_pixels
 from owidth.param import Role
 

@@ -20,8 +20,7 @@ import pathlib
 import numpy as np
 import pytest
 
-import owidth as ow
-from helpers import build, load_archs, load_inputs
+from helpers import build, load_archs, load_inputs, reference_kernels
 
 REF = np.load(pathlib.Path(__file__).parents[1] / "reference" / "nt_activation_kernels.npz")
 ARCHS = load_archs(REF)
@@ -37,11 +36,7 @@ NT_ANGLE_ZERO = {"sign", *NT_NAN}
 @functools.cache
 def _owidth(name):
     """owidth's kernels of architecture ``name`` (once per test process: the checks below reuse them)."""
-    net = build(ARCHS[name])
-    x1, x2 = load_inputs(REF, name)
-    k11, k12 = ow.kernel(net, x1), ow.kernel(net, x1, x2)
-    return {key: np.asarray(k) for key, k in
-            (("nngp11", k11.nngp), ("ntk11", k11.ntk), ("nngp12", k12.nngp), ("ntk12", k12.ntk))}
+    return reference_kernels(build(ARCHS[name]), REF, name)
 
 
 # ~0.5-2 s each (two kernel programs compiled per architecture): three in the default suite (exponential,

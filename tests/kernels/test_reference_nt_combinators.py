@@ -8,8 +8,7 @@ import pathlib
 import numpy as np
 import pytest
 
-import owidth as ow
-from helpers import build, load_archs, load_inputs
+from helpers import build, load_archs, reference_kernels
 
 REF = np.load(pathlib.Path(__file__).parents[1] / "reference" / "nt_combinator_kernels.npz")
 ARCHS = load_archs(REF)
@@ -34,12 +33,7 @@ def _compare(name, kernels):
 
 @functools.cache
 def _owidth(name, batch=None):
-    net = build(ARCHS[name])
-    x1, x2 = load_inputs(REF, name)
-    opts = {} if batch is None else {"batch_size": batch}
-    k11, k12 = ow.kernel(net, x1, **opts), ow.kernel(net, x1, x2, **opts)
-    return {key: np.asarray(k) for key, k in
-            (("nngp11", k11.nngp), ("ntk11", k11.ntk), ("nngp12", k12.nngp), ("ntk12", k12.ntk))}
+    return reference_kernels(build(ARCHS[name]), REF, name, **({} if batch is None else {"batch_size": batch}))
 
 
 # one per layer kind in the default suite (each compiles two kernel programs, ~1-3 s)

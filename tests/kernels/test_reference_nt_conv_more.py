@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 import owidth as ow
-from helpers import build, load_archs, load_inputs
+from helpers import build, load_archs, load_inputs, reference_kernels
 
 REF = np.load(pathlib.Path(__file__).parents[1] / "reference" / "nt_conv_more_kernels.npz")
 ARCHS = load_archs(REF)
@@ -47,12 +47,7 @@ def _arch(name):
 
 @functools.cache
 def _owidth(name, batch=None):
-    net = build(_arch(name))
-    x1, x2 = load_inputs(REF, name)
-    opts = {"batch_size": batch, "progress_bar": False}
-    k11, k12 = ow.kernel(net, x1, **opts), ow.kernel(net, x1, x2, **opts)
-    return {key: np.asarray(k) for key, k in
-            (("nngp11", k11.nngp), ("ntk11", k11.ntk), ("nngp12", k12.nngp), ("ntk12", k12.ntk))}
+    return reference_kernels(build(_arch(name)), REF, name, batch_size=batch, progress_bar=False)
 
 
 def _compare(name, kernels):
@@ -63,7 +58,6 @@ def _compare(name, kernels):
         assert err < TOL, (name, key, err)
 
 
-# one per layer in the default suite (each compiles two kernel programs)
 FAST = {"convlocal_valid_gap"}  # one in the default suite (~2 s each); the rest, and the other layers, with the slow tests
 
 

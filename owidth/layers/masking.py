@@ -169,6 +169,7 @@ def prepare(where: str, net, x1, x2, mask):
         x2 = x2 if m2 is None else to_nan("x2", x2, m2, where=where)
     padded = check_padding("x1", x1, where=where)
     padded = (x2 is not None and check_padding("x2", x2, where=where)) or padded
+    padded = padded or mask is not None  # under an outer jax.jit the NaN cannot be read back: the mask says so
     if padded and isinstance(net, Layer):
         check_layers(net, where=where)
     return x1, x2, padded

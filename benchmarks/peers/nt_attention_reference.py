@@ -14,9 +14,14 @@ An ``Attention`` item maps to NT's ``GlobalSelfAttention`` (non-causal: NT has n
 are given to both of NT's value/output and query/key stds (its kernels read their products
 ``w_std^2``, ``qk_std^2``). ``"pos_decay": ["exp", ell]`` is the decay ``exp(-d / ell)`` of the
 distance ``d = |s - t|^pos_p_norm`` (the test builds the same function).
+
+It also writes tests/reference/nt_attention_masked_kernels.npz (tests/kernels/test_reference_nt_masked.py):
+the architectures of ``MASKED`` on sequences padded to length 6 (NT's ``mask_constant``; the stored
+``seq1``/``seq2`` hold NaN at padding, owidth's form). Left out: the ``1/sqrt(d)`` identity rule with
+positional embeddings, where NT keeps the positional covariance ``R`` at padding positions although
+its finite network zeroes the embedding there (owidth zeroes both).
 """
 
-import json
 import pathlib
 import sys
 
@@ -32,6 +37,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from nt_reference import REF_DIR, dump, nt_layer  # noqa: E402
 
 OUT = REF_DIR / "nt_attention_kernels.npz"
+OUT_MASKED = REF_DIR / "nt_attention_masked_kernels.npz"
+MASK_CONSTANT = 1e3
 
 
 def decay(spec):
@@ -93,12 +100,24 @@ ARCHS = {
                                                          pos_std=1.2, val_pos_emb=True), ["GlobalAvgPool", {}], OUT1],
 }
 INPUTS = {name: "seq" for name in ARCHS}
+# NT's positional embeddings on masked inputs need a mask reduced over channels: a Dense first
+MASKED = {f"mask_{name}": ([HID, ["Relu", {}]] if name in ("tied_sum", "tied_concat", "tied_decay") else []) + ARCHS[name]
+          for name in ("tied_softmax", "tied_identity", "tied_relu", "tied_abs", "tied_deep", "tied_sum", "tied_sum_val",
+                       "tied_concat", "tied_concat_val", "tied_decay", "gauss_identity", "gauss_identity_deep")}
 
 
 def main():
     rng = np.random.RandomState(2006)
     seq1, seq2 = rng.randn(4, 6, 3), rng.randn(3, 6, 3)
     dump(OUT, ARCHS, INPUTS, {"seq": (seq1, seq2)}, {"seq1": seq1, "seq2": seq2}, layer=nt_attention_layer)
+    rng = np.random.RandomState(2020)
+    x1, x2 = rng.randn(4, 6, 3), rng.randn(3, 6, 3)
+    for x, lengths in ((x1, (6, 4, 2, 5)), (x2, (3, 6, 1))):
+        for i, length in enumerate(lengths):
+            x[i, length:] = MASK_CONSTANT
+    nan1, nan2 = (np.where(x == MASK_CONSTANT, np.nan, x) for x in (x1, x2))
+    dump(OUT_MASKED, MASKED, {name: "seq" for name in MASKED}, {"seq": (x1, x2)}, {"seq1": nan1, "seq2": nan2},
+         layer=nt_attention_layer, mask_constant=MASK_CONSTANT)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,8 @@ import numpy as np
 
 from owidth import _checks
 from owidth.kernels.state import KState, self_var
-from owidth.layers._base import Caps, Dim, FiniteCtx, WeightLayer, enter_weights, has_bias, init_weights
+from owidth.layers import masking
+from owidth.layers._base import Caps, Dim, FiniteCtx, WeightLayer, enter_weights, has_bias, init_weights, zero_padding
 from owidth.param import Role
 
 __all__ = ["Attention", "causal_mean"]
@@ -72,11 +73,18 @@ def _mask(length: int, causal: bool) -> np.ndarray:
     return np.tril(np.ones((length, length), bool)) if causal else np.ones((length, length), bool)
 
 
+def _key_masks(causal: np.ndarray, padding):
+    """Allowed (query, key) pairs ``(n, L, L)`` of each input: ``causal`` and the key not padding
+    (``padding`` (n, L), True = padding); ``causal`` itself without padding."""
+    return causal if padding is None else jnp.asarray(causal)[None] & ~padding[:, None, :]
+
+
 def _weights(z, mask, mechanism: str):
-    """Attention weights ``G = mechanism(z)`` on the last axis, zero where ``mask`` is False."""
+    """Attention weights ``G = mechanism(z)`` on the last axis, zero where ``mask`` is False (a row with
+    no allowed entry, a padding query's under causal masking, is all zero, with finite gradients)."""
     mask = jnp.broadcast_to(mask, z.shape)
     if mechanism == "softmax":
-        return jnp.where(mask, jax.nn.softmax(jnp.where(mask, z, -jnp.inf), axis=-1), 0.0)
+        return jnp.where(mask, jax.nn.softmax(jnp.where(mask, z, jnp.finfo(z.dtype).min), axis=-1), 0.0)
     f = {"identity": lambda u: u, "relu": jax.nn.relu, "abs": jnp.abs}[mechanism]
     return jnp.where(mask, f(z), 0.0)
 
@@ -185,8 +193,16 @@ class Attention(WeightLayer):
     pos_emb=pos_emb_type.lower(), pos_p_norm=pos_emb_p_norm,
     pos_decay=pos_emb_decay_fn, pos_std=W_pos_emb_std,
     val_pos_emb=val_pos_emb, b_std=b_std or 0)`` (NT's kernels depend on the
-    products only; its ``n_chan_pos_emb`` is the input's width here, and its
-    masks are not supported).
+    products only; its ``n_chan_pos_emb`` is the input's width here).
+
+    Padded sequences (NaN positions or ``mask=``, :mod:`owidth.layers.masking`):
+    padding keys are left out of every query's attention (a softmax over the
+    valid keys; ``G = 0`` on padding keys for the other mechanisms), and the
+    positional embedding is zero at padding positions, so a sequence padded
+    at its end has the kernel and outputs of the sequence cut to its length.
+    In the kernel, ``K, K~, Theta~`` lose their padding rows and columns
+    before the rules above (NT's masking, which leaves the ``1/sqrt(d)``
+    identity rule's ``R`` unmasked).
 
     Args:
       heads: number of heads (the width must be a multiple of it).
@@ -261,6 +277,9 @@ class Attention(WeightLayer):
     def caps(self) -> Caps:  # per instance: only logits="param" depends on `attn`
         return _CAPS if self.logits == "param" else _CAPS_FIXED_SCALE
 
+    def _takes_padding(self) -> bool:
+        return True  # padding keys are left out of the attention; the position grid is kept
+
     # ------------------------------------------------------------------ #
     # shared
     # ------------------------------------------------------------------ #
@@ -300,6 +319,9 @@ class Attention(WeightLayer):
             raise ValueError(f"ow.kernel: Attention needs (batch, length, features) sequences or Embedding tokens; "
                              f"its input here has spatial shape {ks.spatial}")
         length, dtype = ks.spatial[0], ks.nngp.dtype
+        pad1 = ks.mask1
+        pad2 = ks.mask1 if ks.mask2 is None else ks.mask2
+        ks = masking.remask(ks)  # padding: no query/key/value input (a no-op without padding)
         same = ks.var2 is None
         v1 = self_var(ks.nngp) if same else ks.var1
         v2 = v1 if same else ks.var2
@@ -310,17 +332,21 @@ class Attention(WeightLayer):
             return None if a is None else a if self.pos_emb == "none" else c * a + cp * jnp.broadcast_to(r, a.shape)
 
         kq, tq, vq1, vq2 = tilde(ks.nngp), tilde(ks.ntk), tilde(v1), tilde(v2)
+        if pad1 is not None and self.pos_emb != "none":  # the positional embedding is zero at padding
+            z = masking.remask(ks.replace(nngp=kq, ntk=tq, var1=vq1, var2=vq2, mean1=None, mean2=None))
+            kq, tq, vq1, vq2 = z.nngp, z.ntk, z.var1, z.var2
         kv, tv, vv1, vv2 = (kq, tq, vq1, vq2) if self.val_pos_emb else (ks.nngp, ks.ntk, v1, v2)
         ov, b2 = self.w_std**4, self.b_std**2
-        mask = jnp.asarray(_mask(length, self.causal))
+        causal = _mask(length, self.causal)
+        m1, m2 = _key_masks(causal, pad1), _key_masks(causal, pad2)
         if self.logits == "gaussian":
-            nngp, ntk, var1, var2 = self._gaussian(ks, kq, tq, vq1, vq2, kv, tv, vv1, vv2, mask, same)
+            nngp, ntk, var1, var2 = self._gaussian(ks, kq, tq, vq1, vq2, kv, tv, vv1, vv2, (m1, m2), same)
         else:
             if self.logits == "param":
-                g1 = g2 = causal_mean(length, dtype) if self.causal else jnp.full((length, length), 1.0 / length, dtype)
+                g1, g2 = (jnp.asarray(m, dtype) / jnp.maximum(jnp.sum(m, axis=-1, keepdims=True), 1) for m in (m1, m2))
             else:
                 qk = self.qk_std**2
-                g1, g2 = (_weights(qk * v, mask, self.mechanism) for v in (vq1, vq2))
+                g1, g2 = (_weights(qk * v, m, self.mechanism) for v, m in ((vq1, m1), (vq2, m2)))
             nngp = _sandwich(g1, kv, g2)
             ntk = None if ks.ntk is None else _sandwich(g1, tv + 2 * kv, g2)
             var1 = var2 = None
@@ -335,14 +361,16 @@ class Attention(WeightLayer):
             var1, var2 = self_var(nngp), None
         else:
             var1, var2 = ov * var1 + b2, ov * var2 + b2
-        return ks.replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2, gaussian=True, fixed=False, pre=None,
-                          act=None, mean1=None, mean2=None, width_mult=1)
+        return masking.remask(ks.replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2, gaussian=True, fixed=False,
+                                         pre=None, act=None, mean1=None, mean2=None, width_mult=1))
 
-    def _gaussian(self, ks, kq, tq, vq1, vq2, kv, tv, vv1, vv2, mask, same):
-        """The ``1/sqrt(d)`` limit (before the ``OV`` factor and bias): ``(nngp, ntk, var1, var2)``."""
+    def _gaussian(self, ks, kq, tq, vq1, vq2, kv, tv, vv1, vv2, masks, same):
+        """The ``1/sqrt(d)`` limit (before the ``OV`` factor and bias): ``(nngp, ntk, var1, var2)``. ``masks``:
+        the allowed (query, key) pairs of x1 and x2, ``(L, L)`` or per input ``(n, L, L)``."""
         qk2 = self.qk_std**4
         if self.mechanism == "identity" and self._closed_form_identity:  # E[Z Z'] = QK^2 K~ (x) K~, J = I (NT's rule)
-            m = mask.astype(kq.dtype)
+            # padding keys: K~ has zero rows and columns there, so the causal mask alone is enough
+            m = jnp.asarray(_mask(kq.shape[-1], self.causal), kq.dtype)
 
             def moment(k_q, k_v):  # E[G_x K_v G_x'^T] = QK^2 K~[s, s'] sum_{t, t'} m m K~ K_v
                 return qk2 * k_q * jnp.einsum("st,...tu,vu->...sv", m, k_q * k_v, m)
@@ -359,11 +387,14 @@ class Attention(WeightLayer):
             return nngp, ntk, var1, var2
         b1, b2 = kq.shape[:2]
         big = lambda a, n: jnp.broadcast_to(a[:, None] if n == 1 else a[None], (b1, b2) + a.shape[1:])  # noqa: E731
+        m1, m2 = (m if m.ndim == 2 else big(m, n) for m, n in zip(masks, (1, 2)))
         need = ks.ntk is not None
-        p, w = self._logit_moments(big(vq1, 1), big(vq2, 2), kq, kv if need else None)
+        p, w = self._logit_moments(big(vq1, 1), big(vq2, 2), kq, kv if need else None, masks=(m1, m2))
         if not same:  # average with the estimate of the pairs (x', x): kernel(x1, x2) is a block of kernel(x1 + x2)
             t = lambda a: jnp.swapaxes(a, 0, 1).swapaxes(-1, -2)  # noqa: E731
-            pt, wt = self._logit_moments(t(big(vq2, 2)), t(big(vq1, 1)), t(kq), t(kv) if need else None)
+            tm = lambda m: m if m.ndim == 2 else jnp.swapaxes(m, 0, 1)  # noqa: E731
+            pt, wt = self._logit_moments(t(big(vq2, 2)), t(big(vq1, 1)), t(kq), t(kv) if need else None,
+                                         masks=(tm(m2), tm(m1)))
             p = 0.5 * (p + jnp.transpose(pt, (1, 0, 4, 5, 2, 3)))
             w = None if w is None else 0.5 * (w + jnp.transpose(wt, (1, 0, 4, 5, 2, 3)))
         nngp = jnp.einsum("ijstuv,ijtv->ijsu", p, kv)
@@ -374,11 +405,15 @@ class Attention(WeightLayer):
                    + qk2 * (tp * jnp.einsum("ijsuvx,ijux->ijsv", w, kq) + kq * jnp.einsum("ijsuvx,ijux->ijsv", w, tp)))
         var1 = var2 = None
         if not same:
-            var1, var2 = (jnp.einsum("istuv,itv->isu", self._logit_moments(v[:, None], v[:, None], v[:, None])[0][:, 0],
-                                     vv) for v, vv in ((vq1, vv1), (vq2, vv2)))
+            def own(v, m):
+                m = m if m.ndim == 2 else m[:, None]
+                return self._logit_moments(v[:, None], v[:, None], v[:, None], masks=(m, m))[0][:, 0]
+
+            var1, var2 = (jnp.einsum("istuv,itv->isu", own(v, m), vv) for v, vv, m in ((vq1, vv1, masks[0]),
+                                                                                       (vq2, vv2, masks[1])))
         return nngp, ntk, var1, var2
 
-    def _logit_moments(self, c11, c22, c12, kv=None):
+    def _logit_moments(self, c11, c22, c12, kv=None, *, masks):
         """Monte Carlo over the Gaussian logits of input pairs ``(x, x')`` whose query/key inputs have
         covariances ``c11`` (x), ``c22`` (x') and ``c12`` (cross), each (P1, P2, L, L). Returns
         ``E[G_x[s, t] G_x'[u, v]]`` (P1, P2, L, L, L, L) and, given the values' covariance ``kv``,
@@ -388,7 +423,8 @@ class Attention(WeightLayer):
         singular pair ``x = x'`` is fine) and ``xi`` a (2L, 2L) standard normal matrix has exactly
         ``Cov(Z[a, b], Z[a', b']) = QK^2 C[a, a'] C[b, b']``; its diagonal blocks are ``Z_x, Z_x'``.
         Sample ``i`` is drawn from ``fold_in(key(logit_seed), i)``: the same samples for every pair and
-        every chunking, so the estimate does not depend on the batch or the tiling."""
+        every chunking, so the estimate does not depend on the batch or the tiling. ``masks``: the allowed
+        (query, key) pairs of x and x', each ``(L, L)`` or ``(P1, P2, L, L)``."""
         length = c11.shape[-1]
         lead = c12.shape[:2]
         top = jnp.concatenate([c11, c12], axis=-1)
@@ -399,7 +435,7 @@ class Attention(WeightLayer):
         root = jnp.einsum("...ak,...k,...bk->...ab", u, jnp.sqrt(jnp.maximum(lam, 0.0)), u)
         a1, a2 = root[..., :length, :], root[..., length:, :]
         qk, dtype = self.qk_std**2, c12.dtype
-        mask = jnp.asarray(_mask(length, self.causal))
+        mask1, mask2 = masks
         total = self.logit_samples
         pairs = math.prod(lead)
         chunk = max(1, min(total, 2**21 // max(1, pairs * length**3)))
@@ -413,11 +449,11 @@ class Attention(WeightLayer):
             weight = (idx < total).astype(dtype)
             z1 = qk * jnp.einsum("...sa,nab,...tb->n...st", a1, xi, a1)
             z2 = qk * jnp.einsum("...sa,nab,...tb->n...st", a2, xi, a2)
-            g1, g2 = _weights(z1, mask, self.mechanism), _weights(z2, mask, self.mechanism)
+            g1, g2 = _weights(z1, mask1, self.mechanism), _weights(z2, mask2, self.mechanism)
             p, w = carry
             p = p + jnp.einsum("n,n...st,n...uv->...stuv", weight, g1, g2)
             if need_j:
-                j1, j2 = (_jacobian(z, g, mask, self.mechanism) for z, g in ((z1, g1), (z2, g2)))
+                j1, j2 = (_jacobian(z, g, m, self.mechanism) for z, g, m in ((z1, g1, mask1), (z2, g2, mask2)))
                 jk = jnp.einsum("n...stu,...tv->n...suv", j1, kv)
                 w = w + jnp.einsum("n,n...suv,n...xvy->...suxy", weight, jk, j2)
             return (p, w), None
@@ -473,6 +509,8 @@ class Attention(WeightLayer):
             raise ValueError(f"Attention: parameters have shapes {params['k'].shape}, {params['o'].shape} but the "
                              f"layer maps {fan_q} -> {n} features here; were they made by init() at this width?")
         b, length = x.shape[0], x.shape[1]
+        padding = ctx.mask if ctx.mask is not None and ctx.mask.shape == x.shape[:-1] else None
+        x = zero_padding(x, ctx)
         xq = xv = x
         if self.pos_emb != "none":
             if params["pos"].shape != (length, dim.size):
@@ -484,6 +522,8 @@ class Attention(WeightLayer):
                 chol = np.linalg.cholesky(self._pos_cov(length))
                 pos = jnp.asarray(chol, pos.dtype) @ pos
             pos = jnp.broadcast_to(sp.w_mult * pos, x.shape)
+            if padding is not None:  # no positional embedding at padding
+                pos = jnp.where(padding[..., None], jnp.zeros((), pos.dtype), pos)
             xq = x + pos if self.pos_emb == "sum" else jnp.concatenate([x, pos], axis=-1)
             if self.val_pos_emb:
                 xv = xq
@@ -500,7 +540,8 @@ class Attention(WeightLayer):
         tau = {"param": lambda: ctx.param.attn_scale(d_head=d, width=n), "tied": lambda: 1.0 / d,
                "gaussian": lambda: d**-0.5}[self.logits]()
         logits = tau * jnp.einsum("bshd,bthd->bhst", q, k)
-        mask = jnp.asarray(_mask(length, self.causal))[None, None]
+        mask = _key_masks(_mask(length, self.causal), padding)[:, None] if padding is not None else \
+            jnp.asarray(_mask(length, self.causal))[None, None]  # (batch or 1, heads 1, query, key)
         if ctx.tape is not None:
             ctx.tape.observe("attn.logits", jnp.where(mask, logits, 0.0))
         a = _weights(logits, mask, self.mechanism)

@@ -6,12 +6,14 @@ interpretation treats padding alike, as neural-tangents does (Novak et al. 2020,
 
 * padding positions are zero after every layer: they feed nothing into a convolution, an
   aggregation or a flattened readout, and entries of the kernels involving them are zero;
-* ``GlobalAvgPool`` averages over the valid positions only (``GlobalSumPool`` sums them).
+* ``GlobalAvgPool`` averages over the valid positions only (``GlobalSumPool`` sums them);
+* ``Attention`` attends to the valid keys only (a softmax over them), and positional embeddings are
+  zero at padding.
 
 So an input padded with NaN has the kernel and the finite-network output of the unpadded input.
 Layers that change the position grid (strided or VALID convolutions, windowed pooling, ``Index``,
-resizing, transposed or local convolutions, spatial concatenation) and attention do not take
-padding yet: a net with one of them refuses a masked input by name.
+resizing, transposed or local convolutions, spatial concatenation) do not take padding yet: a net
+with one of them refuses a masked input by name.
 
 The mask rides in the data (NaN) through tiles and vmaps; it is read back with :func:`split`.
 """
@@ -81,7 +83,7 @@ def check_layers(net: Layer, *, where: str) -> None:
         raise NotImplementedError(
             f"{where}: the input has padding (NaN positions or mask=), which {', '.join(bad)} does not take yet: "
             "padding is supported through layers that keep the position grid (Dense, activations, LayerNorm, "
-            "Dropout, Conv with padding='SAME' and stride 1, Aggregate) up to GlobalAvgPool, GlobalSumPool or "
+            "Dropout, Conv with padding='SAME' and stride 1, Aggregate, Attention) up to GlobalAvgPool, GlobalSumPool or "
             "Flatten.")
 
 

@@ -1,6 +1,6 @@
 """Agreement with neural-tangents 0.6.5 on ``GlobalSelfAttention``: its linear scaling (``logits="tied"``) with
 every mechanism, SUM/CONCAT positional embeddings (also in the values, and with a decay), and its 1/sqrt(d) rule
-for the identity mechanism (``logits="gaussian"``). Reference file made by
+for the identity mechanism (``logits="gaussian"``); and on padded sequences (NT's masking). Reference files made by
 ``benchmarks/peers/nt_attention_reference.py`` in the legacy venv; NT is never imported here."""
 
 import functools
@@ -15,6 +15,7 @@ from helpers import build, load_archs, load_inputs
 
 REF = np.load(pathlib.Path(__file__).parents[1] / "reference" / "nt_attention_kernels.npz")
 ARCHS = load_archs(REF)
+MASKED = np.load(pathlib.Path(__file__).parents[1] / "reference" / "nt_attention_masked_kernels.npz")
 KEYS = ("nngp11", "ntk11", "nngp12", "ntk12")
 
 
@@ -30,9 +31,10 @@ def _arch(arch):
 
 
 @functools.cache
-def _owidth(name):
-    net = build(_arch(ARCHS[name]))
-    x1, x2 = load_inputs(REF, name)
+def _owidth(name, masked=False):
+    ref = MASKED if masked else REF
+    net = build(_arch(load_archs(ref)[name]))
+    x1, x2 = load_inputs(ref, name)
     k11, k12 = ow.kernel(net, x1), ow.kernel(net, x1, x2)
     return {key: np.asarray(k) for key, k in
             (("nngp11", k11.nngp), ("ntk11", k11.ntk), ("nngp12", k12.nngp), ("ntk12", k12.ntk))}
@@ -51,3 +53,17 @@ def test_matches_neural_tangents(name):
         err = np.abs(got - ref) / np.max(np.abs(ref))
         assert np.max(err) < 1e-8, (name, key, np.max(err))
     np.testing.assert_allclose(kernels["nngp11"], kernels["nngp11"].T, rtol=1e-14, atol=0)
+
+
+@pytest.mark.parametrize("name", [n if n == "mask_tied_sum_val" else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in sorted(load_archs(MASKED))])
+def test_padded_sequences_match_neural_tangents(name):
+    """Sequences of lengths 6, 4, 2, 5 (x1) and 3, 6, 1 (x2), NaN-padded to 6: NT's masked attention, which
+    leaves padding keys out and zeroes every kernel entry of a padding position."""
+    x1, _ = load_inputs(MASKED, name)
+    assert np.isnan(x1).any()
+    kernels = _owidth(name, masked=True)
+    for key in KEYS:
+        ref = MASKED[f"{name}/{key}"]
+        err = np.max(np.abs(kernels[key] - ref)) / np.max(np.abs(ref))
+        assert err < 1e-8, (name, key, err)

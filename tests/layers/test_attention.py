@@ -90,6 +90,61 @@ def test_logit_monte_carlo_matches_the_identity_closed_form():
     np.testing.assert_allclose(k2.ntk, k.ntk[:2], rtol=1e-10, atol=1e-12)
 
 
+def _padded(x, lengths):
+    out = np.array(x, dtype=float)
+    for i, n in enumerate(lengths):
+        out[i, n:] = np.nan
+    return out
+
+
+@pytest.mark.parametrize("att", [
+    dict(heads=2),
+    pytest.param(dict(logits="tied", mechanism="relu", causal=False, b_std=0.3), marks=pytest.mark.slow),
+    pytest.param(dict(logits="gaussian", mechanism="identity", w_std=1.2), marks=pytest.mark.slow),
+    dict(heads=2, logits="tied", pos_emb="concat", val_pos_emb=True, causal=False, pos_p_norm=1.0,
+         pos_decay=lambda d: np.exp(-d / 2.0)),
+])
+def test_padding_gives_the_cut_sequences_kernel_and_output(att):
+    """A sequence padded at its end (NaN) has the kernel, and a finite network the outputs, of the sequence cut
+    to its length: padding keys get no attention and the positional embedding (whose Cholesky factor's leading
+    block is that of the shorter sequence) is zero there. And the padding's content does not matter (mask=)."""
+    net = ow.serial(ow.Dense(w_std=1.3, b_std=0.2), ow.Relu(), ow.Attention(**att), ow.Relu(), ow.GlobalAvgPool(),
+                    ow.Dense(out=1, b_std=0.1))
+    lengths = (5, 3, 1)
+    padded = _padded(X, lengths)
+    k = ow.kernel(net, padded)
+    model = ow.finite(net, width=8)
+    params = model.init(jax.random.key(0), padded)
+    y = model.apply(params, padded)
+    for i, n in enumerate(lengths):
+        alone = ow.kernel(net, X[i:i + 1, :n])
+        np.testing.assert_allclose(k.nngp[i, i], alone.nngp[0, 0], rtol=1e-12)
+        np.testing.assert_allclose(k.ntk[i, i], alone.ntk[0, 0], rtol=1e-12)
+        cut = jax.tree.map(lambda p: p[:n] if p.shape[:1] == (X.shape[1],) else p, params)  # positional embedding
+        np.testing.assert_allclose(y[i], model.apply(cut, X[i:i + 1, :n])[0], rtol=1e-12)
+    junk = np.where(np.isnan(padded), 5.0, padded)
+    np.testing.assert_allclose(model.apply(params, junk, mask=np.isnan(padded).all(-1)), y, rtol=1e-13)
+    # padding matters: the zero-filled sequences have another kernel
+    assert np.max(np.abs(ow.kernel(net, np.nan_to_num(padded)).ntk - k.ntk)) > 1e-3 * np.max(np.abs(k.ntk))
+
+
+def test_left_padding_under_causal_attention_has_no_nan_and_is_the_cut_sequence():
+    """Padding at the start of a causal sequence leaves padding queries with no key at all: their weights are
+    zero, with finite values and gradients; the valid positions see the cut sequence (no positions here)."""
+    net = ow.serial(ow.Dense(w_std=1.3, b_std=0.2), ow.Relu(), ow.Attention(heads=2, logits="tied"), ow.Relu(),
+                    ow.GlobalAvgPool(), ow.Dense(out=1))
+    padded = np.array(X)
+    padded[1, :2] = np.nan
+    k = ow.kernel(net, padded)
+    np.testing.assert_allclose(k.ntk[1, 1], ow.kernel(net, X[1:2, 2:]).ntk[0, 0], rtol=1e-12)
+    model = ow.finite(net, width=8)
+    params = model.init(jax.random.key(0), padded)
+    x, m = np.nan_to_num(padded), np.isnan(padded).all(-1)
+    np.testing.assert_allclose(model.apply(params, x, mask=m)[1], model.apply(params, X[1:2, 2:])[0], rtol=1e-12)
+    grads = jax.grad(lambda p: model.apply(p, x, mask=m).sum())(params)
+    assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
+
+
 def test_fixed_scale_attention_ignores_attn_and_param_mode_keeps_its_limit():
     tied = ow.serial(ow.Attention(logits="tied"), ow.Flatten(), ow.Dense(out=1))
     np.testing.assert_array_equal(ow.kernel(tied, X, attn=0.5).nngp, ow.kernel(tied, X).nngp)
@@ -126,20 +181,20 @@ def test_bad_inputs():
 WIDTH, NETS = 256, 1000
 
 
-def _mc_check(layers, alt, *, allowance):
+def _mc_check(layers, alt, *, allowance, x=X):
     """Kernels of ``serial(*layers)`` within 4 standard errors (+ ``allowance / WIDTH`` relative) of NETS
     random NTP networks at WIDTH; and the check has power: the kernel of ``alt`` (one hyperparameter 5% off)
     fails it."""
     net = ow.serial(*layers)
-    mc = ow.monte_carlo_kernel(net, X, width=WIDTH, samples=NETS, key=jax.random.key(1), progress_bar=False)
-    k = ow.kernel(net, X)
+    mc = ow.monte_carlo_kernel(net, x, width=WIDTH, samples=NETS, key=jax.random.key(1), progress_bar=False)
+    k = ow.kernel(net, x)
 
     def z(kern):
         return {g: np.max(np.abs(np.asarray(getattr(mc, g)) - np.asarray(getattr(kern, g)))
                           / (np.asarray(getattr(mc.stderr, g)) + allowance / WIDTH * np.abs(np.asarray(getattr(kern, g)))))
                 for g in ("nngp", "ntk")}
 
-    ok, wrong = z(k), z(ow.kernel(ow.serial(*alt), X))
+    ok, wrong = z(k), z(ow.kernel(ow.serial(*alt), x))
     assert max(ok.values()) < 4.0, ok
     assert max(wrong.values()) > 4.0, wrong
     return ok, wrong
@@ -159,12 +214,13 @@ def test_monte_carlo_gaussian_logits_causal_softmax():
 @pytest.mark.compute_bound
 def test_monte_carlo_gaussian_logits_positions_bias():
     """1/sqrt(d) softmax attention on hidden features with summed positional embeddings in keys, queries and
-    values and a bias, one head: the NTK (0.7% standard error) detects qk_std 5% off."""
+    values and a bias, one head, on padded sequences (lengths 5, 3, 4; padding keys left out of the Monte Carlo
+    over logits too): the NTK (0.7% standard error) detects qk_std 5% off."""
     def layers(**kw):
         att = dict(heads=1, logits="gaussian", causal=False, pos_emb="sum", pos_std=0.8, val_pos_emb=True,
                    b_std=0.2, logit_samples=8192)
         return [ow.Dense(), ow.Relu(), ow.Attention(**{**att, **kw}), ow.Flatten(), ow.Dense(out=1)]
-    _mc_check(layers(), layers(qk_std=1.05), allowance=0.0)
+    _mc_check(layers(), layers(qk_std=1.05), allowance=0.0, x=_padded(X, (5, 3, 4)))
 
 
 @pytest.mark.slow

@@ -17,6 +17,12 @@ Kinds: "img" images (4, 5, 4, 2) / (3, 5, 4, 2) and "seq" sequences (4, 9, 2) / 
   dimension numbers and the padding always given (owidth's default is SAME, NT's VALID);
 * ``ImageResize(shape, method)``: ``stax.ImageResize((-1, *shape, -1), method)`` (owidth's ``shape`` is
   the spatial one; ``-1`` keeps an axis in both).
+
+It also writes tests/reference/nt_conv_masked_kernels.npz (tests/kernels/test_reference_nt_masked.py):
+the ``MASKED`` architectures (layers that change the position grid: strided and VALID convolutions,
+windowed pooling, transposed and local convolutions, resizing, indexing, spatial concatenation) on
+padded sequences (lengths 9, 6, 3, 7 / 5, 9, 4 of 9) and images (valid top-left blocks of 5 x 4),
+given to NT with ``mask_constant``; the stored ``{kind}1``/``{kind}2`` hold NaN at padding (owidth's form).
 """
 
 import pathlib
@@ -29,6 +35,8 @@ import numpy as np  # noqa: E402
 from neural_tangents import stax  # noqa: E402
 
 OUT = base.REF_DIR / "nt_conv_more_kernels.npz"
+OUT_MASKED = base.REF_DIR / "nt_conv_masked_kernels.npz"
+MASK_CONSTANT = 1e3
 
 _OUT = ["Dense", {"out": 1, "w_std": 1.0, "b_std": 0.1}]
 _RELU = ["Relu", {}]
@@ -84,6 +92,51 @@ ARCHS = {
 }
 INPUTS = {name: "seq" if "_1d_" in name else "img" for name in ARCHS}
 
+
+def _pool(name, window, strides=None, padding="VALID"):
+    kw = {"window": list(window), "padding": padding}
+    if strides is not None:
+        kw["strides"] = list(strides)
+    return [name, kw]
+
+
+_GAP = ["GlobalAvgPool", {}]
+MASKED = {
+    # sequences: strided / VALID convolutions (NT's centre rule), pooling, transposed (the mask spreads) and
+    # local convolutions, resizing (content wins), indexing, spatial concatenation
+    "mask_conv_s2_valid": [_layer("Conv", (3,), (2,)), _RELU, _layer("Conv", (2,), None, "VALID", 1.1, 0.1), _RELU,
+                           _GAP, _OUT],
+    "mask_conv_valid_flatten": [_layer("Conv", (3,), None, "VALID"), ["Erf", {}],
+                                _layer("Conv", (3,), (2,), "VALID", 1.2, 0.3), _RELU, ["Flatten", {}], _OUT],
+    "mask_avgpool": [_layer("Conv", (3,)), _RELU, _pool("AvgPool", (2,)), _layer("Conv", (2,), None, "SAME", 1.1),
+                     _RELU, _GAP, _OUT],
+    "mask_sumpool_same": [["Dense", {"w_std": 1.2, "b_std": 0.2}], _RELU, _pool("SumPool", (3,), (2,), "SAME"),
+                          _layer("Conv", (2,), None, "SAME", 0.8), _RELU, ["GlobalSumPool", {}], _OUT],
+    "mask_convT_s2": [_layer("Conv", (2,)), _RELU, _layer("ConvTranspose", (3,), (2,), "SAME", 1.1, 0.1), _RELU, _GAP,
+                      _OUT],
+    "mask_convT_s1_valid": [_layer("ConvTranspose", (3,), (1,), "SAME"), _RELU,
+                            _layer("ConvTranspose", (2,), (3,), "VALID", 1.1, 0.0), _RELU, ["Flatten", {}], _OUT],
+    "mask_convlocal": [_layer("ConvLocal", (3,), (2,), "SAME"), _RELU, _layer("ConvLocal", (2,), None, "VALID", 1.2),
+                       _RELU, _GAP, _OUT],
+    "mask_resize_up_linear": [_layer("Conv", (3,)), _resize((13,), "linear"), _RELU, _GAP, _OUT],
+    "mask_resize_down_nearest": [_layer("Conv", (3,)), _RELU, _resize((4,), "nearest"),
+                                 _layer("Conv", (2,), None, "SAME", 1.1), _RELU, ["Flatten", {}], _OUT],
+    "mask_index": [_layer("Conv", (3,)), _RELU, ["Index", {"idx": [{"slice": [None, None]}, {"slice": [1, None, 2]}]}],
+                   _layer("Conv", (2,), None, "SAME", 1.1), _RELU, _GAP, _OUT],
+    "mask_concat_positions": [["concat", {"axis": 1, "branches": [[_layer("Conv", (3,))],
+                                                                 [_layer("Conv", (2,), (2,), "SAME", 1.1, 0.3)]]}],
+                              _RELU, _GAP, _OUT],
+    # images: a 2-D grid with padding on both axes
+    "mask_img_conv_s2_pool": [_layer("Conv", (3, 3), (2, 2)), _RELU, _layer("Conv", (2, 2), None, "SAME", 1.1),
+                              _RELU, _pool("AvgPool", (2, 2), (1, 1), "SAME"), _layer("Conv", (2, 2), None, "SAME"),
+                              _RELU, _GAP, _OUT],
+    "mask_img_index_row": [_layer("Conv", (3, 3)), _RELU, ["Index", {"idx": [{"slice": [None, None]}, 1]}],
+                           _layer("Conv", (2,), None, "SAME", 1.1), _RELU, _GAP, _OUT],
+    "mask_img_convT": [_layer("Conv", (2, 2)), _RELU, _layer("ConvTranspose", (2, 3), (2, 1), "SAME", 1.2, 0.1),
+                       _RELU, ["Flatten", {}], _OUT],
+}
+MASKED_INPUTS = {name: "img" if "_img_" in name else "seq" for name in MASKED}
+
 _base_layer = base.nt_layer
 
 
@@ -107,6 +160,17 @@ def main():
     seq1, seq2 = rng.randn(4, 9, 2), rng.randn(3, 9, 2)
     data = {"img": (img1, img2), "seq": (seq1, seq2)}
     base.dump(OUT, ARCHS, INPUTS, data, {"img1": img1, "img2": img2, "seq1": seq1, "seq2": seq2})
+    # padded copies
+    for x, lengths in ((seq1, (9, 6, 3, 7)), (seq2, (5, 9, 4))):
+        for i, n in enumerate(lengths):
+            x[i, n:] = MASK_CONSTANT
+    for x, blocks in ((img1, ((5, 4), (3, 4), (5, 2), (2, 3))), (img2, ((4, 4), (5, 4), (2, 2)))):
+        for i, (h, w) in enumerate(blocks):
+            x[i, h:] = MASK_CONSTANT
+            x[i, :, w:] = MASK_CONSTANT
+    nan = {f"{kind}{i + 1}": np.where(x == MASK_CONSTANT, np.nan, x)
+           for kind, xs in (("img", (img1, img2)), ("seq", (seq1, seq2))) for i, x in enumerate(xs)}
+    base.dump(OUT_MASKED, MASKED, MASKED_INPUTS, data, nan, mask_constant=MASK_CONSTANT)
 
 
 if __name__ == "__main__":

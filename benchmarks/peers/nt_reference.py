@@ -310,6 +310,9 @@ def nt_layer(name, kw):
         # owidth's default strides are the window; NT's (strides=None) would be 1, so never pass None
         window = tuple(kw["window"])
         return stax.AvgPool(window, strides=tuple(kw.get("strides", window)), padding=kw.get("padding", "VALID"))
+    if name == "SumPool":
+        window = tuple(kw["window"])
+        return stax.SumPool(window, strides=tuple(kw.get("strides", window)), padding=kw.get("padding", "VALID"))
     if name == "GlobalAvgPool":
         return stax.GlobalAvgPool()
     if name == "GlobalSumPool":

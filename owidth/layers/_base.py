@@ -212,6 +212,11 @@ class Layer:
         (padding is zeroed where positions mix); layers that change the position grid must say so."""
         return not self.caps.spatial or self.caps.transparent
 
+    def _mask_out(self, mask: jax.Array) -> jax.Array | None:
+        """The padding ``(batch, *S')`` of the layer's output given its input's ``(batch, *S)`` (True =
+        padding; ``owidth.layers.masking``), or None once no position axis is left. Default: the grid is kept."""
+        return mask
+
     def _has_weights(self) -> bool:
         return walk_any(self, "weights")
 

@@ -76,7 +76,16 @@ class Serial(Layer):
     def _apply(self, params, x, dim, ctx):
         for layer, p in zip(self.layers, params):
             x, dim = layer._apply(p, x, dim, ctx)
+            if ctx.mask is not None:  # the padding of the next layer's input
+                ctx = dataclasses.replace(ctx, mask=layer._mask_out(ctx.mask))
         return x, dim
+
+    def _mask_out(self, mask):
+        for layer in self.layers:
+            if mask is None:
+                return None
+            mask = layer._mask_out(mask)
+        return mask
 
 
 def _init_branches(branches, key, dim, ctx) -> tuple[tuple, list]:
@@ -125,7 +134,7 @@ class Parallel(Layer):
             outs = [b._kernel(ks) for b in self.branches]
             x1 = sum(o.x1 for o in outs)
             x2 = None if ks.x2 is None else sum(o.x2 for o in outs)
-            return ks.replace(x1=x1, x2=x2)
+            return ks.replace(x1=x1, x2=x2, mask1=outs[0].mask1, mask2=outs[0].mask2)
         # Kernels add only when cross terms E[a(x) b(x')] vanish, i.e. when of any two
         # branches at least one ends in a fresh zero-mean weight layer.
         free = [b for b in self.branches if not b._ends_in_weights()]
@@ -167,6 +176,8 @@ class Parallel(Layer):
             fixed=fixed.pop(),
             pre=None,
             act=None,
+            mask1=outs[0].mask1,  # the branches agree on the position grid (and so on its padding)
+            mask2=outs[0].mask2,
         )
 
     def _init(self, key, dim, ctx):
@@ -179,6 +190,9 @@ class Parallel(Layer):
     def _apply(self, params, x, dim, ctx):
         ys = [b._apply(p, x, dim, ctx) for b, p in zip(self.branches, params)]
         return sum(y for y, _ in ys), ys[0][1]
+
+    def _mask_out(self, mask):
+        return self.branches[0]._mask_out(mask)
 
 
 def _fan_in_outs(where: str, branches, ks, *, independent: bool) -> list:
@@ -255,8 +269,11 @@ class Concat(Layer):
     def _ends_in_weights(self) -> bool:
         return all(b._ends_in_weights() for b in self.branches)
 
-    def _takes_padding(self) -> bool:
-        return self.axis == -1  # stacking positions of padded inputs would interleave padding
+    def _mask_out(self, mask):
+        masks = [b._mask_out(mask) for b in self.branches]
+        if masks[0] is None or self._rank_axis(masks[0].ndim + 1) == masks[0].ndim:  # channels
+            return masks[0]
+        return jnp.concatenate(masks, axis=self._rank_axis(masks[0].ndim + 1))
 
     def _rank_axis(self, rank: int) -> int:
         """``axis`` as a non-negative axis of a rank-``rank`` activation (batch first, channels last)."""
@@ -276,7 +293,7 @@ class Concat(Layer):
             if all(o.is_input for o in outs):
                 x1 = jnp.concatenate([o.x1 for o in outs], axis=axis)
                 x2 = None if ks.x2 is None else jnp.concatenate([o.x2 for o in outs], axis=axis)
-                return ks.replace(x1=x1, x2=x2)
+                return ks.replace(x1=x1, x2=x2, **_cat_masks(outs, axis if axis < rank - 1 else None))
         channels = axis == rank - 1
         if not channels and not self._ends_in_weights():
             raise NotImplementedError(
@@ -306,7 +323,8 @@ class Concat(Layer):
                           nngp=mean("nngp"), ntk=mean("ntk"), var1=mean("var1"), var2=mean("var2"),
                           mean1=mean("mean1"), mean2=mean("mean2"),
                           gaussian=len(outs) == 1 and outs[0].gaussian, fixed=False,
-                          pre=outs[0].pre if len(outs) == 1 else None, act=outs[0].act if len(outs) == 1 else None)
+                          pre=outs[0].pre if len(outs) == 1 else None, act=outs[0].act if len(outs) == 1 else None,
+                          mask1=outs[0].mask1, mask2=outs[0].mask2)
 
     def _kernel_spatial(self, ks, outs, k: int):
         """Stack pixel axis ``k`` of the branches' pixel covariances (zero across branches)."""
@@ -331,7 +349,8 @@ class Concat(Layer):
                           ntk=cat([o.ntk for o in outs], 2, full) if ks.need_ntk else None,
                           var1=cat([o.var1 for o in outs], 1, var_full),
                           var2=cat([o.var2 for o in outs], 1, var_full),
-                          mean1=None, mean2=None, gaussian=all(o.gaussian for o in outs), fixed=False, pre=None, act=None)
+                          mean1=None, mean2=None, gaussian=all(o.gaussian for o in outs), fixed=False, pre=None, act=None,
+                          **_cat_masks(outs, k + 1))
 
     def _init(self, key, dim, ctx):
         params, dims = _init_branches(self.branches, key, dim, ctx)
@@ -358,6 +377,16 @@ class Concat(Layer):
         ys = [b._apply(p, x, dim, ctx) for b, p in zip(self.branches, params)]
         out = self._out_dim([d for _, d in ys])
         return jnp.concatenate([y for y, _ in ys], axis=self._rank_axis(x.ndim)), out
+
+
+def _cat_masks(outs, axis: int | None) -> dict:
+    """The branches' paddings concatenated along ``axis`` of ``(batch, *S)`` (None: channels, the first's)."""
+    def cat(name):
+        masks = [getattr(o, name) for o in outs]
+        if masks[0] is None or axis is None:
+            return masks[0]
+        return jnp.concatenate(masks, axis=axis)
+    return {"mask1": cat("mask1"), "mask2": cat("mask2")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -392,7 +421,7 @@ class Product(Layer):
             if all(o.is_input for o in outs):
                 x1 = functools.reduce(operator.mul, [o.x1 for o in outs])
                 x2 = None if ks.x2 is None else functools.reduce(operator.mul, [o.x2 for o in outs])
-                return ks.replace(x1=x1, x2=x2)
+                return ks.replace(x1=x1, x2=x2, mask1=outs[0].mask1, mask2=outs[0].mask2)
         outs = _fan_in_outs("ow.product", self.branches, ks, independent=True)
         if len({o.nngp.shape for o in outs}) > 1 or len({o.var1.shape for o in outs}) > 1:
             raise ValueError(f"ow.product: branch outputs have different pixel shapes ({[o.spatial for o in outs]}); "
@@ -411,7 +440,8 @@ class Product(Layer):
                           var1=prod("var1"), var2=prod("var2"),
                           mean1=None if zero_mean else prod("mean1"), mean2=None if zero_mean else prod("mean2"),
                           gaussian=len(outs) == 1 and outs[0].gaussian, fixed=False,
-                          pre=outs[0].pre if len(outs) == 1 else None, act=outs[0].act if len(outs) == 1 else None)
+                          pre=outs[0].pre if len(outs) == 1 else None, act=outs[0].act if len(outs) == 1 else None,
+                          mask1=outs[0].mask1, mask2=outs[0].mask2)
 
     def _init(self, key, dim, ctx):
         params, dims = _init_branches(self.branches, key, dim, ctx)
@@ -423,6 +453,9 @@ class Product(Layer):
     def _apply(self, params, x, dim, ctx):
         ys = [b._apply(p, x, dim, ctx) for b, p in zip(self.branches, params)]
         return functools.reduce(operator.mul, [y for y, _ in ys]), ys[0][1]
+
+    def _mask_out(self, mask):
+        return self.branches[0]._mask_out(mask)
 
 
 # A block of layers repeated this many times in a row or more (e.g. ``[Dense(), Erf()] * 50``) runs its
@@ -608,21 +641,32 @@ class Repeat(Layer):
         if self._maps(dim, ctx) != dim:
             first, params = params
             x, dim = self.block._apply(first, x, dim, ctx)
+            ctx = ctx if ctx.mask is None else dataclasses.replace(ctx, mask=self.block._mask_out(ctx.mask))
             count -= 1
         if ctx.tape is not None:  # a recording run sees every copy: unrolled
             for i in range(count):
                 x, dim = self.block._apply(jax.tree.map(lambda a, i=i: a[i], params), x, dim, ctx)
+                ctx = ctx if ctx.mask is None else dataclasses.replace(ctx, mask=self.block._mask_out(ctx.mask))
             return x, dim
 
         base = None if ctx.rng is None else ctx.rng.next()
 
-        def body(h, xs):
+        def body(carry, xs):
+            h, mask = carry  # the padding of each copy's input (the grid is the same for every copy)
             p, i = xs
             inner = ctx if base is None else dataclasses.replace(ctx, rng=Rng(jax.random.fold_in(base, i)))
-            return self.block._apply(p, h, dim, inner)[0], None
+            inner = inner if mask is None else dataclasses.replace(inner, mask=mask)
+            return (self.block._apply(p, h, dim, inner)[0], None if mask is None else self.block._mask_out(mask)), None
 
-        x, _ = jax.lax.scan(body, x, (params, jnp.arange(count)), length=count)
+        (x, _), _ = jax.lax.scan(body, (x, ctx.mask), (params, jnp.arange(count)), length=count)
         return x, dim
+
+    def _mask_out(self, mask):
+        for _ in range(self.n):
+            if mask is None:
+                return None
+            mask = self.block._mask_out(mask)
+        return mask
 
 
 def _show(dim) -> str:

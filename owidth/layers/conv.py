@@ -154,8 +154,9 @@ class Conv(ConvFields):
         else:  # per-pixel variances (var_pixel) stay per pixel: the same-pixel entries of the rule
             vfull = ks.full and not ks.var_pixel
             var1, var2 = w2 * patch_mean(ks.var1, 1, vfull) + b2, w2 * patch_mean(ks.var2, 1, vfull) + b2
-        return ks.replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2, spatial=out, gaussian=True,
-                          fixed=self.out is not None, pre=None, act=None, mean1=None, mean2=None, width_mult=1)
+        return masking.carry(ks.replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2, spatial=out, gaussian=True,
+                                        fixed=self.out is not None, pre=None, act=None, mean1=None, mean2=None,
+                                        width_mult=1), self._mask_out)
 
     def _kernel_of_data(self, ks: KState, where: str) -> KState:
         """First layer: ``nngp(s, t) = w^2 P1(s) . P2(t) / (|F| C) + b^2`` with ``P`` the image
@@ -183,8 +184,9 @@ class Conv(ConvFields):
         var1, var2 = (self_var(nngp), None) if x2 is None else (w2 * g1 + b2, w2 * g2 + b2)
         own = nngp if ks.sp_width is None else own_ntk(ks, x1.shape[-1], math.prod(self.filter_shape), self, g)
         ntk = own if ks.need_ntk else None
-        return ks.replace(x1=None, x2=None, nngp=nngp, ntk=ntk, var1=var1, var2=var2, spatial=out, gaussian=True,
-                          fixed=self.out is not None, pre=None, act=None, mean1=None, mean2=None, width_mult=1)
+        return masking.carry(ks.replace(x1=None, x2=None, nngp=nngp, ntk=ntk, var1=var1, var2=var2, spatial=out,
+                                        gaussian=True, fixed=self.out is not None, pre=None, act=None, mean1=None,
+                                        mean2=None, width_mult=1), self._mask_out)
 
     def _geometry(self, dim: Dim, ctx: FiniteCtx):
         if len(dim.spatial) != len(self.filter_shape):
@@ -209,7 +211,10 @@ class Conv(ConvFields):
         return init_weights(key, (*self.filter_shape, dim.size, out.size), out.size, s, has_bias(self.b_std)), out
 
     def _takes_padding(self) -> bool:
-        return self.padding == "SAME" and all(st == 1 for st in self.strides)  # the position grid is kept
+        return True
+
+    def _mask_out(self, mask):
+        return masking.centre(mask, self.filter_shape, self.strides, self.padding)
 
     def _forward(self, params, x, dim, ctx):
         out, s = self._geometry(dim, ctx)
@@ -279,12 +284,20 @@ class AvgPool(Layer):
             x = sp.window_sum(x, (group,), self.window, self.strides, pads, out) / self._norm()
         return x
 
+    def _takes_padding(self) -> bool:
+        return True
+
+    def _mask_out(self, mask):
+        return masking.centre(mask, self.window, self.strides, self.padding)
+
     def _kernel(self, ks):
-        if ks.is_input:  # the data itself: pool it
-            return ks.replace(x1=self._finite(ks.x1), x2=None if ks.x2 is None else self._finite(ks.x2))
+        if ks.is_input:  # the data itself (padding zeroed): pool it
+            return masking.carry(ks.replace(x1=self._finite(ks.x1), x2=None if ks.x2 is None else self._finite(ks.x2)),
+                                 self._mask_out)
         _need_spatial(ks, "AvgPool")
         if not ks.full:
             raise AssertionError("owidth internal: AvgPool reached with diagonal pixel covariances")
+        ks = masking.remask(ks)  # padding adds zeros to the windows
         out, _ = self._geometry(ks.spatial)
         nsp = len(ks.spatial)
 
@@ -294,8 +307,9 @@ class AvgPool(Layer):
                 y = sp.mirror(y, nsp)
             return y
 
-        return linear_pixels(ks, fn, spatial=out, full=True,
-                              mean_fn=lambda m: self._pool(m, 1, sp.pixel_groups(1, nsp, False), ks.spatial))
+        return masking.carry(linear_pixels(ks, fn, spatial=out, full=True,
+                                           mean_fn=lambda m: self._pool(m, 1, sp.pixel_groups(1, nsp, False),
+                                                                        ks.spatial)), self._mask_out)
 
     def _finite(self, x):
         out, pads = self._geometry(tuple(x.shape[1:-1]))
@@ -308,7 +322,7 @@ class AvgPool(Layer):
 
     def _apply(self, params, x, dim, ctx):
         out, _ = self._geometry(dim.spatial)
-        return self._finite(x), dataclasses.replace(dim, spatial=out)
+        return self._finite(zero_padding(x, ctx)), dataclasses.replace(dim, spatial=out)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -336,10 +350,13 @@ class Flatten(Layer):
     def _odd_linear(self) -> bool:
         return True
 
+    def _mask_out(self, mask):
+        return None
+
     def _kernel(self, ks):
         if ks.is_input:
             return ks.replace(x1=ks.x1.reshape(ks.x1.shape[0], -1),
-                              x2=None if ks.x2 is None else ks.x2.reshape(ks.x2.shape[0], -1))
+                              x2=None if ks.x2 is None else ks.x2.reshape(ks.x2.shape[0], -1), mask1=None, mask2=None)
         if not ks.spatial:
             return ks
         ks = masking.remask(ks)  # padding positions flatten to zeros
@@ -395,6 +412,9 @@ class GlobalAvgPool(Layer):
 
     def _takes_padding(self) -> bool:
         return True
+
+    def _mask_out(self, mask):
+        return None
 
     def _weights(self, mask):
         """Per-position weights making the reduction one over the valid positions (padding: 0)."""

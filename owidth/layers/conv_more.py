@@ -25,7 +25,8 @@ import jax.numpy as jnp
 from owidth import _checks
 from owidth.kernels import spatial as sp
 from owidth.kernels.state import KState, self_var
-from owidth.layers._base import Caps, Dim, FiniteCtx, Layer, enter_weights, has_bias, init_weights
+from owidth.layers import masking
+from owidth.layers._base import Caps, Dim, FiniteCtx, Layer, enter_weights, has_bias, init_weights, zero_padding
 from owidth.layers.conv import Conv, ConvFields, linear_pixels
 from owidth.param import Role
 
@@ -160,8 +161,20 @@ class ConvTranspose(_ConvLike):
         window = sp.window_sum(xd, sp.pixel_groups(lead, nsp, groups == 2), self.filter_shape, (1,) * nsp, zero, out)
         return window / math.prod(self.filter_shape)
 
+    def _takes_padding(self) -> bool:
+        return True
+
+    def _mask_out(self, mask):
+        """Every output position a padding input reaches is padding (neural-tangents' rule: the transposed
+        convolution of the mask with a filter of ones)."""
+        ones = jnp.ones((*self.filter_shape, 1, 1), jnp.float32)
+        hits = jax.lax.conv_transpose(mask[..., None].astype(jnp.float32), ones, self.strides, self.padding,
+                                      dimension_numbers=_dimension_numbers(len(self.filter_shape)))
+        return hits[..., 0] > 0.5
+
     def _kernel(self, ks: KState) -> KState:
         ks, _ = enter_weights(ks, _fixed_message("ConvTranspose"))
+        ks = masking.remask(ks)  # padding feeds nothing into the output
         out, pads = self._geometry(ks.spatial)
         w2, b2 = self.w_std**2, self.b_std**2
         groups = 2 if ks.full else 1
@@ -173,8 +186,9 @@ class ConvTranspose(_ConvLike):
         else:  # per-pixel variances (var_pixel) stay per pixel
             vg = 2 if ks.full and not ks.var_pixel else 1
             var1, var2 = (w2 * self._window(v, 1, vg, pads, out) + b2 for v in (ks.var1, ks.var2))
-        return ks.replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2, spatial=out, gaussian=True,
-                          fixed=self.out is not None, pre=None, act=None, mean1=None, mean2=None, width_mult=1)
+        return masking.carry(ks.replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2, spatial=out, gaussian=True,
+                                        fixed=self.out is not None, pre=None, act=None, mean1=None, mean2=None,
+                                        width_mult=1), self._mask_out)
 
     def _init(self, key, dim, ctx):
         out_spatial, _ = self._geometry(dim.spatial)
@@ -190,6 +204,7 @@ class ConvTranspose(_ConvLike):
         if params["w"].shape != want:
             raise ValueError(f"ConvTranspose: parameters have shape {params['w'].shape}, expected {want} here; were "
                              "the params made by init() with inputs of this shape and this width?")
+        x = zero_padding(x, ctx)
         y = jax.lax.conv_transpose(x, s.w_mult * params["w"], self.strides, self.padding,
                                    dimension_numbers=_dimension_numbers(len(self.filter_shape)))
         if "b" in params:
@@ -260,10 +275,17 @@ class ConvLocal(_ConvLike):
         return Conv(out=self.out, filter_shape=self.filter_shape, strides=self.strides, padding=self.padding,
                     w_std=self.w_std, b_std=self.b_std)
 
+    def _takes_padding(self) -> bool:
+        return True
+
+    def _mask_out(self, mask):
+        return masking.centre(mask, self.filter_shape, self.strides, self.padding)  # as Conv
+
     def _kernel(self, ks: KState) -> KState:
         if ks.fixed:
             raise ValueError(_fixed_message("ConvLocal"))
         spatial = tuple(ks.x1.shape[1:-1]) if ks.is_input else ks.spatial
+        ks = masking.remask(ks)  # padding feeds nothing into the windows (Conv's rule below carries the masks)
         out, _ = sp.out_shape_and_pads(self._where(), spatial, self.filter_shape, self.strides, self.padding)
         if not ks.full:  # same-pixel covariances only: the rule of Conv
             return self._conv()._kernel(ks)
@@ -307,6 +329,7 @@ class ConvLocal(_ConvLike):
         if params["w"].shape != want:
             raise ValueError(f"ConvLocal: parameters have shape {params['w'].shape}, expected {want} here; were the "
                              "params made by init() with inputs of this shape and this width?")
+        x = zero_padding(x, ctx)
         y = jax.lax.conv_general_dilated_local(x, s.w_mult * params["w"], self.strides, self.padding,
                                                self.filter_shape,
                                                dimension_numbers=_dimension_numbers(len(self.filter_shape)))
@@ -424,9 +447,22 @@ class ImageResize(Layer):
         return jax.image.resize(x, (x.shape[0], *out, x.shape[-1]), self.method, antialias=self.antialias,
                                 precision=jax.lax.Precision.HIGHEST)
 
+    def _takes_padding(self) -> bool:
+        return True
+
+    def _mask_out(self, mask):
+        """Output positions that receive nothing from valid positions (their resized valid indicator is exactly
+        0 in float32) are padding: neural-tangents' rule (content has precedence over padding)."""
+        out = self._out(tuple(mask.shape[1:]))
+        valid = jax.image.resize((~mask).astype(jnp.float32), (mask.shape[0], *out), self.method,
+                                 antialias=self.antialias)
+        return valid == 0
+
     def _kernel(self, ks: KState) -> KState:
-        if ks.is_input:  # the data itself: resize it
-            return ks.replace(x1=self._finite(ks.x1), x2=None if ks.x2 is None else self._finite(ks.x2))
+        if ks.is_input:  # the data itself (padding zeroed): resize it
+            return masking.carry(ks.replace(x1=self._finite(ks.x1), x2=None if ks.x2 is None else self._finite(ks.x2)),
+                                 self._mask_out)
+        ks = masking.remask(ks)
         out = self._out(ks.spatial)
         nsp = len(out)
         mixes = self.method != "nearest"
@@ -437,10 +473,11 @@ class ImageResize(Layer):
                 y = sp.mirror(y, nsp)
             return y
 
-        return linear_pixels(ks, fn, spatial=out, full=ks.full, mixes=mixes, mean_fn=lambda m: self._resize(m, 1, out))
+        return masking.carry(linear_pixels(ks, fn, spatial=out, full=ks.full, mixes=mixes,
+                                           mean_fn=lambda m: self._resize(m, 1, out)), self._mask_out)
 
     def _init(self, key, dim, ctx):
         return (), dataclasses.replace(dim, spatial=self._out(dim.spatial))
 
     def _apply(self, params, x, dim, ctx):
-        return self._finite(x), dataclasses.replace(dim, spatial=self._out(dim.spatial))
+        return self._finite(zero_padding(x, ctx)), dataclasses.replace(dim, spatial=self._out(dim.spatial))

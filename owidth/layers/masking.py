@@ -10,10 +10,24 @@ interpretation treats padding alike, as neural-tangents does (Novak et al. 2020,
 * ``Attention`` attends to the valid keys only (a softmax over them), and positional embeddings are
   zero at padding.
 
-So an input padded with NaN has the kernel and the finite-network output of the unpadded input.
-Layers that change the position grid (strided or VALID convolutions, windowed pooling, ``Index``,
-resizing, transposed or local convolutions, spatial concatenation) do not take padding yet: a net
-with one of them refuses a masked input by name.
+So an input padded with NaN has the kernel and the finite-network output of the unpadded input
+(exactly so where the position grid is kept: Dense, activations, LayerNorm, Dropout, SAME stride-1
+convolutions, Aggregate, Attention). Layers that change the grid carry the mask by neural-tangents'
+rules (each layer's ``_mask_out``; the kernel and the finite network use the same one):
+
+* strided or VALID convolutions (``Conv``, ``ConvLocal``) and windowed pooling (``AvgPool``,
+  ``SumPool``): an output position is padding when the input position at its window's centre is;
+* ``ConvTranspose``: every output position that a padding input reaches is padding;
+* ``ImageResize``: an output position is padding when no valid position reaches it (its resized
+  valid indicator is exactly 0);
+* ``Index`` selects the mask with the positions; ``concat`` along a position axis concatenates the
+  branches' masks; ``TakePosition(k)`` takes each sequence's k-th *valid* position;
+* ``Flatten``, ``GlobalAvgPool``, ``GlobalSumPool`` end it.
+
+On these grids "padded = cut" holds only where the windows of the padded and the cut input agree
+(e.g. not for VALID windows that straddle the end). An input left with no valid position after such
+a layer gives the layers' biases as outputs (neural-tangents zeroes its kernel entries instead).
+``Embedding`` (integer tokens) does not take padding yet.
 
 The mask rides in the data (NaN) through tiles and vmaps; it is read back with :func:`split`.
 """
@@ -26,11 +40,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from owidth.kernels.spatial import out_shape_and_pads
 from owidth.kernels.state import KState
 from owidth.layers._base import Caps, Layer
 
 __all__ = ["Masked", "split", "remask", "weigh", "average_weights", "to_nan", "check_padding", "check_layers",
-           "prepare"]
+           "prepare", "carry", "centre"]
 
 
 def split(x: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -44,6 +59,9 @@ def to_nan(name: str, x, mask, *, where: str):
     mask = np.asarray(mask)
     if mask.dtype != bool:
         raise TypeError(f"{where}: the mask of {name} must be boolean (True = padding), got dtype {mask.dtype}")
+    if tuple(mask.shape) == tuple(np.shape(x)) and np.issubdtype(np.result_type(x), np.integer):
+        raise NotImplementedError(f"{where}: a mask for the integer tokens {name} (an Embedding's input): Embedding "
+                                  "does not take padding yet; cut or bucket the sequences by length")
     x = np.asarray(x, dtype=float) if not isinstance(x, jax.core.Tracer) else x
     if tuple(mask.shape) != tuple(np.shape(x)[:-1]):
         raise ValueError(f"{where}: the mask of {name} has shape {mask.shape}; it must be {tuple(np.shape(x)[:-1])}, "
@@ -81,10 +99,26 @@ def check_layers(net: Layer, *, where: str) -> None:
     bad = sorted({type(layer).__name__ for layer in net.walk() if not layer._takes_padding()})
     if bad:
         raise NotImplementedError(
-            f"{where}: the input has padding (NaN positions or mask=), which {', '.join(bad)} does not take yet: "
-            "padding is supported through layers that keep the position grid (Dense, activations, LayerNorm, "
-            "Dropout, Conv with padding='SAME' and stride 1, Aggregate, Attention) up to GlobalAvgPool, GlobalSumPool or "
-            "Flatten.")
+            f"{where}: the input has padding (NaN positions or mask=), which {', '.join(bad)} does not take yet "
+            "(owidth.layers.masking lists the rules of the layers that do). Drop the padding (cut or bucket the "
+            "inputs by length) or use another layer.")
+
+
+def carry(out: KState, mask_fn) -> KState:
+    """``out`` (a layer's output state) with its masks mapped by ``mask_fn`` (the layer's ``_mask_out``)."""
+    if out.mask1 is None:
+        return out
+    return out.replace(mask1=mask_fn(out.mask1), mask2=None if out.mask2 is None else mask_fn(out.mask2))
+
+
+def centre(mask: jax.Array, window, strides, padding: str) -> jax.Array:
+    """The padding of a windowed layer's output (strided or VALID convolutions and pooling): each output
+    position is padding when the input position at its window's centre is (neural-tangents' rule, for
+    windows ``st s - lo + d``, ``d < f``: the centre ``d = (f - 1) // 2``)."""
+    out, pads = out_shape_and_pads("padding", tuple(mask.shape[1:]), tuple(window), tuple(strides), padding)
+    idx = (slice(None),) + tuple(slice((f - 1) // 2 - lo, (f - 1) // 2 - lo + (o - 1) * st + 1, st)
+                                 for f, st, (lo, _), o in zip(window, strides, pads, out))
+    return mask[idx]
 
 
 def remask(ks: KState) -> KState:
@@ -127,7 +161,7 @@ def weigh(ks: KState, w1: jax.Array, w2: jax.Array) -> KState:
     def var(a, v):
         if a is None:
             return None
-        if ks.full and not ks.var_pixel:  # (n, *S, *S)
+        if a.ndim == v.ndim + nsp:  # all position pairs (n, *S, *S)
             return keep(a, both(v.reshape(v.shape + ones), v.reshape(v.shape[:1] + ones + v.shape[1:])))
         return keep(a, v)
 

@@ -177,6 +177,11 @@ class TakePosition(Layer):
     """``x[:, index]``: one position of a ``(batch, length, features)`` sequence (e.g. the last, to read out
     the next token after a prompt). No parameters; the kernel keeps the ``(index, index)`` covariances.
 
+    On padded sequences (NaN positions or ``mask=``, :mod:`owidth.layers.masking`) ``index`` counts the
+    valid positions only, so ``TakePosition(-1)`` reads each sequence's last valid token wherever the
+    padding is: the output is that of the unpadded sequence. A sequence with fewer than ``index + 1``
+    (or ``-index``) valid positions gives zero outputs (kernel entries 0).
+
     References:
       - Vaswani et al. 2017, Attention Is All You Need. <https://arxiv.org/abs/1706.03762>
 
@@ -187,9 +192,24 @@ class TakePosition(Layer):
       0
     """
 
-    caps = Caps(spatial=True)
+    # all position pairs: with padding, inputs read different positions (the (i, j) entry is K(p_i, p_j))
+    caps = Caps(spatial=True, mixes_pixels=True)
 
     index: int = _checks.field(-1, converter=_checks.integer)
+
+    def _takes_padding(self) -> bool:
+        return True
+
+    def _mask_out(self, mask):
+        return None
+
+    def _positions(self, mask):
+        """``(position, found)`` per input: where the ``index``-th valid position is, and whether it exists."""
+        valid = ~mask
+        count = jnp.sum(valid, axis=1)
+        k = self.index if self.index >= 0 else count + self.index
+        hit = valid & (jnp.cumsum(valid, axis=1) - 1 == jnp.reshape(k, (-1, 1)))
+        return jnp.argmax(hit, axis=1), jnp.any(hit, axis=1)
 
     def _odd_linear(self) -> bool:
         return True
@@ -203,10 +223,16 @@ class TakePosition(Layer):
             if ks.x1.ndim != 3:
                 raise ValueError("ow.kernel: TakePosition needs (batch, length, features) sequences")
             self._check(ks.x1.shape[1])
+            if ks.mask1 is not None:
+                return ks.replace(x1=self._take_padded(ks.x1, ks.mask1), mask1=None, mask2=None,
+                                  x2=None if ks.x2 is None else self._take_padded(
+                                      ks.x2, ks.mask1 if ks.mask2 is None else ks.mask2))
             return ks.replace(x1=ks.x1[:, self.index], x2=None if ks.x2 is None else ks.x2[:, self.index])
         if len(ks.spatial) != 1:
             raise ValueError(f"ow.kernel: TakePosition needs a sequence, got spatial shape {ks.spatial}")
         self._check(ks.spatial[0])
+        if ks.mask1 is not None:
+            return self._kernel_padded(ks)
         i = self.index
 
         def take(c, lead):
@@ -228,8 +254,45 @@ class TakePosition(Layer):
         self._check(dim.spatial[0])
         return (), Dim(dim.size, dim.scales, ())
 
+    def _kernel_padded(self, ks: KState) -> KState:
+        """Per-input positions: ``K'(i, j) = K(i, p_i; j, p_j)`` (0 where an input has no such position)."""
+        if not ks.full:
+            raise AssertionError("owidth internal: TakePosition on padded sequences needs all position pairs")
+        (p1, ok1) = self._positions(ks.mask1)
+        (p2, ok2) = (p1, ok1) if ks.mask2 is None else self._positions(ks.mask2)
+        n1, n2 = p1.shape[0], p2.shape[0]
+        r1, r2 = jnp.arange(n1), jnp.arange(n2)
+
+        def pair(c):
+            if c is None:
+                return None
+            got = c[r1[:, None], r2[None, :], p1[:, None], p2[None, :]]
+            return jnp.where(ok1[:, None] & ok2[None, :], got, jnp.zeros((), got.dtype))
+
+        def own(v, p, ok):  # (n, L, L) or per-pixel (n, L)
+            if v is None:
+                return None
+            r = jnp.arange(p.shape[0])
+            got = v[r, p, p] if v.ndim == 3 else v[r, p]
+            return jnp.where(ok, got, jnp.zeros((), got.dtype))
+
+        def mean(m, p, ok):
+            return None if m is None else jnp.where(ok[:, None] if m.ndim > 2 else ok,
+                                                      m[jnp.arange(p.shape[0]), p], 0.0)
+
+        return ks.replace(nngp=pair(ks.nngp), ntk=pair(ks.ntk), var1=own(ks.var1, p1, ok1),
+                          var2=own(ks.var2, p2, ok2), spatial=(), full=False, mean1=mean(ks.mean1, p1, ok1),
+                          mean2=mean(ks.mean2, p2, ok2), pre=None, act=None, mask1=None, mask2=None)
+
+    def _take_padded(self, x, mask):
+        pos, ok = self._positions(mask)
+        got = x[jnp.arange(x.shape[0]), pos]
+        return jnp.where(ok[:, None], got, jnp.zeros((), got.dtype))
+
     def _apply(self, params, x, dim, ctx):
         self._check(dim.spatial[0])
+        if ctx.mask is not None and ctx.mask.shape == x.shape[:-1]:
+            return self._take_padded(x, ctx.mask), Dim(dim.size, dim.scales, ())
         return x[:, self.index], Dim(dim.size, dim.scales, ())
 
 

@@ -6,7 +6,8 @@ import dataclasses
 
 import numpy as np
 
-from owidth.layers._base import Caps, Dim, Layer
+from owidth.layers import masking
+from owidth.layers._base import Caps, Dim, Layer, zero_padding
 from owidth.layers.conv import linear_pixels
 
 __all__ = ["Index", "Slice"]
@@ -94,8 +95,9 @@ class Index(Layer):
     def _odd_linear(self) -> bool:
         return True
 
-    def _items(self, shape: tuple[int, ...], *, hidden: bool, where: str = "ow.Index") -> tuple:
-        """The index expanded to one item per axis of an activation of ``shape`` (batch first)."""
+    def _items(self, shape: tuple[int, ...], *, hidden: bool, where: str = "ow.Index", check: bool = True) -> tuple:
+        """The index expanded to one item per axis of an activation of ``shape`` (batch first); ``check``:
+        that it fits (off for a padding mask, whose feature axis stands in)."""
         items = [_thaw(i) for i in self.idx]
         n_named = sum(i is not Ellipsis for i in items)
         if n_named > len(shape):
@@ -113,6 +115,8 @@ class Index(Layer):
             raise ValueError(f"{where}: index {self._show()} selects channels of a hidden layer, which has infinitely "
                              "many in the kernel limit; keep the channel axis whole, or use a Dense(out=k) to map to "
                              "k features")
+        if not check:
+            return tuple(items)
         try:
             np.empty(shape[1:] if len(shape) > 1 else (), dtype=np.int8)[tuple(items[1:])]
         except IndexError as err:
@@ -131,7 +135,18 @@ class Index(Layer):
 
         return "[" + ", ".join(one(i) for i in self.idx) + "]"
 
+    def _takes_padding(self) -> bool:
+        return True
+
+    def _mask_out(self, mask):
+        """The selected positions' padding (None once no position axis is left: then padding positions,
+        zeroed before the selection, give zero outputs)."""
+        items = self._items((*mask.shape, 1), hidden=False, check=False)
+        out = mask[items[:-1]]
+        return out if out.ndim > 1 else None
+
     def _kernel(self, ks):
+        ks = masking.remask(ks)  # a selected padding position is zero
         if ks.is_input:
             items = self._items(ks.x1.shape, hidden=False)
             if ks.x2 is not None:
@@ -139,7 +154,7 @@ class Index(Layer):
             x1 = ks.x1[items]
             if x1.ndim < 2:
                 raise ValueError(f"ow.Index: index {self._show()} leaves no feature axis")
-            return ks.replace(x1=x1, x2=None if ks.x2 is None else ks.x2[items])
+            return masking.carry(ks.replace(x1=x1, x2=None if ks.x2 is None else ks.x2[items]), self._mask_out)
         items = self._items((1, *ks.spatial, 1), hidden=not ks.fixed)
         pix = items[1:-1]
         spatial = np.empty(ks.spatial, dtype=np.int8)[pix].shape
@@ -148,8 +163,8 @@ class Index(Layer):
             pair = ks.full and (lead == 2 or not ks.var_pixel)
             return x[(slice(None),) * lead + pix + (pix if pair else ())]
 
-        return linear_pixels(ks, fn, spatial=spatial, full=ks.full and bool(spatial), mixes=False,
-                             mean_fn=lambda m: m[(slice(None),) + pix])
+        return masking.carry(linear_pixels(ks, fn, spatial=spatial, full=ks.full and bool(spatial), mixes=False,
+                                           mean_fn=lambda m: m[(slice(None),) + pix]), self._mask_out)
 
     def _out_dim(self, dim: Dim) -> tuple:
         items = self._items((1, *dim.spatial, dim.size), hidden=dim.scales)
@@ -163,4 +178,4 @@ class Index(Layer):
 
     def _apply(self, params, x, dim, ctx):
         items, out = self._out_dim(dim)
-        return x[items], out
+        return zero_padding(x, ctx)[items], out

@@ -145,6 +145,30 @@ def test_left_padding_under_causal_attention_has_no_nan_and_is_the_cut_sequence(
     assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
 
 
+@pytest.mark.parametrize("index", [-1, 1])
+def test_take_position_counts_valid_positions(index):
+    """TakePosition(k) reads each padded sequence's k-th valid position (-1: its last token), so the kernel
+    and outputs are those of the cut sequences, padding at either end; no such position: zero features (the
+    readout's bias alone, b_std^2 = 0.01 in the kernel)."""
+    net = ow.serial(ow.Dense(w_std=1.3, b_std=0.2), ow.Relu(), ow.Attention(heads=2, logits="tied"),
+                    ow.TakePosition(index), ow.Dense(out=1, b_std=0.1))
+    padded = _padded(X, (5, 3, 1))
+    padded[0, :2] = np.nan  # the first sequence: padding in front, 3 valid positions
+    cut = [X[0:1, 2:], X[1:2, :3], X[2:3, :1]]
+    k = ow.kernel(net, padded)
+    model = ow.finite(net, width=8)
+    params = model.init(jax.random.key(0), padded)
+    y = model.apply(params, padded)
+    for i, c in enumerate(cut):
+        if index >= c.shape[1]:  # no such position
+            np.testing.assert_allclose(k.ntk[i], 0.1**2, rtol=1e-12)
+            np.testing.assert_allclose(y[i], 0.1 * params[-1]["b"], rtol=1e-12)  # NTP: b_std b
+            continue
+        np.testing.assert_allclose(k.ntk[i, i], ow.kernel(net, c).ntk[0, 0], rtol=1e-12)
+        np.testing.assert_allclose(y[i], model.apply(params, c)[0], rtol=1e-12)
+    np.testing.assert_allclose(k.ntk[0, 1], ow.kernel(net, cut[0], cut[1]).ntk[0, 0], rtol=1e-12)
+
+
 def test_fixed_scale_attention_ignores_attn_and_param_mode_keeps_its_limit():
     tied = ow.serial(ow.Attention(logits="tied"), ow.Flatten(), ow.Dense(out=1))
     np.testing.assert_array_equal(ow.kernel(tied, X, attn=0.5).nngp, ow.kernel(tied, X).nngp)

@@ -94,7 +94,9 @@ class FiniteModel:
                 x = jnp.where(mask[..., None], jnp.zeros((), x.dtype), x)
         ctx = FiniteCtx(self.width, self.param, adjacency=adjacency, rng=rng, mask=mask)
         y, _ = self.net._apply(params, x, _input_dim(x), ctx)
-        return zero_padding(y, ctx)
+        if mask is None:
+            return y
+        return zero_padding(y, dataclasses.replace(ctx, mask=self.net._mask_out(mask)))  # the output's padding
 
     def apply_taped(self, params: Any, x: jax.Array, taps=None, *, adjacency=None) -> tuple[jax.Array, Tape]:
         """``apply`` recording every weight layer's input, scales and output on a tape (internal: the

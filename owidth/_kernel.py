@@ -264,7 +264,7 @@ def kernel(net, x1, x2=None, *, get=("nngp", "ntk"), batch_size: int | str | Non
         ``n = base_width`` trained at learning rate ``eta``; at width ``n``
         and learning rate ``eta n0 / n`` the hidden terms are the same and
         the first layer's and the biases' shrink like ``n0 / n``). The NNGP
-        does not depend on ``param``. Dense and Conv layers only.
+        does not depend on ``param``. Dense, Conv, ConvTranspose and ConvLocal layers only.
 
     Returns:
       A :class:`Kernel` with ``nngp``/``ntk`` of shape (n1, n2), per output
@@ -359,7 +359,8 @@ def _with_param(net, param):
             "the network is not in the kernel regime (its features move; see ow.dmft for that limit)")
     others = sorted({type(layer).__name__ for layer in net.walk() if layer.caps.weights and not layer._standard_ntk})
     if others:
-        raise NotImplementedError(f"ow.kernel: param=ow.SP is implemented for Dense and Conv layers; this net has "
+        raise NotImplementedError(f"ow.kernel: param=ow.SP is implemented for Dense, Conv, ConvTranspose and ConvLocal "
+                                  f"layers (neural-tangents' parameterization='standard'); this net has "
                                   f"{', '.join(others)}. Use param=ow.NTP.")
     return StandardParam(net, param.base_width)
 

@@ -26,7 +26,8 @@ from owidth import _checks
 from owidth.kernels import spatial as sp
 from owidth.kernels.state import KState, self_var
 from owidth.layers import masking
-from owidth.layers._base import Caps, Dim, FiniteCtx, Layer, enter_weights, has_bias, init_weights, zero_padding
+from owidth.layers._base import (Caps, Dim, FiniteCtx, Layer, enter_weights, has_bias, init_weights, own_ntk,
+                                 zero_padding)
 from owidth.layers.conv import Conv, ConvFields, linear_pixels
 from owidth.param import Role
 
@@ -145,6 +146,7 @@ class ConvTranspose(_ConvLike):
     """
 
     _coord = "conv_transpose"
+    _standard_ntk = True
 
     def _geometry(self, spatial):
         return transpose_geometry(self._where(), spatial, self.filter_shape, self.strides, self.padding)
@@ -173,6 +175,7 @@ class ConvTranspose(_ConvLike):
         return hits[..., 0] > 0.5
 
     def _kernel(self, ks: KState) -> KState:
+        channels = ks.x1.shape[-1] if ks.is_input else None  # the data's, for the standard parametrization
         ks, _ = enter_weights(ks, _fixed_message("ConvTranspose"))
         ks = masking.remask(ks)  # padding feeds nothing into the output
         out, pads = self._geometry(ks.spatial)
@@ -180,7 +183,8 @@ class ConvTranspose(_ConvLike):
         groups = 2 if ks.full else 1
         unscaled, ntk = sp.on_both(lambda x: self._window(x, 2, groups, pads, out), ks.nngp, ks.ntk)
         nngp = w2 * unscaled + b2
-        ntk = None if ntk is None else w2 * ntk + nngp
+        own = nngp if ks.sp_width is None else own_ntk(ks, channels, math.prod(self.filter_shape), self, unscaled)
+        ntk = None if ntk is None else w2 * ntk + own
         if ks.var2 is None:
             var1, var2 = self_var(nngp), None
         else:  # per-pixel variances (var_pixel) stay per pixel
@@ -270,6 +274,7 @@ class ConvLocal(_ConvLike):
     """
 
     _coord = "conv_local"
+    _standard_ntk = True  # Conv's rule (below) reads the standard parametrization
 
     def _conv(self) -> Conv:
         return Conv(out=self.out, filter_shape=self.filter_shape, strides=self.strides, padding=self.padding,

@@ -101,8 +101,8 @@ def _padded(x, lengths):
     dict(heads=2),
     pytest.param(dict(logits="tied", mechanism="relu", causal=False, b_std=0.3), marks=pytest.mark.slow),
     pytest.param(dict(logits="gaussian", mechanism="identity", w_std=1.2), marks=pytest.mark.slow),
-    dict(heads=2, logits="tied", pos_emb="concat", val_pos_emb=True, causal=False, pos_p_norm=1.0,
-         pos_decay=lambda d: np.exp(-d / 2.0)),
+    pytest.param(dict(heads=2, logits="tied", pos_emb="concat", val_pos_emb=True, causal=False, pos_p_norm=1.0,
+                      pos_decay=lambda d: np.exp(-d / 2.0)), marks=pytest.mark.slow),
 ])
 def test_padding_gives_the_cut_sequences_kernel_and_output(att):
     """A sequence padded at its end (NaN) has the kernel, and a finite network the outputs, of the sequence cut
@@ -145,7 +145,7 @@ def test_left_padding_under_causal_attention_has_no_nan_and_is_the_cut_sequence(
     assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
 
 
-@pytest.mark.parametrize("index", [-1, 1])
+@pytest.mark.parametrize("index", [-1, pytest.param(1, marks=pytest.mark.slow)])
 def test_take_position_counts_valid_positions(index):
     """TakePosition(k) reads each padded sequence's k-th valid position (-1: its last token), so the kernel
     and outputs are those of the cut sequences, padding at either end; no such position: zero features (the

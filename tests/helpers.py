@@ -125,3 +125,31 @@ def reference_kernels(net, ref, name, **options):
     k11, k12 = ow.kernel(net, x1, **options), ow.kernel(net, x1, x2, **options)
     return {key: np.asarray(k) for key, k in
             (("nngp11", k11.nngp), ("ntk11", k11.ntk), ("nngp12", k12.nngp), ("ntk12", k12.ntk))}
+
+
+def check_padded_equals_cut(net, x, lengths, *, cut_params=None, width=8, rtol=1e-12):
+    """Sequences ``x`` (batch, L, C) NaN-padded after ``lengths``: the kernel's diagonal entries and a finite
+    network's outputs equal those of each sequence cut to its length (``cut_params(params, n)``: the
+    parameters for length ``n``, for layers whose parameters have the length). Returns the padded inputs."""
+    padded = np.array(x, dtype=float)
+    for i, n in enumerate(lengths):
+        padded[i, n:] = np.nan
+    k = ow.kernel(net, padded)
+    model = ow.finite(net, width=width)
+    params = model.init(jax.random.key(0), padded)
+    y = model.apply(params, padded)
+    for i, n in enumerate(lengths):
+        alone = ow.kernel(net, x[i:i + 1, :n])
+        np.testing.assert_allclose(k.nngp[i, i], alone.nngp[0, 0], rtol=rtol)
+        np.testing.assert_allclose(k.ntk[i, i], alone.ntk[0, 0], rtol=rtol)
+        cut = params if cut_params is None else cut_params(params, n)
+        np.testing.assert_allclose(y[i], model.apply(cut, x[i:i + 1, :n])[0], rtol=rtol)
+    return padded, k, model, params, y
+
+
+def max_reference_error(net, ref, name, **options) -> float:
+    """The largest error of owidth's four kernels of reference architecture ``name`` against ``ref``, relative
+    to each reference array's largest entry (``options`` go to ``ow.kernel``)."""
+    got = reference_kernels(net, ref, name, **options)
+    return max(float(np.max(np.abs(got[key] - ref[f"{name}/{key}"])) / np.max(np.abs(ref[f"{name}/{key}"])))
+               for key in got)

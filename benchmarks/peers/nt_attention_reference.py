@@ -34,11 +34,10 @@ import numpy as np  # noqa: E402
 from neural_tangents import stax  # noqa: E402
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from nt_reference import REF_DIR, dump, nt_layer  # noqa: E402
+from nt_reference import MASK_CONSTANT, REF_DIR, dump, nt_layer, pad_sequences  # noqa: E402
 
 OUT = REF_DIR / "nt_attention_kernels.npz"
 OUT_MASKED = REF_DIR / "nt_attention_masked_kernels.npz"
-MASK_CONSTANT = 1e3
 
 
 def decay(spec):
@@ -112,10 +111,7 @@ def main():
     dump(OUT, ARCHS, INPUTS, {"seq": (seq1, seq2)}, {"seq1": seq1, "seq2": seq2}, layer=nt_attention_layer)
     rng = np.random.RandomState(2020)
     x1, x2 = rng.randn(4, 6, 3), rng.randn(3, 6, 3)
-    for x, lengths in ((x1, (6, 4, 2, 5)), (x2, (3, 6, 1))):
-        for i, length in enumerate(lengths):
-            x[i, length:] = MASK_CONSTANT
-    nan1, nan2 = (np.where(x == MASK_CONSTANT, np.nan, x) for x in (x1, x2))
+    nan1, nan2 = pad_sequences([(x1, (6, 4, 2, 5)), (x2, (3, 6, 1))])
     dump(OUT_MASKED, MASKED, {name: "seq" for name in MASKED}, {"seq": (x1, x2)}, {"seq1": nan1, "seq2": nan2},
          layer=nt_attention_layer, mask_constant=MASK_CONSTANT)
 

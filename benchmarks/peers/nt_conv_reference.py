@@ -36,7 +36,6 @@ from neural_tangents import stax  # noqa: E402
 
 OUT = base.REF_DIR / "nt_conv_more_kernels.npz"
 OUT_MASKED = base.REF_DIR / "nt_conv_masked_kernels.npz"
-MASK_CONSTANT = 1e3
 
 _OUT = ["Dense", {"out": 1, "w_std": 1.0, "b_std": 0.1}]
 _RELU = ["Relu", {}]
@@ -161,16 +160,14 @@ def main():
     data = {"img": (img1, img2), "seq": (seq1, seq2)}
     base.dump(OUT, ARCHS, INPUTS, data, {"img1": img1, "img2": img2, "seq1": seq1, "seq2": seq2})
     # padded copies
-    for x, lengths in ((seq1, (9, 6, 3, 7)), (seq2, (5, 9, 4))):
-        for i, n in enumerate(lengths):
-            x[i, n:] = MASK_CONSTANT
+    base.pad_sequences([(seq1, (9, 6, 3, 7)), (seq2, (5, 9, 4))])
     for x, blocks in ((img1, ((5, 4), (3, 4), (5, 2), (2, 3))), (img2, ((4, 4), (5, 4), (2, 2)))):
         for i, (h, w) in enumerate(blocks):
-            x[i, h:] = MASK_CONSTANT
-            x[i, :, w:] = MASK_CONSTANT
-    nan = {f"{kind}{i + 1}": np.where(x == MASK_CONSTANT, np.nan, x)
+            x[i, h:] = base.MASK_CONSTANT
+            x[i, :, w:] = base.MASK_CONSTANT
+    nan = {f"{kind}{i + 1}": np.where(x == base.MASK_CONSTANT, np.nan, x)
            for kind, xs in (("img", (img1, img2)), ("seq", (seq1, seq2))) for i, x in enumerate(xs)}
-    base.dump(OUT_MASKED, MASKED, MASKED_INPUTS, data, nan, mask_constant=MASK_CONSTANT)
+    base.dump(OUT_MASKED, MASKED, MASKED_INPUTS, data, nan, mask_constant=base.MASK_CONSTANT)
 
 
 if __name__ == "__main__":

@@ -406,13 +406,19 @@ def main_sp():
     dump(OUT_SP, SP_ARCHS, SP_INPUTS, data, {**extra, "sp_width": np.array(SP_WIDTH)}, layer=nt_layer_standard)
 
 
+def pad_sequences(pairs):
+    """``(x, lengths)`` pairs: each sequence ``x[i]`` set to MASK_CONSTANT after ``lengths[i]`` (in place, NT's
+    form), and the same inputs with NaN there instead (owidth's form)."""
+    for x, lengths in pairs:
+        for i, length in enumerate(lengths):
+            x[i, length:] = MASK_CONSTANT
+    return [np.where(x == MASK_CONSTANT, np.nan, x) for x, _ in pairs]
+
+
 def main_mask():
     rng = np.random.RandomState(77)
     x1, x2 = rng.randn(4, 7, 2), rng.randn(3, 7, 2)
-    for x, lengths in ((x1, (7, 5, 2, 4)), (x2, (3, 7, 6))):
-        for i, length in enumerate(lengths):
-            x[i, length:] = MASK_CONSTANT
-    nan1, nan2 = (np.where(x == MASK_CONSTANT, np.nan, x) for x in (x1, x2))
+    nan1, nan2 = pad_sequences([(x1, (7, 5, 2, 4)), (x2, (3, 7, 6))])
     # NT's convolutions take SAME padding from the layer; owidth's Conv default is SAME too
     dump(OUT_MASK, MASK_ARCHS, MASK_INPUTS, {"seq": (x1, x2)}, {"seq1": nan1, "seq2": nan2},
          mask_constant=MASK_CONSTANT)

@@ -10,8 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import owidth as ow
-from helpers import build, load_archs, load_inputs
+from helpers import build, load_archs, load_inputs, max_reference_error, reference_kernels
 
 REF = np.load(pathlib.Path(__file__).parents[1] / "reference" / "nt_attention_kernels.npz")
 ARCHS = load_archs(REF)
@@ -31,13 +30,8 @@ def _arch(arch):
 
 
 @functools.cache
-def _owidth(name, masked=False):
-    ref = MASKED if masked else REF
-    net = build(_arch(load_archs(ref)[name]))
-    x1, x2 = load_inputs(ref, name)
-    k11, k12 = ow.kernel(net, x1), ow.kernel(net, x1, x2)
-    return {key: np.asarray(k) for key, k in
-            (("nngp11", k11.nngp), ("ntk11", k11.ntk), ("nngp12", k12.nngp), ("ntk12", k12.ntk))}
+def _owidth(name):
+    return reference_kernels(build(_arch(ARCHS[name])), REF, name)
 
 
 # one per feature in the default suite (each compiles two kernel programs, ~1 s)
@@ -62,8 +56,4 @@ def test_padded_sequences_match_neural_tangents(name):
     leaves padding keys out and zeroes every kernel entry of a padding position."""
     x1, _ = load_inputs(MASKED, name)
     assert np.isnan(x1).any()
-    kernels = _owidth(name, masked=True)
-    for key in KEYS:
-        ref = MASKED[f"{name}/{key}"]
-        err = np.max(np.abs(kernels[key] - ref)) / np.max(np.abs(ref))
-        assert err < 1e-8, (name, key, err)
+    assert max_reference_error(build(_arch(load_archs(MASKED)[name])), MASKED, name) < 1e-8

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import owidth as ow
-from helpers import build, load_archs, load_inputs, raises_before_compiling
+from helpers import build, check_padded_equals_cut, load_archs, load_inputs, max_reference_error, raises_before_compiling
 
 REF = np.load(pathlib.Path(__file__).parents[1] / "reference" / "nt_masked_kernels.npz")
 ARCHS = load_archs(REF)
@@ -24,11 +24,7 @@ def test_matches_neural_tangents(name):
     net = build(ARCHS[name])
     x1, x2 = load_inputs(REF, name)
     assert np.isnan(x1).any() and np.isnan(x2).any()
-    for key, k in (("11", ow.kernel(net, x1)), ("12", ow.kernel(net, x1, x2))):
-        for what in ("nngp", "ntk"):
-            ref = REF[f"{name}/{what}{key}"]
-            err = np.max(np.abs(np.asarray(getattr(k, what)) - ref)) / np.max(np.abs(ref))
-            assert err < 1e-8, (name, what, key, err)
+    assert max_reference_error(net, REF, name) < 1e-8
     # mask= is the same padding as NaN
     m1, m2 = np.isnan(x1).all(-1), np.isnan(x2).all(-1)
     k = ow.kernel(net, np.nan_to_num(x1), np.nan_to_num(x2), mask=(m1, m2))
@@ -44,14 +40,9 @@ def test_grid_changing_layers_match_neural_tangents(name):
     """NT's mask rules where the position grid changes: an output position of a strided/VALID convolution or a
     pooling window is padding when its window's centre is; a transposed convolution spreads padding to every
     output it reaches; a resized position is padding when no valid position reaches it; indexing selects."""
-    net = build(load_archs(GRID)[name])
     x1, x2 = load_inputs(GRID, name)
     assert np.isnan(x1).any() and np.isnan(x2).any()
-    for key, k in (("11", ow.kernel(net, x1)), ("12", ow.kernel(net, x1, x2))):
-        for what in ("nngp", "ntk"):
-            ref = GRID[f"{name}/{what}{key}"]
-            err = np.max(np.abs(np.asarray(getattr(k, what)) - ref)) / np.max(np.abs(ref))
-            assert err < 1e-8, (name, what, key, err)
+    assert max_reference_error(build(load_archs(GRID)[name]), GRID, name) < 1e-8
 
 
 def _grid_net():
@@ -96,21 +87,7 @@ def test_padding_gives_the_unpadded_inputs_kernel_and_output(pool):
     """A padded sequence's kernel with itself, and a finite network's output on it, are those of the
     sequence cut to its length (SAME convolutions see zeros beyond the end either way)."""
     net = _net(getattr(ow, pool)())
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(3, 7, 2))
-    lengths = (7, 4, 2)
-    padded = x.copy()
-    for i, n in enumerate(lengths):
-        padded[i, n:] = np.nan
-    k = ow.kernel(net, padded)
-    model = ow.finite(net, width=8)
-    params = model.init(jax.random.key(0), padded)
-    y = model.apply(params, padded)
-    for i, n in enumerate(lengths):
-        alone = ow.kernel(net, x[i:i + 1, :n])
-        np.testing.assert_allclose(k.nngp[i, i], alone.nngp[0, 0], rtol=1e-12)
-        np.testing.assert_allclose(k.ntk[i, i], alone.ntk[0, 0], rtol=1e-12)
-        np.testing.assert_allclose(y[i], model.apply(params, x[i:i + 1, :n])[0], rtol=1e-12)
+    check_padded_equals_cut(net, np.random.default_rng(0).normal(size=(3, 7, 2)), (7, 4, 2))
 
 
 @pytest.mark.slow  # ~40-60 s

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import owidth as ow
-from helpers import build, load_archs, raises_before_compiling
+from helpers import build, check_padded_equals_cut, load_archs, raises_before_compiling
 
 X = np.random.RandomState(7).randn(3, 5, 3)  # (batch, length, features)
 PARAMS = (ow.NTP, ow.SP, ow.MUP, ow.MF)
@@ -110,18 +110,10 @@ def test_padding_gives_the_cut_sequences_kernel_and_output(att):
     block is that of the shorter sequence) is zero there. And the padding's content does not matter (mask=)."""
     net = ow.serial(ow.Dense(w_std=1.3, b_std=0.2), ow.Relu(), ow.Attention(**att), ow.Relu(), ow.GlobalAvgPool(),
                     ow.Dense(out=1, b_std=0.1))
-    lengths = (5, 3, 1)
-    padded = _padded(X, lengths)
-    k = ow.kernel(net, padded)
-    model = ow.finite(net, width=8)
-    params = model.init(jax.random.key(0), padded)
-    y = model.apply(params, padded)
-    for i, n in enumerate(lengths):
-        alone = ow.kernel(net, X[i:i + 1, :n])
-        np.testing.assert_allclose(k.nngp[i, i], alone.nngp[0, 0], rtol=1e-12)
-        np.testing.assert_allclose(k.ntk[i, i], alone.ntk[0, 0], rtol=1e-12)
-        cut = jax.tree.map(lambda p: p[:n] if p.shape[:1] == (X.shape[1],) else p, params)  # positional embedding
-        np.testing.assert_allclose(y[i], model.apply(cut, X[i:i + 1, :n])[0], rtol=1e-12)
+    def cut(params, n):  # the positional embedding: its first n rows
+        return jax.tree.map(lambda a: a[:n] if a.shape[:1] == X.shape[1:2] else a, params)
+
+    padded, k, model, params, y = check_padded_equals_cut(net, X, (5, 3, 1), cut_params=cut)
     junk = np.where(np.isnan(padded), 5.0, padded)
     np.testing.assert_allclose(model.apply(params, junk, mask=np.isnan(padded).all(-1)), y, rtol=1e-13)
     # padding matters: the zero-filled sequences have another kernel

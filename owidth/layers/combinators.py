@@ -9,6 +9,7 @@ import operator
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from owidth import _checks
 from owidth.kernels import quadrature
@@ -100,11 +101,12 @@ def _init_branches(branches, key, dim, ctx) -> tuple[tuple, list]:
 
 @dataclasses.dataclass(frozen=True)
 class Parallel(Layer):
-    """Sum of branches applied to the same input (fan-out, then fan-in sum).
+    """Sum of branches applied to the same input (fan-out, then fan-in sum), ``sum_b w_b f_b(x)`` with
+    fixed branch multipliers ``weights`` (default all 1; :func:`Residual` sets ``(1, scale)``).
 
     When of any two branches at least one ends in a fresh zero-mean weight
     layer, the cross covariances vanish and the kernels add:
-    ``nngp = sum_b nngp_b``, ``ntk = sum_b ntk_b`` (Novak et al. 2020). At most
+    ``nngp = sum_b w_b^2 nngp_b``, ``ntk = sum_b w_b^2 ntk_b`` (Novak et al. 2020). At most
     one branch may end otherwise (an identity, an activation); ``ow.kernel``
     refuses other sums, whose kernels need the cross terms.
 
@@ -122,6 +124,20 @@ class Parallel(Layer):
     caps = Caps(transparent=True, branches=True)
 
     branches: tuple[Layer, ...]
+    weights: tuple[float, ...] | None = None
+
+    def __post_init__(self):
+        if self.weights is not None:
+            w = tuple(self.weights)
+            if len(w) != len(self.branches) or not all(
+                    isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and np.isfinite(v)
+                    for v in w):
+                raise ValueError(f"ow.parallel: weights={self.weights!r} must be one finite number per branch "
+                                 f"({len(self.branches)})")
+            object.__setattr__(self, "weights", tuple(float(v) for v in w))
+
+    def _w(self) -> tuple[float, ...]:
+        return (1.0,) * len(self.branches) if self.weights is None else self.weights
 
     def _ends_in_weights(self) -> bool:
         return all(b._ends_in_weights() for b in self.branches)
@@ -132,8 +148,8 @@ class Parallel(Layer):
     def _kernel(self, ks):
         if ks.is_input and not self._has_weights():  # a sum of functions of the data itself: exact
             outs = [b._kernel(ks) for b in self.branches]
-            x1 = sum(o.x1 for o in outs)
-            x2 = None if ks.x2 is None else sum(o.x2 for o in outs)
+            x1 = sum(w * o.x1 for w, o in zip(self._w(), outs))
+            x2 = None if ks.x2 is None else sum(w * o.x2 for w, o in zip(self._w(), outs))
             return ks.replace(x1=x1, x2=x2, mask1=outs[0].mask1, mask2=outs[0].mask2)
         # Kernels add only when cross terms E[a(x) b(x')] vanish, i.e. when of any two
         # branches at least one ends in a fresh zero-mean weight layer.
@@ -157,21 +173,23 @@ class Parallel(Layer):
                 "a fan-in sum needs equal shapes (use the same strides/padding in every branch)"
             )
 
-        def total(values):
-            values = [v for v in values if v is not None]
+        w = self._w()
+
+        def total(values, power):  # sum_b w_b^power v_b over the branches that have v
+            values = [(c**power) * v for c, v in zip(w, values) if v is not None]
             return sum(values) if values else None
 
         return ks.replace(
             spatial=outs[0].spatial,
             full=outs[0].full,
-            mean1=total(o.mean1 for o in outs),
-            mean2=total(o.mean2 for o in outs),
+            mean1=total([o.mean1 for o in outs], 1),
+            mean2=total([o.mean2 for o in outs], 1),
             x1=None,
             x2=None,
-            nngp=sum(o.nngp for o in outs),
-            ntk=sum(o.ntk for o in outs) if ks.need_ntk else None,
-            var1=sum(o.var1 for o in outs),
-            var2=None if outs[0].var2 is None else sum(o.var2 for o in outs),
+            nngp=total([o.nngp for o in outs], 2),
+            ntk=total([o.ntk for o in outs], 2) if ks.need_ntk else None,
+            var1=total([o.var1 for o in outs], 2),
+            var2=None if outs[0].var2 is None else total([o.var2 for o in outs], 2),
             gaussian=all(o.gaussian for o in outs),
             fixed=fixed.pop(),
             pre=None,
@@ -189,7 +207,9 @@ class Parallel(Layer):
 
     def _apply(self, params, x, dim, ctx):
         ys = [b._apply(p, x, dim, ctx) for b, p in zip(self.branches, params)]
-        return sum(y for y, _ in ys), ys[0][1]
+        if self.weights is None:
+            return sum(y for y, _ in ys), ys[0][1]
+        return sum(w * y for w, (y, _) in zip(self.weights, ys)), ys[0][1]
 
     def _mask_out(self, mask):
         return self.branches[0]._mask_out(mask)
@@ -544,15 +564,25 @@ def parallel(*branches: Layer) -> Parallel:
     return Parallel(check_layers("ow.parallel", branches))
 
 
-def Residual(*block: Layer) -> Parallel:  # noqa: N802 - a layer constructor
-    """``x + block(x)``: the identity branch plus ``serial(*block)``.
+def Residual(*block: Layer, scale: float = 1.0) -> Parallel:  # noqa: N802 - a layer constructor
+    """``x + scale * block(x)``: the identity branch plus ``serial(*block)`` times a branch multiplier.
 
     When the block ends in a weight layer the two branches are uncorrelated
     and the kernels add (Novak et al. 2020); the identity branch may carry a
-    post-activation (``Relu()`` then ``Residual(Dense(), Relu(), Dense())``).
+    post-activation (``Relu()`` then ``Residual(Dense(), Relu(), Dense())``):
+
+        nngp' = nngp + scale^2 nngp_block,    ntk' = ntk + scale^2 ntk_block.
+
+    With ``scale = 1 / sqrt(L)`` over ``L`` blocks the recursion is an Euler step of size ``1/L`` of an
+    ODE in depth, so the kernels of depth-``L`` residual nets converge (like ``1/L``) to an
+    infinite-depth limit (Hayou et al. 2021; the branch multiplier of depth-muP, Yang et al. 2023 and
+    Bordelon et al. 2023); with ``scale = 1`` they grow like ``(1 + c)^L``.
 
     References:
       - Novak et al. 2020, Neural Tangents: Fast and Easy Infinite Neural Networks in Python. <https://arxiv.org/abs/1912.02803>
+      - Hayou et al. 2021, Stable ResNet. <https://arxiv.org/abs/2010.12859>
+      - Yang et al. 2023, Tensor Programs VI: Feature Learning in Infinite-Depth Neural Networks. <https://arxiv.org/abs/2310.02244>
+      - Bordelon et al. 2023, Depthwise Hyperparameter Transfer in Residual Networks. <https://arxiv.org/abs/2309.16620>
 
     Examples:
       >>> import numpy as np
@@ -560,8 +590,14 @@ def Residual(*block: Layer) -> Parallel:  # noqa: N802 - a layer constructor
       >>> net = ow.serial(ow.Dense(), ow.Residual(ow.Relu(), ow.Dense()), ow.Dense(out=1))
       >>> float(ow.kernel(net, np.ones((1, 2)), get="nngp").nngp[0, 0])   # q + q / 2, q = 1
       1.5
+      >>> scaled = ow.serial(ow.Dense(), ow.Residual(ow.Relu(), ow.Dense(), scale=0.5), ow.Dense(out=1))
+      >>> float(ow.kernel(scaled, np.ones((1, 2)), get="nngp").nngp[0, 0])   # q + q / 2 / 4
+      1.125
     """
-    return Parallel((Identity(), serial(*block) if len(block) != 1 else check_layers("ow.Residual", block)[0]))
+    branch = serial(*block) if len(block) != 1 else check_layers("ow.Residual", block)[0]
+    if isinstance(scale, bool) or not isinstance(scale, (int, float, np.integer, np.floating)) or not np.isfinite(scale):
+        raise ValueError(f"ow.Residual(scale={scale!r}) must be a finite number (the branch multiplier)")
+    return Parallel((Identity(), branch), None if scale == 1 else (1.0, float(scale)))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,7 +12,7 @@ from owidth import _checks
 from owidth._protocol import Intermediates, flat_features
 from owidth.flax_bridge import FlaxModel, FlaxNet
 from owidth.layers import masking
-from owidth.layers._base import Dim, FiniteCtx, Layer, Rng, Tape, zero_padding
+from owidth.layers._base import Dim, FiniteCtx, Layer, Rng, Tape, after, zero_padding
 from owidth.layers.graph import adjacency_pair
 from owidth.param import NTP, Parametrization, roles_from_shapes
 
@@ -96,7 +96,7 @@ class FiniteModel:
         y, _ = self.net._apply(params, x, _input_dim(x), ctx)
         if mask is None:
             return y
-        return zero_padding(y, dataclasses.replace(ctx, mask=self.net._mask_out(mask)))  # the output's padding
+        return zero_padding(y, after(self.net, ctx))  # the output's padding
 
     def apply_taped(self, params: Any, x: jax.Array, taps=None, *, adjacency=None) -> tuple[jax.Array, Tape]:
         """``apply`` recording every weight layer's input, scales and output on a tape (internal: the

@@ -31,7 +31,8 @@ from owidth.kernels.state import KState
 from owidth.param import Parametrization
 
 __all__ = ["Caps", "Dim", "Tape", "Rng", "FiniteCtx", "Layer", "WeightLayer", "StandardParam", "has_bias", "ntk_terms",
-           "own_ntk", "zero_padding", "init_weights", "enter_weights", "check_layers", "walk_any", "walk_all"]
+           "own_ntk", "zero_padding", "masks_through", "after", "init_weights", "enter_weights", "check_layers",
+           "walk_any", "walk_all"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,6 +141,20 @@ class FiniteCtx:
     adjacency: jax.Array | None = dataclasses.field(default=None, compare=False, hash=False)  # (batch, V, V) graphs
     rng: Rng | None = dataclasses.field(default=None, compare=False, hash=False)  # dropout masks (train mode)
     mask: jax.Array | None = dataclasses.field(default=None, compare=False, hash=False)  # padding (batch, *S)
+
+
+def masks_through(layers, mask):
+    """``mask`` (padding, ``(batch, *S)``) carried through ``layers`` in order by their ``_mask_out``."""
+    for layer in layers:
+        if mask is None:
+            return None
+        mask = layer._mask_out(mask)
+    return mask
+
+
+def after(layer, ctx: FiniteCtx) -> FiniteCtx:
+    """The context of the layer that follows ``layer``: its padding carried through ``layer``."""
+    return ctx if ctx.mask is None else dataclasses.replace(ctx, mask=layer._mask_out(ctx.mask))
 
 
 def zero_padding(x: jax.Array, ctx: FiniteCtx) -> jax.Array:

@@ -13,7 +13,7 @@ import numpy as np
 
 from owidth import _checks
 from owidth.kernels import quadrature
-from owidth.layers._base import Caps, Dim, Layer, Rng, check_layers
+from owidth.layers._base import Caps, Dim, Layer, Rng, after, check_layers, masks_through
 from owidth.layers.activations import Identity
 
 __all__ = ["Serial", "Parallel", "Concat", "Product", "Repeat", "serial", "parallel", "concat", "product", "Residual",
@@ -77,16 +77,11 @@ class Serial(Layer):
     def _apply(self, params, x, dim, ctx):
         for layer, p in zip(self.layers, params):
             x, dim = layer._apply(p, x, dim, ctx)
-            if ctx.mask is not None:  # the padding of the next layer's input
-                ctx = dataclasses.replace(ctx, mask=layer._mask_out(ctx.mask))
+            ctx = after(layer, ctx)
         return x, dim
 
     def _mask_out(self, mask):
-        for layer in self.layers:
-            if mask is None:
-                return None
-            mask = layer._mask_out(mask)
-        return mask
+        return masks_through(self.layers, mask)
 
 
 def _init_branches(branches, key, dim, ctx) -> tuple[tuple, list]:
@@ -291,9 +286,10 @@ class Concat(Layer):
 
     def _mask_out(self, mask):
         masks = [b._mask_out(mask) for b in self.branches]
-        if masks[0] is None or self._rank_axis(masks[0].ndim + 1) == masks[0].ndim:  # channels
-            return masks[0]
-        return jnp.concatenate(masks, axis=self._rank_axis(masks[0].ndim + 1))
+        if masks[0] is None:
+            return None
+        axis = self._rank_axis(masks[0].ndim + 1)  # of the activations, whose last axis is the channels
+        return masks[0] if axis == masks[0].ndim else jnp.concatenate(masks, axis=axis)
 
     def _rank_axis(self, rank: int) -> int:
         """``axis`` as a non-negative axis of a rank-``rank`` activation (batch first, channels last)."""
@@ -677,12 +673,12 @@ class Repeat(Layer):
         if self._maps(dim, ctx) != dim:
             first, params = params
             x, dim = self.block._apply(first, x, dim, ctx)
-            ctx = ctx if ctx.mask is None else dataclasses.replace(ctx, mask=self.block._mask_out(ctx.mask))
+            ctx = after(self.block, ctx)
             count -= 1
         if ctx.tape is not None:  # a recording run sees every copy: unrolled
             for i in range(count):
                 x, dim = self.block._apply(jax.tree.map(lambda a, i=i: a[i], params), x, dim, ctx)
-                ctx = ctx if ctx.mask is None else dataclasses.replace(ctx, mask=self.block._mask_out(ctx.mask))
+                ctx = after(self.block, ctx)
             return x, dim
 
         base = None if ctx.rng is None else ctx.rng.next()
@@ -698,11 +694,7 @@ class Repeat(Layer):
         return x, dim
 
     def _mask_out(self, mask):
-        for _ in range(self.n):
-            if mask is None:
-                return None
-            mask = self.block._mask_out(mask)
-        return mask
+        return masks_through((self.block,) * self.n, mask)
 
 
 def _show(dim) -> str:

@@ -282,6 +282,16 @@ def markdown_tables(results: list[dict]) -> str:
     return markdown(head, rows) + "\n\n" + markdown(head2, rows2)
 
 
+def _owidth_version() -> str:
+    """The installed owidth's version, or the source tree's (benchmarks/gpu_check.sh runs uninstalled)."""
+    try:
+        return importlib.metadata.version("owidth")
+    except importlib.metadata.PackageNotFoundError:
+        import owidth
+
+        return f"{owidth.__version__} (source checkout)"
+
+
 def main_parent(args) -> None:
     workloads, repeats = (QUICK_WORKLOADS, QUICK_REPEATS) if args.quick else (WORKLOADS, REPEATS)
     if args.archs:
@@ -298,7 +308,7 @@ def main_parent(args) -> None:
     report = {
         "machine": kernels.machine_info(),
         "jax_version": importlib.metadata.version("jax"),
-        "owidth_version": importlib.metadata.version("owidth"),
+        "owidth_version": _owidth_version(),
         "peer": peer,
         "config": {
             "workloads": [{"workload": workload_name(a, w), "arch": a, "width": w, "n": n, "input_shape": list(s)}

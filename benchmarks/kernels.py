@@ -67,6 +67,7 @@ import numpy as np
 from _common import fmt as _fmt
 from _common import machine_info as _machine_info
 from _common import markdown
+from _common import jax_platforms
 
 HERE = pathlib.Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "results" / "kernels_cpu.json"
@@ -104,13 +105,15 @@ GET = ("nngp", "ntk")
 # Both workers pin one backend (OWIDTH_BENCH_PLATFORM: cpu unless benchmarks/run.py --platform says
 # otherwise) and silence TensorFlow/absl start-up noise.
 PLATFORM = os.environ.get("OWIDTH_BENCH_PLATFORM", "cpu")
-WORKER_ENV = {"JAX_PLATFORMS": PLATFORM, "TF_CPP_MIN_LOG_LEVEL": "3"}
+WORKER_ENV = {"JAX_PLATFORMS": jax_platforms(PLATFORM), "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 PEAK_RSS_NOTE = (
     "peak_rss_mib: ru_maxrss of a fresh process running only this measurement, minus its value after "
     "imports, backend start-up and input transfer; covers the first (compiling) call and the timed calls. "
     "0 means the measurement never exceeded the memory the process had already touched at start-up. "
-    "max_rss_mib: the process's whole peak (ru_maxrss), start-up included."
+    "max_rss_mib: the process's whole peak (ru_maxrss), start-up included. device_peak_mib (accelerators "
+    "only): the device allocator's peak bytes in use over the process, start-up included; the summary's "
+    "peak column shows it instead of the host RSS when present."
 )
 TIMING_NOTE = (
     "first_call_s: first call incl. tracing and compilation; compile_s: jax.jit(f).lower(x).compile() "
@@ -180,6 +183,9 @@ def measure(call, traceable, x, repeats: int):
         "peak_rss_mib": peak_rss_mib,
         "max_rss_mib": max_rss_mib,
     }
+    device_stats = jax.devices()[0].memory_stats() or {}  # None on CPU; on a GPU the allocator's counters
+    if "peak_bytes_in_use" in device_stats:
+        stats["device_peak_mib"] = device_stats["peak_bytes_in_use"] / 2**20
     return stats, tuple(np.asarray(k) for k in out)
 
 

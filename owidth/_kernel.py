@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from owidth import _checks
+from owidth import _checks, _precision
 from owidth._caches import cached
 from owidth.kernels import hyper, tiles
 from owidth.kernels.state import Kernel, KState, VarTape
@@ -173,6 +173,7 @@ def _check_attn(net, attn) -> None:
         )
 
 
+@_precision.exact
 def kernel(net, x1, x2=None, *, get=("nngp", "ntk"), batch_size: int | str | None = "auto",
            memory_budget: int | None = None, attn: float | None = None, progress_bar: bool = True,
            adjacency=None, param=None, mask=None) -> Kernel:

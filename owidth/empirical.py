@@ -18,7 +18,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from owidth import _checks
+from owidth import _checks, _precision
 from owidth import _jaxpr_ntk
 from owidth._caches import cached
 from owidth._finite import FiniteModel
@@ -175,6 +175,7 @@ def _structured_model(apply_fn):
     return None
 
 
+@_precision.exact
 def empirical_ntk(
     apply_fn: Callable[[Any, jax.Array], jax.Array],
     params: Any,
@@ -360,6 +361,7 @@ def linearize(apply_fn: Callable[[Any, jax.Array], jax.Array], params0: Any) -> 
     return f_lin
 
 
+@_precision.exact
 def empirical_nngp(apply_fn: Callable[[Any, jax.Array], jax.Array], params: Any, x1, x2=None, *,
                    outputs: str = "trace") -> jax.Array:
     """The outputs' second moment for one network: ``f(x1) f(x2)^T`` over the readout units.
@@ -404,6 +406,7 @@ def empirical_nngp(apply_fn: Callable[[Any, jax.Array], jax.Array], params: Any,
     return f1 @ f2.T / f1.shape[1]
 
 
+@_precision.exact
 def empirical_ntk_vp(apply_fn: Callable[[Any, jax.Array], jax.Array], params: Any, x1, x2=None
                      ) -> Callable[[jax.Array], jax.Array]:
     """NTK-vector products ``v -> Theta(x1, x2) v`` without forming the kernel.

@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from owidth import _checks
+from owidth import _checks, _precision
 from owidth.kernels.state import Kernel
 
 __all__ = ["Prediction", "gradient_descent", "gradient_flow", "log_marginal_likelihood", "max_learning_rate",
@@ -364,6 +364,7 @@ def _loss_dynamics(k_train, k_test_train, y_train, *, loss, times, lr, momentum,
     return Prediction(jnp.asarray(times, dtype=dt), mean_train, mean_test if has_test else None, None, None)
 
 
+@_precision.exact
 def gradient_descent(k_train, k_test_train=None, y_train=None, *, lr: float, steps, momentum: float = 0.0,
                      loss=None, k_test_test=None, ridge: float = 0.0, f0_train=None, f0_test=None) -> Prediction:
     """Outputs of a linearised / infinitely wide network after ``steps`` of gradient descent.
@@ -461,6 +462,7 @@ def gradient_descent(k_train, k_test_train=None, y_train=None, *, lr: float, ste
                      ridge=ridge, f0_train=f0_train, f0_test=f0_test, where=where, momentum=momentum)
 
 
+@_precision.exact
 def gradient_flow(k_train, k_test_train=None, y_train=None, *, times, loss=None, k_test_test=None,
                   ridge: float = 0.0, f0_train=None, f0_test=None) -> Prediction:
     """As :func:`gradient_descent` for continuous time ``d theta/dt = -grad L`` (``times`` real >= 0).
@@ -501,6 +503,7 @@ def gradient_flow(k_train, k_test_train=None, y_train=None, *, times, loss=None,
                      ridge=ridge, f0_train=f0_train, f0_test=f0_test, where=where)
 
 
+@_precision.exact
 def ntk_posterior(k_train, k_test_train=None, y_train=None, *, times=np.inf, k_test_test=None,
                   ridge: float = 0.0) -> Prediction:
     """The NTK-GP: outputs of infinitely wide networks trained by gradient flow on the MSE, over initialisations.
@@ -565,6 +568,7 @@ def ntk_posterior(k_train, k_test_train=None, y_train=None, *, times=np.inf, k_t
                      ridge=ridge, f0_train=None, f0_test=None, where=where)
 
 
+@_precision.exact
 def max_learning_rate(k_train, *, momentum: float = 0.0) -> jax.Array:
     """The largest learning rate at which gradient descent on the MSE converges, in the kernel regime.
 
@@ -604,6 +608,7 @@ def max_learning_rate(k_train, *, momentum: float = 0.0) -> jax.Array:
     return 2.0 * (1.0 + momentum) * ntk.shape[0] / lam_max
 
 
+@_precision.exact
 def nngp_posterior(k_train, k_test_train, y_train, *, noise: float = 0.0, k_test_test=None) -> Prediction:
     """Exact Bayesian posterior of the NNGP prior (Lee et al. 2018), observation noise variance ``noise``.
 
@@ -655,6 +660,7 @@ def _concrete(*values) -> bool:
     return not any(isinstance(v, jax.core.Tracer) for v in values)
 
 
+@_precision.exact
 def log_marginal_likelihood(k_train, y, noise) -> jax.Array:
     """Log evidence of targets ``y`` under the centred Gaussian process with kernel ``k_train`` plus noise.
 

@@ -81,7 +81,7 @@ from owidth._train import Snapshot, train
 from owidth.monte_carlo import MonteCarloKernel, monte_carlo_kernel
 from owidth.meanfield import DMFTConvergenceError, DMFTResult, dmft
 from owidth.measure import coord_check
-from owidth.param import MF, MUP, NTP, SP, Parametrization, Regime, Role, mu_optimizer, scale_by_width
+from owidth.param import COMPLETEP, DEPTH_MUP, MF, MUP, NTP, SP, UMUP, Parametrization, Regime, Role, mu_optimizer, scale_by_width
 
 __version__ = "0.1.0"
 
@@ -125,6 +125,8 @@ __all__ = [
     "Layer",
     "LayerNorm",
     "LeakyRelu",
+    "COMPLETEP",
+    "DEPTH_MUP",
     "MF",
     "MUP",
     "Monomial",
@@ -155,6 +157,7 @@ __all__ = [
     "Swish",
     "TakePosition",
     "Tanh",
+    "UMUP",
     "clear_caches",
     "concat",
     "coord_check",

@@ -12,9 +12,9 @@ from owidth import _checks
 from owidth._protocol import Intermediates, flat_features
 from owidth.flax_bridge import FlaxModel, FlaxNet
 from owidth.layers import masking
-from owidth.layers._base import Dim, FiniteCtx, Layer, Rng, Tape, after, zero_padding
+from owidth.layers._base import BRANCH_TAG, Dim, FiniteCtx, Layer, Rng, Tape, after, residual_depth, zero_padding
 from owidth.layers.graph import adjacency_pair
-from owidth.param import NTP, Parametrization, roles_from_shapes
+from owidth.param import NTP, Parametrization, Role, roles_from_shapes
 
 __all__ = ["FiniteModel", "finite"]
 
@@ -59,8 +59,14 @@ class FiniteModel:
             raise TypeError(f"ow.finite: param must be an ow.Parametrization such as ow.NTP, got {self.param!r}")
 
     @property
+    def depth(self) -> int:
+        """``L``, the residual blocks of the network (:func:`ow.Residual`, ``ow.repeat`` copies counted): the
+        depth of the parametrization's depth factors ``(L / L0)^...``."""
+        return residual_depth(self.net)
+
+    @property
     def _ctx(self) -> FiniteCtx:
-        return FiniteCtx(self.width, self.param)
+        return FiniteCtx(self.width, self.param, depth=self.depth)
 
     def init(self, key: jax.Array, x) -> Any:
         """Random parameters for inputs shaped like ``x``: (batch, features), or
@@ -92,7 +98,7 @@ class FiniteModel:
             else:
                 mask = jnp.asarray(mask, dtype=bool)
                 x = jnp.where(mask[..., None], jnp.zeros((), x.dtype), x)
-        ctx = FiniteCtx(self.width, self.param, adjacency=adjacency, rng=rng, mask=mask)
+        ctx = dataclasses.replace(self._ctx, adjacency=adjacency, rng=rng, mask=mask)
         y, _ = self.net._apply(params, x, _input_dim(x), ctx)
         if mask is None:
             return y
@@ -102,7 +108,7 @@ class FiniteModel:
         """``apply`` recording every weight layer's input, scales and output on a tape (internal: the
         structured empirical NTK adds ``taps`` to the outputs; use :meth:`intermediates` otherwise)."""
         tape = Tape(taps)
-        ctx = FiniteCtx(self.width, self.param, tape, adjacency=adjacency)
+        ctx = dataclasses.replace(self._ctx, tape=tape, adjacency=adjacency)
         y, _ = self.net._apply(params, x, _input_dim(x), ctx)
         return y, tape
 
@@ -132,6 +138,33 @@ class FiniteModel:
     def lr_scales(self, x, *, optimizer: str) -> Any:
         """Pytree of per-tensor learning-rate multipliers ``(width / base_width)^-c_role`` (Python floats)."""
         return self.param.lr_scales(self.roles(x), width=self.width, optimizer=optimizer)
+
+    def in_branches(self, x) -> Any:
+        """Pytree of bools, one per parameter tensor: inside a residual branch (:func:`ow.Residual`), where
+        the parametrization's depth factors apply (shapes only; no FLOPs)."""
+        x = _checks.as_float_array("x", x, where="FiniteModel.in_branches", rank=None)
+        spec = jax.ShapeDtypeStruct(x.shape, x.dtype)
+        key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype)
+        ctx = dataclasses.replace(self._ctx, tag=True)
+        shapes = jax.eval_shape(lambda k, u: self.net._init(k, _input_dim(u), ctx)[0], key, spec)
+        return jax.tree.map(lambda a: a.dtype == BRANCH_TAG, shapes)
+
+    def depth_scales(self, x, *, optimizer: str) -> Any:
+        """Pytree of per-tensor depth learning-rate factors: ``(L / L0)^-depth_c`` inside residual branches,
+        1 elsewhere; None when every factor is 1 (no depth scaling, or ``L = L0``)."""
+        factor = self.param.depth_lr_scale(self.depth, optimizer=optimizer)
+        if factor == 1.0:
+            return None
+        return jax.tree.map(lambda inside: factor if inside else 1.0, self.in_branches(x))
+
+    def eps_scales(self, x) -> Any:
+        """Pytree of per-tensor factors of Adam's epsilon (:meth:`ow.Parametrization.eps_scale`); None when
+        every factor is 1 (``scale_eps=False``)."""
+        if not self.param.scale_eps:
+            return None
+        roles, inside = self.roles(x), self.in_branches(x)
+        return jax.tree.map(lambda r, b: self.param.eps_scale(r, width=self.width, depth=self.depth, in_branch=b),
+                            roles, inside, is_leaf=lambda r: isinstance(r, Role))
 
     def structured(self) -> bool:
         """True when every parameter belongs to a ``Dense`` layer and every other layer is elementwise or a

@@ -90,7 +90,8 @@ def decay_by(weight_decay: float, scales: Any):
 
 
 def make(optimizer: str, *, lr, scales: Any, weight_decay: float = 0.0, momentum: float = 0.9, eps: float = 1e-8,
-         b1: float = 0.9, b2: float = 0.999, clip=None, schedule=None, where: str = "owidth"):
+         b1: float = 0.9, b2: float = 0.999, clip=None, schedule=None, where: str = "owidth", depth_scales: Any = None,
+         eps_scales: Any = None):
     """The optax transformation of ``optimizer`` with per-tensor multipliers ``scales`` and step ``lr``.
 
     Args:
@@ -102,6 +103,12 @@ def make(optimizer: str, *, lr, scales: Any, weight_decay: float = 0.0, momentum
       clip: clip the gradient to this global norm first (``optax.clip_by_global_norm``), or None.
       schedule: a multiplier of ``lr`` per step (an optax schedule ``step -> float``), or None; it
         scales the decoupled decay of ``"adamw"`` too, as ``optax.adamw(learning_rate=schedule)``.
+      depth_scales: pytree of per-tensor depth factors of the learning rate (``model.depth_scales``), or
+        None. They multiply the whole step, weight decay included: the decay per step is
+        ``lr wd d_w`` (independent of the width factor ``s_w``, proportional to the depth factor
+        ``d_w``, as in the CompleteP reference implementation).
+      eps_scales: pytree of per-tensor factors ``e_w`` of Adam's epsilon (``model.eps_scales``), or None.
+        Implemented exactly by Adam's scale invariance: ``adam(g / e_w, eps) = adam(g, eps e_w)``.
 
     Examples:
       SGD with L2 decay: ``-lr (s_w g + wd w) = -0.1 * (4 * 1 + 0.5 * 2) = -0.5``:
@@ -114,6 +121,7 @@ def make(optimizer: str, *, lr, scales: Any, weight_decay: float = 0.0, momentum
       >>> [round(float(u), 4) for u in updates["w"]]
       [-0.5, -0.5]
     """
+    import jax
     import optax
 
     fam = check(optimizer, weight_decay=weight_decay, momentum=momentum, eps=eps, b1=b1, b2=b2, clip=clip,
@@ -124,10 +132,14 @@ def make(optimizer: str, *, lr, scales: Any, weight_decay: float = 0.0, momentum
     if optimizer == "momentum":
         parts.append(optax.trace(decay=momentum))
     if fam == "adam":
+        if eps_scales is not None:  # m / (sqrt(v) + eps e) of the raw gradient = adam of g / e with eps
+            parts.append(scale_by(jax.tree.map(lambda e: 1.0 / e, eps_scales)))
         parts.append(optax.scale_by_adam(b1=b1, b2=b2, eps=eps))
     parts.append(scale_by(scales))
     if weight_decay and optimizer == "adamw":  # decoupled: lr * wd fixed across widths, as MuAdamW
         parts.append(optax.add_decayed_weights(weight_decay))
+    if depth_scales is not None:
+        parts.append(scale_by(depth_scales))
     if schedule is not None:
         parts.append(optax.scale_by_schedule(schedule))
     parts.append(optax.scale(-lr))

@@ -49,7 +49,7 @@ from owidth import _checks, _optim
 from owidth._objective import LOSSES, loss_fn, targets
 from owidth._progress import progress
 from owidth.layers.sequence import check_tokens
-from owidth.param import NTP, Parametrization
+from owidth.param import NTP, Parametrization, model_scales
 
 __all__ = ["Program", "Snapshot", "TrainPlan", "WidthRun", "assemble", "execute", "init_members", "member_step",
            "param_attrs", "param_from_attrs", "plan", "record_members", "run", "run_chunk", "train"]
@@ -144,13 +144,13 @@ def _apply_fn(prog: Program, params0):
 def _tx(prog: Program, lr, alpha, scales):
     """The member's optimizer; the richness factor ``alpha^-2`` (SGD-like) or ``alpha^-1`` (Adam-like) scales ``lr``."""
     rich = alpha ** -2.0 if _optim.family(prog.optimizer, where=_WHERE) == "sgd" else 1.0 / alpha
-    return _optim.make(prog.optimizer, lr=lr * rich, scales=scales, weight_decay=prog.weight_decay,
-                       momentum=prog.momentum, eps=prog.eps, b1=prog.b1, b2=prog.b2, clip=prog.clip,
-                       schedule=prog.schedule, where=_WHERE)
+    return _optim.make(prog.optimizer, lr=lr * rich, weight_decay=prog.weight_decay, momentum=prog.momentum,
+                       eps=prog.eps, b1=prog.b1, b2=prog.b2, clip=prog.clip, schedule=prog.schedule, where=_WHERE,
+                       **scales)
 
 
-def _scales(prog: Program, x):
-    return prog.model.lr_scales(x, optimizer=prog.optimizer)
+def _scales(prog: Program, x) -> dict:
+    return model_scales(prog.model, x, prog.optimizer)
 
 
 def _init_member(prog: Program, key, lr, alpha, x, xt, given=None):

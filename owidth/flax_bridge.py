@@ -182,6 +182,17 @@ class FlaxModel:
         """Per-tensor learning-rate multipliers ``(width / base_width)^-c_role``."""
         return self.param.lr_scales(self.roles(), width=self.width, optimizer=optimizer)
 
+    def depth_scales(self, x=None, *, optimizer: str) -> None:
+        """None: a flax module has no ``ow.Residual`` blocks, so no depth factors (see ``FiniteModel``)."""
+        return None
+
+    def eps_scales(self, x=None) -> Any:
+        """Per-tensor factors of Adam's epsilon ``(width / base_width)^-e_role`` under ``scale_eps``, else None."""
+        if not self.param.scale_eps:
+            return None
+        return jax.tree.map(lambda r: self.param.eps_scale(r, width=self.width), self.roles(),
+                            is_leaf=lambda r: isinstance(r, Role))
+
     def _exponents(self):
         ratio = self.width / self.param.base_width
         index = {Role.INPUT: 0, Role.HIDDEN: 1, Role.OUTPUT: 2}

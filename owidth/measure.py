@@ -23,7 +23,7 @@ import numpy as np
 
 from owidth import _checks, _optim
 from owidth._objective import loss_fn, targets
-from owidth.param import Parametrization
+from owidth.param import Parametrization, model_scales
 
 __all__ = ["ntk_movement", "param_movement", "feature_movement", "kernel_alignment", "effective_rank", "coord_check"]
 
@@ -289,7 +289,7 @@ def coord_check(
     sizes, deltas = [], []
     for width in widths:
         model = finite(net, width=width, param=param)
-        tx = _optim.make(optimizer, lr=lr, scales=model.lr_scales(x, optimizer=optimizer), where=where)
+        tx = _optim.make(optimizer, lr=lr, where=where, **model_scales(model, x, optimizer))
 
         def run(key, model=model, tx=tx):
             params0 = model.init(key, x)

@@ -101,7 +101,7 @@ from owidth import _optim
 from owidth._optim import OPTIMIZERS
 from owidth._optim import family as optimizer_family
 
-__all__ = ["MF", "MUP", "NTP", "OPTIMIZERS", "PRESETS", "SP", "DenseScale", "Parametrization", "Regime", "Role",
+__all__ = ["COMPLETEP", "DEPTH_MUP", "MF", "MUP", "NTP", "UMUP", "OPTIMIZERS", "PRESETS", "SP", "DenseScale", "Parametrization", "Regime", "Role",
            "mu_optimizer", "optimizer_family", "scale_by_width", "roles_from_shapes"]
 
 
@@ -175,6 +175,11 @@ class Regime:
       kernel: stable, nontrivial and no feature learning (``r > 0``).
       r: the exponent of the feature update, ``Delta h^L ~ n^-r``.
       reasons: the conditions that failed, in words.
+      depth_update: for a parametrization that scales depth (``alpha`` or a depth learning-rate
+        exponent set), the exponent ``u`` of the residual stream's one-step update summed over the
+        ``L`` blocks, ``~ L^u``: 0 is depth-wise feature learning (Tensor Programs VI, CompleteP),
+        ``u > 0`` blows up with depth (unstable), ``u < 0`` leaves the blocks lazy as ``L -> inf``.
+        None when depth is not scaled (every block trained as in a shallow net).
 
     References:
       - Yang & Hu 2021, Tensor Programs IV, Def. 3.2 and Thm 3.3. <https://arxiv.org/abs/2011.14522>
@@ -195,6 +200,7 @@ class Regime:
     kernel: bool
     r: float
     reasons: tuple[str, ...]
+    depth_update: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -225,6 +231,18 @@ class Parametrization:
       zero_query: initialise the query projections of ``Attention`` layers at
         0 (Tensor Programs V, Sec. D.2, recommends it with muP: attention is
         then exactly uniform at initialisation at every width).
+      alpha: depth exponent of the residual branches: each :func:`ow.Residual` branch is multiplied
+        by ``(L / L0)^-alpha`` on top of its ``scale``, with ``L`` the number of residual blocks of
+        the network and ``L0`` the ``base_depth``. In ``[0, 1]``: 0 (no depth scaling), 1/2
+        (depth-muP), 1 (CompleteP).
+      base_depth: ``L0``, the number of residual blocks at which every depth factor is 1.
+      depth_c_sgd, depth_c_adam: depth learning-rate exponents: tensors inside residual branches
+        train with ``lr (n / n0)^-c_role (L / L0)^-depth_c``. Stable depth-wise feature learning
+        needs ``depth_c_sgd = 1 - 2 alpha``, ``depth_c_adam = 1 - alpha`` (:meth:`regime`).
+      scale_eps: scale Adam's epsilon like each tensor's gradient:
+        ``eps (n / n0)^-e_role (L / L0)^-alpha`` (the last factor inside residual branches), with
+        ``e = (a_in + a_out + b_out, a_hidden + a_out + b_out, a_out)`` (:meth:`eps_exponents`).
+        Otherwise one ``eps`` for every tensor, as microsoft/mup does.
 
     See the module docstring for the conventions and the preset table.
 
@@ -233,8 +251,12 @@ class Parametrization:
         <https://arxiv.org/abs/2011.14522>
       - Yang et al. 2022, Tensor Programs V (Adam exponents, ``zero_readout``, ``zero_query``,
         ``1/d`` attention). <https://arxiv.org/abs/2203.03466>
-      - Everett et al. 2024, Scaling Exponents Across Parameterizations and Optimizers.
-        <https://arxiv.org/abs/2407.05872>
+      - Everett et al. 2024, Scaling Exponents Across Parameterizations and Optimizers (Adam's
+        epsilon per tensor). <https://arxiv.org/abs/2407.05872>
+      - Yang et al. 2023, Tensor Programs VI: Feature Learning in Infinite-Depth Neural Networks
+        (depth-muP). <https://arxiv.org/abs/2310.02244>
+      - Dey et al. 2025, Don't be lazy: CompleteP enables compute-efficient deep transformers.
+        <https://arxiv.org/abs/2505.01618>
 
     Examples:
       A custom parametrization: SP with an SGD learning rate ``~ 1/n`` on every tensor is stable
@@ -258,6 +280,11 @@ class Parametrization:
     zero_readout: bool = False
     attn: float = 0.5
     zero_query: bool = False
+    alpha: float = 0.0
+    base_depth: int = 1
+    depth_c_sgd: float = 0.0
+    depth_c_adam: float = 0.0
+    scale_eps: bool = False
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
@@ -266,7 +293,18 @@ class Parametrization:
             object.__setattr__(self, field, _check_triple(field, getattr(self, field)))
         if not isinstance(self.base_width, int) or isinstance(self.base_width, bool) or self.base_width <= 0:
             raise ValueError(f"Parametrization.base_width must be a positive int, got {self.base_width!r}")
-        for flag in ("zero_readout", "zero_query"):
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0 <= self.alpha <= 1:
+            raise ValueError(f"Parametrization.alpha must be a number in [0, 1] (the residual branches' depth "
+                             f"exponent: 0 none, 1/2 depth-muP, 1 CompleteP), got {self.alpha!r}")
+        object.__setattr__(self, "alpha", float(self.alpha))
+        if not isinstance(self.base_depth, int) or isinstance(self.base_depth, bool) or self.base_depth <= 0:
+            raise ValueError(f"Parametrization.base_depth must be a positive int (residual blocks), got {self.base_depth!r}")
+        for field in ("depth_c_sgd", "depth_c_adam"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"Parametrization.{field} must be a finite float, got {value!r}")
+            object.__setattr__(self, field, float(value))
+        for flag in ("zero_readout", "zero_query", "scale_eps"):
             if not isinstance(getattr(self, flag), bool):
                 raise TypeError(f"Parametrization.{flag} must be a bool, got {getattr(self, flag)!r}")
         if isinstance(self.attn, bool) or not isinstance(self.attn, (int, float)) or not math.isfinite(self.attn):
@@ -289,6 +327,92 @@ class Parametrization:
           True
         """
         return dataclasses.replace(self, base_width=base_width)
+
+    def with_base_depth(self, base_depth: int) -> Parametrization:
+        """The same exponents relative to another base depth ``L0`` (residual blocks).
+
+        Examples:
+          >>> import owidth as ow
+          >>> ow.COMPLETEP.with_base_depth(4).depth_multiplier(16)   # (16 / 4)^-1
+          0.25
+        """
+        return dataclasses.replace(self, base_depth=base_depth)
+
+    def depth_multiplier(self, depth: int) -> float:
+        """The residual branches' multiplier ``(L / L0)^-alpha`` in a network of ``depth`` residual blocks.
+
+        References:
+          - Yang et al. 2023, Tensor Programs VI (``1/sqrt(L)``). <https://arxiv.org/abs/2310.02244>
+          - Bordelon et al. 2023, Depthwise Hyperparameter Transfer in Residual Networks.
+            <https://arxiv.org/abs/2309.16620>
+          - Dey et al. 2025, CompleteP (``1/L``). <https://arxiv.org/abs/2505.01618>
+
+        Examples:
+          >>> import owidth as ow
+          >>> ow.DEPTH_MUP.depth_multiplier(16), ow.MUP.depth_multiplier(16)
+          (0.25, 1.0)
+        """
+        return self._depth_ratio(depth, "depth_multiplier") ** (-self.alpha)
+
+    def depth_lr_scale(self, depth: int, *, optimizer: str) -> float:
+        """Learning-rate factor ``(L / L0)^-depth_c`` of the tensors inside residual branches.
+
+        Examples:
+          >>> import owidth as ow
+          >>> ow.DEPTH_MUP.depth_lr_scale(16, optimizer="adam"), ow.DEPTH_MUP.depth_lr_scale(16, optimizer="sgd")
+          (0.25, 1.0)
+          >>> ow.COMPLETEP.depth_lr_scale(16, optimizer="adam"), ow.COMPLETEP.depth_lr_scale(16, optimizer="sgd")
+          (1.0, 16.0)
+        """
+        c = self.depth_c_sgd if optimizer_family(optimizer, where="Parametrization.depth_lr_scale") == "sgd" \
+            else self.depth_c_adam
+        return self._depth_ratio(depth, "depth_lr_scale") ** (-c)
+
+    def _depth_ratio(self, depth, where: str) -> float:
+        if isinstance(depth, bool) or not isinstance(depth, int) or depth < 0:
+            raise ValueError(f"Parametrization.{where}: depth must be a non-negative int (the network's residual "
+                             f"blocks), got {depth!r}")
+        return max(depth, 1) / self.base_depth
+
+    def eps_exponents(self) -> tuple[float, float, float]:
+        """Width exponents ``e`` of each role's gradient entries, ``g ~ (n / n0)^-e``: the scale of Adam's
+        epsilon under ``scale_eps`` (an epsilon of fixed size would dominate gradients that shrink with the
+        width, and turn Adam into SGD there).
+
+        A weight of role ``r`` with multiplier ``n^-a_r`` has gradient ``n^-a_r x delta``: ``x`` is O(1)
+        (data, or stable features), and the back-propagated ``delta`` is O(1) at the output and
+        ``n^-(a_out + b_out)`` at every hidden layer (each hidden layer multiplies it by
+        ``n^-(a + b) sqrt(n) = 1``). Hence ``e = (a_in + a_out + b_out, a_hidden + a_out + b_out, a_out)``.
+
+        References:
+          - Yang et al. 2022, Tensor Programs V, Sec. B (epsilon must scale like the gradient).
+            <https://arxiv.org/abs/2203.03466>
+          - Everett et al. 2024, Scaling Exponents Across Parameterizations and Optimizers, Sec. 4.
+            <https://arxiv.org/abs/2407.05872>
+
+        Examples:
+          >>> import owidth as ow
+          >>> ow.MUP.eps_exponents(), ow.NTP.eps_exponents(), ow.SP.eps_exponents()
+          ((1.0, 1.0, 1.0), (0.5, 1.0, 0.5), (0.5, 0.5, 0.0))
+        """
+        back = self.a[2] + self.b[2]
+        return (self.a[0] + back, self.a[1] + back, self.a[2])
+
+    def eps_scale(self, role: Role, *, width: int, depth: int = 0, in_branch: bool = False) -> float:
+        """Adam's epsilon factor of a tensor: ``(n / n0)^-e_role`` times ``(L / L0)^-alpha`` inside a residual
+        branch, when ``scale_eps``; 1 otherwise.
+
+        Examples:
+          >>> import owidth as ow
+          >>> ow.COMPLETEP.with_base_width(64).eps_scale(ow.Role.HIDDEN, width=256, depth=8, in_branch=True)
+          0.03125
+          >>> ow.MUP.eps_scale(ow.Role.HIDDEN, width=256)   # scale_eps=False: one epsilon
+          1.0
+        """
+        if not self.scale_eps:
+            return 1.0
+        w = 1.0 if role is Role.FIXED else (width / self.base_width) ** (-self.eps_exponents()[_INDEX[role]])
+        return w * (self.depth_multiplier(depth) if in_branch else 1.0)
 
     def shifted(self, role: Role, t: float) -> Parametrization:
         """The symmetry of TP IV: ``(a, b, c_sgd, c_adam) -> (a + t, b - t, c_sgd - 2t, c_adam - t)`` for one role.
@@ -477,11 +601,35 @@ class Parametrization:
             reasons.append(f"a_out + b_out + r = {a[2] + b[2] + r:g} < 1 (output blows up through the features)")
         if out_update < 1 - tol:
             reasons.append(f"readout update exponent {out_update:g} < 1 (output blows up through the readout)")
+        depth_update = self._depth_regime(family, reasons)
         stable = not reasons
         nontrivial = abs(a[2] + b[2] + r - 1) <= tol or abs(out_update - 1) <= tol
         feature = stable and abs(r) <= tol
         return Regime(stable=stable, nontrivial=stable and nontrivial, feature_learning=feature,
-                      kernel=stable and nontrivial and r > tol, r=r, reasons=tuple(reasons))
+                      kernel=stable and nontrivial and r > tol, r=r, reasons=tuple(reasons), depth_update=depth_update)
+
+    def _depth_regime(self, family: str, reasons: list) -> float | None:
+        """The depth conditions (Tensor Programs VI; Bordelon et al. 2023; Dey et al. 2025), appended to
+        ``reasons``; returns the exponent of the summed residual update (None: depth not scaled).
+
+        A branch with multiplier ``L^-alpha`` gets gradients ``~ L^-alpha``, so one step moves its output
+        by ``L^-alpha * lr`` (Adam: normalised update) or ``L^-2alpha * lr`` (SGD): summed over ``L``
+        blocks, ``L^(1 - alpha - depth_c_adam)`` or ``L^(1 - 2 alpha - depth_c_sgd)``. At initialisation
+        the ``L`` independent branches add variance ``L^(1 - 2 alpha)``: bounded iff ``alpha >= 1/2``."""
+        depth_c = self.depth_c_sgd if family == "sgd" else self.depth_c_adam
+        if self.alpha == 0 and depth_c == 0:
+            return None
+        tol = 1e-12
+        if self.alpha < 0.5 - tol:
+            reasons.append(f"alpha = {self.alpha:g} < 1/2: the residual stream's variance grows like "
+                           f"L^{1 - 2 * self.alpha:g} at initialisation")
+        u = 1 - (2 if family == "sgd" else 1) * self.alpha - depth_c
+        if u > tol:
+            opt = "sgd" if family == "sgd" else "adam"
+            right = 1 - (2 if family == "sgd" else 1) * self.alpha
+            reasons.append(f"depth_c_{opt} = {depth_c:g}: one step moves the residual stream by L^{u:g} (grows with "
+                           f"depth); use depth_c_{opt} = {right:g}")
+        return u
 
 
 SP = Parametrization(name="sp", a=(0.0, 0.0, 0.0), b=(0.0, 0.5, 0.5))
@@ -501,11 +649,31 @@ MF = Parametrization(name="mf", a=(0.0, 0.5, 1.0), b=(0.0, 0.0, 0.0), c_sgd=(-1.
                      c_adam=(0.0, 0.5, 0.0), attn=1.0)
 """Mean-field form of muP (Mei et al. 2018; Bordelon & Pehlevan 2022): ``N(0, 1)`` weights."""
 
-PRESETS = {p.name: p for p in (SP, NTP, MUP, MF)}
+DEPTH_MUP = dataclasses.replace(MUP, name="depth-mup", alpha=0.5, depth_c_sgd=0.0, depth_c_adam=0.5)
+"""Depth-muP (Yang et al. 2023, Tensor Programs VI; Bordelon et al. 2023): muP in width, residual branches
+multiplied by ``(L / L0)^-1/2``, Adam learning rate of the branches' tensors ``(L / L0)^-1/2`` (SGD: constant).
+Equal to :data:`MUP` at ``L = L0``."""
+
+COMPLETEP = dataclasses.replace(MUP, name="completep", alpha=1.0, depth_c_sgd=-1.0, depth_c_adam=0.0, scale_eps=True)
+"""CompleteP (Dey et al. 2025): muP in width, residual branches multiplied by ``(L / L0)^-1``, Adam learning
+rate of the branches' tensors constant in depth (SGD: ``~ L / L0``), Adam epsilon scaled like each tensor's
+gradient, ``eps (n / n0)^-1 (L / L0)^-1`` inside the branches. Equal to :data:`MUP` at ``L = L0`` and
+``n = n0``."""
+
+UMUP = Parametrization(name="umup", a=(0.0, 0.5, 1.0), b=(0.0, 0.0, 0.0), c_sgd=(-1.0, -1.0, -1.0),
+                       c_adam=(0.5, 0.5, 0.0), attn=1.0)
+"""Unit-scaled muP's abc exponents (Blake et al. 2024): every weight initialised ``N(0, 1)``, the scale in the
+forward pass (hidden multiplier ``~ n^-1/2``, readout ``~ n^-1``), Adam learning rates ``~ n^-1/2`` for
+input (embedding) and hidden tensors and constant for the readout. The unit-scaled operations of the
+paper (scaled residual sums, unit-scaled nonlinearities) are not part of it."""
+
+PRESETS = {p.name: p for p in (SP, NTP, MUP, MF, DEPTH_MUP, COMPLETEP, UMUP)}
 
 
 def scale_by_width(model, x, *, optimizer: str):
-    """optax transformation: multiply each tensor's update by ``(n / n0)^-c_role``.
+    """optax transformation: multiply each tensor's update by ``(n / n0)^-c_role`` (and, inside residual
+    branches, by the depth factor ``(L / L0)^-depth_c``). Adam's epsilon factors (``scale_eps``) act inside
+    Adam: use :func:`mu_optimizer` for them.
 
     Chain it after the base optimizer (and before weight decay, if the decay
     should not scale with width, as in microsoft/mup's ``MuAdamW``)::
@@ -544,7 +712,8 @@ def scale_by_width(model, x, *, optimizer: str):
       >>> [float(u.max()) for u in jax.tree.leaves(updates)]
       [8.0, 8.0]
     """
-    return _optim.scale_by(model.lr_scales(x, optimizer=optimizer))
+    scales, depth = model.lr_scales(x, optimizer=optimizer), model.depth_scales(x, optimizer=optimizer)
+    return _optim.scale_by(scales if depth is None else jax.tree.map(lambda s, d: s * d, scales, depth))
 
 
 def mu_optimizer(model, x, optimizer: str = "adam", *, lr, weight_decay: float = 0.0, momentum: float = 0.9,
@@ -592,9 +761,15 @@ def mu_optimizer(model, x, optimizer: str = "adam", *, lr, weight_decay: float =
       >>> [round(float(jnp.abs(u).max()), 4) for u in jax.tree.leaves(updates)]   # hidden: lr / (8 / 2)
       [0.1, 0.025, 0.1]
     """
-    return _optim.make(optimizer, lr=lr, scales=model.lr_scales(x, optimizer=optimizer), weight_decay=weight_decay,
-                       momentum=momentum, eps=eps, b1=b1, b2=b2, clip=clip_norm, schedule=schedule,
-                       where="ow.mu_optimizer")
+    return _optim.make(optimizer, lr=lr, weight_decay=weight_decay, momentum=momentum, eps=eps, b1=b1, b2=b2,
+                       clip=clip_norm, schedule=schedule, where="ow.mu_optimizer", **model_scales(model, x, optimizer))
+
+
+def model_scales(model, x, optimizer: str) -> dict:
+    """The per-tensor factors of ``model``'s optimizer (``_optim.make``'s keyword arguments): the width
+    learning-rate multipliers, the depth factors of residual branches and Adam's epsilon factors."""
+    return {"scales": model.lr_scales(x, optimizer=optimizer), "depth_scales": model.depth_scales(x, optimizer=optimizer),
+            "eps_scales": model.eps_scales(x)}
 
 
 def roles_from_shapes(small: Any, large: Any) -> Any:

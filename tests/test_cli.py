@@ -22,7 +22,7 @@ def test_list(capsys):
 
 def test_unknown_experiment(capsys):
     assert cli.main(["run", "no-such-thing"]) == 2
-    assert ("available: coord-check, dmft, double-descent, gradient-coherence, grokking, lazy-rich, learning-curves, "
+    assert ("available: coord-check, depth-coord-check, dmft, double-descent, gradient-coherence, grokking, lazy-rich, learning-curves, "
             "mutransfer, mutransfer-transformer") in capsys.readouterr().err
 
 
@@ -69,6 +69,21 @@ def test_coord_check_quick(tmp_path, monkeypatch):
     with xr.open_dataset(tmp_path / "coord_check.nc") as ds:
         assert ds["size"].dims == ("param", "width", "seed", "step", "layer")
     assert (tmp_path / "coord_check.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow  # ~35 s
+def test_depth_coord_check_quick(tmp_path, monkeypatch):
+    """Residual-MLP coordinates vs depth 4..64: slopes within 0.1 of 0 under depth-muP and CompleteP (the
+    stream's size and its update at steps 1..3), above 0.3 under muP."""
+    monkeypatch.setenv("OWIDTH_NO_PROGRESS", "1")
+    with jax.enable_x64(False):
+        summary = ow.experiments.run("depth-coord-check", out=tmp_path, quick=True)
+    assert summary["flat"] == {"mup": False, "depth-mup": True, "completep": True}, summary["slopes"]
+    assert summary["mup_grows"], summary["slopes"]["mup"]
+    with xr.open_dataset(tmp_path / "depth_coord_check.nc") as ds:
+        assert ds["size"].dims == ("param", "depth", "seed", "step")
+        assert float(ds["out_delta"].sel(param="depth-mup").isel(step=-1).mean()) > 0.01  # training moved it
+    assert (tmp_path / "depth_coord_check.png").stat().st_size > 10_000
 
 
 @pytest.mark.slow  # default suite was 9:59 in CI; these three take ~80 s

@@ -62,6 +62,12 @@ _EXPERIMENTS = (
         "owidth.experiments.mutransfer_transformer:run",
     ),
     Experiment(
+        "depth-coord-check",
+        "Residual-MLP coordinate sizes after 3 Adam steps vs depth 4..64: flat under depth-muP and CompleteP, "
+        "growing under muP (Yang et al. 2023, Tensor Programs VI; Dey et al. 2025).",
+        "owidth.experiments.depth_coord_check:run",
+    ),
+    Experiment(
         "grokking",
         "Modular addition with a 2-layer MLP and weight decay at several output scales alpha: the step at which "
         "test accuracy passes 90% grows as training gets lazier (Kumar et al. 2023; Power et al. 2022).",

@@ -141,6 +141,21 @@ class FiniteCtx:
     adjacency: jax.Array | None = dataclasses.field(default=None, compare=False, hash=False)  # (batch, V, V) graphs
     rng: Rng | None = dataclasses.field(default=None, compare=False, hash=False)  # dropout masks (train mode)
     mask: jax.Array | None = dataclasses.field(default=None, compare=False, hash=False)  # padding (batch, *S)
+    depth: int = 0  # residual blocks of the whole network (residual_depth): L of the depth multiplier
+    tag: bool = False  # shapes-only init marking the tensors inside residual branches with BRANCH_TAG
+
+
+# dtype of the shapes-only parameters that a tagging init (FiniteCtx.tag) gives the tensors inside residual
+# branches; every other tensor keeps its float dtype
+BRANCH_TAG = jnp.int8
+
+
+def residual_depth(layer) -> int:
+    """``L``: the residual blocks (``ow.Residual``) of a network on its main path, ``ow.repeat`` copies
+    counted; blocks nested inside a residual branch are not counted again."""
+    if getattr(layer, "residual", False):
+        return 1
+    return sum(residual_depth(child) for child in layer._children())  # ow.repeat lists each copy
 
 
 def masks_through(layers, mask):

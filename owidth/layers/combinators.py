@@ -13,7 +13,7 @@ import numpy as np
 
 from owidth import _checks
 from owidth.kernels import quadrature
-from owidth.layers._base import Caps, Dim, Layer, Rng, after, check_layers, masks_through
+from owidth.layers._base import BRANCH_TAG, Caps, Dim, Layer, Rng, after, check_layers, masks_through
 from owidth.layers.activations import Identity
 
 __all__ = ["Serial", "Parallel", "Concat", "Product", "Repeat", "serial", "parallel", "concat", "product", "Residual",
@@ -120,8 +120,11 @@ class Parallel(Layer):
 
     branches: tuple[Layer, ...]
     weights: tuple[float, ...] | None = None
+    residual: bool = False  # built by Residual: (identity, block), the block scaled by the depth multiplier
 
     def __post_init__(self):
+        if self.residual and len(self.branches) != 2:
+            raise ValueError("ow.parallel: residual=True needs the two branches (identity, block) of ow.Residual")
         if self.weights is not None:
             w = tuple(self.weights)
             if len(w) != len(self.branches) or not all(
@@ -198,13 +201,27 @@ class Parallel(Layer):
         if len(set(dims)) != 1:
             sizes = ", ".join(f"{d.size}{' (hidden)' if d.scales else ''}" for d in dims)
             raise ValueError(f"ow.parallel: branch output widths differ ({sizes}); a fan-in sum needs equal widths")
+        if self.residual and ctx.tag:  # shapes-only run marking the block's tensors (FiniteModel.in_branches)
+            params = (params[0], jax.tree.map(lambda a: jnp.zeros(a.shape, BRANCH_TAG), params[1]))
         return tuple(params), dims[0]
+
+    def _finite_weights(self, ctx) -> tuple[float, ...] | None:
+        """The branch multipliers of the finite network: ``weights``, the block's times the
+        parametrization's depth multiplier ``(L / L0)^-alpha`` when this is a residual block."""
+        if not self.residual:
+            return self.weights
+        m = ctx.param.depth_multiplier(ctx.depth)
+        if m == 1.0:
+            return self.weights
+        w = self._w()
+        return (w[0], w[1] * m)
 
     def _apply(self, params, x, dim, ctx):
         ys = [b._apply(p, x, dim, ctx) for b, p in zip(self.branches, params)]
-        if self.weights is None:
+        weights = self._finite_weights(ctx)
+        if weights is None:
             return sum(y for y, _ in ys), ys[0][1]
-        return sum(w * y for w, (y, _) in zip(self.weights, ys)), ys[0][1]
+        return sum(w * y for w, (y, _) in zip(weights, ys)), ys[0][1]
 
     def _mask_out(self, mask):
         return self.branches[0]._mask_out(mask)
@@ -593,7 +610,7 @@ def Residual(*block: Layer, scale: float = 1.0) -> Parallel:  # noqa: N802 - a l
     branch = serial(*block) if len(block) != 1 else check_layers("ow.Residual", block)[0]
     if isinstance(scale, bool) or not isinstance(scale, (int, float, np.integer, np.floating)) or not np.isfinite(scale):
         raise ValueError(f"ow.Residual(scale={scale!r}) must be a finite number (the branch multiplier)")
-    return Parallel((Identity(), branch), None if scale == 1 else (1.0, float(scale)))
+    return Parallel((Identity(), branch), None if scale == 1 else (1.0, float(scale)), residual=True)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -38,7 +38,32 @@ SP     (0, 0, 0)      (0, 1/2, 1/2)    (0, 0, 0)        (0, 0, 0)       1/2    u
 NTP    (0, 1/2, 1/2)  (0, 0, 0)        (0, 0, 0)        (1/2, 1, 1/2)   1/2    stable, kernel (r = 1/2)
 MUP    (0, 0, 1)      (0, 1/2, 0)      (-1, 0, -1)      (0, 1, 0)       1      stable, feature learning
 MF     (0, 1/2, 1)    (0, 0, 0)        (-1, -1, -1)     (0, 1/2, 0)     1      = MUP (same network, see below)
+UMUP   (0, 1/2, 1)    (0, 0, 0)        (-1, -1, -1)     (1/2, 1/2, 0)   1      stable, feature learning
 ====== ============== ================ ================ =============== ====== =========================
+
+``UMUP`` is unit-scaled muP's abc form (Blake et al. 2024): unit initialisation, the scale in the
+forward pass, and its embedding learning rate ``~ n^-1/2`` (muP's is constant); it is ``MF`` under SGD.
+
+Depth. :func:`ow.Residual` branches are multiplied by ``(L / L0)^-alpha``, ``L`` the number of residual
+blocks of the network (``ow.repeat`` copies counted; a transformer block has two) and ``L0`` the
+``base_depth``; the learning rates of the tensors inside the branches get ``(L / L0)^-depth_c``:
+
+=========== ===== ============== =============== ================ =================================
+preset      alpha branch         lr (SGD)        lr (Adam)        Adam epsilon
+=========== ===== ============== =============== ================ =================================
+all above   0     1              1               1                ``eps``
+DEPTH_MUP   1/2   (L/L0)^-1/2    1               (L/L0)^-1/2      ``eps``
+COMPLETEP   1     (L/L0)^-1      L/L0            1                ``eps (n/n0)^-e (L/L0)^-1``
+=========== ===== ============== =============== ================ =================================
+
+(width exponents as ``MUP``). These are the rules that keep each block's contribution to one step
+``O(1/L)`` (:meth:`Parametrization.regime` checks them): a branch multiplier ``L^-alpha`` makes its
+gradients ``~ L^-alpha``, so the per-block update is ``L^-alpha lr`` under Adam and ``L^-2alpha lr``
+under SGD. Under ``scale_eps`` (set in ``COMPLETEP``; ``dataclasses.replace(p, scale_eps=True)`` for any
+preset) Adam's epsilon follows each tensor's gradient size, ``(n/n0)^-e_role`` with ``e`` from
+:meth:`Parametrization.eps_exponents` (muP: 1 for every role), times ``(L/L0)^-alpha`` inside the branches.
+Weight decay: ``lr wd`` per step at every width (as microsoft/mup), times the depth learning-rate factor
+inside the branches (as CompleteP's reference implementation).
 
 ``attn`` is the exponent of the attention-logit scale ``d_head^-attn`` (relative
 to the base width, see :meth:`Parametrization.attn_scale`): ``1/sqrt(d)`` in
@@ -70,7 +95,15 @@ References:
   - Bordelon & Pehlevan 2022, Self-Consistent Dynamical Field Theory of Kernel Evolution in
     Wide Neural Networks (mean-field form, richness ``gamma0``). <https://arxiv.org/abs/2205.09653>
   - Everett et al. 2024, Scaling Exponents Across Parameterizations and Optimizers (the
-    per-optimizer learning-rate exponents). <https://arxiv.org/abs/2407.05872>
+    per-optimizer learning-rate exponents, Adam's epsilon). <https://arxiv.org/abs/2407.05872>
+  - Yang et al. 2023, Tensor Programs VI: Feature Learning in Infinite-Depth Neural Networks
+    (depth-muP). <https://arxiv.org/abs/2310.02244>
+  - Bordelon et al. 2023, Depthwise Hyperparameter Transfer in Residual Networks.
+    <https://arxiv.org/abs/2309.16620>
+  - Dey et al. 2025, Don't be lazy: CompleteP enables compute-efficient deep transformers.
+    <https://arxiv.org/abs/2505.01618>
+  - Blake et al. 2024, u-muP: The Unit-Scaled Maximal Update Parametrization.
+    <https://arxiv.org/abs/2407.17465>
 
 Examples:
   The four presets are values; their regimes follow from the exponents (see the table):

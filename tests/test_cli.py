@@ -22,7 +22,7 @@ def test_list(capsys):
 
 def test_unknown_experiment(capsys):
     assert cli.main(["run", "no-such-thing"]) == 2
-    assert ("available: coord-check, depth-coord-check, dmft, double-descent, gradient-coherence, grokking, lazy-rich, learning-curves, "
+    assert ("available: coord-check, depth-coord-check, depth-transfer, dmft, double-descent, gradient-coherence, grokking, lazy-rich, learning-curves, "
             "mutransfer, mutransfer-transformer") in capsys.readouterr().err
 
 
@@ -84,6 +84,27 @@ def test_depth_coord_check_quick(tmp_path, monkeypatch):
         assert ds["size"].dims == ("param", "depth", "seed", "step")
         assert float(ds["out_delta"].sel(param="depth-mup").isel(step=-1).mean()) > 0.01  # training moved it
     assert (tmp_path / "depth_coord_check.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+@pytest.mark.compute_bound  # 198 networks of up to 64 residual blocks, 100 Adam steps each
+def test_depth_transfer_quick(tmp_path, monkeypatch):
+    """The best Adam learning rate of residual MLPs stays within one grid step (x2) from depth 4 to 64 under
+    depth-muP and CompleteP, and falls by at least two under muP (Tensor Programs VI; CompleteP)."""
+    monkeypatch.setenv("OWIDTH_NO_PROGRESS", "1")
+    with jax.enable_x64(False):
+        summary = ow.experiments.run("depth-transfer", out=tmp_path, quick=True)
+    shifts = summary["best_lr_shift_grid_steps"]
+    assert abs(shifts["depth-mup"]) <= 1 and abs(shifts["completep"]) <= 1 and shifts["mup"] <= -2, shifts
+    lrs = summary["lrs"]
+    for p in ("depth-mup", "completep"):  # interior optima: the grid brackets them
+        assert lrs[0] < min(summary[p]["best_lr"]) and max(summary[p]["best_lr"]) < lrs[-1], summary[p]
+    with xr.open_dataset(tmp_path / "depth_transfer.nc") as ds:
+        assert ds.train_loss.dims == ("param", "depth", "seed", "lr", "alpha", "step")
+        # the three parametrizations are one network at the base depth: identical losses there
+        at_base = ds.train_loss.sel(depth=4)
+        np.testing.assert_array_equal(at_base.sel(param="mup"), at_base.sel(param="depth-mup"))
+    assert (tmp_path / "depth_transfer.png").stat().st_size > 10_000
 
 
 @pytest.mark.slow  # default suite was 9:59 in CI; these three take ~80 s

@@ -68,6 +68,12 @@ _EXPERIMENTS = (
         "owidth.experiments.depth_coord_check:run",
     ),
     Experiment(
+        "depth-transfer",
+        "Residual MLPs of depth 4..64 on digits, train loss vs Adam learning rate: the best learning rate stays put "
+        "under depth-muP and CompleteP and falls with depth under muP (Yang et al. 2023; Dey et al. 2025).",
+        "owidth.experiments.depth_transfer:run",
+    ),
+    Experiment(
         "grokking",
         "Modular addition with a 2-layer MLP and weight decay at several output scales alpha: the step at which "
         "test accuracy passes 90% grows as training gets lazier (Kumar et al. 2023; Power et al. 2022).",

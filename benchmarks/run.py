@@ -67,7 +67,8 @@ COMPILE_TARGET_S = 10.0
 
 def _env(platform_name: str) -> dict:
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
-    return {**os.environ, "PYTHONPATH": path, "JAX_PLATFORMS": jax_platforms(platform_name), "OWIDTH_BENCH_PLATFORM": platform_name,
+    return {**os.environ, "PYTHONPATH": path, "JAX_PLATFORMS": jax_platforms(platform_name),
+            "OWIDTH_BENCH_PLATFORM": platform_name,
             "OWIDTH_NO_PROGRESS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 

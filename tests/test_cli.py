@@ -22,7 +22,7 @@ def test_list(capsys):
 
 def test_unknown_experiment(capsys):
     assert cli.main(["run", "no-such-thing"]) == 2
-    assert ("available: coord-check, depth-coord-check, depth-transfer, dmft, double-descent, gradient-coherence, grokking, lazy-rich, learning-curves, "
+    assert ("available: coord-check, depth-coord-check, depth-transfer, dmft, double-descent, eps-transfer, gradient-coherence, grokking, lazy-rich, learning-curves, "
             "mutransfer, mutransfer-transformer") in capsys.readouterr().err
 
 
@@ -105,6 +105,23 @@ def test_depth_transfer_quick(tmp_path, monkeypatch):
         at_base = ds.train_loss.sel(depth=4)
         np.testing.assert_array_equal(at_base.sel(param="mup"), at_base.sel(param="depth-mup"))
     assert (tmp_path / "depth_transfer.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow  # ~25 s
+def test_eps_transfer_quick(tmp_path, monkeypatch):
+    """Under muP a fixed Adam epsilon starts to dominate at eps* ~ 1/n (slope -1 +- 0.2); scaled like the
+    gradients (scale_eps) eps* is width-independent (slope 0 +- 0.1)."""
+    monkeypatch.setenv("OWIDTH_NO_PROGRESS", "1")
+    with jax.enable_x64(False):
+        summary = ow.experiments.run("eps-transfer", out=tmp_path, quick=True)
+    assert abs(summary["slopes"]["fixed"] + 1) <= 0.2 and abs(summary["slopes"]["scaled"]) <= 0.1, summary["slopes"]
+    with xr.open_dataset(tmp_path / "eps_transfer.nc") as ds:
+        assert ds.final_loss.dims == ("mode", "width", "eps", "seed")
+        # at the base width the two modes are the same optimizer: identical losses
+        at_base = ds.final_loss.sel(width=64)
+        np.testing.assert_array_equal(at_base.sel(mode="fixed"), at_base.sel(mode="scaled"))
+        assert bool((ds.final_loss.isel(eps=0) < 0.5 * ds.initial_loss.isel(eps=0)).all())  # small eps: it trains
+    assert (tmp_path / "eps_transfer.png").stat().st_size > 10_000
 
 
 @pytest.mark.slow  # default suite was 9:59 in CI; these three take ~80 s

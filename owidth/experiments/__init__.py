@@ -74,6 +74,12 @@ _EXPERIMENTS = (
         "owidth.experiments.depth_transfer:run",
     ),
     Experiment(
+        "eps-transfer",
+        "Adam's epsilon vs width under muP: a fixed epsilon dominates the 1/n gradients of wide nets (the failure "
+        "threshold falls like 1/n); scaled like the gradients it transfers (Everett et al. 2024).",
+        "owidth.experiments.eps_transfer:run",
+    ),
+    Experiment(
         "grokking",
         "Modular addition with a 2-layer MLP and weight decay at several output scales alpha: the step at which "
         "test accuracy passes 90% grows as training gets lazier (Kumar et al. 2023; Power et al. 2022).",

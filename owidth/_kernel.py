@@ -17,7 +17,7 @@ from owidth._caches import cached
 from owidth.kernels import hyper, tiles
 from owidth.kernels.state import Kernel, KState, VarTape
 from owidth.layers import masking
-from owidth.layers._base import Layer, StandardParam, walk_all, walk_any
+from owidth.layers._base import DepthParam, Layer, StandardParam, residual_depth, walk_all, walk_any
 from owidth.layers.graph import adjacency_pair
 from owidth.layers.sequence import check_tokens
 from owidth.param import NTP, SP, Parametrization
@@ -266,6 +266,9 @@ def kernel(net, x1, x2=None, *, get=("nngp", "ntk"), batch_size: int | str | Non
         and learning rate ``eta n0 / n`` the hidden terms are the same and
         the first layer's and the biases' shrink like ``n0 / n``). The NNGP
         does not depend on ``param``. Dense, Conv, ConvTranspose and ConvLocal layers only.
+        A depth exponent (``dataclasses.replace(ow.NTP, alpha=0.5)``) multiplies every
+        :func:`ow.Residual` branch by ``(L / L0)^-alpha`` as in the finite network, ``L`` its residual
+        blocks: NNGP and NTK then both change (``nngp' = nngp + (L / L0)^-2alpha scale^2 nngp_block``).
 
     Returns:
       A :class:`Kernel` with ``nngp``/``ntk`` of shape (n1, n2), per output
@@ -351,6 +354,9 @@ def _with_param(net, param):
     if not isinstance(param, Parametrization):
         raise TypeError(f"ow.kernel: param must be an ow.Parametrization (ow.NTP or ow.SP.with_base_width(n)), got "
                         f"{param!r}")
+    mult = param.depth_multiplier(residual_depth(net))
+    if mult != 1.0:  # the residual branches' (L / L0)^-alpha, as in the finite network
+        net = DepthParam(net, mult)
     if (param.a, param.b) == (NTP.a, NTP.b):
         return net
     if (param.a, param.b) != (SP.a, SP.b):

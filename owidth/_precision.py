@@ -20,6 +20,8 @@ import functools
 
 import jax
 
+__all__ = ["LEVEL", "exact"]
+
 LEVEL = "highest"
 
 

@@ -210,3 +210,25 @@ def test_flax_modules_get_width_scaled_epsilon_and_no_depth_factors():
     assert model.depth_scales(X, optimizer="adam") is None
     eps = model.eps_scales(X)
     assert sorted(set(jax.tree.leaves(eps))) == [0.25, 1.0]  # width-sized tensors (32 / 8)^-1; the readout bias 1
+
+
+@pytest.mark.parametrize("alpha", [0.5, 1.0])
+def test_kernel_with_a_depth_exponent_is_the_kernel_of_the_scaled_branches(alpha):
+    """ow.kernel(net, x, param=NTP with alpha) = ow.kernel of the net whose Residual(scale=...) holds the factor
+    (L / L0)^-alpha: both kernels, to rounding; a finite NTP network with that param has the same branches."""
+    depth, base = 12, 3
+    param = dataclasses.replace(ow.NTP, alpha=alpha, base_depth=base)
+    factor = (depth / base) ** -alpha
+    got = ow.kernel(resnet(depth, scale=0.8), X, param=param)
+    want = ow.kernel(resnet(depth, scale=0.8 * factor), X)
+    np.testing.assert_allclose(got.nngp, want.nngp, rtol=1e-14)
+    np.testing.assert_allclose(got.ntk, want.ntk, rtol=1e-14)
+    unscaled = ow.kernel(resnet(depth, scale=0.8), X)
+    assert not np.allclose(unscaled.ntk, got.ntk, rtol=1e-3)  # the exponent does something
+    model = ow.finite(resnet(depth, scale=0.8), width=16, param=param)
+    ref = ow.finite(resnet(depth, scale=0.8 * factor), width=16, param=ow.NTP)
+    params = model.init(jax.random.key(2), X)
+    np.testing.assert_array_equal(model.apply(params, X), ref.apply(params, X))
+    # under ow.repeat too (the residual blocks of the scanned copies)
+    rep = ow.serial(ow.Dense(), ow.repeat(ow.Residual(ow.Relu(), ow.Dense(), scale=0.8), depth), ow.Relu(), ow.Dense(out=2))
+    np.testing.assert_allclose(ow.kernel(rep, X, param=param).ntk, want.ntk, rtol=1e-12)

@@ -95,6 +95,8 @@ class KState:
     # the standard parametrization's NTK (NT's parameterization='standard'): the width of hidden layers, whose
     # weights then contribute fan_in * (input covariance) rather than w_std^2 times it (None: NTK parametrization)
     sp_width: int | None = None
+    # the residual branches' depth multiplier (L / L0)^-alpha of ow.kernel(..., param=) (1: none)
+    depth_mult: float = 1.0
     # hidden features per unit of width on the feature axis: 1 after a hidden weight layer, |S| after flattening
     # |S| pixels, the sum over the branches of a concatenation (the weights of a fan-in average, and fan-ins)
     width_mult: int = 1

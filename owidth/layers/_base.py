@@ -357,3 +357,24 @@ class StandardParam(Layer):
 
     def _kernel_extra_states(self) -> int:
         return self.net._kernel_extra_states()
+
+
+@dataclasses.dataclass(frozen=True)
+class DepthParam(Layer):
+    """``net`` with its residual branches multiplied by ``mult`` = ``(L / L0)^-alpha`` in the kernel (internal:
+    made by ``ow.kernel(..., param=p)`` for a ``p`` with a depth exponent; the finite network reads it from
+    the parametrization itself)."""
+
+    caps = Caps(transparent=True)
+
+    net: Layer
+    mult: float
+
+    def _children(self) -> tuple:
+        return (self.net,)
+
+    def _kernel(self, ks):
+        return self.net._kernel(ks.replace(depth_mult=self.mult))
+
+    def _kernel_extra_states(self) -> int:
+        return self.net._kernel_extra_states()

@@ -144,10 +144,11 @@ class Parallel(Layer):
         return self.branches
 
     def _kernel(self, ks):
+        w = self._w() if not self.residual or ks.depth_mult == 1.0 else (self._w()[0], self._w()[1] * ks.depth_mult)
         if ks.is_input and not self._has_weights():  # a sum of functions of the data itself: exact
             outs = [b._kernel(ks) for b in self.branches]
-            x1 = sum(w * o.x1 for w, o in zip(self._w(), outs))
-            x2 = None if ks.x2 is None else sum(w * o.x2 for w, o in zip(self._w(), outs))
+            x1 = sum(c * o.x1 for c, o in zip(w, outs))
+            x2 = None if ks.x2 is None else sum(c * o.x2 for c, o in zip(w, outs))
             return ks.replace(x1=x1, x2=x2, mask1=outs[0].mask1, mask2=outs[0].mask2)
         # Kernels add only when cross terms E[a(x) b(x')] vanish, i.e. when of any two
         # branches at least one ends in a fresh zero-mean weight layer.
@@ -170,8 +171,6 @@ class Parallel(Layer):
                 f"ow.parallel: branch outputs have different spatial shapes ({sorted(o.spatial for o in outs)}); "
                 "a fan-in sum needs equal shapes (use the same strides/padding in every branch)"
             )
-
-        w = self._w()
 
         def total(values, power):  # sum_b w_b^power v_b over the branches that have v
             values = [(c**power) * v for c, v in zip(w, values) if v is not None]

@@ -17,7 +17,7 @@ from owidth._caches import cached
 from owidth.kernels import hyper, tiles
 from owidth.kernels.state import Kernel, KState, VarTape
 from owidth.layers import masking
-from owidth.layers._base import DepthParam, Layer, StandardParam, residual_depth, walk_all, walk_any
+from owidth.layers._base import KernelParam, Layer, residual_depth, walk_all, walk_any
 from owidth.layers.graph import adjacency_pair
 from owidth.layers.sequence import check_tokens
 from owidth.param import NTP, SP, Parametrization
@@ -348,17 +348,16 @@ def kernel(net, x1, x2=None, *, get=("nngp", "ntk"), batch_size: int | str | Non
 
 
 def _with_param(net, param):
-    """``net``, or ``net`` wrapped to give the standard parametrization's NTK (``param=ow.SP...``)."""
+    """``net``, or ``net`` wrapped to give the kernel under ``param``: the standard parametrization's NTK
+    (``param=ow.SP...``) and/or the residual branches' depth multiplier ``(L / L0)^-alpha``."""
     if param is None:
         return net
     if not isinstance(param, Parametrization):
         raise TypeError(f"ow.kernel: param must be an ow.Parametrization (ow.NTP or ow.SP.with_base_width(n)), got "
                         f"{param!r}")
-    mult = param.depth_multiplier(residual_depth(net))
-    if mult != 1.0:  # the residual branches' (L / L0)^-alpha, as in the finite network
-        net = DepthParam(net, mult)
+    mult = param.depth_multiplier(residual_depth(net))  # as in the finite network
     if (param.a, param.b) == (NTP.a, NTP.b):
-        return net
+        return net if mult == 1.0 else KernelParam(net, depth_mult=mult)
     if (param.a, param.b) != (SP.a, SP.b):
         raise ValueError(
             f"ow.kernel: param={param.name!r} (a={param.a}, b={param.b}): the infinite-width NTK is implemented for "
@@ -369,7 +368,7 @@ def _with_param(net, param):
         raise NotImplementedError(f"ow.kernel: param=ow.SP is implemented for Dense, Conv, ConvTranspose and ConvLocal "
                                   f"layers (neural-tangents' parameterization='standard'); this net has "
                                   f"{', '.join(others)}. Use param=ow.NTP.")
-    return StandardParam(net, param.base_width)
+    return KernelParam(net, sp_width=param.base_width, depth_mult=mult)
 
 
 def _finite(k: Kernel) -> Kernel:

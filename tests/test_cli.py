@@ -87,7 +87,7 @@ def test_depth_coord_check_quick(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.compute_bound  # 198 networks of up to 64 residual blocks, 100 Adam steps each
+@pytest.mark.compute_bound  # 198 residual MLPs of up to 64 blocks, 100 Adam steps each; 84 transformers
 def test_depth_transfer_quick(tmp_path, monkeypatch):
     """The best Adam learning rate of residual MLPs stays within one grid step (x2) from depth 4 to 64 under
     depth-muP and CompleteP, and falls by at least two under muP (Tensor Programs VI; CompleteP)."""
@@ -104,6 +104,11 @@ def test_depth_transfer_quick(tmp_path, monkeypatch):
         # the three parametrizations are one network at the base depth: identical losses there
         at_base = ds.train_loss.sel(depth=4)
         np.testing.assert_array_equal(at_base.sel(param="mup"), at_base.sel(param="depth-mup"))
+    with xr.open_dataset(tmp_path / "depth_transfer_transformer.nc") as ds:  # the transformer sweep ran and trained
+        assert ds.train_loss.dims == ("param", "depth", "seed", "lr", "alpha", "step")
+        final = ds.train_loss.isel(step=-1, alpha=0).mean("seed").min("lr")
+        assert bool((final < ds.train_loss.isel(step=0, alpha=0).mean(("seed", "lr"))).all())
+    assert set(summary["transformer"]["best_lr_shift_grid_steps"]) == {"mup", "depth-mup", "completep"}
     assert (tmp_path / "depth_transfer.png").stat().st_size > 10_000
 
 

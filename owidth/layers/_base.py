@@ -30,7 +30,7 @@ from owidth import _checks
 from owidth.kernels.state import KState
 from owidth.param import Parametrization
 
-__all__ = ["Caps", "Dim", "Tape", "Rng", "FiniteCtx", "Layer", "WeightLayer", "StandardParam", "has_bias", "ntk_terms",
+__all__ = ["Caps", "Dim", "Tape", "Rng", "FiniteCtx", "Layer", "WeightLayer", "KernelParam", "has_bias", "ntk_terms",
            "own_ntk", "zero_padding", "masks_through", "after", "init_weights", "enter_weights", "check_layers",
            "walk_any", "walk_all"]
 
@@ -340,41 +340,23 @@ def own_ntk(ks: KState, channels: int | None, taps: int, layer, unscaled):
 
 
 @dataclasses.dataclass(frozen=True)
-class StandardParam(Layer):
-    """``net`` whose NTK is that of the standard parametrization at hidden width ``width`` (internal: made by
-    ``ow.kernel(..., param=ow.SP)``; the NNGP is unchanged)."""
+class KernelParam(Layer):
+    """``net`` whose kernel is taken under a parametrization other than the default NTP one (internal: made
+    by ``ow.kernel(..., param=p)``). ``sp_width``: the standard parametrization's NTK at that hidden width
+    (``ow.SP``; the NNGP is unchanged); ``depth_mult``: the residual branches' ``(L / L0)^-alpha``. The
+    finite network reads both from the parametrization itself."""
 
     caps = Caps(transparent=True)
 
     net: Layer
-    width: int
+    sp_width: int | None = None
+    depth_mult: float = 1.0
 
     def _children(self) -> tuple:
         return (self.net,)
 
     def _kernel(self, ks):
-        return self.net._kernel(ks.replace(sp_width=self.width))
-
-    def _kernel_extra_states(self) -> int:
-        return self.net._kernel_extra_states()
-
-
-@dataclasses.dataclass(frozen=True)
-class DepthParam(Layer):
-    """``net`` with its residual branches multiplied by ``mult`` = ``(L / L0)^-alpha`` in the kernel (internal:
-    made by ``ow.kernel(..., param=p)`` for a ``p`` with a depth exponent; the finite network reads it from
-    the parametrization itself)."""
-
-    caps = Caps(transparent=True)
-
-    net: Layer
-    mult: float
-
-    def _children(self) -> tuple:
-        return (self.net,)
-
-    def _kernel(self, ks):
-        return self.net._kernel(ks.replace(depth_mult=self.mult))
+        return self.net._kernel(ks.replace(sp_width=self.sp_width, depth_mult=self.depth_mult))
 
     def _kernel_extra_states(self) -> int:
         return self.net._kernel_extra_states()

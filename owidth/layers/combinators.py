@@ -590,6 +590,11 @@ def Residual(*block: Layer, scale: float = 1.0) -> Parallel:  # noqa: N802 - a l
     infinite-depth limit (Hayou et al. 2021; the branch multiplier of depth-muP, Yang et al. 2023 and
     Bordelon et al. 2023); with ``scale = 1`` they grow like ``(1 + c)^L``.
 
+    Under a parametrization with a depth exponent (``ow.DEPTH_MUP``, ``ow.COMPLETEP``, or any with
+    ``alpha > 0``) the branch is multiplied by ``(L / L0)^-alpha`` on top of ``scale``, with ``L`` the
+    number of residual blocks of the whole network: in ``ow.finite`` networks, and in ``ow.kernel(...,
+    param=p)``; the tensors inside the branch then also get the depth learning-rate factors.
+
     References:
       - Novak et al. 2020, Neural Tangents: Fast and Easy Infinite Neural Networks in Python. <https://arxiv.org/abs/1912.02803>
       - Hayou et al. 2021, Stable ResNet. <https://arxiv.org/abs/2010.12859>

@@ -307,7 +307,10 @@ def transformer(*, depth: int, heads: int, vocab: int, out: int | None = None, m
     Residual(LayerNorm, Dense, act, Dense)] -> LayerNorm -> [TakePosition(-1)]
     -> Dense(out)``. The width (model dimension, also the MLP width) is set
     by ``ow.finite(net, width=n)``; the attention-logit scale and the
-    zero-query / zero-readout options by the parametrization.
+    zero-query / zero-readout options by the parametrization, and under a
+    depth parametrization (``ow.DEPTH_MUP``, ``ow.COMPLETEP``) the residual
+    branches' multiplier ``(L / L0)^-alpha``: ``L`` counts residual branches,
+    two per block with ``mlp=True``, so give ``base_depth`` in the same units.
 
     Args:
       depth: number of blocks. heads: attention heads per block.

@@ -67,6 +67,11 @@ class Snapshot:
       x_train, y_train, x_test, y_test: the data (``x_test``/``y_test`` may be None).
       alpha: the member's output scale (traced scalar).
       model: the finite model (``roles``, ``lr_scales``, ...).
+      loss: the training loss (``"mse"`` or ``"xent"``).
+      f0: the centring offset, ``apply(params0, x_train)`` when ``ow.train(center=True)``, else None.
+
+    :meth:`objective` is the full-batch training loss as a function of the parameters, the one whose
+    curvature ``ow.measure.sharpness`` measures.
 
     A metric ``fn(snapshot) -> scalar`` passed as ``ow.train(..., metrics={name: fn})`` is traced
     inside the compiled training loop: use ``jax.numpy``, not numpy or Python control flow on values.
@@ -100,6 +105,15 @@ class Snapshot:
     y_test: jax.Array | None
     alpha: jax.Array
     model: Any
+    loss: str = "mse"
+    f0: jax.Array | None = None
+
+    def objective(self, params) -> jax.Array:
+        """The full-batch training loss at ``params``: ``loss(alpha (apply(params, x) - f0), y)``."""
+        f = self.apply(params, self.x_train)
+        if self.f0 is not None:
+            f = f - self.f0
+        return loss_fn(self.loss, self.alpha * f, self.y_train)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -218,7 +232,8 @@ def _record(prog: Program, st, x, y, xt, yt):
             rec["test_output"] = f
     if prog.metrics:
         snap = Snapshot(apply=_apply_fn(prog, st["params0"]), params=st["params"], params0=st["params0"],
-                        x_train=x, y_train=y, x_test=xt, y_test=yt, alpha=st["alpha"], model=prog.model)
+                        x_train=x, y_train=y, x_test=xt, y_test=yt, alpha=st["alpha"], model=prog.model,
+                        loss=prog.loss, f0=st.get("f0"))
         for name, fn in prog.metrics:
             rec[name] = jnp.asarray(fn(snap), dtype=jnp.result_type(float))
     ok = st["valid"] & ~st["diverged"]

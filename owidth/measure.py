@@ -25,7 +25,8 @@ from owidth import _checks, _optim
 from owidth._objective import loss_fn, targets
 from owidth.param import Parametrization, model_scales
 
-__all__ = ["ntk_movement", "param_movement", "feature_movement", "kernel_alignment", "effective_rank", "coord_check"]
+__all__ = ["ntk_movement", "param_movement", "feature_movement", "kernel_alignment", "effective_rank", "sharpness",
+           "coord_check"]
 
 
 def _rel(a, b):
@@ -209,6 +210,44 @@ def effective_rank(x):
         ev = jnp.clip(jnp.linalg.eigvalsh(_feature_kernel(snap, snap.params, x)), 0.0, None)
         p = ev / jnp.sum(ev)
         return jnp.exp(-jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0)))
+
+    return fn
+
+
+def sharpness(*, iters: int = 20, seed: int = 0):
+    """Sharpness: the top eigenvalue of the Hessian of the full-batch training loss
+    (:meth:`ow.Snapshot.objective`: the loss, centring and ``alpha`` of the ``ow.train`` call), by
+    ``iters`` Lanczos steps (:func:`ow.curvature.lanczos`) from a start vector drawn from ``seed``.
+
+    Under full-batch gradient descent at learning rate ``eta`` it rises to ``2 / eta`` and hovers there,
+    the edge of stability (Cohen et al. 2021). Costs ``iters`` Hessian-vector products per record
+    and member.
+
+    References:
+      - Cohen et al. 2021, Gradient Descent on Neural Networks Typically Occurs at the Edge of Stability.
+        <https://arxiv.org/abs/2103.00065>
+      - Ghorbani, Krishnan & Xiao 2019, An Investigation into Neural Net Optimization via Hessian
+        Eigenvalue Density. <https://arxiv.org/abs/1901.10159>
+
+    Examples:
+      >>> import numpy as np
+      >>> import owidth as ow
+      >>> import jax
+      >>> model = ow.finite(ow.serial(ow.Dense(), ow.Relu(), ow.Dense(out=1)), width=8)
+      >>> x = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]); y = np.array([[1.0], [-1.0], [0.5]])
+      >>> p0 = model.init(jax.random.key(0), x)
+      >>> snap = ow.Snapshot(apply=model.apply, params=p0, params0=p0, x_train=x, y_train=y,
+      ...                    x_test=None, y_test=None, alpha=1.0, model=model)
+      >>> float(ow.measure.sharpness()(snap)) > 0
+      True
+    """
+    from owidth.curvature import lanczos
+
+    iters = _checks.positive_int("iters", iters, where="ow.measure.sharpness")
+
+    def fn(snap):
+        dim = sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(snap.params))
+        return lanczos(snap.objective, snap.params, k=1, iters=min(iters, dim), key=jax.random.key(seed)).values[0]
 
     return fn
 

@@ -129,9 +129,7 @@ class FiniteModel:
         grow), with the fan-in on the second-to-last axis and the fan-out on
         the last, as microsoft/mup does with base shapes.
         """
-        x = _checks.as_float_array("x", x, where="FiniteModel.roles", rank=None)
-        spec = jax.ShapeDtypeStruct(x.shape, x.dtype)
-        key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype)
+        key, spec = _shape_args(x, where="FiniteModel.roles")
         shapes = [jax.eval_shape(FiniteModel(self.net, w, self.param).init, key, spec) for w in (self.width, 2 * self.width)]
         return roles_from_shapes(*shapes)
 
@@ -142,9 +140,7 @@ class FiniteModel:
     def in_branches(self, x) -> Any:
         """Pytree of bools, one per parameter tensor: inside a residual branch (:func:`ow.Residual`), where
         the parametrization's depth factors apply (shapes only; no FLOPs)."""
-        x = _checks.as_float_array("x", x, where="FiniteModel.in_branches", rank=None)
-        spec = jax.ShapeDtypeStruct(x.shape, x.dtype)
-        key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype)
+        key, spec = _shape_args(x, where="FiniteModel.in_branches")
         ctx = dataclasses.replace(self._ctx, tag=True)
         shapes = jax.eval_shape(lambda k, u: self.net._init(k, _input_dim(u), ctx)[0], key, spec)
         return jax.tree.map(lambda a: a.dtype == BRANCH_TAG, shapes)
@@ -171,6 +167,12 @@ class FiniteModel:
         combinator: the structured empirical NTK (from each layer's input and back-propagated signal)
         applies."""
         return all(layer.caps.dense or layer.caps.elementwise or layer.caps.transparent for layer in self.net.walk())
+
+
+def _shape_args(x, *, where: str):
+    """Shapes-only stand-ins for ``init``'s key and inputs ``x`` (checked), for ``jax.eval_shape``."""
+    x = _checks.as_float_array("x", x, where=where, rank=None)
+    return jax.ShapeDtypeStruct((), jax.random.key(0).dtype), jax.ShapeDtypeStruct(x.shape, x.dtype)
 
 
 def _input_dim(x) -> Dim:

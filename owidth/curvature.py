@@ -142,7 +142,7 @@ def _tridiagonal(matvec, q0, iters: int):
         scale = jnp.maximum(scale, jnp.abs(a) + b)
         ok = b > tiny * scale
         nxt = jnp.where(ok, w / jnp.where(ok, b, 1.0), jnp.zeros_like(w))
-        basis = basis.at[i + 1].set(jnp.where(i + 1 < iters, nxt, basis[i + 1]))
+        basis = basis.at[i + 1].set(nxt)  # row ``iters`` (after the last step) is dropped on return
         return basis, alpha.at[i].set(a), beta.at[i].set(jnp.where(ok, b, 0.0)), scale
 
     basis = jnp.zeros((iters + 1, dim), q0.dtype).at[0].set(q0)

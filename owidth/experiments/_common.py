@@ -6,7 +6,7 @@ import numpy as np
 
 from owidth._progress import progress
 
-__all__ = ["digits", "fit_loglog", "progress", "transfers"]
+__all__ = ["digits", "fit_loglog", "loglog_slope", "progress", "transfers"]
 
 
 def fit_loglog(x: np.ndarray, y: np.ndarray, *, seed: int = 0, n_boot: int = 500) -> dict:
@@ -43,3 +43,11 @@ def transfers(summary: dict) -> bool:
     across widths under muP and more than one under SP."""
     return abs(summary["mup"]["shift_grid_steps"]) <= 1 and abs(summary["sp"]["shift_grid_steps"]) > 1
 
+
+def loglog_slope(xs, ys) -> float:
+    """Least-squares slope of ``log y`` against ``log x`` for values already averaged (NaN if any y is not
+    positive); :func:`fit_loglog` averages over a seed axis itself and adds a bootstrap error."""
+    ys = np.asarray(ys, dtype=float)
+    if not np.all(ys > 0):
+        return float("nan")
+    return float(np.polyfit(np.log(np.asarray(xs, dtype=float)), np.log(ys), 1)[0])

@@ -30,9 +30,9 @@ import pathlib
 import numpy as np
 
 import owidth as ow
-from owidth.experiments._common import digits
+from owidth.experiments._common import digits, loglog_slope
 
-__all__ = ["figure", "run", "loglog_slope", "BASE_DEPTH", "LR", "PRESETS", "QUANTITIES"]
+__all__ = ["figure", "run", "BASE_DEPTH", "LR", "PRESETS", "QUANTITIES"]
 
 LR = 0.01
 BASE_DEPTH = 1
@@ -45,14 +45,6 @@ def resnet(depth: int):
     """The experiment's residual MLP: its body (to the end of the residual blocks) and the whole net."""
     body = ow.serial(ow.Dense(), ow.repeat(ow.Residual(ow.Relu(), ow.Dense()), depth))
     return body, ow.serial(body, ow.Relu(), ow.Dense(out=10))
-
-
-def loglog_slope(xs, ys) -> float:
-    """Least-squares slope of ``log y`` against ``log x`` (NaN if any y is not positive)."""
-    ys = np.asarray(ys, dtype=float)
-    if not np.all(ys > 0):
-        return float("nan")
-    return float(np.polyfit(np.log(np.asarray(xs, dtype=float)), np.log(ys), 1)[0])
 
 
 def _measure(param, depth: int, width: int, x, y, seeds: int, steps: int) -> dict:

@@ -27,8 +27,7 @@ import pathlib
 import numpy as np
 
 import owidth as ow
-from owidth.experiments._common import digits
-from owidth.experiments.depth_coord_check import loglog_slope
+from owidth.experiments._common import digits, loglog_slope
 
 __all__ = ["run", "threshold", "BASE", "EPS0", "LR", "MODES"]
 

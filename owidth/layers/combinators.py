@@ -144,7 +144,7 @@ class Parallel(Layer):
         return self.branches
 
     def _kernel(self, ks):
-        w = self._w() if not self.residual or ks.depth_mult == 1.0 else (self._w()[0], self._w()[1] * ks.depth_mult)
+        w = self._depth_weights(ks.depth_mult) or self._w()
         if ks.is_input and not self._has_weights():  # a sum of functions of the data itself: exact
             outs = [b._kernel(ks) for b in self.branches]
             x1 = sum(c * o.x1 for c, o in zip(w, outs))
@@ -204,20 +204,18 @@ class Parallel(Layer):
             params = (params[0], jax.tree.map(lambda a: jnp.zeros(a.shape, BRANCH_TAG), params[1]))
         return tuple(params), dims[0]
 
-    def _finite_weights(self, ctx) -> tuple[float, ...] | None:
-        """The branch multipliers of the finite network: ``weights``, the block's times the
-        parametrization's depth multiplier ``(L / L0)^-alpha`` when this is a residual block."""
-        if not self.residual:
-            return self.weights
-        m = ctx.param.depth_multiplier(ctx.depth)
-        if m == 1.0:
+    def _depth_weights(self, mult: float) -> tuple[float, ...] | None:
+        """``weights`` with a residual block's branch times its depth multiplier ``mult = (L / L0)^-alpha``
+        (kernel: ``KState.depth_mult``; finite network: the parametrization's); ``weights`` unchanged
+        (None: all 1) for other sums or ``mult = 1``."""
+        if not self.residual or mult == 1.0:
             return self.weights
         w = self._w()
-        return (w[0], w[1] * m)
+        return (w[0], w[1] * mult)
 
     def _apply(self, params, x, dim, ctx):
         ys = [b._apply(p, x, dim, ctx) for b, p in zip(self.branches, params)]
-        weights = self._finite_weights(ctx)
+        weights = self._depth_weights(ctx.param.depth_multiplier(ctx.depth)) if self.residual else self.weights
         if weights is None:
             return sum(y for y, _ in ys), ys[0][1]
         return sum(w * y for w, (y, _) in zip(weights, ys)), ys[0][1]

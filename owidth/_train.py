@@ -51,7 +51,7 @@ from owidth._progress import progress
 from owidth.layers.sequence import check_tokens
 from owidth.param import NTP, Parametrization, model_scales
 
-__all__ = ["Program", "Snapshot", "TrainPlan", "WidthRun", "assemble", "execute", "init_members", "member_step",
+__all__ = ["Program", "Snapshot", "TrainPlan", "WidthRun", "assemble", "execute", "init_members", "member_keys", "member_step",
            "param_attrs", "param_from_attrs", "plan", "record_members", "run", "run_chunk", "train"]
 
 _WHERE = "ow.train"
@@ -69,6 +69,8 @@ class Snapshot:
       model: the finite model (``roles``, ``lr_scales``, ...).
       loss: the training loss (``"mse"`` or ``"xent"``).
       f0: the centring offset, ``apply(params0, x_train)`` when ``ow.train(center=True)``, else None.
+      mask: the member's boolean masks (a pytree like ``params``) when ``ow.train(masks=...)``, else None:
+        masked entries of ``params`` are zero and stay zero.
 
     :meth:`objective` is the full-batch training loss as a function of the parameters, the one whose
     curvature ``ow.measure.sharpness`` measures.
@@ -107,6 +109,7 @@ class Snapshot:
     model: Any
     loss: str = "mse"
     f0: jax.Array | None = None
+    mask: Any = None
 
     def objective(self, params) -> jax.Array:
         """The full-batch training loss at ``params``: ``loss(alpha (apply(params, x) - f0), y)``."""
@@ -167,9 +170,22 @@ def _scales(prog: Program, x) -> dict:
     return model_scales(prog.model, x, prog.optimizer)
 
 
-def _init_member(prog: Program, key, lr, alpha, x, xt, given=None):
+def _masked(params, mask):
+    """``params`` with the entries where ``mask`` is False set to exactly zero."""
+    return jax.tree.map(lambda p, m: jnp.where(m, p, jnp.zeros((), p.dtype)), params, mask)
+
+
+def member_keys(key) -> tuple[jax.Array, jax.Array]:
+    """A member's (initialisation, data) keys from its seed's key ``jax.random.key(seed)``."""
     k_init, k_data = jax.random.split(key)
+    return k_init, k_data
+
+
+def _init_member(prog: Program, key, lr, alpha, x, xt, given=None, mask=None):
+    k_init, k_data = member_keys(key)
     params = prog.model.init(k_init, x) if given is None else given
+    if mask is not None:
+        params = _masked(params, mask)
     tx = _tx(prog, lr, alpha, _scales(prog, x))
     valid = jnp.isfinite(lr) & (lr > 0) & jnp.isfinite(alpha) & (alpha > 0)
     state = {
@@ -182,6 +198,8 @@ def _init_member(prog: Program, key, lr, alpha, x, xt, given=None):
         "diverged": jnp.zeros((), bool),
         "diverged_step": jnp.full((), -1, jnp.int32),
     }
+    if mask is not None:
+        state["mask"] = mask
     if prog.keep_params0:
         state["params0"] = params
     if prog.center:
@@ -213,6 +231,8 @@ def member_step(prog: Program, st, t, x, y):
     tx = _tx(prog, st["lr"], st["alpha"], _scales(prog, x))
     updates, opt = tx.update(grads, st["opt"], st["params"])
     params = jax.tree.map(lambda p, u: (p + u).astype(p.dtype), st["params"], updates)
+    if "mask" in st:  # pruned entries stay exactly zero, whatever the optimizer's update (decay, momentum, Adam)
+        params = _masked(params, st["mask"])
     bad = ~jnp.isfinite(value)
     first = bad & ~st["diverged"]
     return {**st, "params": params, "opt": opt, "diverged": st["diverged"] | bad,
@@ -233,7 +253,7 @@ def _record(prog: Program, st, x, y, xt, yt):
     if prog.metrics:
         snap = Snapshot(apply=_apply_fn(prog, st["params0"]), params=st["params"], params0=st["params0"],
                         x_train=x, y_train=y, x_test=xt, y_test=yt, alpha=st["alpha"], model=prog.model,
-                        loss=prog.loss, f0=st.get("f0"))
+                        loss=prog.loss, f0=st.get("f0"), mask=st.get("mask"))
         for name, fn in prog.metrics:
             rec[name] = jnp.asarray(fn(snap), dtype=jnp.result_type(float))
     ok = st["valid"] & ~st["diverged"]
@@ -244,12 +264,11 @@ def _record(prog: Program, st, x, y, xt, yt):
 # Compiled programs (cached on the static configuration)
 # --------------------------------------------------------------------------- #
 @functools.partial(jax.jit, static_argnames=("prog",))
-def init_members(prog, keys, lrs, alphas, x, xt, given=None):
+def init_members(prog, keys, lrs, alphas, x, xt, given=None, masks=None):
     """Initial states of all members (leading axis: member), one per (key, lr, alpha); ``given``: their
-    starting parameters (leading axis: member) instead of random ones."""
-    if given is None:
-        return jax.vmap(lambda k, lr, a: _init_member(prog, k, lr, a, x, xt))(keys, lrs, alphas)
-    return jax.vmap(lambda k, lr, a, p: _init_member(prog, k, lr, a, x, xt, p))(keys, lrs, alphas, given)
+    starting parameters (leading axis: member) instead of random ones; ``masks``: their boolean masks
+    (leading axis: member), kept in the state and applied at every step."""
+    return jax.vmap(lambda k, lr, a, p, m: _init_member(prog, k, lr, a, x, xt, p, m))(keys, lrs, alphas, given, masks)
 
 
 @functools.partial(jax.jit, static_argnames=("prog",), donate_argnames=("state",))
@@ -324,6 +343,7 @@ class TrainPlan:
     clip_norm: float | None = None
     schedule: Callable | None = None
     init_params: Any = None  # {width: pytree}, leaves per member or with leading (seed, lr, rich) axes
+    masks: Any = None  # {width: pytree of bool}, same layout as init_params
 
     @property
     def alphas(self) -> np.ndarray:
@@ -362,38 +382,56 @@ class TrainPlan:
             member_batch=_member_batch(self.members_per_batch, members, self.batch_size or self.x.shape[0], width))
 
 
-def _init_params(given, widths, *, where: str):
-    """``{width: params}`` from ``init_params`` (checked against the widths; shapes are checked in run)."""
+def _per_width(name: str, given, widths, *, where: str):
+    """``{width: pytree}`` from ``init_params`` or ``masks`` (checked against the widths; shapes in
+    :func:`_member_tree`)."""
     if given is None:
         return None
     if isinstance(given, Mapping) and given and all(isinstance(k, (int, np.integer)) for k in given):
         missing = sorted(set(widths) - {int(k) for k in given})
         if missing:
-            raise ValueError(f"{where}: init_params has no parameters for widths {missing}; give {{width: params}} "
+            raise ValueError(f"{where}: {name} has nothing for widths {missing}; give {{width: {name}}} "
                              "for every width")
         return {int(k): v for k, v in given.items() if int(k) in widths}
     if len(widths) != 1:
-        raise ValueError(f"{where}: init_params for {len(widths)} widths must be a mapping {{width: params}}")
+        raise ValueError(f"{where}: {name} for {len(widths)} widths must be a mapping {{width: {name}}}")
     return {widths[0]: given}
 
 
-def _member_params(p, model, width: int, x):
-    """The starting parameters of every member at ``width`` (leading axis: member) from ``p.init_params``."""
+def _check_mask_values(masks, *, where: str) -> None:
+    """Every leaf of every width's masks is boolean, or numbers that are all 0 or 1 (checked on the host)."""
+    for width, tree in masks.items():
+        for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+            arr = np.asarray(leaf)
+            at = f"masks at width {width}, leaf {jax.tree_util.keystr(path) or '(root)'}"
+            if arr.dtype == bool:
+                continue
+            if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+                raise TypeError(f"{where}: {at} has dtype {arr.dtype}; masks are boolean (True = keep) or 0/1 numbers")
+            bad = ~((arr == 0) | (arr == 1))
+            if bad.any():
+                raise ValueError(f"{where}: {at} holds values other than 0 and 1 (e.g. {arr[bad].ravel()[0]!r}); "
+                                 "masks are binary: pass scores through ow.prune (e.g. ow.prune.magnitude) to get masks")
+
+
+def _member_tree(p, model, width: int, x, name: str):
+    """``p.init_params`` or ``p.masks`` at ``width`` for every member (leading axis: member), checked against
+    the model's parameter shapes; masks become boolean."""
     key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype)
     want = jax.eval_shape(model.init, key, jax.ShapeDtypeStruct(x.shape, x.dtype))
-    given = p.init_params[width]
+    given = getattr(p, name)[width]
     members = int(np.prod(p.shape))
     if jax.tree.structure(given) != jax.tree.structure(want):
-        raise ValueError(f"ow.train: init_params at width {width} has the structure {jax.tree.structure(given)}, "
+        raise ValueError(f"ow.train: {name} at width {width} has the structure {jax.tree.structure(given)}, "
                          f"not that of the model's parameters {jax.tree.structure(want)}")
 
     def one(g, w):
-        g = jnp.asarray(g, dtype=w.dtype)
-        if g.shape == w.shape:
+        g = jnp.asarray(g, dtype=bool if name == "masks" else w.dtype)
+        if g.shape == w.shape or (name == "masks" and g.shape == ()):
             return jnp.broadcast_to(g, (members,) + w.shape)
         if g.shape == p.shape + w.shape:
             return g.reshape((members,) + w.shape)
-        raise ValueError(f"ow.train: an init_params leaf at width {width} has shape {g.shape}; expected {w.shape} "
+        raise ValueError(f"ow.train: a {name} leaf at width {width} has shape {g.shape}; expected {w.shape} "
                          f"(one member) or {p.shape + w.shape} (seed, lr, {p.rich_name}) + that")
 
     return jax.tree.map(one, given, want)
@@ -576,11 +614,16 @@ def plan(net, data, *, where: str = _WHERE, **options) -> TrainPlan:
         return_params=bool(a["return_params"]), adam_b1=float(a["adam_b1"]), adam_b2=float(a["adam_b2"]),
         clip_norm=None if a["clip_norm"] is None else float(a["clip_norm"]),
         schedule=None if a["schedule"] is None else _hashable(a["schedule"]),
-        init_params=_init_params(a["init_params"], widths, where=where))
+        init_params=_per_width("init_params", a["init_params"], widths, where=where),
+        masks=_per_width("masks", a["masks"], widths, where=where))
     model = out.model(widths[0])
     _check_outputs(model, x, y, loss, where=where)
     if yt is not None:
         _check_outputs(model, xt, yt, loss, where=where)
+    if out.masks is not None:  # values, structure and shapes at every width, before anything compiles
+        _check_mask_values(out.masks, where=where)
+        for width in widths:
+            _member_tree(out, out.model(width), width, x, "masks")
     return out
 
 
@@ -595,12 +638,14 @@ class WidthRun:
       records: ``{name: (members, records, ...)}``: losses, accuracies, metrics, test outputs.
       status: (members,) ``"ok"``, ``"diverged"`` or ``"invalid"``. diverged_step: (members,), -1 if none.
       params: the final parameters with leading (seed, lr, rich) axes, or None.
+      density: (members,) the fraction of all parameters the masks keep, or None without masks.
     """
 
     records: dict[str, np.ndarray]
     status: np.ndarray
     diverged_step: np.ndarray
     params: Any = None
+    density: np.ndarray | None = None
 
 
 def run(p: TrainPlan) -> list[WidthRun]:
@@ -617,8 +662,9 @@ def run(p: TrainPlan) -> list[WidthRun]:
         for width in p.widths:
             prog = p.program(width)
             bar.set_description(f"{_WHERE} width={width}")
-            given = None if p.init_params is None else _member_params(p, prog.model, width, x)
-            state = init_members(prog, keys, member_lr, member_alpha, x, xt, given)
+            given = None if p.init_params is None else _member_tree(p, prog.model, width, x, "init_params")
+            masks = None if p.masks is None else _member_tree(p, prog.model, width, x, "masks")
+            state = init_members(prog, keys, member_lr, member_alpha, x, xt, given, masks)
             recs = []
             for start in range(0, p.intervals, prog.chunk):
                 state, rec = run_chunk(prog, state, start, x, y, xt, yt)
@@ -632,7 +678,12 @@ def run(p: TrainPlan) -> list[WidthRun]:
             params = None
             if p.return_params:
                 params = jax.tree.map(lambda a: a.reshape(p.shape + a.shape[1:]), state["params"])
-            runs.append(WidthRun(recs, status, np.asarray(state["diverged_step"]), params))
+            density = None
+            if masks is not None:
+                leaves = jax.tree.leaves(masks)
+                kept = sum(np.asarray(m.reshape(m.shape[0], -1).sum(axis=1), dtype=np.int64) for m in leaves)
+                density = kept / sum(int(np.prod(m.shape[1:])) for m in leaves)
+            runs.append(WidthRun(recs, status, np.asarray(state["diverged_step"]), params, density))
     finally:
         bar.close()
     return runs
@@ -653,6 +704,8 @@ def assemble(p: TrainPlan, runs: Sequence[WidthRun]):
         data_vars[name] = (dims + ("step",) + extra_dims, stacked.reshape(lead + stacked.shape[2:]))
     data_vars["status"] = (dims, np.stack([r.status for r in runs]).reshape(lead).astype(str))
     data_vars["diverged_step"] = (dims, np.stack([r.diverged_step for r in runs]).reshape(lead))
+    if p.masks is not None:
+        data_vars["density"] = (dims, np.stack([r.density for r in runs]).reshape(lead))
     attrs = {
         **param_attrs(p.param), "optimizer": p.optimizer, "loss": p.loss, "steps": p.steps,
         "batch_size": -1 if p.batch_size is None else p.batch_size, "center": int(p.center),
@@ -661,6 +714,7 @@ def assemble(p: TrainPlan, runs: Sequence[WidthRun]):
         "momentum": p.momentum, "adam_eps": p.adam_eps, "adam_b1": p.adam_b1, "adam_b2": p.adam_b2,
         "clip_norm": -1.0 if p.clip_norm is None else p.clip_norm,
         "schedule": "" if p.schedule is None else _qualname(p.schedule), "init_params": int(p.init_params is not None),
+        "masks": int(p.masks is not None),
     }
     ds = xr.Dataset(data_vars, coords=p.coords(), attrs=attrs)
     if p.return_params:
@@ -730,6 +784,7 @@ def train(
     clip_norm: float | None = None,
     schedule: Callable[[Any], Any] | None = None,
     init_params: Any = None,
+    masks: Any = None,
     linearized: bool = False,
     metrics: Mapping[str, Callable[[Snapshot], Any]] | None = None,
     record_outputs: bool = False,
@@ -779,6 +834,13 @@ def train(
         params alone with one width), each leaf either one member's (every member starts there) or with
         leading ``(seed, lr, alpha|gamma0)`` axes, as ``return_params=True`` returns them (to resume a
         run; a centred run restarts centred at them, so resume with ``center=False`` runs exactly).
+      masks: fixed binary masks (sparse networks, e.g. from :mod:`ow.prune`): a pytree like the
+        parameters, ``{width: masks}`` (or the masks alone with one width), boolean (True = keep) or 0/1
+        numbers, each leaf either one shape for every member, with leading ``(seed, lr, alpha|gamma0)``
+        axes (a mask per member), or a scalar (``True``: that tensor is not pruned). Masked entries are
+        set to zero at initialisation (and in ``init_params``) and after every step, so they stay
+        exactly zero under every optimizer (momentum, Adam and weight decay included); the optimizer's
+        statistics of masked entries are never used. Not part of ``ow.Sweep``.
       linearized: train the network's linearization around its initialisation instead.
       metrics: ``{name: fn(Snapshot) -> scalar}`` recorded alongside the losses.
         Each ``fn`` is part of the compiled program's static key: a hashable
@@ -806,7 +868,8 @@ def train(
       alpha|gamma0)``. Records after a divergence are NaN. The attrs say how it
       was produced: every field of ``param`` (its ``name`` as ``param``; bools
       as 0/1), the optimizer and its settings, the loss, steps, batch size,
-      ``center``, ``linearized`` and the data sizes.
+      ``center``, ``linearized`` and the data sizes. With ``masks``: ``density`` over ``(width, seed,
+      lr, alpha|gamma0)``, the fraction of all parameters kept.
 
     References:
       - Chizat, Oyallon & Bach 2019, On Lazy Training in Differentiable Programming (``alpha``,

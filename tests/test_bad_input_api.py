@@ -127,6 +127,21 @@ CASES = [
     ("coord_check Embedding token 0.5", lambda: ow.coord_check(EMBED, (TOKENS, np.ones((2, 1))), widths=[4, 8],
                                                                 param=ow.MUP, lr=0.1, steps=1, seeds=1),
      ValueError, "ow.coord_check: tokens in x must be integers in [0, 5)"),
+    # masks (ow.train) and pruning densities (ow.prune): refused before any training program is traced
+    ("train masks wrong shape", lambda: ow.train(NET, (X, YT), masks=({"w": np.ones((2, 3))}, (), {"w": True}),
+                                                 **TRAIN),
+     ValueError, "ow.train: a masks leaf at width 4 has shape (2, 3); expected (2, 4)"),
+    ("train masks complex", lambda: ow.train(NET, (X, YT), masks=({"w": np.ones((2, 4), complex)}, (), {"w": True}),
+                                             **TRAIN),
+     TypeError, "ow.train: masks at width 4, leaf [0]['w'] has dtype complex128; masks are boolean"),
+    ("train masks 0.5", lambda: ow.train(NET, (X, YT), masks=({"w": np.full((2, 4), 0.5)}, (), {"w": True}), **TRAIN),
+     ValueError, "ow.train: masks at width 4, leaf [0]['w'] holds values other than 0 and 1"),
+    ("prune density 0", lambda: ow.prune.magnitude({"w": np.ones((2, 2))}, 0.0), ValueError,
+     "ow.prune.magnitude: density=0.0 must lie in (0, 1]"),
+    ("prune density 2", lambda: ow.prune.synflow(ow.finite(NET, width=4).apply, ow.finite(NET, width=4).init(
+        jax.random.key(0), X), X, 2.0), ValueError, "ow.prune.synflow: density=2.0 must lie in (0, 1]"),
+    ("imp density NaN", lambda: ow.prune.imp(NET, (X, YT), width=4, density=NAN, rounds=1, steps=2, lr=0.1),
+     ValueError, "ow.prune.imp: density=nan must lie in (0, 1]"),
 ]
 
 # the programs that do the work: none of them may be traced before the error

@@ -297,7 +297,7 @@ def test_schedule_clip_betas_and_init_params():
     resumed = ow.train(NET, (X, Y), init_params=half, **{**kw, "seeds": [0]})
     np.testing.assert_allclose(resumed.train_loss.isel(step=0).item(), whole.train_loss.isel(step=1).item(),
                                rtol=1e-12)
-    with pytest.raises(ValueError, match="init_params has no parameters for widths"):
+    with pytest.raises(ValueError, match="init_params has nothing for widths"):
         ow.train(NET, (X, Y), init_params={8: half[width]}, **kw)
     with pytest.raises(ValueError, match="shape"):
         ow.train(NET, (X, Y), init_params=jax.tree.map(lambda a: a[..., :1], half[width]), **kw)

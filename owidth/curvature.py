@@ -96,6 +96,11 @@ def _flat(fn: Callable, params, where: str):
     out = jax.eval_shape(fn, params)
     if getattr(out, "shape", None) != ():
         raise ValueError(f"{where}: fn must return a scalar loss, got shape {getattr(out, 'shape', None)}")
+    if not isinstance(flat, jax.core.Tracer):  # concrete: one forward pass before the Lanczos program compiles
+        value = fn(params)
+        if not isinstance(value, jax.core.Tracer) and not bool(jnp.isfinite(value)):
+            raise ValueError(f"{where}: the loss at params is {float(value)}; its Hessian is undefined (check the "
+                             "data and the parameters for NaN/Inf, or a diverged run)")
     grad = jax.grad(lambda u: fn(unravel(u)))
 
     def matvec(v):

@@ -122,6 +122,9 @@ def test_sharpness_metric_in_train_is_the_top_hessian_eigenvalue():
      "at least 2"),
     (lambda: ow.curvature.hvp(lambda p: jnp.sum(p ** 2), jnp.zeros(3), jnp.zeros(2)), "v has 2 entries"),
     (lambda: ow.curvature.lanczos("loss", jnp.zeros(3)), "fn must be a callable"),
+    (lambda: ow.curvature.lanczos(lambda p: jnp.sum(jnp.log(p)), -jnp.ones(3)), "the loss at params is nan"),
+    (lambda: ow.curvature.spectral_density(lambda p: jnp.sum(p ** 2) / 0.0, jnp.ones(3), key=jax.random.key(0), iters=2),
+     "the loss at params is inf"),
 ])
 def test_bad_input_is_refused_before_any_work(call, match):
     with pytest.raises((ValueError, TypeError), match=match):

@@ -273,16 +273,23 @@ def snip(apply_fn: Callable, params, data, density: float, *, loss: str = "mse",
     return masks_from_scores(scores, density, scope=scope, params=params, where=where)
 
 
-def grasp(apply_fn: Callable, params, data, density: float, *, loss: str = "mse", scope: str = "global") -> Any:
+def grasp(apply_fn: Callable, params, data, density: float, *, loss: str = "mse", scope: str = "global",
+          temperature: float | None = None) -> Any:
     """GraSP (Wang et al. 2020): keep the weights whose removal most reduces the gradient norm's growth.
 
     Removing ``theta_q`` changes ``g^T g`` by ``~ -2 theta_q (H g)_q`` (first order, ``g = dL/dtheta``,
     ``H`` the Hessian on ``data``); GraSP removes the weights with the largest ``-theta_q (H g)_q`` (the
     reference implementation's ``S(-theta)``), i.e. keeps the largest ``theta_q (H g)_q``, which is the
-    score used here. ``H g`` is one forward-over-reverse Hessian-vector product. (The paper's
-    temperature on the softmax of the first pass is not applied.)"""
+    score used here. ``H g`` is one forward-over-reverse Hessian-vector product. The loss is taken of
+    the outputs divided by ``temperature`` (default: 200 for ``"xent"``, as the reference
+    implementation does, and 1 for ``"mse"``)."""
     where = "ow.prune.grasp"
-    objective = _objective(apply_fn, data, loss, where)
+    if temperature is None:
+        temperature = 200.0 if loss == "xent" else 1.0
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (
+            math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"{where}: temperature={temperature!r} must be a positive number")
+    objective = _objective(lambda p, u: apply_fn(p, u) / temperature, data, loss, where)
     g = jax.lax.stop_gradient(jax.grad(objective)(params))
     hg = jax.jvp(jax.grad(objective), (params,), (g,))[1]
     scores = jax.tree.map(lambda p, h: p * h, params, hg)
@@ -476,7 +483,8 @@ def imp(net, data, *, width: int, density: float, rounds: int, steps: int, lr, r
       net, data: as for :func:`ow.train`. width: one width.
       density: final fraction of the prunable weights kept, in (0, 1]. rounds: pruning rounds (>= 1).
       steps: training steps per round (counted from the start of the dense run). lr: as for ow.train.
-      rewind_step: the step rewound to, in [0, steps).
+      rewind_step: the step rewound to, in [0, steps). The dense run to it records nothing
+        (``record_every``, ``metrics`` and ``record_outputs`` apply to the rounds).
       scope: ``"global"`` or ``"layer"`` magnitude ranking.
       train_options: other :func:`ow.train` keywords (``param``, ``optimizer``, ``seeds``, ``loss``,
         ``test``, ...). Runs are uncentred (``center=False``: a centred run would subtract the output at
@@ -506,7 +514,8 @@ def imp(net, data, *, width: int, density: float, rounds: int, steps: int, lr, r
     if x is None:
         raise TypeError(f"{where}: data must be a pair (x_train, y_train)")
     if rewind_step > 0:
-        _, params = train(net, data, steps=rewind_step, return_params=True, **kw)
+        dense = {k: v for k, v in kw.items() if k not in ("record_every", "metrics", "record_outputs")}
+        _, params = train(net, data, steps=rewind_step, return_params=True, **dense)
         rewind = params[width]
     else:
         rewind = _initial(net, data, kw)

@@ -125,3 +125,20 @@ def test_zero_readout_zeroes_the_readout_bias_of_a_flax_module():
         jax.random.key(0))
     assert not np.any(params["out"]["kernel"]) and not np.any(params["out"]["bias"])
     assert np.all(params["l1"]["bias"] != 0)
+
+
+def test_masks_and_pruning_on_a_flax_model():
+    """ow.prune scores a flax model's parameters (kernels pruned, biases kept) and ow.train keeps its masked
+    kernel entries exactly zero under AdamW."""
+    bridge = ow.finite(ow.from_flax(MLP), width=16, param=ow.MUP.with_base_width(16))
+    params = bridge.init(jax.random.key(0), X)
+    y = np.sin(X[:, :K])
+    masks = ow.prune.snip(bridge.apply, params, (X, y), 0.25)
+    assert ow.prune.density(masks, params) == pytest.approx(0.25, abs=1e-3)
+    assert all(bool(np.all(masks[n]["bias"])) for n in ("l1", "l2", "out"))
+    _, out = ow.train(ow.from_flax(MLP), (X, y), widths=16, param=ow.MUP.with_base_width(16), lr=0.01, steps=5,
+                      optimizer="adamw", weight_decay=0.1, init_params=params, masks=masks, return_params=True,
+                      progress_bar=False)
+    for n in ("l1", "l2", "out"):
+        w, m = np.asarray(out[16][n]["kernel"])[0, 0, 0], np.asarray(masks[n]["kernel"])
+        assert np.all(w[~m] == 0.0) and np.all(w[m] != 0.0)

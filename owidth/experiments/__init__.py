@@ -74,6 +74,12 @@ _EXPERIMENTS = (
         "owidth.experiments.depth_transfer:run",
     ),
     Experiment(
+        "lottery-ticket",
+        "Iterative magnitude pruning with rewinding vs reinitialised, random, SNIP, GraSP and SynFlow masks on digits, "
+        "density 100% .. 1%, NTP and muP: the rewound ticket keeps the dense accuracy (Frankle & Carbin 2019).",
+        "owidth.experiments.lottery_ticket:run",
+    ),
+    Experiment(
         "eps-transfer",
         "Adam's epsilon vs width under muP: a fixed epsilon dominates the 1/n gradients of wide nets (the failure "
         "threshold falls like 1/n); scaled like the gradients it transfers (Everett et al. 2024).",

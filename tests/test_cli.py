@@ -22,7 +22,7 @@ def test_list(capsys):
 
 def test_unknown_experiment(capsys):
     assert cli.main(["run", "no-such-thing"]) == 2
-    assert ("available: coord-check, depth-coord-check, depth-transfer, dmft, double-descent, eps-transfer, gradient-coherence, grokking, lazy-rich, learning-curves, "
+    assert ("available: coord-check, depth-coord-check, depth-transfer, dmft, double-descent, eps-transfer, gradient-coherence, grokking, hessian-spectrum, lazy-rich, learning-curves, "
             "lottery-ticket, mutransfer, mutransfer-transformer") in capsys.readouterr().err
 
 
@@ -146,6 +146,42 @@ def test_lottery_ticket_quick(tmp_path, monkeypatch):
         dense = ds.test_accuracy.isel(density=0)
         np.testing.assert_array_equal(dense, dense.isel(pruning=0).broadcast_like(dense))
     assert (tmp_path / "lottery_ticket.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow  # ~30-40 s at -O0 (6 trainings, 6 Lanczos and 6 SLQ programs)
+def test_hessian_spectrum_quick(tmp_path, monkeypatch):
+    """Trained ReLU MLPs on 2, 5 and 10 digit classes: the Hessian has C - 1 outliers above the bulk for
+    cross-entropy and C for MSE (the softmax Hessian diag(p) - p p^T annihilates the all-ones vector); the SLQ
+    density integrates to 1, its largest node is Lanczos's top eigenvalue, and its mass above the gap is the
+    outliers' share count / D within the probes' sampling error."""
+    monkeypatch.setenv("OWIDTH_NO_PROGRESS", "1")
+    with jax.enable_x64(False):
+        summary = ow.experiments.run("hessian-spectrum", out=tmp_path, quick=True)
+    from owidth.experiments.hessian_spectrum import expected, outliers
+
+    for loss in ("xent", "mse"):
+        counts = [summary["counts"][loss][str(c)]["64"] for c in (2, 5, 10)]
+        assert counts == [expected(loss, c) for c in (2, 5, 10)], (loss, counts)
+    assert summary["fraction_exact"] == 1.0 and summary["counts_ok"]
+    assert summary["density_integral_max_error"] < 1e-3
+    assert summary["slq_top_node_vs_lanczos_max_rel"] < 1e-3
+    with xr.open_dataset(tmp_path / "hessian_spectrum.nc") as ds:
+        assert ds.top_eigenvalues.dims == ("loss", "classes", "width", "rank")
+        top = ds.top_eigenvalues.values
+        assert bool((np.diff(top, axis=-1) <= 1e-6 * np.abs(top[..., :1])).all())  # descending
+        np.testing.assert_allclose(ds.slq_weights.sum("node"), 1.0, atol=1e-4)  # each probe's quadrature weights
+        for loss in ds.loss.values:
+            for c in ds.classes.values:
+                eigs = ds.top_eigenvalues.sel(loss=loss, classes=c, width=64).values
+                k, ratio = outliers(eigs)
+                assert k == int(ds.outliers.sel(loss=loss, classes=c, width=64)) and ratio > 2.5, (loss, c, ratio)
+                # SLQ's mass above the gap estimates k / D: chi^2_(probes k) / (probes D), relative SE sqrt(2 / (probes k))
+                nodes = ds.slq_nodes.sel(loss=loss, classes=c, width=64).values
+                weights = ds.slq_weights.sel(loss=loss, classes=c, width=64).values
+                mass = weights[nodes > np.sqrt(eigs[k - 1] * eigs[k])].sum() / nodes.shape[0]
+                share = k / int(ds.params.sel(loss=loss, classes=c, width=64))
+                assert abs(mass / share - 1) < 4 * np.sqrt(2 / (nodes.shape[0] * k)), (loss, c, mass / share)
+    assert (tmp_path / "hessian_spectrum.png").stat().st_size > 10_000
 
 
 @pytest.mark.slow  # default suite was 9:59 in CI; these three take ~80 s

@@ -92,6 +92,12 @@ _EXPERIMENTS = (
         "owidth.experiments.grokking:run",
     ),
     Experiment(
+        "hessian-spectrum",
+        "Hessian spectra of trained ReLU MLPs on 2, 5 and 10 digit classes by Lanczos and SLQ: a bulk near 0 plus C - 1 "
+        "outliers for cross-entropy and C for MSE, at every width (Sagun et al. 2017; Papyan 2019).",
+        "owidth.experiments.hessian_spectrum:run",
+    ),
+    Experiment(
         "lazy-rich",
         "Width x alpha phase diagram of NTK movement under NTP and muP: the kernel freezes like 1/alpha and "
         "with width under NTP, stays O(1) under muP (Chizat et al. 2019; Yang & Hu 2021).",

@@ -26,7 +26,7 @@ from owidth._objective import loss_fn, targets
 from owidth.param import Parametrization, model_scales
 
 __all__ = ["ntk_movement", "param_movement", "feature_movement", "kernel_alignment", "effective_rank", "sharpness",
-           "coord_check"]
+           "ntk_top", "coord_check"]
 
 
 def _rel(a, b):
@@ -248,6 +248,51 @@ def sharpness(*, iters: int = 20, seed: int = 0):
     def fn(snap):
         dim = sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(snap.params))
         return lanczos(snap.objective, snap.params, k=1, iters=min(iters, dim), key=jax.random.key(seed)).values[0]
+
+    return fn
+
+
+def ntk_top(x=None):
+    """Top eigenvalue of the NTK of the trained output ``F = alpha (f - f0)`` over the MSE's ``N``:
+    ``lambda = alpha^2 lambda_max(Theta) / N`` with ``Theta`` the empirical NTK of ``f`` on ``x`` over all
+    ``N k`` outputs (``x``: the training inputs when None).
+
+    It is the top eigenvalue of the Gauss-Newton matrix ``alpha^2 J^T J / N`` of the full-batch MSE
+    ``(1/2N) sum_n ||F(x_n) - y_n||^2`` (:func:`ow.curvature.gauss_newton_top` times ``alpha^2``), so it
+    equals :func:`sharpness` wherever the residuals vanish. Linearised around the current parameters, a
+    gradient step of size ``eta`` on that loss multiplies the residual along the top eigenvector by
+    ``1 - eta lambda``: gradient descent is stable iff ``eta < 2 / lambda`` (Lewkowycz et al. 2020). With
+    ``ow.train``'s SGD the step on the objective is ``lr / alpha^2``, so the bound reads
+    ``lr < 2 alpha^2 / lambda``; at the default ``alpha = 1``, ``lr < 2 / lambda``. In the catapult phase
+    ``2 / lambda_0 < eta < c / lambda_0`` the loss first grows, the kernel's top eigenvalue falls until
+    ``eta < 2 / lambda``, and training converges in a flatter region (Lewkowycz et al. 2020). The centring
+    offset ``f0`` is constant and does not enter. Costs one empirical NTK (``N k x N k``) and its
+    ``eigvalsh`` per record and member.
+
+    References:
+      - Lewkowycz, Bahri, Dyer, Sohl-Dickstein & Gur-Ari 2020, The large learning rate phase of deep
+        learning: the catapult mechanism. <https://arxiv.org/abs/2003.02218>
+      - Jacot, Gabriel & Hongler 2018, Neural Tangent Kernel: Convergence and Generalization in Neural
+        Networks. <https://arxiv.org/abs/1806.07572>
+
+    Examples:
+      A linear model ``f = x w``: the NTK is ``x x^T``, with eigenvalues 4 and 1 here, over ``N = 2``:
+
+      >>> import jax.numpy as jnp
+      >>> import owidth as ow
+      >>> x = jnp.array([[2.0, 0.0], [0.0, 1.0]])
+      >>> snap = ow.Snapshot(apply=lambda p, u: u @ p, params=jnp.zeros(2), params0=jnp.zeros(2), x_train=x,
+      ...                    y_train=jnp.zeros((2, 1)), x_test=None, y_test=None, alpha=1.0, model=None)
+      >>> float(ow.measure.ntk_top()(snap))
+      2.0
+    """
+    from owidth.curvature import gauss_newton_top
+
+    if x is not None:
+        x = _checks.as_float_array("x", x, where="ow.measure.ntk_top", rank=None)
+
+    def fn(snap):
+        return snap.alpha ** 2 * gauss_newton_top(snap.apply, snap.params, snap.x_train if x is None else x)
 
     return fn
 

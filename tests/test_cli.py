@@ -22,7 +22,7 @@ def test_list(capsys):
 
 def test_unknown_experiment(capsys):
     assert cli.main(["run", "no-such-thing"]) == 2
-    assert ("available: coord-check, depth-coord-check, depth-transfer, dmft, double-descent, eps-transfer, gradient-coherence, grokking, lazy-rich, learning-curves, "
+    assert ("available: catapult, coord-check, depth-coord-check, depth-transfer, dmft, double-descent, eps-transfer, gradient-coherence, grokking, lazy-rich, learning-curves, "
             "mutransfer, mutransfer-transformer") in capsys.readouterr().err
 
 
@@ -127,6 +127,29 @@ def test_eps_transfer_quick(tmp_path, monkeypatch):
         np.testing.assert_array_equal(at_base.sel(mode="fixed"), at_base.sel(mode="scaled"))
         assert bool((ds.final_loss.isel(eps=0) < 0.5 * ds.initial_loss.isel(eps=0)).all())  # small eps: it trains
     assert (tmp_path / "eps_transfer.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow  # ~15 s
+def test_catapult_quick(tmp_path, monkeypatch):
+    """Wide NTP ReLU nets at lr = c 2/lambda0 (Lewkowycz et al. 2020): lazy for c < 1 (top NTK eigenvalue within
+    5% of lambda0, no loss spike); for 1 < c <= 1.6 a loss spike, convergence (final loss < 1% of the initial)
+    and a final top NTK eigenvalue below lambda0 and below 2/lr; divergence for c >= 2.2."""
+    monkeypatch.setenv("OWIDTH_NO_PROGRESS", "1")
+    with jax.enable_x64(False):
+        summary = ow.experiments.run("catapult", out=tmp_path, quick=True)
+    assert summary["checks"] == {"lazy_ok": True, "catapult_ok": True, "divergent_ok": True}, summary
+    assert summary["phases_ok"] and summary["init_lambda_match"] < 1e-4  # lambda0 is the step-0 record
+    with xr.open_dataset(tmp_path / "catapult.nc") as ds:
+        assert ds.ntk_top.dims == ("width", "seed", "c", "step")
+        phase = ds.phase.isel(width=0)
+        for c, want in ((0.5, "lazy"), (1.2, "catapult"), (3.0, "divergent")):
+            assert (phase.sel(c=c) == want).all(), (c, phase.sel(c=c).values)
+        # the learning rates are c 2 / lambda0 of each seed's own initialisation
+        np.testing.assert_allclose(ds.lr * ds.lambda0 / 2, ds.c.broadcast_like(ds.lr), rtol=1e-6)
+        # in the catapult phase the kernel's top eigenvalue falls below 2/lr (in units of lambda0: 1/c)
+        final = (ds.ntk_top.isel(step=-1) / ds.lambda0).sel(c=[1.1, 1.2, 1.4, 1.6])
+        assert bool((final < 1 / final.c).all()), final.values
+    assert (tmp_path / "catapult.png").stat().st_size > 10_000
 
 
 @pytest.mark.slow  # default suite was 9:59 in CI; these three take ~80 s

@@ -80,6 +80,12 @@ _EXPERIMENTS = (
         "owidth.experiments.eps_transfer:run",
     ),
     Experiment(
+        "catapult",
+        "Wide NTP ReLU nets, full-batch GD at lr = c 2/lambda0: lazy for c < 1 (NTK fixed), catapult for 1 < c < ~2 "
+        "(loss spike, then convergence with top NTK eigenvalue below 2/lr), divergent beyond (Lewkowycz et al. 2020).",
+        "owidth.experiments.catapult:run",
+    ),
+    Experiment(
         "grokking",
         "Modular addition with a 2-layer MLP and weight decay at several output scales alpha: the step at which "
         "test accuracy passes 90% grows as training gets lazier (Kumar et al. 2023; Power et al. 2022).",

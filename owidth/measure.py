@@ -214,7 +214,7 @@ def effective_rank(x):
     return fn
 
 
-def sharpness(*, iters: int = 20, seed: int = 0):
+def sharpness(*, iters: int = 20, seed: int = 0, preconditioned: bool = False):
     """Sharpness: the top eigenvalue of the Hessian of the full-batch training loss
     (:meth:`ow.Snapshot.objective`: the loss, centring and ``alpha`` of the ``ow.train`` call), by
     ``iters`` Lanczos steps (:func:`ow.curvature.lanczos`) from a start vector drawn from ``seed``.
@@ -223,11 +223,20 @@ def sharpness(*, iters: int = 20, seed: int = 0):
     the edge of stability (Cohen et al. 2021). Costs ``iters`` Hessian-vector products per record
     and member.
 
+    ``preconditioned=True``: the top eigenvalue of ``D^1/2 H D^1/2`` instead, ``D`` the diagonal of the
+    per-tensor SGD learning-rate multipliers of the snapshot's model (``model.lr_scales`` times
+    ``model.depth_scales``, e.g. ``(n / n0)^-c`` under muP). ``ow.train``'s SGD step is
+    ``-eta D grad``, gradient descent with step ``eta`` on ``u = D^-1/2 w``, whose Hessian that is: the
+    quantity the bound ``2 / eta`` applies to (Cohen et al. 2022's preconditioned sharpness). Equal to the
+    plain sharpness where every multiplier is 1 (SP, NTP, muP at its base width).
+
     References:
       - Cohen et al. 2021, Gradient Descent on Neural Networks Typically Occurs at the Edge of Stability.
         <https://arxiv.org/abs/2103.00065>
       - Ghorbani, Krishnan & Xiao 2019, An Investigation into Neural Net Optimization via Hessian
         Eigenvalue Density. <https://arxiv.org/abs/1901.10159>
+      - Cohen et al. 2022, Adaptive Gradient Methods at the Edge of Stability (preconditioned sharpness).
+        <https://arxiv.org/abs/2207.14484>
 
     Examples:
       >>> import numpy as np
@@ -247,9 +256,27 @@ def sharpness(*, iters: int = 20, seed: int = 0):
 
     def fn(snap):
         dim = sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(snap.params))
-        return lanczos(snap.objective, snap.params, k=1, iters=min(iters, dim), key=jax.random.key(seed)).values[0]
+        objective, at = snap.objective, snap.params
+        if preconditioned:
+            if snap.model is None:
+                raise ValueError("ow.measure.sharpness(preconditioned=True) needs the snapshot's model (its "
+                                 "learning-rate multipliers); pass model= to ow.Snapshot")
+            root = jax.tree.map(lambda d: d ** 0.5, _sgd_multipliers(snap.model, snap.x_train))
+
+            def objective(u):
+                return snap.objective(jax.tree.map(lambda a, r: a * r, u, root))
+
+            at = jax.tree.map(lambda p, r: p / r, snap.params, root)
+        return lanczos(objective, at, k=1, iters=min(iters, dim), key=jax.random.key(seed)).values[0]
 
     return fn
+
+
+def _sgd_multipliers(model, x):
+    """Per-tensor factors of ``ow.train``'s SGD step: width multipliers times depth factors (Python floats)."""
+    scales = model.lr_scales(x, optimizer="sgd")
+    depth = model.depth_scales(x, optimizer="sgd")
+    return scales if depth is None else jax.tree.map(lambda a, b: a * b, scales, depth)
 
 
 def ntk_top(x=None):

@@ -22,7 +22,7 @@ def test_list(capsys):
 
 def test_unknown_experiment(capsys):
     assert cli.main(["run", "no-such-thing"]) == 2
-    assert ("available: catapult, coord-check, depth-coord-check, depth-transfer, dmft, double-descent, eps-transfer, gradient-coherence, grokking, lazy-rich, learning-curves, "
+    assert ("available: catapult, coord-check, depth-coord-check, depth-transfer, dmft, double-descent, edge-of-stability, eps-transfer, gradient-coherence, grokking, lazy-rich, learning-curves, "
             "mutransfer, mutransfer-transformer") in capsys.readouterr().err
 
 
@@ -127,6 +127,33 @@ def test_eps_transfer_quick(tmp_path, monkeypatch):
         np.testing.assert_array_equal(at_base.sel(mode="fixed"), at_base.sel(mode="scaled"))
         assert bool((ds.final_loss.isel(eps=0) < 0.5 * ds.initial_loss.isel(eps=0)).all())  # small eps: it trains
     assert (tmp_path / "eps_transfer.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow  # ~27-33 s (compile-bound: faster at -O0 than marked compute_bound)
+def test_edge_of_stability_quick(tmp_path, monkeypatch):
+    """Full-batch GD at 2/lr = k x the initial sharpness, k = 1.15, 1.25, 1.4, 2 (Cohen et al. 2021): under SP,
+    NTP and muP the three largest learning rates sharpen to 2/lr and then stay within 10% of it at more than
+    half of the remaining records; the smallest never gets there."""
+    monkeypatch.setenv("OWIDTH_NO_PROGRESS", "1")
+    with jax.enable_x64(False):
+        summary = ow.experiments.run("edge-of-stability", out=tmp_path, quick=True)
+    assert summary["eos_ok"], summary["runs"]
+    for name in ("sp", "ntp", "mup"):
+        run = summary["runs"][name]["64"]
+        assert run["at_edge"] == 3 and run["reach_step"][-1] == -1, (name, run)
+        assert all(s == "ok" for s in run["status"]), run  # at the edge, not diverging
+    with xr.open_dataset(tmp_path / "edge_of_stability.nc") as ds:
+        assert ds.sharpness.dims == ("param", "width", "k", "step")
+        # 2/lr is k times the recorded step-0 sharpness: the lrs were set at ow.train's own initialisation
+        s0 = ds.sharpness.isel(step=0)
+        np.testing.assert_allclose(2 / (ds.lr * s0), ds.k.broadcast_like(ds.lr), rtol=1e-3)
+        # muP at its base width is NTP: the same training, record for record
+        np.testing.assert_allclose(ds.sharpness.sel(param="mup"), ds.sharpness.sel(param="ntp"), rtol=1e-5)
+        # each run at the edge ends near its own 2/lr: the plateau is set by the learning rate
+        final = (ds.sharpness.isel(step=-1) * ds.lr / 2).where(ds.at_edge)
+        assert float(abs(final - 1).max()) <= 0.1, final.values
+        assert bool((ds.train_loss.isel(step=-1) < 0.1 * ds.train_loss.isel(step=0)).all())  # training goes on
+    assert (tmp_path / "edge_of_stability.png").stat().st_size > 10_000
 
 
 @pytest.mark.slow  # ~15 s

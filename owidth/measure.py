@@ -256,18 +256,18 @@ def sharpness(*, iters: int = 20, seed: int = 0, preconditioned: bool = False):
 
     def fn(snap):
         dim = sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(snap.params))
-        objective, at = snap.objective, snap.params
-        if preconditioned:
-            if snap.model is None:
-                raise ValueError("ow.measure.sharpness(preconditioned=True) needs the snapshot's model (its "
-                                 "learning-rate multipliers); pass model= to ow.Snapshot")
-            root = jax.tree.map(lambda d: d ** 0.5, _sgd_multipliers(snap.model, snap.x_train))
+        if not preconditioned:
+            return lanczos(snap.objective, snap.params, k=1, iters=min(iters, dim), key=jax.random.key(seed)).values[0]
+        if snap.model is None:
+            raise ValueError("ow.measure.sharpness(preconditioned=True) needs the snapshot's model (its "
+                             "learning-rate multipliers); pass model= to ow.Snapshot")
+        root = jax.tree.map(lambda d: d ** 0.5, _sgd_multipliers(snap.model, snap.x_train))
 
-            def objective(u):
-                return snap.objective(jax.tree.map(lambda a, r: a * r, u, root))
+        def scaled(u):  # the objective of u = D^-1/2 w
+            return snap.objective(jax.tree.map(lambda a, r: a * r, u, root))
 
-            at = jax.tree.map(lambda p, r: p / r, snap.params, root)
-        return lanczos(objective, at, k=1, iters=min(iters, dim), key=jax.random.key(seed)).values[0]
+        at = jax.tree.map(lambda p, r: p / r, snap.params, root)
+        return lanczos(scaled, at, k=1, iters=min(iters, dim), key=jax.random.key(seed)).values[0]
 
     return fn
 

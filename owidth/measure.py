@@ -26,7 +26,7 @@ from owidth._objective import loss_fn, targets
 from owidth.param import Parametrization, model_scales
 
 __all__ = ["ntk_movement", "param_movement", "feature_movement", "kernel_alignment", "effective_rank", "sharpness",
-           "coord_check"]
+           "ntk_top", "coord_check"]
 
 
 def _rel(a, b):
@@ -214,7 +214,7 @@ def effective_rank(x):
     return fn
 
 
-def sharpness(*, iters: int = 20, seed: int = 0):
+def sharpness(*, iters: int = 20, seed: int = 0, preconditioned: bool = False):
     """Sharpness: the top eigenvalue of the Hessian of the full-batch training loss
     (:meth:`ow.Snapshot.objective`: the loss, centring and ``alpha`` of the ``ow.train`` call), by
     ``iters`` Lanczos steps (:func:`ow.curvature.lanczos`) from a start vector drawn from ``seed``.
@@ -223,11 +223,20 @@ def sharpness(*, iters: int = 20, seed: int = 0):
     the edge of stability (Cohen et al. 2021). Costs ``iters`` Hessian-vector products per record
     and member.
 
+    ``preconditioned=True``: the top eigenvalue of ``D^1/2 H D^1/2`` instead, ``D`` the diagonal of the
+    per-tensor SGD learning-rate multipliers of the snapshot's model (``model.lr_scales`` times
+    ``model.depth_scales``, e.g. ``(n / n0)^-c`` under muP). ``ow.train``'s SGD step is
+    ``-eta D grad``, gradient descent with step ``eta`` on ``u = D^-1/2 w``, whose Hessian that is: the
+    quantity the bound ``2 / eta`` applies to (Cohen et al. 2022's preconditioned sharpness). Equal to the
+    plain sharpness where every multiplier is 1 (SP, NTP, muP at its base width).
+
     References:
       - Cohen et al. 2021, Gradient Descent on Neural Networks Typically Occurs at the Edge of Stability.
         <https://arxiv.org/abs/2103.00065>
       - Ghorbani, Krishnan & Xiao 2019, An Investigation into Neural Net Optimization via Hessian
         Eigenvalue Density. <https://arxiv.org/abs/1901.10159>
+      - Cohen et al. 2022, Adaptive Gradient Methods at the Edge of Stability (preconditioned sharpness).
+        <https://arxiv.org/abs/2207.14484>
 
     Examples:
       >>> import numpy as np
@@ -247,7 +256,70 @@ def sharpness(*, iters: int = 20, seed: int = 0):
 
     def fn(snap):
         dim = sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(snap.params))
-        return lanczos(snap.objective, snap.params, k=1, iters=min(iters, dim), key=jax.random.key(seed)).values[0]
+        if not preconditioned:
+            return lanczos(snap.objective, snap.params, k=1, iters=min(iters, dim), key=jax.random.key(seed)).values[0]
+        if snap.model is None:
+            raise ValueError("ow.measure.sharpness(preconditioned=True) needs the snapshot's model (its "
+                             "learning-rate multipliers); pass model= to ow.Snapshot")
+        root = jax.tree.map(lambda d: d ** 0.5, _sgd_multipliers(snap.model, snap.x_train))
+
+        def scaled(u):  # the objective of u = D^-1/2 w
+            return snap.objective(jax.tree.map(lambda a, r: a * r, u, root))
+
+        at = jax.tree.map(lambda p, r: p / r, snap.params, root)
+        return lanczos(scaled, at, k=1, iters=min(iters, dim), key=jax.random.key(seed)).values[0]
+
+    return fn
+
+
+def _sgd_multipliers(model, x):
+    """Per-tensor factors of ``ow.train``'s SGD step: width multipliers times depth factors (Python floats)."""
+    scales = model.lr_scales(x, optimizer="sgd")
+    depth = model.depth_scales(x, optimizer="sgd")
+    return scales if depth is None else jax.tree.map(lambda a, b: a * b, scales, depth)
+
+
+def ntk_top(x=None):
+    """Top eigenvalue of the NTK of the trained output ``F = alpha (f - f0)`` over the MSE's ``N``:
+    ``lambda = alpha^2 lambda_max(Theta) / N`` with ``Theta`` the empirical NTK of ``f`` on ``x`` over all
+    ``N k`` outputs (``x``: the training inputs when None).
+
+    It is the top eigenvalue of the Gauss-Newton matrix ``alpha^2 J^T J / N`` of the full-batch MSE
+    ``(1/2N) sum_n ||F(x_n) - y_n||^2`` (:func:`ow.curvature.gauss_newton_top` times ``alpha^2``), so it
+    equals :func:`sharpness` wherever the residuals vanish. Linearised around the current parameters, a
+    gradient step of size ``eta`` on that loss multiplies the residual along the top eigenvector by
+    ``1 - eta lambda``: gradient descent is stable iff ``eta < 2 / lambda`` (Lewkowycz et al. 2020). With
+    ``ow.train``'s SGD the step on the objective is ``lr / alpha^2``, so the bound reads
+    ``lr < 2 alpha^2 / lambda``; at the default ``alpha = 1``, ``lr < 2 / lambda``. In the catapult phase
+    ``2 / lambda_0 < eta < c / lambda_0`` the loss first grows, the kernel's top eigenvalue falls until
+    ``eta < 2 / lambda``, and training converges in a flatter region (Lewkowycz et al. 2020). The centring
+    offset ``f0`` is constant and does not enter. Costs one empirical NTK (``N k x N k``) and its
+    ``eigvalsh`` per record and member.
+
+    References:
+      - Lewkowycz, Bahri, Dyer, Sohl-Dickstein & Gur-Ari 2020, The large learning rate phase of deep
+        learning: the catapult mechanism. <https://arxiv.org/abs/2003.02218>
+      - Jacot, Gabriel & Hongler 2018, Neural Tangent Kernel: Convergence and Generalization in Neural
+        Networks. <https://arxiv.org/abs/1806.07572>
+
+    Examples:
+      A linear model ``f = x w``: the NTK is ``x x^T``, with eigenvalues 4 and 1 here, over ``N = 2``:
+
+      >>> import jax.numpy as jnp
+      >>> import owidth as ow
+      >>> x = jnp.array([[2.0, 0.0], [0.0, 1.0]])
+      >>> snap = ow.Snapshot(apply=lambda p, u: u @ p, params=jnp.zeros(2), params0=jnp.zeros(2), x_train=x,
+      ...                    y_train=jnp.zeros((2, 1)), x_test=None, y_test=None, alpha=1.0, model=None)
+      >>> float(ow.measure.ntk_top()(snap))
+      2.0
+    """
+    from owidth.curvature import gauss_newton_top
+
+    if x is not None:
+        x = _checks.as_float_array("x", x, where="ow.measure.ntk_top", rank=None)
+
+    def fn(snap):
+        return snap.alpha ** 2 * gauss_newton_top(snap.apply, snap.params, snap.x_train if x is None else x)
 
     return fn
 

@@ -22,7 +22,8 @@ def test_list(capsys):
 
 def test_unknown_experiment(capsys):
     assert cli.main(["run", "no-such-thing"]) == 2
-    assert ("available: coord-check, depth-coord-check, depth-transfer, dmft, double-descent, eps-transfer, gradient-coherence, grokking, hessian-spectrum, lazy-rich, learning-curves, "
+    assert ("available: catapult, coord-check, depth-coord-check, depth-transfer, dmft, double-descent, edge-of-stability, "
+            "eps-transfer, gradient-coherence, grokking, hessian-spectrum, lazy-rich, learning-curves, "
             "lottery-ticket, mutransfer, mutransfer-transformer") in capsys.readouterr().err
 
 
@@ -182,6 +183,56 @@ def test_hessian_spectrum_quick(tmp_path, monkeypatch):
                 share = k / int(ds.params.sel(loss=loss, classes=c, width=64))
                 assert abs(mass / share - 1) < 4 * np.sqrt(2 / (nodes.shape[0] * k)), (loss, c, mass / share)
     assert (tmp_path / "hessian_spectrum.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow  # ~27-33 s (compile-bound: faster at -O0 than marked compute_bound)
+def test_edge_of_stability_quick(tmp_path, monkeypatch):
+    """Full-batch GD at 2/lr = k x the initial sharpness, k = 1.15, 1.25, 1.4, 2 (Cohen et al. 2021): under SP,
+    NTP and muP the three largest learning rates sharpen to 2/lr and then stay within 10% of it at more than
+    half of the remaining records; the smallest never gets there."""
+    monkeypatch.setenv("OWIDTH_NO_PROGRESS", "1")
+    with jax.enable_x64(False):
+        summary = ow.experiments.run("edge-of-stability", out=tmp_path, quick=True)
+    assert summary["eos_ok"], summary["runs"]
+    for name in ("sp", "ntp", "mup"):
+        run = summary["runs"][name]["64"]
+        assert run["at_edge"] == 3 and run["reach_step"][-1] == -1, (name, run)
+        assert all(s == "ok" for s in run["status"]), run  # at the edge, not diverging
+    with xr.open_dataset(tmp_path / "edge_of_stability.nc") as ds:
+        assert ds.sharpness.dims == ("param", "width", "k", "step")
+        # 2/lr is k times the recorded step-0 sharpness: the lrs were set at ow.train's own initialisation
+        s0 = ds.sharpness.isel(step=0)
+        np.testing.assert_allclose(2 / (ds.lr * s0), ds.k.broadcast_like(ds.lr), rtol=1e-3)
+        # muP at its base width is NTP: the same training, record for record
+        np.testing.assert_allclose(ds.sharpness.sel(param="mup"), ds.sharpness.sel(param="ntp"), rtol=1e-5)
+        # each run at the edge ends near its own 2/lr: the plateau is set by the learning rate
+        final = (ds.sharpness.isel(step=-1) * ds.lr / 2).where(ds.at_edge)
+        assert float(abs(final - 1).max()) <= 0.1, final.values
+        assert bool((ds.train_loss.isel(step=-1) < 0.1 * ds.train_loss.isel(step=0)).all())  # training goes on
+    assert (tmp_path / "edge_of_stability.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow  # ~15 s
+def test_catapult_quick(tmp_path, monkeypatch):
+    """Wide NTP ReLU nets at lr = c 2/lambda0 (Lewkowycz et al. 2020): lazy for c < 1 (top NTK eigenvalue within
+    5% of lambda0, no loss spike); for 1 < c <= 1.6 a loss spike, convergence (final loss < 1% of the initial)
+    and a final top NTK eigenvalue below lambda0 and below 2/lr; divergence for c >= 2.2."""
+    monkeypatch.setenv("OWIDTH_NO_PROGRESS", "1")
+    with jax.enable_x64(False):
+        summary = ow.experiments.run("catapult", out=tmp_path, quick=True)
+    assert summary["checks"] == {"lazy_ok": True, "catapult_ok": True, "divergent_ok": True}, summary
+    assert summary["phases_ok"] and summary["init_lambda_match"] < 1e-4  # lambda0 is the step-0 record
+    with xr.open_dataset(tmp_path / "catapult.nc") as ds:
+        assert ds.ntk_top.dims == ("width", "seed", "c", "step")
+        phase = ds.phase.isel(width=0)
+        for c, want in ((0.5, "lazy"), (1.2, "catapult"), (3.0, "divergent")):
+            assert (phase.sel(c=c) == want).all(), (c, phase.sel(c=c).values)
+        # the learning rates are c 2 / lambda0 of each seed's own initialisation
+        np.testing.assert_allclose(ds.lr * ds.lambda0 / 2, ds.c.broadcast_like(ds.lr), rtol=1e-6)
+        # in the catapult phase the kernel's top eigenvalue falls below 2/lr (in units of lambda0: 1/c)
+        final = (ds.ntk_top.isel(step=-1) / ds.lambda0).sel(c=[1.1, 1.2, 1.4, 1.6])
+        assert bool((final < 1 / final.c).all()), final.values
+    assert (tmp_path / "catapult.png").stat().st_size > 10_000
 
 
 @pytest.mark.slow  # default suite was 9:59 in CI; these three take ~80 s

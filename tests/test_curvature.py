@@ -111,6 +111,48 @@ def test_sharpness_metric_in_train_is_the_top_hessian_eigenvalue():
     assert float(sharp.sel(alpha=2.0).isel(step=0)) > 2 * float(sharp.sel(alpha=1.0).isel(step=0))  # ~alpha^2 J^T J
 
 
+def test_preconditioned_sharpness_is_the_top_eigenvalue_of_the_scaled_hessian():
+    """sharpness(preconditioned=True) under muP away from its base width (per-tensor SGD multipliers D != 1):
+    the top eigenvalue of D^1/2 H D^1/2 from the dense Hessian, which GD at step lr on u = D^-1/2 w (ow.train's
+    step -lr D grad) sees; under NTP (D = 1) the plain sharpness."""
+    for param, scaled in ((ow.MUP.with_base_width(4), True), (ow.NTP, False)):
+        model = ow.finite(NET, width=8, param=param)
+        params = model.init(jax.random.key(2), X)
+        snap = ow.Snapshot(apply=model.apply, params=params, params0=params, x_train=X, y_train=Y, x_test=None,
+                           y_test=None, alpha=1.0, model=model)
+        flat, unravel = ravel_pytree(params)
+        dense = np.asarray(jax.hessian(lambda u: snap.objective(unravel(u)))(flat))
+        d = np.asarray(ravel_pytree(jax.tree.map(lambda s, p: jnp.full(p.shape, s),
+                                                 model.lr_scales(X, optimizer="sgd"), params))[0])
+        assert (np.ptp(d) > 0) == scaled, d
+        exact = np.linalg.eigvalsh(np.sqrt(d)[:, None] * dense * np.sqrt(d)[None])[-1]
+        got = float(ow.measure.sharpness(iters=60, preconditioned=True)(snap))
+        np.testing.assert_allclose(got, exact, rtol=1e-6)
+        if not scaled:
+            np.testing.assert_allclose(got, float(ow.measure.sharpness(iters=60)(snap)), rtol=1e-8)
+
+
+def test_ntk_top_metric_is_the_explicit_ntk_top_and_the_sharpness_at_zero_residual():
+    """ow.measure.ntk_top, recorded inside ow.train: alpha^2 times the top eigenvalue of the explicit NTK
+    J J^T (N k x N k, from the dense Jacobian) over N, for two alphas; on x given explicitly; and, with
+    targets 0 and centring (zero residual at step 0), equal to the sharpness."""
+    model = ow.finite(NET, width=8)
+    params0 = model.init(jax.random.key(5), X)
+    metrics = {"ntk_top": ow.measure.ntk_top(), "ntk_top_half": ow.measure.ntk_top(X[:6]),
+               "sharpness": ow.measure.sharpness(iters=60)}
+    ds = ow.train(NET, (X, np.zeros_like(Y)), widths=8, lr=[0.05], alpha=[1.0, 2.0], steps=4, record_every=4,
+                  init_params=params0, metrics=metrics, progress_bar=False)
+    at0 = ds.isel(width=0, seed=0, lr=0, step=0)
+    flat, unravel = ravel_pytree(params0)
+    for x in (X, X[:6]):
+        jac = np.asarray(jax.jacobian(lambda u, x=x: model.apply(unravel(u), x).reshape(-1))(flat))  # (N k, D)
+        top = np.linalg.eigvalsh(jac @ jac.T)[-1] / x.shape[0]
+        name = "ntk_top" if x is X else "ntk_top_half"
+        np.testing.assert_allclose(at0[name].values, [top, 4 * top], rtol=1e-10)
+    np.testing.assert_allclose(at0["ntk_top"].values, at0["sharpness"].values, rtol=1e-8)
+    assert np.all(np.isfinite(ds["ntk_top"].values))
+
+
 @pytest.mark.parametrize("call,match", [
     (lambda: ow.curvature.lanczos(lambda p: jnp.sum(p ** 2), jnp.zeros(3), k=4), "k=4 exceeds the number of parameters"),
     (lambda: ow.curvature.lanczos(lambda p: jnp.sum(p ** 2), jnp.zeros(3), k=2, iters=1), "iters=1 must lie between"),

@@ -86,6 +86,18 @@ _EXPERIMENTS = (
         "owidth.experiments.eps_transfer:run",
     ),
     Experiment(
+        "catapult",
+        "Wide NTP ReLU nets, full-batch GD at lr = c 2/lambda0: lazy for c < 1 (NTK fixed), catapult for 1 < c < ~2 "
+        "(loss spike, then convergence with top NTK eigenvalue below 2/lr), divergent beyond (Lewkowycz et al. 2020).",
+        "owidth.experiments.catapult:run",
+    ),
+    Experiment(
+        "edge-of-stability",
+        "Full-batch GD on tanh MLPs under SP, NTP and muP: the sharpness rises to 2/lr and hovers there, each lr at "
+        "its own 2/lr, while the loss keeps falling (Cohen et al. 2021).",
+        "owidth.experiments.edge_of_stability:run",
+    ),
+    Experiment(
         "grokking",
         "Modular addition with a 2-layer MLP and weight decay at several output scales alpha: the step at which "
         "test accuracy passes 90% grows as training gets lazier (Kumar et al. 2023; Power et al. 2022).",

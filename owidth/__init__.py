@@ -9,7 +9,7 @@ One width-free spec, several interpretations::
     theta = ow.empirical_ntk(model.apply, model.init(key, x), x)
 """
 
-from owidth import curvature, experiments, layers, measure, predict, prune, theory
+from owidth import curvature, experiments, finite_width, layers, measure, predict, prune, theory
 from owidth._caches import clear_caches
 from owidth._finite import FiniteModel, finite
 from owidth._kernel import kernel
@@ -159,7 +159,7 @@ __all__ = [
     "Tanh",
     "UMUP",
     "clear_caches",
-    "curvature", "prune",
+    "curvature", "finite_width", "prune",
     "concat",
     "coord_check",
     "dmft",

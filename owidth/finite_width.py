@@ -71,7 +71,7 @@ import numpy as np
 
 from owidth import _checks
 
-__all__ = ["Expansion", "expansion", "four_point", "nngp_correction"]
+__all__ = ["Expansion", "expansion", "four_point", "last_layer_covariances", "nngp_correction"]
 
 _WHERE = "ow.finite_width"
 # Gauss-Hermite nodes per dimension for M4 by the number of distinct inputs (1..4): smooth, kinked
@@ -322,3 +322,40 @@ def four_point(net, x, *, memory_budget: int = 2**30) -> jax.Array:
 def nngp_correction(net, x, *, memory_budget: int = 2**30) -> jax.Array:
     """``K1`` (N, N): ``E f(x_a) f(x_b) = K_ab + K1_ab / n + O(1/n^2)`` at width ``n`` (see :func:`expansion`)."""
     return expansion(net, x, memory_budget=memory_budget).nngp_correction
+
+
+def last_layer_covariances(net, x, *, width: int, samples: int, seed: int = 0, memory: int = 2**30) -> np.ndarray:
+    """Monte Carlo over ``samples`` random networks ``ow.finite(net, width=width)`` of the last layer's
+    conditional covariance ``G = b^2 + w^2 h h^T / fan_in`` (``h``: the last hidden features, ``w``, ``b``:
+    the last ``Dense``'s ``w_std``, ``b_std``), shape (samples, N, N).
+
+    Given ``h`` the outputs are exactly Gaussian with covariance ``G`` (independent across outputs), so
+    ``E f_a f_b = E G_ab`` and, for two different outputs, the connected four-point function is
+    ``Cov(G_ab, G_cd)``: the Rao-Blackwellised estimators of the quantities :func:`expansion` predicts,
+    without the outputs' own sampling noise. Networks are drawn in compiled batches whose parameters fit in
+    ``memory`` bytes; network ``s`` of the batch ``c`` uses ``jax.random.split(jax.random.key(seed * 10**6 + c))``.
+    """
+    from owidth._finite import finite
+
+    where = f"{_WHERE}.last_layer_covariances"
+    layers = _layers(net)
+    width = _checks.positive_int("width", width, where=where)
+    samples = _checks.positive_int("samples", samples, where=where)
+    x = _checks.as_float_array("x", x, where=where, rank=2)
+    w, b, _ = layers[-1]
+    model = finite(net, width=width)
+    per_net = (len(layers) - 1) * width * max(width, x.shape[1]) * jnp.dtype(jnp.result_type(float)).itemsize
+    chunk = max(1, min(samples, memory // max(per_net, 1)))
+
+    @jax.jit
+    def gram(keys):
+        def one(key):
+            h = model.intermediates(model.init(key, x), x).features
+            return b ** 2 + w ** 2 * h @ h.T / h.shape[1]
+
+        return jax.vmap(one)(keys)
+
+    out = []
+    for c in range(-(-samples // chunk)):
+        out.append(np.asarray(gram(jax.random.split(jax.random.key(seed * 10**6 + c), chunk))))
+    return np.concatenate(out)[:samples]

@@ -1,7 +1,6 @@
 """ow.finite_width (issue 20, first part): the 1/n four-point vertex V and NNGP correction K1 of MLPs, against
 deep-linear closed forms (exact) and Monte Carlo over finite networks."""
 
-import jax
 import numpy as np
 import pytest
 
@@ -74,26 +73,6 @@ def test_one_hidden_relu_vertex_is_the_arc_cosine_closed_form():
     np.testing.assert_allclose(e.vertex[0, 1, 0, 1], w ** 4 * (m22 - f01 ** 2), rtol=1e-5)
 
 
-def _features_gram(net, width: int, samples: int, x=X, chunk: int = 10000):
-    """Monte Carlo over ``samples`` networks of the last layer's conditional covariance
-    G = b^2 + w^2 h h^T / n (h: the last hidden features): given h the outputs are exactly Gaussian with
-    covariance G, so E f f' = E G and, for two different outputs, E[f_ia f_ib f_jc f_jd] - E G_ab E G_cd =
-    Cov(G_ab, G_cd): the output statistics without the output sampling noise (Rao-Blackwellised)."""
-    model = ow.finite(net, width=width)
-    last = net.layers[-1]
-
-    @jax.jit
-    def gram(keys):
-        def one(key):
-            h = model.intermediates(model.init(key, x), x).features
-            return last.b_std ** 2 + last.w_std ** 2 * h @ h.T / h.shape[1]
-
-        return jax.vmap(one)(keys)
-
-    return np.concatenate([np.asarray(gram(jax.random.split(jax.random.key(c), chunk)))
-                           for c in range(samples // chunk)])
-
-
 PAIRS = [(0, 0), (0, 1), (1, 2), (2, 2), (0, 2)]
 
 
@@ -119,7 +98,7 @@ def test_vertex_and_nngp_correction_match_monte_carlo(act, hidden):
     v = np.array([[float(e.vertex[a, b, c, d]) for c, d in PAIRS] for a, b in PAIRS])
     k = np.array([float(e.nngp[a, b]) for a, b in PAIRS])
     k1 = np.array([float(e.nngp_correction[a, b]) for a, b in PAIRS])
-    (c1, s1, m1, t1), (c2, s2, m2, t2) = (_moments(_features_gram(net, n, 40000), n) for n in (32, 128))
+    (c1, s1, m1, t1), (c2, s2, m2, t2) = (_moments(ow.finite_width.last_layer_covariances(net, X, width=n, samples=40000), n) for n in (32, 128))
     # Richardson: C(n) = V + A/n  =>  V = (128 C(128) - 32 C(32)) / 96
     v_ex, v_se = (128 * c2 - 32 * c1) / 96, np.hypot(128 * s2, 32 * s1) / 96
     assert np.all(np.abs(v_ex - v) <= 3.5 * v_se + 1e-3 * np.abs(v).max()), ((v_ex - v) / v_se)

@@ -98,6 +98,12 @@ _EXPERIMENTS = (
         "owidth.experiments.edge_of_stability:run",
     ),
     Experiment(
+        "finite-width",
+        "ReLU MLPs of 1..4 hidden layers at widths 16..256: Monte Carlo output covariance and connected four-point "
+        "function vs infinite width and vs the 1/n corrections (Roberts, Yaida & Hanin 2022).",
+        "owidth.experiments.finite_width:run",
+    ),
+    Experiment(
         "grokking",
         "Modular addition with a 2-layer MLP and weight decay at several output scales alpha: the step at which "
         "test accuracy passes 90% grows as training gets lazier (Kumar et al. 2023; Power et al. 2022).",

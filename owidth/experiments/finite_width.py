@@ -1,0 +1,129 @@
+"""Finite-width corrections of ReLU MLPs at initialisation: Monte Carlo vs infinite width vs order 1/n.
+
+For ReLU MLPs with 1..4 hidden layers (``w_std`` 1.3, ``b_std`` 0.3, 3 inputs from a fixed Gaussian
+draw) at widths 16..256, ``SAMPLES`` random networks each give the last layer's conditional covariance
+``G = b^2 + w^2 h h^T / n`` (``h``: the last hidden features). Given ``h`` the outputs are exactly
+Gaussian with covariance ``G``, so the output two-point function is ``E G`` and the connected
+four-point function of two different outputs is ``Cov(G_ab, G_cd)`` (Rao-Blackwellised Monte Carlo:
+no output sampling noise). The infinite-width theory predicts ``E G = K`` and no connected four-point
+function; :func:`ow.finite_width.expansion` adds ``K1 / n`` and ``V / n``.
+
+Theory (Roberts, Yaida & Hanin 2022): the uncorrected errors fall like ``1/n``, the corrected ones like
+``1/n^2``, until they reach the Monte Carlo noise; the output's excess kurtosis grows with the depth
+at fixed width, ``~ (L - 1) / n`` for ReLU: the depth-to-width ratio is the expansion parameter.
+
+Measured: see ``summary.json`` (slopes of the errors against width, per depth) and the README row.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+
+import owidth as ow
+from owidth.experiments._common import loglog_slope, progress
+
+__all__ = ["run", "PAIRS", "SAMPLES"]
+
+SAMPLES = 40000
+PAIRS = ((0, 0), (0, 1), (1, 2), (2, 2), (0, 2))
+
+
+def _net(hidden: int):
+    layers = [ow.Dense(w_std=1.3, b_std=0.3)]
+    for i in range(hidden):
+        layers += [ow.Relu(), ow.Dense(w_std=1.3, b_std=0.3, out=1 if i == hidden - 1 else None)]
+    return ow.serial(*layers)
+
+
+def run(*, out: pathlib.Path, quick: bool, seed: int) -> dict:
+    import matplotlib.pyplot as plt
+    import xarray as xr
+
+    x = np.random.default_rng(seed).standard_normal((3, 4))
+    depths = [1, 3] if quick else [1, 2, 3, 4]
+    widths = [16, 32, 64] if quick else [16, 32, 64, 128, 256]
+    samples = 10000 if quick else SAMPLES
+    shape = (len(depths), len(widths))
+    err2 = {k: np.zeros(shape) for k in ("uncorrected", "corrected", "noise")}
+    err4 = {k: np.zeros(shape) for k in ("uncorrected", "corrected", "noise")}
+    kurt = {k: np.zeros(shape) for k in ("monte_carlo", "theory", "se")}
+    bar = progress(total=len(depths) * len(widths), desc="finite-width")
+    try:
+        for i, hidden in enumerate(depths):
+            net = _net(hidden)
+            e = ow.finite_width.expansion(net, x)
+            k = np.array([float(e.nngp[a, b]) for a, b in PAIRS])
+            k1 = np.array([float(e.nngp_correction[a, b]) for a, b in PAIRS])
+            v = np.array([[float(e.vertex[a, b, c, d]) for c, d in PAIRS] for a, b in PAIRS])
+            for j, n in enumerate(widths):
+                g = ow.finite_width.last_layer_covariances(net, x, width=n, samples=samples, seed=seed)
+                p = np.stack([g[:, a, b] for a, b in PAIRS], 1)
+                mean, cov = p.mean(0), np.cov(p.T)
+                parts = np.split(p, 20)
+                se_mean = np.stack([q.mean(0) for q in parts]).std(0, ddof=1) / np.sqrt(20)
+                se_cov = np.stack([np.cov(q.T) for q in parts]).std(0, ddof=1) / np.sqrt(20)
+                scale2, scale4 = np.linalg.norm(k), np.linalg.norm(v)
+                err2["uncorrected"][i, j] = np.linalg.norm(mean - k) / scale2
+                err2["corrected"][i, j] = np.linalg.norm(mean - k - k1 / n) / scale2
+                err2["noise"][i, j] = np.linalg.norm(se_mean) / scale2
+                err4["uncorrected"][i, j] = np.linalg.norm(cov) / scale4  # relative to |V|
+                err4["corrected"][i, j] = np.linalg.norm(cov - v / n) / scale4
+                err4["noise"][i, j] = np.linalg.norm(se_cov) / scale4
+                g00 = g[:, 0, 0]  # kurtosis of f(x_0): E f^4 = 3 E G^2, excess 3 Var G / (E G)^2
+                kurt["monte_carlo"][i, j] = 3 * g00.var() / g00.mean() ** 2
+                kurt["se"][i, j] = np.std([3 * q.var() / q.mean() ** 2 for q in np.split(g00, 20)], ddof=1) / np.sqrt(20)
+                kurt["theory"][i, j] = float(e.kurtosis(n)[0])
+                bar.update(1)
+    finally:
+        bar.close()
+    dims = ("hidden_layers", "width")
+    ds = xr.Dataset({**{f"nngp_error_{k}": (dims, a) for k, a in err2.items()},
+                     **{f"four_point_error_{k}": (dims, a) for k, a in err4.items()},
+                     **{f"kurtosis_{k}": (dims, a) for k, a in kurt.items()}},
+                    coords={"hidden_layers": depths, "width": widths},
+                    attrs={"samples": samples, "w_std": 1.3, "b_std": 0.3, "activation": "relu", "inputs": 3,
+                           "pairs": str(PAIRS), "estimator": "Rao-Blackwellised: last-layer conditional covariance"})
+    ds.to_netcdf(out / "finite_width.nc")
+    deep = len(depths) - 1
+    slopes = {"nngp_uncorrected": loglog_slope(widths, err2["uncorrected"][deep]),
+              "four_point_uncorrected": loglog_slope(widths, err4["uncorrected"][deep]),
+              "four_point_corrected": loglog_slope(widths, err4["corrected"][deep])}
+
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.6), constrained_layout=True)
+    colors = [plt.cm.viridis(0.85 * i / max(1, len(depths) - 1)) for i in range(len(depths))]
+    for ax, err, title, unit in ((axes[0], err2, "output covariance E f f'", "relative error"),
+                                 (axes[1], err4, "connected four-point function", "error / |V|")):
+        for i, hidden in enumerate(depths):
+            ax.plot(widths, err["uncorrected"][i], "o--", color=colors[i], ms=3, label=f"{hidden} hidden: infinite width")
+            ax.plot(widths, err["corrected"][i], "s-", color=colors[i], ms=3, label=f"{hidden} hidden: + 1/n")
+            ax.fill_between(widths, 0, 2 * err["noise"][i], color=colors[i], alpha=0.08)
+        ax.set(xscale="log", yscale="log", xlabel="width n", ylabel=unit, title=f"{title} (band: 2 SE of Monte Carlo)")
+        ax.set_xscale("log", base=2)
+        ax.grid(True, which="major", alpha=0.3)
+    axes[0].legend(fontsize=7, ncol=2)
+    ax = axes[2]
+    for i, hidden in enumerate(depths):
+        ratio = hidden / np.asarray(widths)
+        ax.errorbar(ratio, kurt["monte_carlo"][i], yerr=2 * kurt["se"][i], fmt="o", color=colors[i], ms=3,
+                    label=f"{hidden} hidden (Monte Carlo)")
+        ax.plot(ratio, kurt["theory"][i], "-", color=colors[i], lw=1)
+    ax.set(xscale="log", yscale="log", xlabel="hidden layers / width", ylabel="excess kurtosis of f(x_0)",
+           title="kurtosis vs depth-to-width ratio (lines: 3 V / (n K^2))")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.suptitle(f"Finite-width corrections of ReLU MLPs at initialisation, {samples} networks per point "
+                 "(Roberts, Yaida & Hanin 2022)", fontsize=10)
+    fig.savefig(out / "finite_width.png", dpi=150)
+    plt.close(fig)
+    kz = (kurt["monte_carlo"] - kurt["theory"]) / kurt["se"]
+    print(f"finite-width: deepest ({depths[deep]} hidden) error slopes vs width: covariance uncorrected "
+          f"{slopes['nngp_uncorrected']:+.2f}; four-point uncorrected {slopes['four_point_uncorrected']:+.2f}, "
+          f"corrected {slopes['four_point_corrected']:+.2f}; kurtosis (MC - theory) / SE at the widest "
+          f"{np.array2string(kz[:, -1], precision=1)}")
+    return {"depths": depths, "widths": widths, "samples": samples, "slopes": slopes,
+            "kurtosis_z_widest": [float(z) for z in kz[:, -1]],
+            "four_point_corrected_over_uncorrected_widest": [float(a) for a in
+                                                            err4["corrected"][:, -1] / err4["uncorrected"][:, -1]],
+            "files": ["finite_width.nc", "finite_width.png", "summary.json"]}

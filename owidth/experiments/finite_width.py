@@ -12,7 +12,14 @@ Theory (Roberts, Yaida & Hanin 2022): the uncorrected errors fall like ``1/n``, 
 ``1/n^2``, until they reach the Monte Carlo noise; the output's excess kurtosis grows with the depth
 at fixed width, ``~ (L - 1) / n`` for ReLU: the depth-to-width ratio is the expansion parameter.
 
-Measured: see ``summary.json`` (slopes of the errors against width, per depth) and the README row.
+Measured (full run, 40000 networks per point, 8.5 min on 2 shared cores): the connected four-point
+function's error relative to ``|V|`` falls from 8.5% (width 16) to 0.39% (256) without the vertex
+(slope -1.10 for 4 hidden layers) and from 2.3% to 0.003% with it (slope -2.36), i.e. the corrected
+error is 0.6-1.0% of the uncorrected one at width 256 for every depth; the covariance error falls from
+2.9% to 0.23% without ``K1/n`` (slope -0.89) and sits at the Monte Carlo noise (0.07-0.4%) with it. The
+excess kurtosis of ``f(x_0)`` matches ``3 V / (n K^2)`` to 1-3 SE at width 256 (0.0307 vs 0.0309 with
+1 hidden layer, 0.0788 vs 0.0777 with 4); at width 16 the 4-hidden-layer net's kurtosis is 1.66 against
+the first-order 1.24: ``L / n = 1/4`` is where the next order shows.
 """
 
 from __future__ import annotations

@@ -267,8 +267,8 @@ def expansion(net, x, *, memory_budget: int = 2**30) -> Expansion:
       >>> import owidth as ow
       >>> net = ow.serial(ow.Dense(), ow.Dense(), ow.Dense(), ow.Dense(out=1))
       >>> e = ow.finite_width.expansion(net, np.array([[1.0, 1.0]]))
-      >>> float(e.nngp[0, 0]), float(e.vertex[0, 0, 0, 0]), float(e.nngp_correction[0, 0])
-      (1.0, 6.0, 0.0)
+      >>> [round(float(v), 10) for v in (e.nngp[0, 0], e.vertex[0, 0, 0, 0], e.nngp_correction[0, 0])]
+      [1.0, 6.0, 0.0]
     """
     layers = _layers(net)
     x = _checks.as_float_array("x", x, where=_WHERE, rank=2)

@@ -70,7 +70,9 @@ class Snapshot:
       loss: the training loss (``"mse"`` or ``"xent"``).
       f0: the centring offset, ``apply(params0, x_train)`` when ``ow.train(center=True)``, else None.
       mask: the member's boolean masks (a pytree like ``params``) when ``ow.train(masks=...)``, else None:
-        masked entries of ``params`` are zero and stay zero.
+        masked entries of ``params`` are zero and stay zero, and ``apply`` is the masked network
+        (``apply(where(mask, params, 0), x)``), so derivatives taken through it (the sharpness, the
+        NTK) live in the kept coordinates only, where training moves.
 
     :meth:`objective` is the full-batch training loss as a function of the parameters, the one whose
     curvature ``ow.measure.sharpness`` measures.
@@ -181,6 +183,10 @@ def member_keys(key) -> tuple[jax.Array, jax.Array]:
     return k_init, k_data
 
 
+def _masked_apply(apply, mask, params, x):
+    return apply(_masked(params, mask), x)
+
+
 def _init_member(prog: Program, key, lr, alpha, x, xt, given=None, mask=None):
     k_init, k_data = member_keys(key)
     params = prog.model.init(k_init, x) if given is None else given
@@ -251,7 +257,10 @@ def _record(prog: Program, st, x, y, xt, yt):
         if prog.record_outputs and split == "test":
             rec["test_output"] = f
     if prog.metrics:
-        snap = Snapshot(apply=_apply_fn(prog, st["params0"]), params=st["params"], params0=st["params0"],
+        apply = _apply_fn(prog, st["params0"])
+        if "mask" in st:  # the network the optimizer trains: derivatives (Hessian, NTK) in the kept coordinates only
+            apply = functools.partial(_masked_apply, apply, st["mask"])
+        snap = Snapshot(apply=apply, params=st["params"], params0=st["params0"],
                         x_train=x, y_train=y, x_test=xt, y_test=yt, alpha=st["alpha"], model=prog.model,
                         loss=prog.loss, f0=st.get("f0"), mask=st.get("mask"))
         for name, fn in prog.metrics:

@@ -290,3 +290,30 @@ def test_imp_rounds_rewind_and_nest():
         ow.prune.imp(net, (X, Y), width=32, density=0.2, rounds=2, steps=30, rewind_step=30, lr=0.2)
     with pytest.raises(ValueError, match="center= is set by imp"):
         ow.prune.imp(net, (X, Y), width=32, density=0.2, rounds=2, steps=30, lr=0.2, center=True)
+
+
+def test_metrics_of_a_masked_run_see_the_masked_network():
+    """With masks, ow.measure.sharpness is the top eigenvalue of the Hessian restricted to the kept coordinates
+    (the dense Hessian's submatrix, from jax.hessian), not of the full one, and ntk_top counts kept weights only."""
+    net = ow.serial(ow.Dense(), ow.Tanh(), ow.Dense(out=2))
+    model = ow.finite(net, width=6)
+    from owidth._train import member_keys
+
+    params = model.init(member_keys(jax.random.key(0))[0], X)
+    masks = ow.prune.random(jax.random.key(3), params, 0.4)
+    ds = ow.train(net, (X, Y), widths=6, lr=0.1, steps=1, center=False, masks=masks, progress_bar=False,
+                  metrics={"sharp": ow.measure.sharpness(iters=40), "ntk": ow.measure.ntk_top()})
+    flat, unravel = ravel_pytree(ow.prune.apply(params, masks))
+    keep = ravel_pytree(masks)[0].astype(bool)
+
+    def loss(u):
+        return 0.5 * jnp.mean(jnp.sum((model.apply(unravel(u), X) - Y) ** 2, -1))
+
+    h = np.asarray(jax.hessian(loss)(flat))
+    kept_top = np.linalg.eigvalsh(h[np.ix_(keep, keep)])[-1]
+    full_top = np.linalg.eigvalsh(h)[-1]
+    assert full_top > 1.05 * kept_top  # the test can tell the two apart
+    np.testing.assert_allclose(float(ds.sharp.isel(step=0).squeeze()), kept_top, rtol=1e-6)
+    jac = np.asarray(jax.jacobian(lambda u: model.apply(unravel(u), X))(flat))[..., keep].reshape(-1, keep.sum())
+    np.testing.assert_allclose(float(ds.ntk.isel(step=0).squeeze()), np.linalg.eigvalsh(jac @ jac.T)[-1] / len(X),
+                               rtol=1e-8)

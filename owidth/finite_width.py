@@ -117,40 +117,39 @@ class Expansion:
 # The network: Dense layers and one activation between them
 # --------------------------------------------------------------------------- #
 def _layers(net) -> list[tuple[float, float, Any]]:
-    """``[(w_std, b_std, act_before), ...]`` per Dense layer (``act_before`` None for the first); checks the
-    net is an MLP the expansion covers."""
+    """``[(w_std, b_std, act_before), ...]`` per Dense layer (``act_before`` None for the first, ``Identity``
+    where two Dense layers meet); checks the net is an MLP the expansion covers. Reads the layers as the DMFT's
+    :func:`owidth.meanfield._spec.parse` does (``net.walk()`` without combinators), with its own policy:
+    biases and any number of outputs are allowed, a missing activation is the identity."""
     from owidth.layers._base import Layer
     from owidth.layers.activations import Activation, Identity
-    from owidth.layers.combinators import Serial
     from owidth.layers.dense import Dense
 
     if not isinstance(net, Layer):
         raise TypeError(f"{_WHERE}: net must be an owidth network such as ow.serial(ow.Dense(), ow.Relu(), "
                         f"ow.Dense(out=1)), got {type(net).__name__}")
-    layers = list(net.layers) if isinstance(net, Serial) else [net]
-    flat = []
-    for layer in layers:  # nested serials flatten
-        flat.extend(layer.layers if isinstance(layer, Serial) else [layer])
+    for layer in net.walk():
+        if layer.caps.branches:
+            raise NotImplementedError(f"{_WHERE}: {type(layer).__name__} is not supported; the 1/n expansion is "
+                                      "implemented for MLPs of Dense layers and elementwise activations")
+    flat = [layer for layer in net.walk() if not layer.caps.transparent]
     out, act = [], None
     for i, layer in enumerate(flat):
         if isinstance(layer, Dense):
             for name in ("w_std", "b_std"):
                 if isinstance(getattr(layer, name), jax.Array):
                     raise TypeError(f"{_WHERE}: Dense's {name} must be a Python number here, not a JAX array")
-            if not out and act is not None:
-                raise NotImplementedError(f"{_WHERE}: an activation before the first Dense layer is not supported")
-            out.append((float(layer.w_std), float(layer.b_std), act))
-            act = None
-            last_out = layer.out
             if i < len(flat) - 1 and layer.out is not None:
                 raise NotImplementedError(f"{_WHERE}: hidden Dense layers must have width n (out=None); "
                                           f"layer {i} has out={layer.out}")
+            out.append((float(layer.w_std), float(layer.b_std), None if not out else act or Identity()))
+            act = None
         elif isinstance(layer, Activation):
+            if not out:
+                raise NotImplementedError(f"{_WHERE}: an activation before the first Dense layer is not supported")
             if act is not None:
                 raise NotImplementedError(f"{_WHERE}: consecutive activations ({type(act).__name__}, "
                                           f"{type(layer).__name__}) are not supported; use one activation per layer")
-            if not out:
-                raise NotImplementedError(f"{_WHERE}: an activation before the first Dense layer is not supported")
             act = layer
         else:
             raise NotImplementedError(f"{_WHERE}: {type(layer).__name__} is not supported; the 1/n expansion is "
@@ -160,9 +159,9 @@ def _layers(net) -> list[tuple[float, float, Any]]:
     if act is not None:
         raise NotImplementedError(f"{_WHERE}: the net ends in {type(act).__name__}; end it in a Dense layer (the "
                                   "expansion describes Gaussian-at-infinite-width outputs)")
-    if last_out is None:
+    if flat[-1].out is None:
         raise NotImplementedError(f"{_WHERE}: the last Dense layer must have a fixed output size, e.g. Dense(out=1)")
-    return [(w, b, a if a is not None else Identity()) if i else (w, b, None) for i, (w, b, a) in enumerate(out)]
+    return out
 
 
 # --------------------------------------------------------------------------- #

@@ -50,6 +50,8 @@ from owidth._objective import LOSSES, loss_fn, targets
 from owidth._progress import progress
 from owidth.layers.sequence import check_tokens
 from owidth.param import NTP, Parametrization, model_scales
+from owidth.prune import apply as _masked
+from owidth.prune import masked_apply
 
 __all__ = ["Program", "Snapshot", "TrainPlan", "WidthRun", "assemble", "execute", "init_members", "member_keys", "member_step",
            "param_attrs", "param_from_attrs", "plan", "record_members", "run", "run_chunk", "train"]
@@ -172,19 +174,10 @@ def _scales(prog: Program, x) -> dict:
     return model_scales(prog.model, x, prog.optimizer)
 
 
-def _masked(params, mask):
-    """``params`` with the entries where ``mask`` is False set to exactly zero."""
-    return jax.tree.map(lambda p, m: jnp.where(m, p, jnp.zeros((), p.dtype)), params, mask)
-
-
 def member_keys(key) -> tuple[jax.Array, jax.Array]:
     """A member's (initialisation, data) keys from its seed's key ``jax.random.key(seed)``."""
     k_init, k_data = jax.random.split(key)
     return k_init, k_data
-
-
-def _masked_apply(apply, mask, params, x):
-    return apply(_masked(params, mask), x)
 
 
 def _init_member(prog: Program, key, lr, alpha, x, xt, given=None, mask=None):
@@ -259,7 +252,7 @@ def _record(prog: Program, st, x, y, xt, yt):
     if prog.metrics:
         apply = _apply_fn(prog, st["params0"])
         if "mask" in st:  # the network the optimizer trains: derivatives (Hessian, NTK) in the kept coordinates only
-            apply = functools.partial(_masked_apply, apply, st["mask"])
+            apply = masked_apply(apply, st["mask"])
         snap = Snapshot(apply=apply, params=st["params"], params0=st["params0"],
                         x_train=x, y_train=y, x_test=xt, y_test=yt, alpha=st["alpha"], model=prog.model,
                         loss=prog.loss, f0=st.get("f0"), mask=st.get("mask"))
@@ -631,8 +624,8 @@ def plan(net, data, *, where: str = _WHERE, **options) -> TrainPlan:
         _check_outputs(model, xt, yt, loss, where=where)
     if out.masks is not None:  # values, structure and shapes at every width, before anything compiles
         _check_mask_values(out.masks, where=where)
-        for width in widths:
-            _member_tree(out, out.model(width), width, x, "masks")
+        for width in widths:  # shapes only: run() builds the members' masks
+            jax.eval_shape(lambda w=width: _member_tree(out, out.model(w), w, x, "masks"))
     return out
 
 

@@ -6,7 +6,7 @@ import numpy as np
 
 from owidth._progress import progress
 
-__all__ = ["digits", "fit_loglog", "loglog_slope", "progress", "transfers"]
+__all__ = ["centred_digits", "digits", "fit_loglog", "loglog_slope", "progress", "transfers"]
 
 
 def fit_loglog(x: np.ndarray, y: np.ndarray, *, seed: int = 0, n_boot: int = 500) -> dict:
@@ -36,6 +36,16 @@ def digits(seed: int, *, n_test: int = 397):
     order = np.random.default_rng(seed).permutation(len(x))
     x, y = x[order], data.target[order]
     return x[n_test:], y[n_test:], x[:n_test], y[:n_test]
+
+
+def centred_digits(seed: int, n: int):
+    """The first ``n`` training digits of :func:`digits`, features centred and each input rescaled to norm
+    ``sqrt d`` (float32), with their integer labels."""
+    x, labels, _, _ = digits(seed)
+    x, labels = x[:n], labels[:n]
+    x = x - x.mean(axis=0)
+    x = x / np.linalg.norm(x, axis=1, keepdims=True) * np.sqrt(x.shape[1])
+    return x.astype(np.float32), labels
 
 
 def transfers(summary: dict) -> bool:

@@ -55,7 +55,7 @@ import pathlib
 import numpy as np
 
 import owidth as ow
-from owidth.experiments._common import digits, loglog_slope
+from owidth.experiments._common import centred_digits, loglog_slope
 
 __all__ = ["run", "data", "lambda0", "phases", "NET", "N_TRAIN", "STEPS", "LAZY_TOL", "C_CATAPULT_MAX",
            "C_DIVERGE"]
@@ -70,11 +70,8 @@ NET = ow.serial(ow.Dense(w_std=2.0 ** 0.5), ow.Relu(), ow.Dense(out=1))
 
 def data(seed: int) -> tuple[np.ndarray, np.ndarray]:
     """``N_TRAIN`` digits, features centred, each input rescaled to norm ``sqrt d``; parity targets +-1."""
-    x, labels, _, _ = digits(seed)
-    x, labels = x[:N_TRAIN], labels[:N_TRAIN]
-    x = x - x.mean(axis=0)
-    x = x / np.linalg.norm(x, axis=1, keepdims=True) * np.sqrt(x.shape[1])
-    return x.astype(np.float32), np.where(labels % 2 == 0, 1.0, -1.0)[:, None].astype(np.float32)
+    x, labels = centred_digits(seed, N_TRAIN)
+    return x, np.where(labels % 2 == 0, 1.0, -1.0)[:, None].astype(np.float32)
 
 
 def lambda0(width: int, seed: int, x) -> float:

@@ -53,7 +53,7 @@ import pathlib
 import numpy as np
 
 import owidth as ow
-from owidth.experiments._common import digits
+from owidth.experiments._common import centred_digits
 
 __all__ = ["run", "data", "initial_sharpness", "edge", "NET", "BASE", "REACH", "BAND", "LANCZOS_ITERS"]
 
@@ -66,11 +66,8 @@ NET = ow.serial(ow.Dense(), ow.Tanh(), ow.Dense(), ow.Tanh(), ow.Dense(out=10))
 
 def data(seed: int, n: int) -> tuple[np.ndarray, np.ndarray]:
     """``n`` digits, features centred, each input rescaled to norm ``sqrt 64``; one-hot targets."""
-    x, labels, _, _ = digits(seed)
-    x, labels = x[:n], labels[:n]
-    x = x - x.mean(axis=0)
-    x = x / np.linalg.norm(x, axis=1, keepdims=True) * np.sqrt(x.shape[1])
-    return x.astype(np.float32), np.eye(10, dtype=np.float32)[labels]
+    x, labels = centred_digits(seed, n)
+    return x, np.eye(10, dtype=np.float32)[labels]
 
 
 def _params() -> dict:

@@ -50,10 +50,8 @@ from owidth._objective import LOSSES, loss_fn, targets
 from owidth._progress import progress
 from owidth.layers.sequence import check_tokens
 from owidth.param import NTP, Parametrization, model_scales
-from owidth.prune import apply as _masked
-from owidth.prune import masked_apply
 
-__all__ = ["Program", "Snapshot", "TrainPlan", "WidthRun", "assemble", "execute", "init_members", "member_keys", "member_step",
+__all__ = ["Program", "Snapshot", "TrainPlan", "WidthRun", "assemble", "execute", "init_members", "mask_params", "member_keys", "member_step",
            "param_attrs", "param_from_attrs", "plan", "record_members", "run", "run_chunk", "train"]
 
 _WHERE = "ow.train"
@@ -174,6 +172,15 @@ def _scales(prog: Program, x) -> dict:
     return model_scales(prog.model, x, prog.optimizer)
 
 
+def mask_params(params, mask):
+    """``params`` with the entries where ``mask`` is False set to exactly zero (``ow.prune.apply``)."""
+    return jax.tree.map(lambda p, m: jnp.where(m, p, jnp.zeros((), p.dtype)), params, mask)
+
+
+def _masked_apply(apply, mask, params, x):
+    return apply(mask_params(params, mask), x)
+
+
 def member_keys(key) -> tuple[jax.Array, jax.Array]:
     """A member's (initialisation, data) keys from its seed's key ``jax.random.key(seed)``."""
     k_init, k_data = jax.random.split(key)
@@ -184,7 +191,7 @@ def _init_member(prog: Program, key, lr, alpha, x, xt, given=None, mask=None):
     k_init, k_data = member_keys(key)
     params = prog.model.init(k_init, x) if given is None else given
     if mask is not None:
-        params = _masked(params, mask)
+        params = mask_params(params, mask)
     tx = _tx(prog, lr, alpha, _scales(prog, x))
     valid = jnp.isfinite(lr) & (lr > 0) & jnp.isfinite(alpha) & (alpha > 0)
     state = {
@@ -231,7 +238,7 @@ def member_step(prog: Program, st, t, x, y):
     updates, opt = tx.update(grads, st["opt"], st["params"])
     params = jax.tree.map(lambda p, u: (p + u).astype(p.dtype), st["params"], updates)
     if "mask" in st:  # pruned entries stay exactly zero, whatever the optimizer's update (decay, momentum, Adam)
-        params = _masked(params, st["mask"])
+        params = mask_params(params, st["mask"])
     bad = ~jnp.isfinite(value)
     first = bad & ~st["diverged"]
     return {**st, "params": params, "opt": opt, "diverged": st["diverged"] | bad,
@@ -252,7 +259,7 @@ def _record(prog: Program, st, x, y, xt, yt):
     if prog.metrics:
         apply = _apply_fn(prog, st["params0"])
         if "mask" in st:  # the network the optimizer trains: derivatives (Hessian, NTK) in the kept coordinates only
-            apply = masked_apply(apply, st["mask"])
+            apply = functools.partial(_masked_apply, apply, st["mask"])
         snap = Snapshot(apply=apply, params=st["params"], params0=st["params0"],
                         x_train=x, y_train=y, x_test=xt, y_test=yt, alpha=st["alpha"], model=prog.model,
                         loss=prog.loss, f0=st.get("f0"), mask=st.get("mask"))

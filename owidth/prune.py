@@ -69,7 +69,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from owidth import _checks
+from owidth import _checks, _train
 
 __all__ = ["ImpResult", "apply", "density", "grasp", "imp", "magnitude", "masked_apply", "masks_from_scores",
            "prunable", "random", "snip", "sparse_kernel", "synflow", "synflow_scores"]
@@ -95,8 +95,9 @@ def prunable(params) -> Any:
 
 
 def apply(params, masks) -> Any:
-    """``params`` with the masked entries (``masks`` False) set to exactly zero."""
-    return jax.tree.map(lambda p, m: jnp.where(m, p, jnp.zeros((), jnp.result_type(p))), params, masks)
+    """``params`` with the masked entries (``masks`` False) set to exactly zero (as ``ow.train(masks=)`` does
+    after every step)."""
+    return _train.mask_params(params, masks)
 
 
 def density(masks, params=None) -> float:
@@ -372,8 +373,7 @@ def masked_apply(apply_fn: Callable, masks, *, rescale: bool = False) -> Callabl
         return jax.lax.rsqrt(jnp.maximum(jnp.mean(jnp.asarray(m, jnp.result_type(float))), 1e-30))
 
     def fn(params, x):
-        return apply_fn(jax.tree.map(lambda p, m: jnp.where(m, p * scale(m), jnp.zeros((), jnp.result_type(p))),
-                                     params, masks), x)
+        return apply_fn(_train.mask_params(jax.tree.map(lambda p, m: p * scale(m), params, masks), masks), x)
 
     return fn
 
@@ -495,9 +495,8 @@ def imp(net, data, *, width: int, density: float, rounds: int, steps: int, lr, r
     """
     import xarray as xr
 
-    from owidth._train import train
-
     where = "ow.prune.imp"
+    train = _train.train
     width = _checks.positive_int("width", width, where=where)
     density = _density(density, where=where)
     rounds = _checks.positive_int("rounds", rounds, where=where)
@@ -546,8 +545,6 @@ def imp(net, data, *, width: int, density: float, rounds: int, steps: int, lr, r
 
 def _initial(net, data, kw) -> Any:
     """The initial parameters ``ow.train`` draws for every member (leading (seed, lr, alpha|gamma0) axes)."""
-    from owidth import _train
-
     p = _train.plan(net, data, steps=1, **kw)
     model = p.model(p.widths[0])
     grid = np.meshgrid(*(np.arange(n) for n in p.shape), indexing="ij")

@@ -239,7 +239,10 @@ def test_catapult_quick(tmp_path, monkeypatch):
 def test_finite_width_quick(tmp_path, monkeypatch):
     """ReLU MLPs with 3 hidden layers at widths 16..64 (10000 networks each): the connected four-point function's
     error without the 1/n vertex falls like 1/n, with it faster than 1/n^1.5 and at least 10x smaller at width 64;
-    the covariance error without K1/n falls like 1/n (slope within 0.35 of -1)."""
+    the covariance error without K1/n falls like 1/n (slope within 0.35 of -1); the NTK's relative variance
+    matches ntk_variance within 4 SE with one hidden layer (exact there) and grows with depth; after 10 GD steps
+    the 1/n-corrected mean prediction is closer to the ensemble mean than the infinite-width one at width 64 and
+    within 3 SE of it at 64 and 256."""
     monkeypatch.setenv("OWIDTH_NO_PROGRESS", "1")
     with jax.enable_x64(False):
         summary = ow.experiments.run("finite-width", out=tmp_path, quick=True)
@@ -252,6 +255,16 @@ def test_finite_width_quick(tmp_path, monkeypatch):
         # deeper nets are more non-Gaussian at every width (depth-to-width ratio)
         assert bool((ds.kurtosis_theory.sel(hidden_layers=3) > ds.kurtosis_theory.sel(hidden_layers=1)).all())
         assert bool((ds.kurtosis_monte_carlo.sel(hidden_layers=3) > ds.kurtosis_monte_carlo.sel(hidden_layers=1)).all())
+        # the NTK's relative variance: exact at any width with one hidden layer, larger for deeper nets
+        assert abs(float(ds.ntk_relative_variance_monte_carlo.sel(hidden_layers=1)[-1]
+                         - ds.ntk_relative_variance_theory.sel(hidden_layers=1)[-1])) < 4 * float(
+            ds.ntk_relative_variance_se.sel(hidden_layers=1)[-1])
+        assert bool((ds.ntk_relative_variance_theory.sel(hidden_layers=3)
+                     > ds.ntk_relative_variance_theory.sel(hidden_layers=1)).all())
+        # gradient descent: the 1/n-corrected mean prediction is closer to the ensemble mean at width 64, and
+        # within 3 SE of it at every width (20000 networks each)
+        gd = ds[["gd_error_corrected", "gd_error_uncorrected", "gd_error_noise"]].to_array().values
+        assert gd[0, 0] < gd[1, 0] and bool((gd[0] < 3 * gd[2]).all()), gd
     assert (tmp_path / "finite_width.png").stat().st_size > 10_000
 
 

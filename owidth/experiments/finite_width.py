@@ -31,9 +31,10 @@ import numpy as np
 import owidth as ow
 from owidth.experiments._common import loglog_slope, progress
 
-__all__ = ["run", "PAIRS", "SAMPLES"]
+__all__ = ["run", "NTK_SAMPLES", "PAIRS", "SAMPLES"]
 
 SAMPLES = 40000
+NTK_SAMPLES = 4000  # empirical NTKs (a Jacobian each) per point
 PAIRS = ((0, 0), (0, 1), (1, 2), (2, 2), (0, 2))
 
 
@@ -44,18 +45,40 @@ def _net(hidden: int):
     return ow.serial(*layers)
 
 
+def _gradient_descent(widths, seeds: int, seed: int) -> dict:
+    """Mean test outputs of ``ow.train`` ensembles (tanh, one hidden layer, NTP, centred, 6 points, lr 0.5, 10
+    steps) against ``predict_correction``'s infinite-width and corrected predictions."""
+    rng = np.random.default_rng(seed)
+    x, x_test = rng.standard_normal((6, 3)), rng.standard_normal((3, 3))
+    y = 2 * np.sin(x @ np.array([1.0, -0.5, 0.3]))
+    net = ow.serial(ow.Dense(w_std=1.5, b_std=0.2), ow.Tanh(), ow.Dense(out=1, w_std=1.5, b_std=0.2))
+    c = ow.finite_width.predict_correction(net, x, y, x_test, lr=0.5, steps=[5, 10], neurons=2 ** 16, seed=seed)
+    out = {k: np.zeros(len(widths)) for k in ("uncorrected", "corrected", "noise")}
+    for j, n in enumerate(widths):
+        ds = ow.train(net, (x, y), widths=n, lr=0.5, steps=10, seeds=list(range(n * 10**6, n * 10**6 + seeds)),
+                      test=(x_test, np.zeros(3)), record_outputs=True, record_every=5, progress_bar=False)
+        f = ds.test_output.squeeze().sel(step=[5, 10]).transpose("seed", "step", "point").values
+        mean = f.mean(0)
+        out["uncorrected"][j] = np.linalg.norm(mean - c.infinite[..., 0])
+        out["corrected"][j] = np.linalg.norm(mean - c.mean(n)[..., 0])
+        out["noise"][j] = np.linalg.norm(f.std(0, ddof=1) / np.sqrt(len(f)))
+    return out
+
+
 def run(*, out: pathlib.Path, quick: bool, seed: int) -> dict:
     import matplotlib.pyplot as plt
     import xarray as xr
 
     x = np.random.default_rng(seed).standard_normal((3, 4))
-    depths = [1, 3] if quick else [1, 2, 3, 4]
-    widths = [16, 32, 64] if quick else [16, 32, 64, 128, 256]
+    depths = [1, 3] if quick else [1, 2, 3, 4, 5, 6]
+    widths = [16, 32, 64] if quick else [16, 32, 64, 128, 256, 512, 1024]
     samples = 10000 if quick else SAMPLES
     shape = (len(depths), len(widths))
     err2 = {k: np.zeros(shape) for k in ("uncorrected", "corrected", "noise")}
     err4 = {k: np.zeros(shape) for k in ("uncorrected", "corrected", "noise")}
     kurt = {k: np.zeros(shape) for k in ("monte_carlo", "theory", "se")}
+    ntkv = {k: np.zeros(shape) for k in ("monte_carlo", "theory", "se")}
+    ntk_samples = 1000 if quick else NTK_SAMPLES
     bar = progress(total=len(depths) * len(widths), desc="finite-width")
     try:
         for i, hidden in enumerate(depths):
@@ -82,23 +105,35 @@ def run(*, out: pathlib.Path, quick: bool, seed: int) -> dict:
                 kurt["monte_carlo"][i, j] = 3 * g00.var() / g00.mean() ** 2
                 kurt["se"][i, j] = np.std([3 * q.var() / q.mean() ** 2 for q in np.split(g00, 20)], ddof=1) / np.sqrt(20)
                 kurt["theory"][i, j] = float(e.kurtosis(n)[0])
+                # the NTK's relative variance at x_0: n Var(Theta_00) / H_00^2 against ntk_variance
+                th = ow.finite_width.empirical_ntks(net, x, width=n, samples=ntk_samples, seed=seed)[:, 0, 0, 0, 0]
+                h00 = float(e.ntk[0, 0])
+                ntkv["monte_carlo"][i, j] = n * th.var() / h00 ** 2
+                ntkv["se"][i, j] = n * np.std([q.var() for q in np.split(th, 20)], ddof=1) / np.sqrt(20) / h00 ** 2
+                ntkv["theory"][i, j] = float(e.ntk_covariance(1)[0, 0, 0, 0]) / h00 ** 2
                 bar.update(1)
     finally:
         bar.close()
+    gd_widths = [64, 256] if quick else [64, 128, 256, 512, 1024]
+    gd = _gradient_descent(gd_widths, 20000, seed)
     dims = ("hidden_layers", "width")
     ds = xr.Dataset({**{f"nngp_error_{k}": (dims, a) for k, a in err2.items()},
                      **{f"four_point_error_{k}": (dims, a) for k, a in err4.items()},
-                     **{f"kurtosis_{k}": (dims, a) for k, a in kurt.items()}},
-                    coords={"hidden_layers": depths, "width": widths},
+                     **{f"kurtosis_{k}": (dims, a) for k, a in kurt.items()},
+                     **{f"ntk_relative_variance_{k}": (dims, a) for k, a in ntkv.items()},
+                     **{f"gd_error_{k}": ("gd_width", a) for k, a in gd.items()}},
+                    coords={"hidden_layers": depths, "width": widths, "gd_width": gd_widths},
                     attrs={"samples": samples, "w_std": 1.3, "b_std": 0.3, "activation": "relu", "inputs": 3,
-                           "pairs": str(PAIRS), "estimator": "Rao-Blackwellised: last-layer conditional covariance"})
+                           "pairs": str(PAIRS), "estimator": "Rao-Blackwellised: last-layer conditional covariance",
+                           "ntk_samples": ntk_samples})
     ds.to_netcdf(out / "finite_width.nc")
     deep = len(depths) - 1
     slopes = {"nngp_uncorrected": loglog_slope(widths, err2["uncorrected"][deep]),
               "four_point_uncorrected": loglog_slope(widths, err4["uncorrected"][deep]),
               "four_point_corrected": loglog_slope(widths, err4["corrected"][deep])}
 
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.6), constrained_layout=True)
+    fig, axes = plt.subplots(2, 3, figsize=(16, 9.2), constrained_layout=True)
+    axes = axes.ravel()
     colors = [plt.cm.viridis(0.85 * i / max(1, len(depths) - 1)) for i in range(len(depths))]
     for ax, err, title, unit in ((axes[0], err2, "output covariance E f f'", "relative error"),
                                  (axes[1], err4, "connected four-point function", "error / |V|")):
@@ -120,17 +155,44 @@ def run(*, out: pathlib.Path, quick: bool, seed: int) -> dict:
            title="kurtosis vs depth-to-width ratio (lines: 3 V / (n K^2))")
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize=7)
+    ax = axes[3]
+    for i, hidden in enumerate(depths):
+        ax.errorbar(widths, ntkv["monte_carlo"][i], yerr=2 * ntkv["se"][i], fmt="o", color=colors[i], ms=3,
+                    label=f"{hidden} hidden (Monte Carlo)")
+        ax.axhline(ntkv["theory"][i, 0], color=colors[i], lw=1)
+    ax.set(xlabel="width n", ylabel="n Var(Theta(x_0, x_0)) / H^2",
+           title=f"NTK fluctuations (lines: ntk_variance; {ntk_samples} networks)")
+    ax.set_xscale("log", base=2)
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=7)
+    ax = axes[4]
+    ax.plot(gd_widths, gd["uncorrected"], "o--", ms=4, label="infinite width")
+    ax.plot(gd_widths, gd["corrected"], "s-", ms=4, label="infinite width + c / n")
+    ax.fill_between(gd_widths, 0, 2 * gd["noise"], color="0.5", alpha=0.15, label="2 SE of the ensemble mean")
+    ax.set(xscale="log", yscale="log", xlabel="width n", ylabel="|ensemble mean - prediction|",
+           title="gradient descent: mean test output (tanh, 1 hidden, 10 steps)")
+    ax.set_xscale("log", base=2)
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=7)
+    axes[5].axis("off")
     fig.suptitle(f"Finite-width corrections of ReLU MLPs at initialisation, {samples} networks per point "
                  "(Roberts, Yaida & Hanin 2022)", fontsize=10)
     fig.savefig(out / "finite_width.png", dpi=150)
     plt.close(fig)
     kz = (kurt["monte_carlo"] - kurt["theory"]) / kurt["se"]
+    nz = (ntkv["monte_carlo"] - ntkv["theory"]) / ntkv["se"]
     print(f"finite-width: deepest ({depths[deep]} hidden) error slopes vs width: covariance uncorrected "
           f"{slopes['nngp_uncorrected']:+.2f}; four-point uncorrected {slopes['four_point_uncorrected']:+.2f}, "
           f"corrected {slopes['four_point_corrected']:+.2f}; kurtosis (MC - theory) / SE at the widest "
-          f"{np.array2string(kz[:, -1], precision=1)}")
+          f"{np.array2string(kz[:, -1], precision=1)}; NTK n Var / H^2 at the widest: Monte Carlo "
+          f"{np.array2string(ntkv['monte_carlo'][:, -1], precision=3)}, theory "
+          f"{np.array2string(ntkv['theory'][:, -1], precision=3)}")
     return {"depths": depths, "widths": widths, "samples": samples, "slopes": slopes,
             "kurtosis_z_widest": [float(z) for z in kz[:, -1]],
+            "gradient_descent": {"widths": gd_widths, **{k: [float(v) for v in a] for k, a in gd.items()}},
+            "ntk_relative_variance_widest": {"monte_carlo": [float(v) for v in ntkv["monte_carlo"][:, -1]],
+                                             "theory": [float(v) for v in ntkv["theory"][:, 0]],
+                                             "z": [float(z) for z in nz[:, -1]]},
             "four_point_corrected_over_uncorrected_widest": [float(a) for a in
                                                             err4["corrected"][:, -1] / err4["uncorrected"][:, -1]],
             "files": ["finite_width.nc", "finite_width.png", "summary.json"]}

@@ -82,6 +82,8 @@ import itertools
 import json
 import os
 import re
+import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -367,9 +369,9 @@ class Sweep:
                         "kwargs": {a: v for a, (_, v) in zip(axes, picks)}})
         return out
 
-    def run(self, out_dir: str | os.PathLike, *, progress: bool = True):
-        """:func:`run_sweep` ``(self, out_dir, progress=progress)``."""
-        return run_sweep(self, out_dir, progress=progress)
+    def run(self, out_dir: str | os.PathLike, *, progress: bool = True, executor=None, retries: int = 2):
+        """:func:`run_sweep` ``(self, out_dir, progress=progress, executor=executor, retries=retries)``."""
+        return run_sweep(self, out_dir, progress=progress, executor=executor, retries=retries)
 
 
 # --------------------------------------------------------------------------- #
@@ -398,17 +400,23 @@ def _write_error(path: Path, err: BaseException) -> Exception:
     return new
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """``write(tmp)`` to a temporary file beside ``path``, fsync it, then ``os.replace`` it onto ``path``.
+def _atomic_write(path: Path, write: Callable[[Path], None], *, exclusive: bool = False) -> None:
+    """``write(tmp)`` to a temporary file beside ``path``, fsync it, then ``os.replace`` it onto ``path``; with
+    ``exclusive``, ``os.link`` it to ``path`` instead, which does nothing if ``path`` exists (written by another
+    attempt), so a file once written is never replaced.
 
     A failure (``OSError``, or ``RuntimeError`` from the netCDF library) raises :func:`_write_error`; ``path``
     is then untouched and the temporary file removed (or, if even that fails, removed by the next run)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        if not exclusive:
+            os.replace(tmp, path)
+        else:
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, path)
     except (OSError, RuntimeError) as err:
         raise _write_error(path, err) from err
     finally:
@@ -619,7 +627,8 @@ def _check_folder(sweep: Sweep, out: Path, manifest: dict | None, config: dict, 
 # --------------------------------------------------------------------------- #
 # Run and load
 # --------------------------------------------------------------------------- #
-def run_sweep(sweep: Sweep, out_dir: str | os.PathLike, *, progress: bool = True):
+def run_sweep(sweep: Sweep, out_dir: str | os.PathLike, *, progress: bool = True, executor=None,
+              retries: int = 2):
     """Run (or resume) ``sweep`` into ``out_dir`` and return :func:`load_sweep` ``(out_dir)``.
 
     Groups ``(width, extra values)`` are trained one :func:`ow.train` call
@@ -634,6 +643,20 @@ def run_sweep(sweep: Sweep, out_dir: str | os.PathLike, *, progress: bool = True
     ``out_dir/.sweep.lock``, held while this runs); and ``OSError`` (or
     ``RuntimeError``) "could not write <file>: <reason>; nothing was lost:
     rerun to resume" if a write fails.
+
+    On an executor. ``executor`` is any object with ``submit(fn, *args) -> future`` whose futures have
+    ``done()``, ``result()`` and ``exception()``: a ``concurrent.futures.ProcessPoolExecutor`` (give it
+    ``mp_context=multiprocessing.get_context("spawn")``: JAX does not survive ``fork``), a
+    ``dask.distributed.Client`` (a ``LocalCluster``, or a Slurm/PBS cluster through dask-jobqueue), a submitit
+    executor. Each group is one task: the worker trains it and writes its file itself, atomically and
+    exclusively (a temporary file linked to its name, so a group whose file exists is never written again,
+    e.g. by a task the scheduler restarted), so ``out_dir`` must be a folder every worker sees (a shared
+    filesystem). The driver keeps the lock, the manifest and a progress bar over groups; a task that fails
+    is resubmitted up to ``retries`` times (Dask also reschedules the tasks of a worker that died); groups that
+    still fail are reported together, with their reasons, after the others are saved (``RuntimeError``; rerun
+    to resume). A ``ProcessPoolExecutor`` whose worker process died is broken for good (Python's rule): its
+    remaining groups are reported, and a rerun with a new executor resumes them. Training is deterministic, so
+    the result is identical to the serial run's.
 
     Examples:
       One group (width 8), 2 seeds x 2 learning rates; a rerun finds the group on disk and trains nothing:
@@ -656,16 +679,22 @@ def run_sweep(sweep: Sweep, out_dir: str | os.PathLike, *, progress: bool = True
       >>> bool(again.identical(ds)), ds.attrs["sweep_fingerprint"] == sweep.fingerprint
       (True, True)
     """
+    if executor is not None and not callable(getattr(executor, "submit", None)):
+        raise TypeError(f"{_WHERE}: executor must have a submit(fn, *args) method returning a future (e.g. "
+                        "concurrent.futures.ProcessPoolExecutor, dask.distributed.Client), got "
+                        f"{type(executor).__name__}")
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise ValueError(f"{_WHERE}: retries must be an int >= 0, got {retries!r}")
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise _write_error(out, err) from err
     with _folder_lock(out):
-        return _run_locked(sweep, out, progress=progress)
+        return _run_locked(sweep, out, progress=progress, executor=executor, retries=retries)
 
 
-def _run_locked(sweep: Sweep, out: Path, *, progress: bool):
+def _run_locked(sweep: Sweep, out: Path, *, progress: bool, executor=None, retries: int = 0):
     """:func:`run_sweep`'s work, with ``out`` existing and locked."""
     config = sweep.describe()  # hashes the data once per run
     fingerprint = _hash_config(config)
@@ -703,6 +732,12 @@ def _run_locked(sweep: Sweep, out: Path, *, progress: bool):
     plans = [sweep.plan(g) for g in todo]  # every group's arguments checked before anything is trained
     bar = _progress_bar(total=len(groups), desc="ow.sweep", enabled=progress)
     bar.update(len(groups) - len(todo))
+    if executor is not None:
+        try:
+            _run_on(executor, sweep, out, fingerprint, todo, retries, done, save_manifest, bar)
+        finally:
+            bar.close()
+        return load_sweep(out)
     try:
         for g, plan in zip(todo, plans):
             bar.set_description(f"ow.sweep width={g['width']}" + "".join(f" {a}={v}" for a, v in g["labels"].items()))
@@ -717,6 +752,63 @@ def _run_locked(sweep: Sweep, out: Path, *, progress: bool):
         bar.close()
     return load_sweep(out)
 
+
+
+def _run_on(executor, sweep: Sweep, out: Path, fingerprint: str, todo: list, retries: int, done: dict,
+            save_manifest: Callable[[], None], bar) -> None:
+    """Submit every group in ``todo`` to ``executor`` (one :func:`_work_group` task each), record the finished
+    ones in ``done`` and the manifest as they come, resubmit failed ones up to ``retries`` times, and raise
+    ``RuntimeError`` naming the groups that still failed, with their reasons."""
+    pending, failed = {}, {}
+
+    def submit(g, attempt):
+        try:
+            pending[executor.submit(_work_group, sweep, g, str(out), fingerprint)] = (g, attempt)
+        except Exception as err:  # noqa: BLE001 - e.g. a broken process pool: reported with the group
+            failed[g["name"]] = err
+
+    for g in todo:
+        submit(g, 0)
+    while pending:
+        finished = [f for f in pending if f.done()]
+        if not finished:
+            time.sleep(0.02)
+            continue
+        for f in finished:
+            g, attempt = pending.pop(f)
+            err = f.exception()
+            if err is None:
+                name, sha = f.result()
+                done[name] = sha
+                save_manifest()
+                bar.update(1)
+            elif attempt < retries and not isinstance(err, (ValueError, TypeError)):
+                submit(g, attempt + 1)  # a worker that died, a lost connection, ...: not bad arguments
+            else:
+                failed[g["name"]] = err
+    for p in out.iterdir():  # every task has ended: temporary files left are those of workers that died
+        if _TMP.match(p.name) and p.name.startswith(".group-"):
+            with contextlib.suppress(OSError):
+                p.unlink()
+    if failed:
+        by_reason: dict[str, list[str]] = {}
+        for name, err in sorted(failed.items()):
+            by_reason.setdefault(f"{type(err).__name__}: {err}", []).append(name)
+        reasons = "; ".join(f"{reason}: {', '.join(names)}" for reason, names in by_reason.items())
+        raise RuntimeError(f"{_WHERE}: {len(failed)} of {len(todo)} groups failed after up to {retries} retries "
+                           f"({reasons}); the other groups are saved in {out}: rerun to resume (with a new "
+                           "executor if this one is broken)")
+
+
+def _work_group(sweep: Sweep, group: dict, out: str, fingerprint: str) -> tuple[str, str]:
+    """One group on a worker: train it and write its file exclusively (never over an existing one, e.g. from an
+    earlier attempt of a task that was thought lost); return ``(name, sha256)`` of the file."""
+    path = _group_path(Path(out), group["name"])
+    if not path.exists():
+        ds = _train_group(sweep.plan(group), group)
+        ds.attrs.update(sweep_fingerprint=fingerprint, sweep_group=_group_key(group["width"], group["labels"]))
+        _atomic_write(path, lambda tmp: ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4"), exclusive=True)
+    return group["name"], _sha256_file(path)
 
 
 def _train_group(plan: _train.TrainPlan, group: dict):

@@ -13,6 +13,7 @@ from owidth import curvature, experiments, finite_width, layers, measure, predic
 from owidth._caches import clear_caches
 from owidth._finite import FiniteModel, finite
 from owidth._kernel import kernel
+from owidth._zarr import kernel_to_zarr
 from owidth._protocol import FiniteNetwork, Intermediates
 from owidth.empirical import empirical_nngp, empirical_ntk, empirical_ntk_vp, linearize, taylor_expand
 from owidth.flax_bridge import FlaxModel, FlaxNet, from_flax
@@ -170,6 +171,7 @@ __all__ = [
     "finite",
     "from_flax",
     "kernel",
+    "kernel_to_zarr",
     "layers",
     "linearize",
     "load_sweep",

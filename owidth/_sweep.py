@@ -82,7 +82,6 @@ import itertools
 import json
 import os
 import re
-import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -90,7 +89,7 @@ from typing import Any
 
 import numpy as np
 
-from owidth import _checks, _optim, _train
+from owidth import _checks, _executor, _optim, _train
 from owidth._progress import progress as _progress_bar
 from owidth.param import Parametrization
 
@@ -679,10 +678,7 @@ def run_sweep(sweep: Sweep, out_dir: str | os.PathLike, *, progress: bool = True
       >>> bool(again.identical(ds)), ds.attrs["sweep_fingerprint"] == sweep.fingerprint
       (True, True)
     """
-    if executor is not None and not callable(getattr(executor, "submit", None)):
-        raise TypeError(f"{_WHERE}: executor must have a submit(fn, *args) method returning a future (e.g. "
-                        "concurrent.futures.ProcessPoolExecutor, dask.distributed.Client), got "
-                        f"{type(executor).__name__}")
+    _executor.check(executor, where=_WHERE)
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
         raise ValueError(f"{_WHERE}: retries must be an int >= 0, got {retries!r}")
     out = Path(out_dir)
@@ -756,48 +752,24 @@ def _run_locked(sweep: Sweep, out: Path, *, progress: bool, executor=None, retri
 
 def _run_on(executor, sweep: Sweep, out: Path, fingerprint: str, todo: list, retries: int, done: dict,
             save_manifest: Callable[[], None], bar) -> None:
-    """Submit every group in ``todo`` to ``executor`` (one :func:`_work_group` task each), record the finished
-    ones in ``done`` and the manifest as they come, resubmit failed ones up to ``retries`` times, and raise
-    ``RuntimeError`` naming the groups that still failed, with their reasons."""
-    pending, failed = {}, {}
+    """Run every group in ``todo`` on ``executor`` (one :func:`_work_group` task each, :func:`owidth._executor.run`),
+    record the finished ones in ``done`` and the manifest as they come, and raise ``RuntimeError`` naming the
+    groups that still failed after ``retries`` resubmissions, with their reasons."""
+    def finished(name, result):
+        done[name] = result[1]
+        save_manifest()
+        bar.update(1)
 
-    def submit(g, attempt):
-        try:
-            pending[executor.submit(_work_group, sweep, g, str(out), fingerprint)] = (g, attempt)
-        except Exception as err:  # noqa: BLE001 - e.g. a broken process pool: reported with the group
-            failed[g["name"]] = err
-
-    for g in todo:
-        submit(g, 0)
-    while pending:
-        finished = [f for f in pending if f.done()]
-        if not finished:
-            time.sleep(0.02)
-            continue
-        for f in finished:
-            g, attempt = pending.pop(f)
-            err = f.exception()
-            if err is None:
-                name, sha = f.result()
-                done[name] = sha
-                save_manifest()
-                bar.update(1)
-            elif attempt < retries and not isinstance(err, (ValueError, TypeError)):
-                submit(g, attempt + 1)  # a worker that died, a lost connection, ...: not bad arguments
-            else:
-                failed[g["name"]] = err
+    failed = _executor.run(executor, _work_group, ((g["name"], (sweep, g, str(out), fingerprint)) for g in todo),
+                           retries=retries, on_result=finished)
     for p in out.iterdir():  # every task has ended: temporary files left are those of workers that died
         if _TMP.match(p.name) and p.name.startswith(".group-"):
             with contextlib.suppress(OSError):
                 p.unlink()
     if failed:
-        by_reason: dict[str, list[str]] = {}
-        for name, err in sorted(failed.items()):
-            by_reason.setdefault(f"{type(err).__name__}: {err}", []).append(name)
-        reasons = "; ".join(f"{reason}: {', '.join(names)}" for reason, names in by_reason.items())
-        raise RuntimeError(f"{_WHERE}: {len(failed)} of {len(todo)} groups failed after up to {retries} retries "
-                           f"({reasons}); the other groups are saved in {out}: rerun to resume (with a new "
-                           "executor if this one is broken)")
+        raise RuntimeError(f"{_WHERE}: {_executor.failure_message(failed, what='groups', total=len(todo), retries=retries)}"
+                           f"; the other groups are saved in {out}: rerun to resume (with a new executor if this "
+                           "one is broken)")
 
 
 def _work_group(sweep: Sweep, group: dict, out: str, fingerprint: str) -> tuple[str, str]:

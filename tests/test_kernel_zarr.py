@@ -147,3 +147,16 @@ def test_tiles_on_a_dask_cluster(tmp_path, monkeypatch):
     assert par.attrs["tiles_computed"] == serial.attrs["tiles_computed"] == 15
     for name in ("nngp", "ntk"):
         np.testing.assert_array_equal(par[name].values, serial[name].values)
+
+
+def test_predictions_accept_the_dask_backed_kernel(tmp_path):
+    """ow.predict takes the stored kernel as it comes (a dask array or the xarray variable), for N that fit."""
+    x = _x(40)
+    y = np.sin(x[:, 0])
+    ds = ow.kernel_to_zarr(NET, x, store=str(tmp_path / "k.zarr"), tile=16, progress=False)
+    dense = np.asarray(ds.ntk.values)
+    want = ow.predict.kernel_regression(dense, y, ridge=1e-3).mean_train
+    for k in (ds.ntk.data, ds.ntk):
+        np.testing.assert_array_equal(ow.predict.kernel_regression(k, y, ridge=1e-3).mean_train, want)
+        np.testing.assert_array_equal(ow.predict.gradient_descent(k, None, y, lr=0.5, steps=[10]).mean_train,
+                                      ow.predict.gradient_descent(dense, None, y, lr=0.5, steps=[10]).mean_train)

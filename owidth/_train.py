@@ -283,7 +283,21 @@ def init_members(prog, keys, lrs, alphas, x, xt, given=None, masks=None):
 @functools.partial(jax.jit, static_argnames=("prog",), donate_argnames=("state",))
 def run_chunk(prog, state, start, x, y, xt, yt):
     """``prog.chunk`` record intervals for every member: record, then ``record_every`` steps."""
+    return _advance(prog, state, start, x, y, xt, yt)
 
+
+@functools.partial(jax.jit, static_argnames=("prog", "mesh"), donate_argnames=("state",))
+def run_chunk_sharded(prog, mesh, state, start, x, y, xt, yt):
+    """:func:`run_chunk` with the members split over the devices of ``mesh`` (axis ``"member"``): each device
+    advances its own members with the single-device program (``jax.shard_map``); members are independent, so
+    nothing is communicated."""
+    spec, rep = jax.sharding.PartitionSpec("member"), jax.sharding.PartitionSpec()
+    body = jax.shard_map(lambda st, t, a, b, c, d: _advance(prog, st, t, a, b, c, d), mesh=mesh,
+                         in_specs=(spec, rep, rep, rep, rep, rep), out_specs=(spec, spec))
+    return body(state, start, x, y, xt, yt)
+
+
+def _advance(prog, state, start, x, y, xt, yt):
     def member(st):
         def interval(st, j):
             rec = _record(prog, st, x, y, xt, yt)
@@ -657,6 +671,15 @@ class WidthRun:
     density: np.ndarray | None = None
 
 
+def _member_mesh(members: int):
+    """``(mesh, pad)``: a 1-D mesh ``"member"`` over ``jax.devices()`` and the members to add so that every device
+    gets as many, or ``(None, 0)`` on one device (or with fewer members than devices)."""
+    devices = jax.devices()
+    if len(devices) < 2 or members < len(devices):
+        return None, 0
+    return jax.sharding.Mesh(np.array(devices), ("member",)), -members % len(devices)
+
+
 def run(p: TrainPlan) -> list[WidthRun]:
     """Train every member of the plan at each width: one compiled program per width, members vmapped."""
     grid = np.meshgrid(*(np.arange(n) for n in p.shape), indexing="ij")
@@ -673,12 +696,23 @@ def run(p: TrainPlan) -> list[WidthRun]:
             bar.set_description(f"{_WHERE} width={width}")
             given = None if p.init_params is None else _member_tree(p, prog.model, width, x, "init_params")
             masks = None if p.masks is None else _member_tree(p, prog.model, width, x, "masks")
-            state = init_members(prog, keys, member_lr, member_alpha, x, xt, given, masks)
+            args = (keys, member_lr, member_alpha, given, masks)
+            mesh, pad = _member_mesh(len(si))
+            if pad:  # every device gets as many members: repeat the last member, dropped below
+                args = jax.tree.map(lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)]), args)
+            state = init_members(prog, *args[:3], x, xt, *args[3:])
             recs = []
             for start in range(0, p.intervals, prog.chunk):
-                state, rec = run_chunk(prog, state, start, x, y, xt, yt)
+                if mesh is None:
+                    state, rec = run_chunk(prog, state, start, x, y, xt, yt)
+                else:  # the same sharding object every call (one compiled program); a no-op after the first
+                    state = jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("member")))
+                    state, rec = run_chunk_sharded(prog, mesh, state, start, x, y, xt, yt)
                 recs.append(rec)
                 bar.update(prog.chunk * prog.record_every)
+            if pad:
+                state = jax.tree.map(lambda a: a[:len(si)], state)
+                recs = [jax.tree.map(lambda a: a[:len(si)], r) for r in recs]
             final = record_members(prog, state, x, y, xt, yt)
             recs = {k: np.concatenate([np.asarray(r[k]) for r in recs] + [np.asarray(final[k])[:, None]], axis=1)
                     for k in final}
@@ -866,6 +900,11 @@ def train(
         512 points, 100 steps: 17.7 s all vmapped, 10.7 s with this default,
         10.9 s as a loop over single-member programs; width 32 x 64 points:
         0.31 s all vmapped, 0.38 s with this default). Results are equal up to floating-point reassociation (~1e-15).
+        With several devices (``jax.devices()``: GPUs, TPU cores, or
+        ``XLA_FLAGS=--xla_force_host_platform_device_count=4`` CPU devices) the members are split over
+        them (``jax.shard_map`` over a ``"member"`` mesh axis, padded to a multiple of the device count),
+        each device running this same program on its members; still one compile per width, results equal
+        to one device's up to reassociation (``tests/test_train_sharded.py``: 1e-12).
       progress_bar: show a tqdm bar (also silenced by OWIDTH_NO_PROGRESS=1).
       return_params: also return ``{width: params}`` with leading (seed, lr, alpha) axes.
 

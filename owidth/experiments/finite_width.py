@@ -71,7 +71,7 @@ def run(*, out: pathlib.Path, quick: bool, seed: int) -> dict:
 
     x = np.random.default_rng(seed).standard_normal((3, 4))
     depths = [1, 3] if quick else [1, 2, 3, 4, 5, 6]
-    widths = [16, 32, 64] if quick else [16, 32, 64, 128, 256, 512, 1024]
+    widths = [16, 32, 64] if quick else [16, 32, 64, 128, 256, 512]
     samples = 10000 if quick else SAMPLES
     shape = (len(depths), len(widths))
     err2 = {k: np.zeros(shape) for k in ("uncorrected", "corrected", "noise")}

@@ -74,8 +74,8 @@ def kernel_to_zarr(net, x1, x2=None, store=None, *, tile: int = 1024, executor=N
     Args:
       net: the width-free network.
       x1, x2: (n1, ...) and (n2, ...) inputs (``x2=None``: ``x1`` against itself).
-      store: a path (or any ``zarr`` store) for a new store, or one this function wrote for the same
-        arguments; anything else is refused.
+      store: a folder path for a new zarr store, or one this function wrote for the same arguments;
+        anything else (another kernel's store, a foreign zarr store, a non-empty folder) is refused.
       tile: rows and columns per tile (and zarr chunk).
       executor: where tiles run (default: here, in order, with a progress bar).
       get: ``"nngp"``, ``"ntk"`` or both.
@@ -133,7 +133,7 @@ def kernel_to_zarr(net, x1, x2=None, store=None, *, tile: int = 1024, executor=N
     symmetric = x2 is None
     nt1, nt2 = -(-n1 // tile), -(-n2 // tile)
     fingerprint = _fingerprint(net, x1, x2, tile, get, str(np.dtype(dtype)))
-    path = store if isinstance(store, str) else str(store)
+    path = os.fspath(store)
     group = _open_or_create(path, fingerprint, n1, n2, nt1, nt2, tile, get, dtype)
     done = np.asarray(group["done"][:])
     todo = [(i, j) for i in range(nt1) for j in range(i if symmetric else 0, nt2) if not done[i, j]]

@@ -88,8 +88,9 @@ def test_broken_process_pool_is_reported_and_a_rerun_resumes(tmp_path, worker_en
     pool = ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn"))
     import threading
 
-    def kill_soon():
-        time.sleep(6.0)
+    def kill_soon():  # as soon as the first group is written: the others are being trained
+        while not list(out.glob("group-*.nc")):
+            time.sleep(0.01)
         os.kill(next(iter(pool._processes)), signal.SIGKILL)
 
     killer = threading.Thread(target=kill_soon)

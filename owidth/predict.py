@@ -644,9 +644,7 @@ def nngp_posterior(k_train, k_test_train, y_train, *, noise: float = 0.0, k_test
     _check_shapes(where, k=k, y=jnp.asarray(y_train), kxt=kxt, ktt=ktt)
     n = k.shape[0]
     y, squeeze = _as_outputs(y_train)
-    lam, v = jnp.linalg.eigh(k + noise * jnp.eye(n, dtype=k.dtype))
-    cutoff = jnp.finfo(lam.dtype).eps * n * jnp.max(jnp.abs(lam))
-    inv = jnp.where(lam > cutoff, 1.0 / jnp.where(lam > cutoff, lam, 1.0), 0.0)  # pseudo-inverse on the spectrum
+    v, inv = _pinv_eigh(k + noise * jnp.eye(n, dtype=k.dtype))
     kv = kxt @ v
     mean = kv @ (inv[:, None] * (v.T @ y))
     cov = None if ktt is None else ktt - (kv * inv[None, :]) @ kv.T
@@ -730,9 +728,7 @@ def kernel_regression(k_train, y_train, k_test_train=None, *, ridge: float = 0.0
     if y.shape[0] != n:
         raise ValueError(f"{where}: y_train has {y.shape[0]} rows but the kernel is {n} x {n}")
     if solver == "direct":
-        lam, v = jnp.linalg.eigh(kmat + ridge * jnp.eye(n, dtype=kmat.dtype))
-        cutoff = jnp.finfo(lam.dtype).eps * n * jnp.max(jnp.abs(lam))
-        inv = jnp.where(lam > cutoff, 1.0 / jnp.where(lam > cutoff, lam, 1.0), 0.0)
+        v, inv = _pinv_eigh(kmat + ridge * jnp.eye(n, dtype=kmat.dtype))
         alpha = v @ (inv[:, None] * (v.T @ y))
     else:
         alpha = _cg_solve(matvec, y, n, ridge=ridge, tol=float(tol), maxiter=maxiter,
@@ -776,6 +772,14 @@ def _cg_solve(matvec, y, n, *, ridge, tol, maxiter, rank, seed, where):
                            f"{10 * tol:.1e}; raise maxiter (now {maxiter or n}), the preconditioner's rank (now "
                            f"{rank}) or ridge (now {ridge}), or use solver='direct' if K fits in memory")
     return alpha
+
+
+def _pinv_eigh(a):
+    """``(V, inv)`` with ``a = V diag(lam) V^T`` and ``inv`` the pseudo-inverse of the spectrum (eigenvalues below
+    ``eps n max|lam|`` dropped)."""
+    lam, v = jnp.linalg.eigh(a)
+    cutoff = jnp.finfo(lam.dtype).eps * a.shape[0] * jnp.max(jnp.abs(lam))
+    return v, jnp.where(lam > cutoff, 1.0 / jnp.where(lam > cutoff, lam, 1.0), 0.0)
 
 
 def _concrete(*values) -> bool:

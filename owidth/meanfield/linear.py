@@ -18,12 +18,22 @@ with Gaussian sources ``u^{l+1} ~ N(0, sigma_{l+1}^2 M^l)`` (a process over ``(t
 ``b^l(t, s) = <d z^{l+1}(t) / d u^{l+1}(s)>``. The network function is ``f_t(x) = beta_t . x``,
 ``beta_t = (c_out / gamma0) <z^L(t) v^L(t) - z^L(0) v^L(0)>``, ``c_out = sigma_{L+1} sqrt(n0)``.
 
-Because the map from sources to fields is linear, expectations are exact sums over the
-columns of factors of the source covariances (no sampling), and the responses are the
-(sample-independent) Jacobians. Cost per iteration: ``O(N_src tau^2 d)`` with
-``N_src = d + 1 + (L - 1) tau (d + 1)`` source directions and ``tau = T + 1`` times,
-plus ``O((tau d)^3)`` for factoring ``M^l``; memory ``O(L tau^2 d^2)``. The number of
-training points enters only through ``e(t)`` (``O(T P d)``).
+Because the map from sources to fields is linear, expectations are exact (no sampling), and
+the responses are the (sample-independent) Jacobians. Two solvers:
+
+* :func:`sweep` (the default): one causal pass over time. Each field is carried as its row of
+  coefficients over the ``N_src = d + 1 + (L - 1) tau (d + 1)`` source coordinates (``v_0``,
+  ``w``, then ``u^{l+1}(t)`` and ``r^l(t)`` per hidden-to-hidden weight), so the kernels are
+  quadratic forms ``M^l(t, s) = V^l(t) C V^l(s)^T`` with the block-diagonal source covariance
+  ``C``, whose blocks are the kernels themselves (``sigma^2 M^l``, ``sigma^2 G^{l+1}``). By
+  causality the entries of ``C`` that row ``t`` meets exist when it is formed; ``a^l`` and
+  ``b^l`` are coefficient blocks. No factorisation, no iteration. Cost ``O(L^2 tau^3 d^3)``
+  (the quadratic forms against the ``(tau d)^2`` blocks), memory ``O(L tau d N_src + L tau^2 d^2)``.
+* :func:`iterate` (``method="picard"``): Picard iteration of the whole trajectory, pushing the
+  columns of factors of the source covariances through the equations. Per iteration
+  ``O(N_src tau^2 d)`` plus ``O((tau d)^3)`` for factoring ``M^l``; at least ``T`` iterations.
+
+The number of training points enters only through ``e(t)`` (``O(T P d)``).
 """
 
 from __future__ import annotations
@@ -35,7 +45,7 @@ import jax.numpy as jnp
 
 from owidth.meanfield._spec import MLP
 
-__all__ = ["iterate", "initial_state"]
+__all__ = ["initial_state", "iterate", "sweep"]
 
 
 def _factor(s):
@@ -146,3 +156,105 @@ def initial_state(mlp: MLP, tau: int, d: int, dtype):
         "a": jnp.zeros((max(L - 1, 0), tau, d, tau), dtype),
         "b": jnp.zeros((max(L - 1, 0), tau, tau, d), dtype),
     }
+
+
+def _quad(mlp: MLP, cov, xa, xb):
+    """``E[a b^T]`` for fields ``a = xa . s``, ``b = xb . s`` linear in the independent source blocks ``s``.
+
+    ``xa`` (..., N), ``xb`` (..., N) are coefficients over the source coordinates of
+    :func:`_layout`; ``cov`` holds the blocks' covariances: ``v0`` (scalar times I), ``w`` (1),
+    ``u[j]`` (tau d, tau d) and ``r[j]`` (tau, tau). Result (..., ...) over xa's then xb's axes."""
+    lay = _layout(mlp, cov["tau"], cov["d"])
+    sl = lambda a, name: a[..., lay[name][0]:lay[name][1]]  # noqa: E731
+    out = cov["v0"] * jnp.tensordot(sl(xa, "v0"), sl(xb, "v0"), axes=([-1], [-1]))
+    out = out + cov["w"] * jnp.tensordot(sl(xa, "w"), sl(xb, "w"), axes=([-1], [-1]))
+    for j in range(mlp.depth - 1):
+        for name in (f"u{j}", f"r{j}"):
+            out = out + jnp.tensordot(jnp.tensordot(sl(xa, name), cov[name], axes=([-1], [0])), sl(xb, name),
+                                      axes=([-1], [-1]))
+    return out
+
+
+def _layout(mlp: MLP, tau: int, d: int) -> dict:
+    """Source coordinates: ``v0`` (d), ``w`` (1), then per hidden-to-hidden weight j ``u{j}`` (tau d) and ``r{j}`` (tau)."""
+    lay, k = {"v0": (0, d), "w": (d, d + 1)}, d + 1
+    for j in range(mlp.depth - 1):
+        lay[f"u{j}"] = (k, k + tau * d)
+        lay[f"r{j}"] = (k + tau * d, k + tau * d + tau)
+        k += tau * d + tau
+    lay["N"] = (k, k)
+    return lay
+
+
+@functools.partial(jax.jit, static_argnames=("mlp", "tau"))
+def sweep(mlp: MLP, c, gamma0, x, y, *, tau: int):
+    """The exact deep-linear DMFT in one causal sweep over time (no fixed-point iteration).
+
+    Every field of a neuron is linear in its Gaussian sources, so it is carried as a row of
+    coefficients over the source coordinates (:func:`_layout`): ``v^l(t)`` (d, N) and
+    ``z^l(t)`` (N,). At step ``t`` the single-site equations need the kernels ``M^l(t, s)``,
+    ``G^l(t, s)`` and responses only at ``s <= t``, and those are quadratic forms (:func:`_quad`)
+    of coefficient rows that exist by then; the responses of a linear system are its
+    coefficients themselves, ``a^l(t, s) = d v^l(t) / d r^l(s)`` and ``b^l(t, s) = d z^{l+1}(t) /
+    d u^{l+1}(s)``, the same for every neuron. So one pass over ``t = 0..T`` in the order
+    ``v^1..v^L``, ``z^L..z^1`` (each kernel row as soon as its fields exist) gives the
+    solution that Picard iteration converges to."""
+    L, sig = mlp.depth, mlp.w_std
+    p, d = x.shape
+    dt = x.dtype
+    lay = _layout(mlp, tau, d)
+    n = lay["N"][0]
+    times = jnp.arange(tau)
+
+    def unit(name, idx=0):
+        return jnp.zeros(n, dt).at[lay[name][0] + idx].set(1.0)
+
+    v0_rows = jnp.zeros((d, n), dt).at[:, lay["v0"][0]:lay["v0"][1]].set(jnp.eye(d, dtype=dt))
+
+    def covs(cr):
+        cov = {"tau": tau, "d": d, "v0": sig[0] ** 2 / d, "w": 0.0 if mlp.zero_readout else 1.0}
+        for j in range(L - 1):
+            cov[f"u{j}"] = sig[j + 1] ** 2 * cr["M"][j].reshape(tau * d, tau * d)
+            cov[f"r{j}"] = sig[j + 1] ** 2 * cr["G"][j + 1]
+        return cov
+
+    def step(cr, t):
+        cr = dict(cr)
+        past = (times < t).astype(dt)  # over s
+        e = cr["e"] * past[:, None]  # (tau, d): e(s) for s < t
+        V, Z, M, G = cr["V"], cr["Z"], cr["M"], cr["G"]
+        for l in range(L):  # forward fields v^l(t): (d, N)
+            if l == 0:
+                row = v0_rows + (c * sig[0] ** 2 / d) * jnp.einsum("sd,sn->dn", e, Z[0])
+            else:
+                j = l - 1
+                a = V[j, t][:, lay[f"r{j}"][0]:lay[f"r{j}"][1]] * past[None]  # a^j(t, s): (d, tau)
+                me = jnp.einsum("dse,se->ds", M[j, t], e)  # M^j(t, s) e(s): (d, tau)
+                u = jnp.zeros((d, n), dt).at[:, lay[f"u{j}"][0] + t * d + jnp.arange(d)].set(jnp.eye(d, dtype=dt))
+                row = u + sig[j + 1] ** 2 * jnp.einsum("ds,sn->dn", a + c * me, Z[l])
+            V = V.at[l, t].set(row)
+            cov = covs({"M": M, "G": G})
+            m_row = _quad(mlp, cov, row, V[l])  # (d, tau, d): M^l(t, s)
+            M = M.at[l, t].set(m_row).at[l, :, :, t, :].set(jnp.transpose(m_row, (1, 2, 0)))
+        zl = unit("w") + c * jnp.einsum("sd,sdn->n", e, V[L - 1])
+        for l in reversed(range(L)):  # backward fields z^l(t): (N,)
+            if l < L - 1:
+                upto = (times <= t).astype(dt)
+                b = Z[l + 1, t, lay[f"u{l}"][0]:lay[f"u{l}"][1]].reshape(tau, d) * upto[:, None]  # b^l(t, s)
+                coef = sig[l + 1] ** 2 * (b + c * G[l + 1, t][:, None] * e)  # (tau, d)
+                zl = unit(f"r{l}", t) + jnp.einsum("sd,sdn->n", coef, V[l])
+            Z = Z.at[l, t].set(zl)
+            g_row = _quad(mlp, covs({"M": M, "G": G}), zl, Z[l])  # (tau,)
+            G = G.at[l, t].set(g_row).at[l, :, t].set(g_row)
+        zv = _quad(mlp, covs({"M": M, "G": G}), Z[L - 1, t], V[L - 1, t])  # E[z^L(t) v^L(t)]: (d,)
+        zv0 = _quad(mlp, covs({"M": M, "G": G}), Z[L - 1, 0], V[L - 1, 0])
+        beta = (mlp.c_out / gamma0) * (zv - zv0)
+        resid = y - x @ beta
+        cr.update(V=V, Z=Z, M=M, G=G, beta=cr["beta"].at[t].set(beta), e=cr["e"].at[t].set(resid @ x / p))
+        return cr, None
+
+    cr = {"V": jnp.zeros((L, tau, d, n), dt), "Z": jnp.zeros((L, tau, n), dt),
+          "M": jnp.zeros((L, tau, d, tau, d), dt), "G": jnp.zeros((L, tau, tau), dt),
+          "beta": jnp.zeros((tau, d), dt), "e": jnp.zeros((tau, d), dt)}
+    cr, _ = jax.lax.scan(step, cr, times)
+    return {"beta": cr["beta"], "M": cr["M"], "G": cr["G"]}

@@ -118,6 +118,26 @@ def _linear_net(depth):
     return ow.serial(*layers, ow.Dense(out=1, w_std=1.1))
 
 
+@pytest.mark.parametrize("depth, gamma0, steps", [(1, 1.5, 8), (2, 1.0, 10), (3, 0.7, 8)])
+def test_one_sweep_equals_picard_iteration(depth, gamma0, steps):
+    """The exact deep-linear sweep (one causal pass, coefficients over the sources) and the Picard iteration
+    (columns of factors of the source covariances, >= T iterations) are two independent solvers of the same
+    equations: outputs, equal-time and two-time kernels agree to the iteration's tolerance."""
+    net = _linear_net(depth)
+    x, y, xt, _ = _data(p=5, d=3, m=2)
+    kw = dict(gamma0=gamma0, lr=0.3, steps=steps, x_test=xt, param=ow.MUP.with_base_width(8))
+    sweep = ow.dmft(net, x, y, **kw)
+    picard = ow.dmft(net, x, y, **kw, method="picard", tol=1e-13)
+    assert (sweep.method, sweep.iterations, picard.method) == ("exact-linear", 1, "picard-linear")
+    assert picard.iterations >= steps
+    for a, b in ((sweep.f_train, picard.f_train), (sweep.f_test, picard.f_test), (sweep.phi, picard.phi),
+                 (sweep.g, picard.g), (sweep.phi_two_time, picard.phi_two_time), (sweep.ntk, picard.ntk)):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-10 * np.abs(b).max())
+    assert np.abs(sweep.f_train[-1] - sweep.f_train[0]).max() > 0.1  # it learned something
+    with pytest.raises(ValueError, match="one causal sweep"):
+        ow.dmft(net, x, y, **kw, damping=0.5)
+
+
 # depth 3 has A^1, B^1 and the middle layer of depth 2 too: depth 2 with the slow tests
 @pytest.mark.parametrize("depth", [1, pytest.param(2, marks=pytest.mark.slow), pytest.param(3, marks=pytest.mark.slow)])
 def test_monte_carlo_agrees_with_exact_linear_solver(depth):
@@ -246,4 +266,4 @@ def test_bad_arguments_raise():
 def test_no_convergence_says_so():
     x, y, _, _ = _data(p=3, d=2)
     with pytest.raises(ow.DMFTConvergenceError, match="last residual"):
-        ow.dmft(DEEP_LINEAR, x, y, gamma0=1.0, lr=0.3, steps=10, max_iter=5)
+        ow.dmft(DEEP_LINEAR, x, y, gamma0=1.0, lr=0.3, steps=10, method="picard", max_iter=5)

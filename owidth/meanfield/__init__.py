@@ -39,9 +39,22 @@ cross-check: Picard iteration on the whole trajectory with a learning horizon th
 step per iteration, so at least ``steps`` iterations (they agree to the iteration's tolerance:
 2e-12 on outputs at P = T = 100).
 
-Nonlinear networks: Monte Carlo, one causal sweep forward in time over a population of
-sampled neurons, with low-rank (population) Gaussian sources and pathwise response functions
-(:mod:`owidth.meanfield.nonlinear`); independent replicas give the error bars.
+Nonlinear networks, two Monte Carlo solvers; independent replicas give the error bars:
+
+* ``"monte-carlo"`` (:mod:`owidth.meanfield.nonlinear`): one causal sweep forward in time over
+  sampled neurons with independent (population) Gaussian sources and exact pathwise response
+  functions. The responses cost ``O(S_r (T Q)^2)`` memory and ``O(S_r (T Q)^3)`` time, which
+  bounds it to ``T Q`` of about two thousand on a CPU.
+* ``"population"`` (:mod:`owidth.meanfield.population`): pairs of interacting populations of
+  ``n`` and ``n/2`` neurons (width-n muP networks in weight space, whose weights carry the
+  responses implicitly), Richardson-extrapolated in ``1/n``: error ``O(n^-2)`` plus the
+  replicas' standard error, cost ``O(L n^2 T Q)``, no ``(T Q)^2`` arrays. P = T = 100 (tanh, 2
+  hidden layers) takes 13 s on 2 CPU cores.
+
+There is no exact method for nonlinear networks at that scale on a CPU: the exact-response
+sweep's measured time grows like ``T^2.3-2.7`` and ``P^1.4-2.2`` (2 hidden layers, 1000 samples,
+64 response samples; P = 20, T = 100: 48 s and a 9.0 GiB peak; ``benchmarks/dmft.py``), and
+its ``S_r (T Q)^3`` operation count is ``6.4e13`` at P = T = 100.
 
 References:
   - Bordelon & Pehlevan 2022, Self-Consistent Dynamical Field Theory of Kernel Evolution in Wide
@@ -66,7 +79,7 @@ import numpy as np
 
 from owidth import _checks
 from owidth._progress import progress
-from owidth.meanfield import _spec, linear, nonlinear
+from owidth.meanfield import _spec, linear, nonlinear, population
 from owidth.param import MUP, Parametrization
 
 __all__ = ["DMFTConvergenceError", "DMFTResult", "dmft"]
@@ -220,13 +233,21 @@ def dmft(net, x_train, y_train, *, gamma0: float, lr: float, steps: int, param: 
       x_test, y_test: optional test points (outputs, and the test loss when ``y_test`` is given).
       method: ``"exact"`` (deep linear networks only: deterministic, no sampling, one causal
         sweep), ``"picard"`` (the same equations by Picard iteration, the cross-check),
-        ``"monte-carlo"`` or ``"auto"`` (exact when every activation is ``Identity``).
-      samples: Monte Carlo neurons per replica. response_samples: how many of them carry the
-        pathwise response Jacobians. replicas: independent replicas; the result is their mean
-        and the ``*_se`` fields their spread / sqrt(replicas). That is the statistical error;
-        Monte Carlo DMFT also has a bias of order ``1 / samples`` (measured on a small linear
-        net: about 1e-3 on outputs of order 0.5 at 1000 samples, 1e-4 at 8000), which replicas
-        do not reveal: raise ``samples`` for it.
+        ``"monte-carlo"`` (exact pathwise responses), ``"population"`` (extrapolated finite
+        populations; any activation, kinked ones included) or ``"auto"``: exact when every
+        activation is ``Identity``, else monte-carlo, or population when monte-carlo would not
+        fit in memory or the net has 2+ hidden layers of a kinked activation (``result.method``
+        says which ran).
+      samples: Monte Carlo neurons per replica (population: the larger width ``n``; the smaller
+        is ``n // 2``). response_samples: how many of them carry the pathwise response
+        Jacobians (monte-carlo only). replicas: independent replicas (population: pairs); the
+        result is their mean and the ``*_se`` fields their spread / sqrt(replicas). That is the
+        statistical error. The monte-carlo sweep also has a bias of order ``1 / samples``
+        (measured on a small linear net: about 1e-3 on outputs of order 0.5 at 1000 samples,
+        1e-4 at 8000), which replicas do not reveal: raise ``samples`` for it. The population
+        estimate's bias is ``O(1 / samples^2)``; its standard error falls like
+        ``(samples * replicas)^-1/2`` (tanh, P = T = 100, samples 1024, 8 replicas: up to 0.014
+        on outputs of order 1).
       damping, tol, max_iter: the fixed-point iteration of ``method="picard"`` (the sweeps have
         no iteration and refuse them).
         damping: ``state <- damping state + (1 - damping) map(state)``; default 0, retried with
@@ -252,8 +273,10 @@ def dmft(net, x_train, y_train, *, gamma0: float, lr: float, steps: int, param: 
     response Jacobians, with ``O(S T Q + S^2 + S_r (T Q)^2)`` memory; with 1000 samples and
     64 response samples: P = 8, T = 20 in 0.13 s; P = 10, T = 100 in 7.0 s (2.6 GiB peak);
     P = 20, T = 50 in 4.8 s. The ``S_r (T Q)^2`` Jacobians make P = T = 100 (T Q = 10^4) out of
-    reach on a CPU (102 GiB of carried arrays at S_r = 64); the solver refuses, before compiling, problems whose estimated
-    peak exceeds 80% of the machine's memory.
+    reach on a CPU (102 GiB of carried arrays at S_r = 64); the solver refuses, before compiling,
+    problems whose estimated peak exceeds 80% of the machine's memory, naming the largest that
+    fit. Population: ``O(L samples^2 T Q)`` per replica, memory ``O(L samples^2)`` per replica in
+    flight; P = T = 100 with samples 1024 and 8 replicas in 13 s (1.8 GiB peak).
 
     References:
       - Bordelon & Pehlevan 2022, Self-Consistent Dynamical Field Theory of Kernel Evolution in
@@ -302,8 +325,7 @@ class _Plan:
     gamma0: float
     lr: float
     steps: int
-    exact: bool
-    picard: bool
+    solver: str  # "exact-linear", "picard-linear", "monte-carlo" or "population"
     samples: int
     response_samples: int
     replicas: int
@@ -340,29 +362,41 @@ def _plan(net, x_train, y_train, *, gamma0, lr, steps, param, x_test, y_test, me
         yt = np.asarray(_checks.finite_values("y_test", y_test, where=where), dtype=x.dtype).reshape(-1)
         if yt.shape != (xt.shape[0],):
             raise ValueError(f"{where}: y_test must have {xt.shape[0]} entries, got {np.shape(y_test)}")
-    if method not in ("auto", "exact", "picard", "monte-carlo"):
-        raise ValueError(f"{where}: method={method!r} is not known; use 'auto', 'exact', 'picard' or 'monte-carlo'")
+    if method not in ("auto", "exact", "picard", "monte-carlo", "population"):
+        raise ValueError(f"{where}: method={method!r} is not known; use 'auto', 'exact', 'picard', 'monte-carlo' or "
+                         "'population'")
     if method in ("exact", "picard") and not mlp.linear:
         raise ValueError(f"{where}: method={method!r} needs a deep linear network (every activation ow.Identity()); "
                          "use method='monte-carlo' for nonlinear networks")
     for name, v in (("samples", samples), ("response_samples", response_samples), ("replicas", replicas)):
         _checks.positive_int(name, v, where=where)
     exact = method in ("exact", "picard") or (method == "auto" and mlp.linear)
-    if not exact and mlp.depth >= 2:
-        kinked = sorted({type(a).__name__ for a in mlp.acts if not getattr(a, "_smooth", True)})
+    kinked = sorted({type(a).__name__ for a in mlp.acts if not getattr(a, "_smooth", True)}) if mlp.depth >= 2 else []
+    q = x.shape[0] + (0 if xt is None else xt.shape[0])
+    too_big = _memory_verdict(mlp, samples=samples, response_samples=min(response_samples, samples),
+                              tau=steps + 1, q=q, itemsize=x.dtype.itemsize, where=where)
+    if exact:
+        solver = "picard-linear" if method == "picard" else "exact-linear"
+    elif method == "population" or (method == "auto" and (kinked or too_big)):
+        solver = "population"
+    else:
+        solver = "monte-carlo"
+        if too_big:
+            raise MemoryError(too_big + "; or use method='population', which needs no response Jacobians")
         if kinked:
             raise ValueError(
                 f"{where}: the Monte Carlo response functions are pathwise derivatives of phi'(h) z, which miss the "
                 f"delta function in phi'' of a kinked activation ({', '.join(kinked)}), so the DMFT of a network with "
                 "2+ hidden layers would be biased; use a smooth activation (ow.Tanh, ow.Erf, ow.Gelu, ow.Sin, ...). "
-                "One hidden layer has no response functions and accepts any activation.")
+                "One hidden layer has no response functions and accepts any activation; method='population' "
+                "(a population extrapolated in its size) accepts any activation.")
     given = [k for k, v in (("damping", damping), ("tol", tol), ("max_iter", max_iter)) if v is not None]
     if given and method != "picard":
         raise ValueError(
             f"{where}: {', '.join(given)} set the Picard iteration of method='picard' (the deep-linear cross-check); "
             + ("the exact deep-linear solver is one causal sweep over time and has no iteration"
-               if exact else "the Monte Carlo solver is one causal sweep over time and has no iteration (its accuracy "
-               "is set by samples, response_samples and replicas)"))
+               if exact else f"the {solver} solver is one sweep over time and has no iteration (its accuracy "
+               "is set by samples and replicas)"))
     if damping is None:
         dampings = (0.0, 0.5, 0.8)
     else:
@@ -374,7 +408,7 @@ def _plan(net, x_train, y_train, *, gamma0, lr, steps, param, x_test, y_test, me
     tol = _checks.positive_number("tol", tol, where=where)
     if max_iter is not None:
         max_iter = _checks.positive_int("max_iter", max_iter, where=where)
-    return _Plan(mlp=mlp, x=x, y=y, xt=xt, yt=yt, gamma0=gamma0, lr=lr, steps=steps, exact=exact, picard=method == "picard", samples=samples,
+    return _Plan(mlp=mlp, x=x, y=y, xt=xt, yt=yt, gamma0=gamma0, lr=lr, steps=steps, solver=solver, samples=samples,
                  response_samples=min(response_samples, samples), replicas=replicas, dampings=dampings, tol=tol,
                  max_iter=max_iter, seed=seed, two_time_limit=two_time_limit, progress_bar=progress_bar)
 
@@ -383,14 +417,14 @@ def _run(p: _Plan) -> dict:
     """Solve: the exact deep-linear iteration (retried with more damping) or the Monte Carlo replicas."""
     common = dict(mlp=p.mlp, x=p.x, y=p.y, xt=p.xt, gamma0=p.gamma0, lr=p.lr, steps=p.steps,
                   two_time_limit=p.two_time_limit)
-    if p.exact and not p.picard:
+    if p.solver == "exact-linear":
         try:
             out = _solve_linear(**common)
         except _Diverged as err:
             raise DMFTConvergenceError(str(err)) from None
         out.update(damping=0.0, replicas=1, samples=0)
         return out
-    if p.exact:
+    if p.solver == "picard-linear":
         for k, damp in enumerate(p.dampings):
             cap = p.max_iter or int((3 * p.steps + 100) / (1 - damp))
             try:
@@ -403,19 +437,15 @@ def _run(p: _Plan) -> dict:
         out.update(damping=damp, replicas=1, samples=0)
         return out
     where = "ow.dmft"
-    q = p.x.shape[0] + (0 if p.xt is None else p.xt.shape[0])
-    _check_memory(p.mlp, samples=p.samples, response_samples=p.response_samples, tau=p.steps + 1, q=q,
-                  itemsize=p.x.dtype.itemsize, where=where)
+    if p.solver == "population":
+        return _solve_population(p)
     reps = []
     with progress(total=p.replicas, desc=f"{where} replicas", enabled=p.progress_bar) as bar:
         for r in range(p.replicas):
             reps.append(_solve_mc(**common, samples=p.samples, response_samples=p.response_samples,
                                   key=jax.random.fold_in(jax.random.key(p.seed), r)))
             bar.update(1)
-    out = _combine(reps)
-    per_rep = np.array([_loss(fr[:, :p.x.shape[0]], p.y) for fr in out["_reps_f"]])
-    out["loss_se"] = per_rep.std(0, ddof=1) / math.sqrt(p.replicas) if p.replicas > 1 else np.full(p.steps + 1,
-                                                                                                    np.nan)
+    out = _combine(reps, p.y)
     out.update(damping=0.0, replicas=p.replicas, samples=p.samples)
     return out
 
@@ -430,7 +460,7 @@ def _assemble(p: _Plan, out: dict) -> DMFTResult:
         test_loss=None if p.yt is None else _loss(f_test, p.yt), phi=out["phi"], g=out["g"],
         ntk=out["ntk"], phi_two_time=out.get("phi2"), g_two_time=out.get("g2"),
         f_train_se=out["f_se"][:, :n], f_test_se=None if p.xt is None else out["f_se"][:, n:],
-        train_loss_se=out["loss_se"], phi_se=out["phi_se"], method=("picard-linear" if p.picard else "exact-linear") if p.exact else "monte-carlo",
+        train_loss_se=out["loss_se"], phi_se=out["phi_se"], method=p.solver,
         iterations=out["iterations"], residual=out["residual"], converged=True, gamma0=p.gamma0, lr=p.lr,
         steps=p.steps, samples=out["samples"], replicas=out["replicas"], damping=out["damping"])
 
@@ -507,21 +537,41 @@ def _solve_linear(*, mlp, x, y, xt, gamma0, lr, steps, two_time_limit, picard=No
     return out
 
 
-def _check_memory(mlp, *, samples, response_samples, tau, q, itemsize, where):
-    """Refuse, before compiling, a Monte Carlo solve whose estimated peak exceeds 80% of the machine's memory."""
-    need = 3 * nonlinear.memory_bytes(mlp, samples=samples, response_samples=response_samples, tau=tau, q=q,
-                                      itemsize=itemsize)  # peak RSS measured at 2.5-3x the carried arrays
+def _memory_verdict(mlp, *, samples, response_samples, tau, q, itemsize, where):
+    """Why a Monte Carlo solve (exact responses) would not fit, or None: its estimated peak exceeds 80% of
+    the machine's memory. The message gives the size and the largest problems that fit: the most steps at
+    these points, the most points at these steps, and the largest ``P = T``."""
+    def need(tau, q):  # peak RSS measured at 2.5-3x the carried arrays
+        return 3 * nonlinear.memory_bytes(mlp, samples=samples, response_samples=response_samples, tau=tau, q=q,
+                                          itemsize=itemsize)
+
     try:
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, ValueError, OSError):
-        return
-    if jax.default_backend() == "cpu" and need > 0.8 * total:
-        raise MemoryError(
-            f"{where}: the Monte Carlo DMFT with (steps + 1) * points = {tau * q}, samples={samples} and "
-            f"response_samples={response_samples} needs about {need / 2**30:.1f} GiB (this machine has "
-            f"{total / 2**30:.1f} GiB); the response Jacobians hold response_samples * ((steps + 1) * points)^2 "
-            "numbers per hidden-to-hidden weight and direction: lower response_samples, steps or the number of "
-            "points")
+        return None
+    budget = 0.8 * total
+    if jax.default_backend() != "cpu" or need(tau, q) <= budget:
+        return None
+
+    def largest(fits):  # the largest k >= 0 with fits(k), fits monotone decreasing
+        lo, hi = 0, 1
+        while fits(hi):
+            lo, hi = hi, 2 * hi
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+        return lo
+
+    t_max = largest(lambda t: need(t + 1, q) <= budget)
+    q_max = largest(lambda n: need(tau, n) <= budget)
+    square = largest(lambda n: need(n + 1, n) <= budget)
+    return (
+        f"{where}: the Monte Carlo DMFT with (steps + 1) * points = {tau * q}, samples={samples} and "
+        f"response_samples={response_samples} needs about {need(tau, q) / 2**30:.1f} GiB (this machine has "
+        f"{total / 2**30:.1f} GiB; the limit is 80%); the response Jacobians hold response_samples * "
+        "((steps + 1) * points)^2 numbers per hidden-to-hidden weight and direction. What fits with these samples: "
+        f"steps <= {t_max} at {q} points, or <= {q_max} points (train + test) at steps={tau - 1}, or P = T = "
+        f"{square}; lower response_samples for more")
 
 
 def _ntk(mlp, phi, g, x):
@@ -562,7 +612,38 @@ def _solve_mc(*, mlp, x, y, xt, gamma0, lr, steps, samples, response_samples, tw
     return out
 
 
-def _combine(reps):
+def _solve_population(p: _Plan) -> dict:
+    """Populations of width ``n = samples`` and ``n // 2``, ``replicas`` of each, Richardson-extrapolated in 1/n.
+
+    Replicas run vmapped in chunks of about 2^27 weights (1 GiB in float64) per chunk."""
+    xa = p.x if p.xt is None else np.concatenate([p.x, p.xt])
+    xj, yj = jnp.asarray(xa), jnp.asarray(p.y)
+    sizes = (p.samples // 2, p.samples)
+    chunk = max(1, min(p.replicas, 2**27 // max(1, p.mlp.depth * p.samples**2 + p.samples * p.x.shape[1])))
+    keys = jax.random.split(jax.random.key(p.seed), p.replicas)  # both sizes: common random numbers
+    runs = {n: [] for n in sizes}
+    with progress(total=p.replicas, desc="ow.dmft populations", enabled=p.progress_bar) as bar:
+        for start in range(0, p.replicas, chunk):
+            ks = keys[start:start + chunk]
+            for n in sizes:
+                rec = jax.vmap(lambda k, n=n: population.simulate(
+                    p.mlp, k, xj, yj, gamma0=p.gamma0, lr=p.lr, n=n, nest=sizes[1], steps=p.steps,
+                    p=p.x.shape[0]))(ks)
+                runs[n] += [{k: np.asarray(v[i]) for k, v in rec.items()} for i in range(len(ks))]
+            bar.update(len(ks))
+    # paired Richardson estimates, one per replica: X_inf ~ 2 X(n) - X(n/2)
+    est = [{k: 2 * big[k] - small[k] for k in big} for small, big in zip(runs[sizes[0]], runs[sizes[1]])]
+    if not all(np.all(np.isfinite(e["f"])) for e in est):
+        raise DMFTConvergenceError("ow.dmft: non-finite values in the populations: the gradient descent diverges; "
+                                   "lower lr (larger gamma0 needs a smaller lr)")
+    out = _combine(est, p.y)
+    out["ntk"] = _ntk(p.mlp, out["phi"], out["g"], p.x)
+    out.update(iterations=1, residual=0.0, damping=0.0, replicas=p.replicas, samples=p.samples)
+    return out
+
+
+def _combine(reps, y):
+    """Mean of independent replicas ({name: array}) and standard errors of outputs, kernels and train loss."""
     r = len(reps)
     out = {}
     for k in reps[0]:
@@ -577,6 +658,5 @@ def _combine(reps):
 
     out["f_se"] = se([o["f"] for o in reps])
     out["phi_se"] = se([o["phi"] for o in reps])
-    out["loss_se"] = None  # filled by the caller from the replicas' losses
-    out["_reps_f"] = [o["f"] for o in reps]
+    out["loss_se"] = se([_loss(o["f"][:, :len(y)], y) for o in reps])  # the spread of the replicas' losses
     return out

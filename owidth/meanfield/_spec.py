@@ -11,7 +11,7 @@ from owidth.param import MF, MUP, Parametrization
 from owidth.layers._base import Layer
 from owidth.layers.activations import Activation
 
-__all__ = ["MLP", "parse"]
+__all__ = ["MLP", "elementwise", "parse"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +42,11 @@ class MLP:
     def dphi(self, l: int):
         fn = self.acts[l].fn
         return jax.vmap(jax.grad(lambda u: fn(u)))  # elementwise derivative of a 1-D array
+
+
+def elementwise(fn):
+    """``fn`` of a 1-D array (``MLP.phi``, ``MLP.dphi``) applied to an array of any shape."""
+    return lambda a: fn(a.reshape(-1)).reshape(a.shape)
 
 
 def _same_exponents(p: Parametrization, q: Parametrization) -> bool:

@@ -58,7 +58,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from owidth.meanfield._spec import MLP
+from owidth.meanfield._spec import MLP, elementwise
 
 __all__ = ["draws", "memory_bytes", "solve"]
 
@@ -102,10 +102,6 @@ def _blocks(tau: int, q: int) -> list[int]:
     return [math.ceil((b + 1) * tau / nb) for b in range(nb)]
 
 
-def _elementwise(fn):
-    return lambda a: fn(a.reshape(-1)).reshape(a.shape)
-
-
 @functools.partial(jax.jit, static_argnames=("mlp", "tau", "p", "response_samples"))
 def solve(mlp: MLP, eps, c, gamma0, kx, y, *, tau: int, p: int, response_samples: int):
     """The whole trajectory: ``f`` (tau, Q), kernels ``Phi``, ``G`` (L, tau Q, tau Q), responses ``A``, ``B``."""
@@ -114,8 +110,8 @@ def solve(mlp: MLP, eps, c, gamma0, kx, y, *, tau: int, p: int, response_samples
     S, R = eps["chi"].shape[0], response_samples
     dt = kx.dtype
     D = tau * q  # tangent directions: source coordinates (s, nu)
-    phis = [_elementwise(mlp.phi(l)) for l in range(L)]
-    d1 = [_elementwise(mlp.dphi(l)) for l in range(L)]
+    phis = [elementwise(mlp.phi(l)) for l in range(L)]
+    d1 = [elementwise(mlp.dphi(l)) for l in range(L)]
     d2 = [(lambda f: (lambda a: jax.jvp(f, (a,), (jnp.ones_like(a),))[1]))(d1[l]) for l in range(L)]
     chi = eps["chi"] @ _sqrtm(sig[0] ** 2 * kx)
     times = jnp.arange(tau)

@@ -267,3 +267,59 @@ def test_no_convergence_says_so():
     x, y, _, _ = _data(p=3, d=2)
     with pytest.raises(ow.DMFTConvergenceError, match="last residual"):
         ow.dmft(DEEP_LINEAR, x, y, gamma0=1.0, lr=0.3, steps=10, method="picard", max_iter=5)
+
+
+def test_population_is_the_network_ow_train_trains():
+    """One population of width n is a width-n muP network: 64 of them against 64 ow.train networks
+    (different seeds): means and spreads of the outputs agree (z < 4.5, spread ratio 0.7-1.4)."""
+    from owidth.meanfield import _spec, population
+
+    x, y, _, _ = _data(p=5, d=3, m=0)
+    param = ow.MUP.with_base_width(8)
+    n, seeds, steps = 128, 64, 8
+    mlp = _spec.parse(TANH, param, where="test")
+    f = jax.vmap(lambda k: population.simulate(mlp, k, jax.numpy.asarray(x), jax.numpy.asarray(y), gamma0=1.5,
+                                               lr=0.4, n=n, nest=n, steps=steps, p=5)["f"])(
+        jax.random.split(jax.random.key(0), seeds))
+    f = np.asarray(f)
+    ds = ow.train(TANH, (x, y), test=(x, y), widths=n, lr=0.4, steps=steps, param=param, gamma0=1.5, seeds=seeds,
+                  record_every=1, record_outputs=True, progress_bar=False)
+    ft = ds.test_output.values[0, :, 0, 0, :, :, 0]  # (seed, step, point)
+    se = np.sqrt(f.var(0, ddof=1) / seeds + ft.var(0, ddof=1) / seeds)
+    assert np.all(np.abs(f.mean(0) - ft.mean(0))[1:] < 4.5 * se[1:]), (f.mean(0) - ft.mean(0)) / np.maximum(se, 1e-300)
+    ratio = f[:, 1:].std(0) / ft[:, 1:].std(0)
+    assert np.all((ratio > 0.7) & (ratio < 1.4)), ratio
+    assert np.abs(ft.mean(0)[-1] - ft.mean(0)[0]).max() > 0.3  # it learned
+
+
+def test_population_extrapolates_to_the_exact_linear_dmft():
+    """Deep linear, rich regime (gamma0 = 2): the 1/n-extrapolated populations agree with the exact sweep within
+    4 of their standard errors (outputs, kernels, NTK), and their standard errors are honest (not huge)."""
+    net = _linear_net(2)
+    x, y, xt, _ = _data(p=4, d=3, m=2)
+    kw = dict(gamma0=2.0, lr=0.3, steps=12, x_test=xt)
+    exact = ow.dmft(net, x, y, **kw)
+    pop = ow.dmft(net, x, y, **kw, method="population", samples=512, replicas=32, seed=3)
+    assert pop.method == "population" and pop.samples == 512 and pop.phi_two_time is None
+    for got, want, se in ((pop.f_train, exact.f_train, pop.f_train_se), (pop.f_test, exact.f_test, pop.f_test_se),
+                          (pop.phi, exact.phi, pop.phi_se)):
+        assert np.all(np.abs(got - want)[1:] < 4 * se[1:] + 1e-12), np.max(np.abs(got - want)[1:] / se[1:])
+    assert pop.f_train_se.max() < 0.05 and np.abs(exact.f_train[-1] - exact.f_train[0]).max() > 0.5
+    np.testing.assert_allclose(pop.ntk[0], ow.kernel(net, x).ntk, rtol=0.1)  # extrapolated K(0)
+    np.testing.assert_allclose(pop.train_loss, exact.train_loss, atol=4 * pop.train_loss_se.max())
+
+
+@pytest.mark.slow  # ~40 s
+def test_population_agrees_with_exact_response_monte_carlo():
+    """Tanh, 2 hidden layers, P = 10, T = 50 (a problem both nonlinear solvers can do): the population estimate
+    and the function-space sweep with exact pathwise responses agree within their combined errors
+    (5 SE + 3e-3: the sweep's O(1 / samples) bias is not in its standard error)."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((10, 4))
+    y = np.sin(x[:, 0] + 0.5 * x[:, 1])
+    kw = dict(gamma0=1.0, lr=0.3, steps=50)
+    mc = ow.dmft(TANH, x, y, **kw, method="monte-carlo", samples=1000, response_samples=64, replicas=6, seed=1)
+    pop = ow.dmft(TANH, x, y, **kw, method="population", samples=1024, replicas=16, seed=2)
+    se = np.sqrt(mc.f_train_se**2 + pop.f_train_se**2)
+    assert np.all(np.abs(mc.f_train - pop.f_train) < 5 * se + 3e-3), np.max(np.abs(mc.f_train - pop.f_train) / se)
+    assert np.abs(pop.f_train[-1] - pop.f_train[0]).max() > 0.5

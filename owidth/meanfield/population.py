@@ -1,0 +1,118 @@
+"""DMFT by finite populations extrapolated in their size (internal; see :mod:`owidth.meanfield`).
+
+The DMFT is the ``n -> inf`` limit of the network that ``ow.train(..., param=MUP, gamma0=)``
+trains. A population of ``n`` neurons per layer that interact through the weights is that
+network at width ``n``, written in the mean-field form of :mod:`owidth.meanfield` (``N(0, 1)``
+weights ``W^0`` (n, D), ``W^l`` (n, n), readout ``w`` (n,)):
+
+    h^1 = s_1 W^0 x / sqrt(D),   h^{l+1} = s_{l+1} W^l phi(h^l) / sqrt(n),   f = (c_out / n) w . phi(h^L)
+    z^L = w,   g^l = phi'(h^l) z^l,   z^l = s_{l+1} W^l^T g^{l+1} / sqrt(n)
+
+and full-batch gradient descent ``theta <- theta + (lr gamma0 n / n0) (1/P) sum_mu Delta_mu df_mu/dtheta``
+on ``F = (f - f_0) / gamma0`` (``Delta = y - F``). Its kernels ``Phi^l = phi^T phi / n``,
+``G^l = g^T g / n`` and output are the DMFT's up to finite-size corrections: the mean over
+independent populations is ``X(n) = X_inf + a / n + O(n^-2)`` (the 1/n expansion of
+Roberts, Yaida & Hanin 2022; Bordelon & Pehlevan 2023), and the spread between populations is
+``O(n^-1/2)``. So two sizes ``n/2`` and ``n`` with ``R`` populations each give the Richardson
+estimate ``X_inf ~ 2 X(n) - X(n/2)`` with error ``O(n^-2)`` plus its standard error
+the spread of the paired estimates ``2 X_r(n) - X_r(n/2)`` over ``r``. The pair ``r``
+shares its first ``n/2`` neurons' initial weights (common random numbers): their ``O(n^-1/2)``
+fluctuations are correlated, which makes the paired estimate's variance about a third of that
+of independent pairs (``6 sigma^2 / n`` for independent pairs).
+
+Unlike the function-space sweep (:mod:`owidth.meanfield.nonlinear`) nothing here grows with
+``(T Q)^2``: the response functions of the DMFT are carried implicitly by the weights (the
+part of ``W^l phi(h^l)`` correlated with ``W^l`` through the backward pass ``W^l^T g``).
+Cost per population and step ``O(L n^2 Q + n D Q)``, memory ``O(L n^2 + L n Q)`` plus the
+recorded ``O(L T P^2)`` kernels.
+
+References:
+  - Bordelon & Pehlevan 2022, Self-Consistent Dynamical Field Theory of Kernel Evolution in Wide
+    Neural Networks. <https://arxiv.org/abs/2205.09653>
+  - Bordelon & Pehlevan 2023, Dynamics of Finite Width Kernel and Prediction Fluctuations in Mean
+    Field Neural Networks (the 1/n corrections). <https://arxiv.org/abs/2304.03408>
+  - Roberts, Yaida & Hanin 2022, The Principles of Deep Learning Theory (the 1/n expansion).
+    <https://arxiv.org/abs/2106.10165>
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+
+from owidth.meanfield._spec import MLP, elementwise
+
+__all__ = ["simulate"]
+
+
+def _init(key, mlp: MLP, n: int, d: int, dtype):
+    keys = jax.random.split(key, mlp.depth + 1)
+    ws = [jax.random.normal(keys[0], (n, d), dtype)]
+    ws += [jax.random.normal(keys[l], (n, n), dtype) for l in range(1, mlp.depth)]
+    w = jnp.zeros(n, dtype) if mlp.zero_readout else jax.random.normal(keys[-1], (n,), dtype)
+    return ws, w
+
+
+def _fields(mlp: MLP, ws, w, x):
+    """Forward and backward fields on the points x: phi(h^l) (Q, n) and g^l (Q, n) per layer, output f (Q,)."""
+    L, s = mlp.depth, mlp.w_std
+    n = w.shape[0]
+    hs, ph = [], []
+    h = s[0] * x @ ws[0].T / math.sqrt(x.shape[1])
+    for l in range(L):
+        if l:
+            h = s[l] * ph[-1] @ ws[l].T / math.sqrt(n)
+        hs.append(h)
+        ph.append(elementwise(mlp.phi(l))(h))
+    f = mlp.c_out / n * ph[-1] @ w
+    gs = [None] * L
+    z = jnp.broadcast_to(w, hs[-1].shape)
+    for l in reversed(range(L)):
+        gs[l] = elementwise(mlp.dphi(l))(hs[l]) * z
+        if l:
+            z = s[l] * gs[l] @ ws[l] / math.sqrt(n)
+    return ph, gs, f
+
+
+@functools.partial(jax.jit, static_argnames=("mlp", "n", "nest", "steps", "p"))
+def simulate(mlp: MLP, key, x, y, *, gamma0, lr, n: int, nest: int, steps: int, p: int):
+    """One population of width ``n`` trained for ``steps`` steps on the first ``p`` rows of ``x`` (the rest: test).
+
+    The initial weights are the leading ``n`` rows (and columns) of a width-``nest`` draw from ``key``,
+    so populations of two sizes from one key share their first neurons (common random numbers).
+    Returns ``f`` (tau, Q), ``phi`` and ``g`` (L, tau, p, p): the output and the equal-time kernels
+    on the training points at every step ``0..steps``."""
+    L, s = mlp.depth, mlp.w_std
+    d = x.shape[1]
+    ws, w = _init(key, mlp, nest, d, x.dtype)
+    ws = [ws[0][:n]] + [a[:n, :n] for a in ws[1:]]
+    w = w[:n]
+    eta = lr * gamma0 * n / mlp.base_width
+    xtr = x[:p]
+
+    def record(ph, gs, f, f0):
+        phi = jnp.stack([a[:p] @ a[:p].T / n for a in ph])
+        g = jnp.stack([a[:p] @ a[:p].T / n for a in gs])
+        return {"f": (f - f0) / gamma0, "phi": phi, "g": g}
+
+    def step(carry, _):
+        ws, w, f0 = carry
+        ph, gs, f = _fields(mlp, ws, w, x)
+        rec = record(ph, gs, f, f0)
+        delta = (y - rec["f"][:p]) / p  # (1/P) Delta_mu
+        pre = eta * mlp.c_out / n  # lr gamma0 n / n0 times df/d(.)'s prefactor c_out / n
+        new_w = w + pre * delta @ ph[-1][:p]
+        new_ws = [ws[0] + pre * s[0] / math.sqrt(d) * (gs[0][:p] * delta[:, None]).T @ xtr]
+        for l in range(1, L):
+            new_ws.append(ws[l] + pre * s[l] / math.sqrt(n) * (gs[l][:p] * delta[:, None]).T @ ph[l - 1][:p])
+        return (new_ws, new_w, f0), rec
+
+    _, _, f0 = _fields(mlp, ws, w, x)
+    (ws, w, _), recs = jax.lax.scan(step, (ws, w, f0), None, length=steps)
+    ph, gs, f = _fields(mlp, ws, w, x)
+    last = record(ph, gs, f, f0)
+    out = jax.tree.map(lambda a, b: jnp.concatenate([a, b[None]]), recs, last)
+    return {"f": out["f"], "phi": jnp.moveaxis(out["phi"], 0, 1), "g": jnp.moveaxis(out["g"], 0, 1)}

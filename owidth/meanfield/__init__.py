@@ -210,14 +210,40 @@ class DMFTResult:
         return xr.Dataset(v, coords={"step": self.times, "layer": np.arange(1, L + 1)}, attrs=attrs)
 
 
-def _loss(f, y):
-    return 0.5 * np.mean((f - y[None]) ** 2, axis=-1)
+def _loss(f, y, loss):
+    """``1/(2P) sum ||F - y||^2`` (mse) or ``mean_mu (logsumexp F_mu - F_mu . y_mu)`` (xent, one-hot y), over the
+    last two axes ``(P, C)``."""
+    if loss == "mse":
+        return 0.5 * np.mean(np.sum((f - y) ** 2, axis=-1), axis=-1)
+    m = f.max(-1, keepdims=True)
+    logz = m[..., 0] + np.log(np.exp(f - m).sum(-1))
+    return np.mean(logz - np.sum(f * y, axis=-1), axis=-1)
+
+
+def _targets(name, y, n, out, loss, dtype, *, where):
+    """Targets as (n, C) floats: mse targets (``(n,)`` allowed for one output) or one-hot xent labels."""
+    if loss == "xent":
+        lab = np.asarray(y)
+        if out < 2:
+            raise ValueError(f"{where}: loss='xent' needs a readout with 2 or more outputs (ow.Dense(out=C)), "
+                             f"got out={out}")
+        if lab.shape != (n,) or not np.issubdtype(lab.dtype, np.integer) or lab.min() < 0 or lab.max() >= out:
+            raise ValueError(f"{where}: loss='xent' needs integer class labels in [0, {out}) of shape ({n},) for "
+                             f"{name}, got {lab.dtype} {lab.shape}")
+        return np.eye(out, dtype=dtype)[lab]
+    y = np.asarray(_checks.finite_values(name, y, where=where), dtype=dtype)
+    if y.ndim == 1 and out == 1:
+        y = y[:, None]
+    if y.shape != (n, out):
+        raise ValueError(f"{where}: {name} must have shape ({n}, {out})" + (f" or ({n},)" if out == 1 else "")
+                         + f" for a readout with {out} output(s), got {y.shape}")
+    return y
 
 
 def dmft(net, x_train, y_train, *, gamma0: float, lr: float, steps: int, param: Parametrization = MUP,
          x_test=None, y_test=None, method: str = "auto", samples: int = 2000, response_samples: int = 256,
          replicas: int = 4, damping: float | None = None, tol: float | None = None, max_iter: int | None = None,
-         seed: int = 0, two_time_limit: int = 2000, progress_bar: bool = True) -> DMFTResult:
+         seed: int = 0, two_time_limit: int = 2000, loss: str = "mse", progress_bar: bool = True) -> DMFTResult:
     """Solve the infinite-width (DMFT) training dynamics of an MLP under muP / mean-field scaling.
 
     Args:
@@ -322,6 +348,7 @@ class _Plan:
     y: np.ndarray
     xt: np.ndarray | None
     yt: np.ndarray | None
+    loss: str
     gamma0: float
     lr: float
     steps: int
@@ -338,7 +365,7 @@ class _Plan:
 
 
 def _plan(net, x_train, y_train, *, gamma0, lr, steps, param, x_test, y_test, method, samples, response_samples,
-          replicas, damping, tol, max_iter, seed, two_time_limit, progress_bar) -> _Plan:
+          replicas, damping, tol, max_iter, seed, two_time_limit, loss, progress_bar) -> _Plan:
     """Check :func:`dmft`'s arguments before anything is compiled."""
     where = "ow.dmft"
     mlp = _spec.parse(net, param, where=where)
@@ -346,11 +373,9 @@ def _plan(net, x_train, y_train, *, gamma0, lr, steps, param, x_test, y_test, me
     lr = _checks.positive_number("lr", lr, where=where)
     steps = _checks.positive_int("steps", steps, where=where)
     x = np.asarray(_checks.as_float_array("x_train", x_train, where=where, rank=2))
-    y = np.asarray(_checks.finite_values("y_train", y_train, where=where), dtype=x.dtype)
-    if y.ndim == 2 and y.shape[1] == 1:
-        y = y[:, 0]
-    if y.shape != (x.shape[0],):
-        raise ValueError(f"{where}: y_train must have shape ({x.shape[0]},) or ({x.shape[0]}, 1), got {y.shape}")
+    if loss not in ("mse", "xent"):
+        raise ValueError(f"{where}: loss={loss!r} is not known; use 'mse' or 'xent' (softmax cross-entropy)")
+    y = _targets("y_train", y_train, x.shape[0], mlp.out, loss, x.dtype, where=where)
     xt = None
     if x_test is not None:
         xt = np.asarray(_checks.as_float_array("x_test", x_test, where=where, rank=2))
@@ -359,9 +384,7 @@ def _plan(net, x_train, y_train, *, gamma0, lr, steps, param, x_test, y_test, me
     if y_test is not None:
         if xt is None:
             raise ValueError(f"{where}: y_test needs x_test")
-        yt = np.asarray(_checks.finite_values("y_test", y_test, where=where), dtype=x.dtype).reshape(-1)
-        if yt.shape != (xt.shape[0],):
-            raise ValueError(f"{where}: y_test must have {xt.shape[0]} entries, got {np.shape(y_test)}")
+        yt = _targets("y_test", y_test, xt.shape[0], mlp.out, loss, x.dtype, where=where)
     if method not in ("auto", "exact", "picard", "monte-carlo", "population"):
         raise ValueError(f"{where}: method={method!r} is not known; use 'auto', 'exact', 'picard', 'monte-carlo' or "
                          "'population'")
@@ -375,9 +398,13 @@ def _plan(net, x_train, y_train, *, gamma0, lr, steps, param, x_test, y_test, me
     q = x.shape[0] + (0 if xt is None else xt.shape[0])
     too_big = _memory_verdict(mlp, samples=samples, response_samples=min(response_samples, samples),
                               tau=steps + 1, q=q, itemsize=x.dtype.itemsize, where=where)
+    general = mlp.out > 1 or loss != "mse"  # what only the sweep and the populations solve
+    if general and method in ("picard", "monte-carlo"):
+        raise ValueError(f"{where}: method={method!r} solves one output with loss='mse'; for {mlp.out} outputs and "
+                         f"loss={loss!r} use method='exact' (deep linear) or 'population'")
     if exact:
         solver = "picard-linear" if method == "picard" else "exact-linear"
-    elif method == "population" or (method == "auto" and (kinked or too_big)):
+    elif method == "population" or (method == "auto" and (kinked or too_big or general)):
         solver = "population"
     else:
         solver = "monte-carlo"
@@ -408,18 +435,18 @@ def _plan(net, x_train, y_train, *, gamma0, lr, steps, param, x_test, y_test, me
     tol = _checks.positive_number("tol", tol, where=where)
     if max_iter is not None:
         max_iter = _checks.positive_int("max_iter", max_iter, where=where)
-    return _Plan(mlp=mlp, x=x, y=y, xt=xt, yt=yt, gamma0=gamma0, lr=lr, steps=steps, solver=solver, samples=samples,
+    return _Plan(mlp=mlp, x=x, y=y, xt=xt, yt=yt, loss=loss, gamma0=gamma0, lr=lr, steps=steps, solver=solver, samples=samples,
                  response_samples=min(response_samples, samples), replicas=replicas, dampings=dampings, tol=tol,
                  max_iter=max_iter, seed=seed, two_time_limit=two_time_limit, progress_bar=progress_bar)
 
 
 def _run(p: _Plan) -> dict:
     """Solve: the exact deep-linear iteration (retried with more damping) or the Monte Carlo replicas."""
-    common = dict(mlp=p.mlp, x=p.x, y=p.y, xt=p.xt, gamma0=p.gamma0, lr=p.lr, steps=p.steps,
-                  two_time_limit=p.two_time_limit)
+    common = dict(mlp=p.mlp, x=p.x, y=p.y[:, 0], xt=p.xt, gamma0=p.gamma0, lr=p.lr, steps=p.steps,
+                  two_time_limit=p.two_time_limit)  # one output, mse: the Picard and Monte Carlo solvers
     if p.solver == "exact-linear":
         try:
-            out = _solve_linear(**common)
+            out = _solve_linear(**dict(common, y=p.y), loss=p.loss)
         except _Diverged as err:
             raise DMFTConvergenceError(str(err)) from None
         out.update(damping=0.0, replicas=1, samples=0)
@@ -445,7 +472,7 @@ def _run(p: _Plan) -> dict:
             reps.append(_solve_mc(**common, samples=p.samples, response_samples=p.response_samples,
                                   key=jax.random.fold_in(jax.random.key(p.seed), r)))
             bar.update(1)
-    out = _combine(reps, p.y)
+    out = _combine(reps, p.y, p.loss)
     out.update(damping=0.0, replicas=p.replicas, samples=p.samples)
     return out
 
@@ -453,11 +480,17 @@ def _run(p: _Plan) -> dict:
 def _assemble(p: _Plan, out: dict) -> DMFTResult:
     """The :class:`DMFTResult` of a solve: outputs split into train and test, losses, kernels, settings."""
     n = p.x.shape[0]
-    f = out["f"]
+    f = out["f"]  # (tau, Q, C); kernels with trailing (C, C) output axes, dropped for one output
     f_train, f_test = f[:, :n], (f[:, n:] if p.xt is not None else None)
+    train_loss = _loss(f_train, p.y, p.loss)
+    test_loss = None if p.yt is None else _loss(f_test, p.yt, p.loss)
+    if p.mlp.out == 1:
+        f, f_train, f_test = f[..., 0], f_train[..., 0], None if f_test is None else f_test[..., 0]
+        out = {k: (v[..., 0, 0] if k in ("g", "ntk", "g2") else v[..., 0] if k == "f_se" else v)
+               for k, v in out.items()}
     return DMFTResult(
-        f_train=f_train, f_test=f_test, train_loss=_loss(f_train, p.y),
-        test_loss=None if p.yt is None else _loss(f_test, p.yt), phi=out["phi"], g=out["g"],
+        f_train=f_train, f_test=f_test, train_loss=train_loss,
+        test_loss=test_loss, phi=out["phi"], g=out["g"],
         ntk=out["ntk"], phi_two_time=out.get("phi2"), g_two_time=out.get("g2"),
         f_train_se=out["f_se"][:, :n], f_test_se=None if p.xt is None else out["f_se"][:, n:],
         train_loss_se=out["loss_se"], phi_se=out["phi_se"], method=p.solver,
@@ -497,13 +530,14 @@ def _iterate(step, st, *, steps, damping, tol, max_iter, yscale):
         "raise max_iter, add damping (e.g. 0.5), or loosen tol")
 
 
-def _solve_linear(*, mlp, x, y, xt, gamma0, lr, steps, two_time_limit, picard=None):
-    """The exact deep-linear DMFT: one causal sweep, or (``picard`` = dict(damping, tol, max_iter)) Picard iteration."""
+def _solve_linear(*, mlp, x, y, xt, gamma0, lr, steps, two_time_limit, picard=None, loss="mse"):
+    """The exact deep-linear DMFT: one causal sweep (y: (P, C)), or (``picard`` = dict(damping, tol, max_iter);
+    y: (P,), one output, mse) Picard iteration."""
     xj, yj = jnp.asarray(x), jnp.asarray(y)
     tau, d = steps + 1, x.shape[1]
     c = gamma0 * lr * mlp.w_std[-1] / math.sqrt(mlp.base_width)
     if picard is None:
-        st = linear.sweep(mlp, c, gamma0, xj, yj, tau=tau)
+        st = linear.sweep(mlp, c, gamma0, xj, yj, tau=tau, loss=loss)
         if not all(bool(jnp.all(jnp.isfinite(v))) for v in st.values()):
             raise _Diverged("ow.dmft: non-finite values: the infinite-width gradient descent diverges; lower lr "
                             "(larger gamma0 needs a smaller lr)")
@@ -517,23 +551,24 @@ def _solve_linear(*, mlp, x, y, xt, gamma0, lr, steps, two_time_limit, picard=No
             return new, None
 
         st, _, its, res = _iterate(step, st, steps=steps, yscale=yscale, **picard)
+        st = dict(st, beta=st["beta"][:, None], G=st["G"][:, :, None, :, None])  # one output
     xa = x if xt is None else np.concatenate([x, xt])
-    beta = np.asarray(st["beta"])
-    f = beta @ xa.T
+    beta = np.asarray(st["beta"])  # (tau, C, d)
+    f = np.einsum("tkd,qd->tqk", beta, xa)
     m = np.asarray(st["M"])  # (L, tau, d, tau, d)
-    gk = np.asarray(st["G"])  # (L, tau, tau)
+    gk = np.asarray(st["G"])  # (L, tau, C, tau, C)
     ti = np.arange(tau)
     m_eq = m[:, ti, :, ti, :]  # (tau, L, d, d)
     m_eq = np.moveaxis(m_eq, 0, 1)
     phi = np.einsum("pd,ltde,qe->ltpq", x, m_eq, x)
-    g_eq = gk[:, ti, ti]  # (L, tau)
+    g_eq = np.moveaxis(gk[:, ti, :, ti, :], 0, 1)  # (L, tau, C, C)
     p = x.shape[0]
-    g = g_eq[:, :, None, None] * np.ones((1, 1, p, p))
+    g = g_eq[:, :, None, None] * np.ones((1, 1, p, p, 1, 1))  # backward fields do not depend on the input
     out = {"f": f, "phi": phi, "g": g, "ntk": _ntk(mlp, phi, g, x), "iterations": its, "residual": res,
            "f_se": np.zeros_like(f), "loss_se": np.zeros(tau), "phi_se": np.zeros_like(phi)}
     if tau * p <= two_time_limit:
         out["phi2"] = np.einsum("pd,ltdse,qe->ltpsq", x, m, x)
-        out["g2"] = gk[:, :, None, :, None] * np.ones((1, 1, p, 1, p))
+        out["g2"] = np.einsum("ltksm,pq->ltpsqkm", gk, np.ones((p, p)))
     return out
 
 
@@ -575,14 +610,15 @@ def _memory_verdict(mlp, *, samples, response_samples, tau, q, itemsize, where):
 
 
 def _ntk(mlp, phi, g, x):
-    """``K(t)`` on the training points from equal-time kernels (L, tau, P, P)."""
+    """``K_{kk'}(t)`` (tau, P, P, C, C) on the training points from equal-time kernels ``phi`` (L, tau, P, P) and
+    ``g`` (L, tau, P, P, C, C): ``s_{L+1}^2 [delta_kk' Phi^L + sum_l s_{l+1}^2 G^{l+1}_kk' Phi^l + s_1^2 G^1_kk' K^x]``."""
     s = mlp.w_std
     L = mlp.depth
     kx = x @ x.T / x.shape[1]
-    k = phi[L - 1].copy()
+    k = phi[L - 1][..., None, None] * np.eye(g.shape[-1])
     for l in range(L - 1):
-        k += s[l + 1] ** 2 * g[l + 1] * phi[l]
-    k += s[0] ** 2 * g[0] * kx[None]
+        k = k + s[l + 1] ** 2 * g[l + 1] * phi[l][..., None, None]
+    k = k + s[0] ** 2 * g[0] * kx[None, :, :, None, None]
     return s[-1] ** 2 * k
 
 
@@ -604,11 +640,12 @@ def _solve_mc(*, mlp, x, y, xt, gamma0, lr, steps, samples, response_samples, tw
     phi4 = st["Phi"].reshape(L, tau, q, tau, q)
     g4 = st["G"].reshape(L, tau, q, tau, q)
     phi = phi4[:, ti, :p, ti, :p].transpose(1, 0, 2, 3)
-    g = g4[:, ti, :p, ti, :p].transpose(1, 0, 2, 3)
-    out = {"f": st["f"], "phi": phi, "g": g, "ntk": _ntk(mlp, phi, g, x), "iterations": 1, "residual": 0.0}
+    g = g4[:, ti, :p, ti, :p].transpose(1, 0, 2, 3)[..., None, None]  # one output
+    out = {"f": st["f"][..., None], "phi": phi, "g": g, "ntk": _ntk(mlp, phi, g, x), "iterations": 1,
+           "residual": 0.0}
     if tau * p <= two_time_limit:
         out["phi2"] = phi4[:, :, :p, :, :p]
-        out["g2"] = g4[:, :, :p, :, :p]
+        out["g2"] = g4[:, :, :p, :, :p, None, None]
     return out
 
 
@@ -628,7 +665,7 @@ def _solve_population(p: _Plan) -> dict:
             for n in sizes:
                 rec = jax.vmap(lambda k, n=n: population.simulate(
                     p.mlp, k, xj, yj, gamma0=p.gamma0, lr=p.lr, n=n, nest=sizes[1], steps=p.steps,
-                    p=p.x.shape[0]))(ks)
+                    p=p.x.shape[0], loss=p.loss))(ks)
                 runs[n] += [{k: np.asarray(v[i]) for k, v in rec.items()} for i in range(len(ks))]
             bar.update(len(ks))
     # paired Richardson estimates, one per replica: X_inf ~ 2 X(n) - X(n/2)
@@ -636,13 +673,13 @@ def _solve_population(p: _Plan) -> dict:
     if not all(np.all(np.isfinite(e["f"])) for e in est):
         raise DMFTConvergenceError("ow.dmft: non-finite values in the populations: the gradient descent diverges; "
                                    "lower lr (larger gamma0 needs a smaller lr)")
-    out = _combine(est, p.y)
+    out = _combine(est, p.y, p.loss)
     out["ntk"] = _ntk(p.mlp, out["phi"], out["g"], p.x)
     out.update(iterations=1, residual=0.0, damping=0.0, replicas=p.replicas, samples=p.samples)
     return out
 
 
-def _combine(reps, y):
+def _combine(reps, y, loss):
     """Mean of independent replicas ({name: array}) and standard errors of outputs, kernels and train loss."""
     r = len(reps)
     out = {}
@@ -658,5 +695,5 @@ def _combine(reps, y):
 
     out["f_se"] = se([o["f"] for o in reps])
     out["phi_se"] = se([o["phi"] for o in reps])
-    out["loss_se"] = se([_loss(o["f"][:, :len(y)], y) for o in reps])  # the spread of the replicas' losses
+    out["loss_se"] = se([_loss(o["f"][:, :len(y)], y, loss) for o in reps])  # the spread of the replicas' losses
     return out

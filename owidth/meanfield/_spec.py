@@ -11,17 +11,18 @@ from owidth.param import MF, MUP, Parametrization
 from owidth.layers._base import Layer
 from owidth.layers.activations import Activation
 
-__all__ = ["MLP", "elementwise", "parse"]
+__all__ = ["MLP", "elementwise", "parse", "residual_weights"]
 
 
 @dataclasses.dataclass(frozen=True)
 class MLP:
-    """``Dense, act, ..., Dense, act, Dense(out=1)`` without biases: ``w_std`` of every Dense, the activations."""
+    """``Dense, act, ..., Dense, act, Dense(out=C)`` without biases: ``w_std`` of every Dense, the activations."""
 
     w_std: tuple[float, ...]  # sigma_1 .. sigma_{L+1}
     acts: tuple[Activation, ...]  # L activations
     base_width: int
     zero_readout: bool
+    out: int = 1  # outputs C
 
     @property
     def depth(self) -> int:
@@ -47,6 +48,14 @@ class MLP:
 def elementwise(fn):
     """``fn`` of a 1-D array (``MLP.phi``, ``MLP.dphi``) applied to an array of any shape."""
     return lambda a: fn(a.reshape(-1)).reshape(a.shape)
+
+
+def residual_weights(loss: str, f, y):
+    """``Delta = -P dLoss/dF`` of outputs ``F`` (P, C): ``y - F`` (mse, targets ``y`` (P, C)) or
+    ``y - softmax(F)`` (xent, one-hot labels ``y`` (P, C))."""
+    if loss == "mse":
+        return y - f
+    return y - jax.nn.softmax(f, axis=-1)
 
 
 def _same_exponents(p: Parametrization, q: Parametrization) -> bool:
@@ -78,8 +87,8 @@ def parse(net, param, *, where: str) -> MLP:
                 raise ValueError(f"{where}: layer {i} has b_std={layer.b_std}; biases are not supported by the DMFT "
                                  "solver yet, use b_std=0")
             last = i == len(layers) - 1
-            if last and layer.out != 1:
-                raise ValueError(f"{where}: the readout must be ow.Dense(out=1) (one output), got out={layer.out}")
+            if last and (layer.out is None or layer.out < 1):
+                raise ValueError(f"{where}: the readout must be ow.Dense(out=C) with C >= 1 outputs, got out={layer.out}")
             if not last and layer.out is not None:
                 raise ValueError(f"{where}: layer {i} has out={layer.out}; hidden Dense layers must leave out unset")
             w_std.append(float(layer.w_std))
@@ -88,4 +97,4 @@ def parse(net, param, *, where: str) -> MLP:
                 raise ValueError(f"{where}: layer {i} is {type(layer).__name__}; expected an elementwise activation "
                                  f"(ow.Identity() for a linear network) in {expected}")
             acts.append(layer)
-    return MLP(tuple(w_std), tuple(acts), param.base_width, param.zero_readout)
+    return MLP(tuple(w_std), tuple(acts), param.base_width, param.zero_readout, int(layers[-1].out))

@@ -43,7 +43,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from owidth.meanfield._spec import MLP
+from owidth.meanfield._spec import MLP, residual_weights
 
 __all__ = ["initial_state", "iterate", "sweep"]
 
@@ -162,8 +162,8 @@ def _quad(mlp: MLP, cov, xa, xb):
     """``E[a b^T]`` for fields ``a = xa . s``, ``b = xb . s`` linear in the independent source blocks ``s``.
 
     ``xa`` (..., N), ``xb`` (..., N) are coefficients over the source coordinates of
-    :func:`_layout`; ``cov`` holds the blocks' covariances: ``v0`` (scalar times I), ``w`` (1),
-    ``u[j]`` (tau d, tau d) and ``r[j]`` (tau, tau). Result (..., ...) over xa's then xb's axes."""
+    :func:`_layout`; ``cov`` holds the blocks' covariances: ``v0`` and ``w`` (scalars times I),
+    ``u[j]`` (tau d, tau d) and ``r[j]`` (tau C, tau C). Result (..., ...) over xa's then xb's axes."""
     lay = _layout(mlp, cov["tau"], cov["d"])
     sl = lambda a, name: a[..., lay[name][0]:lay[name][1]]  # noqa: E731
     out = cov["v0"] * jnp.tensordot(sl(xa, "v0"), sl(xb, "v0"), axes=([-1], [-1]))
@@ -176,85 +176,92 @@ def _quad(mlp: MLP, cov, xa, xb):
 
 
 def _layout(mlp: MLP, tau: int, d: int) -> dict:
-    """Source coordinates: ``v0`` (d), ``w`` (1), then per hidden-to-hidden weight j ``u{j}`` (tau d) and ``r{j}`` (tau)."""
-    lay, k = {"v0": (0, d), "w": (d, d + 1)}, d + 1
+    """Source coordinates: ``v0`` (d), ``w`` (C), then per hidden-to-hidden weight j ``u{j}`` (tau d) and
+    ``r{j}`` (tau C, time-major)."""
+    C = mlp.out
+    lay, k = {"v0": (0, d), "w": (d, d + C)}, d + C
     for j in range(mlp.depth - 1):
         lay[f"u{j}"] = (k, k + tau * d)
-        lay[f"r{j}"] = (k + tau * d, k + tau * d + tau)
-        k += tau * d + tau
+        lay[f"r{j}"] = (k + tau * d, k + tau * d + tau * C)
+        k += tau * d + tau * C
     lay["N"] = (k, k)
     return lay
 
 
-@functools.partial(jax.jit, static_argnames=("mlp", "tau"))
-def sweep(mlp: MLP, c, gamma0, x, y, *, tau: int):
+@functools.partial(jax.jit, static_argnames=("mlp", "tau", "loss"))
+def sweep(mlp: MLP, c, gamma0, x, y, *, tau: int, loss: str = "mse"):
     """The exact deep-linear DMFT in one causal sweep over time (no fixed-point iteration).
 
     Every field of a neuron is linear in its Gaussian sources, so it is carried as a row of
     coefficients over the source coordinates (:func:`_layout`): ``v^l(t)`` (d, N) and
-    ``z^l(t)`` (N,). At step ``t`` the single-site equations need the kernels ``M^l(t, s)``,
-    ``G^l(t, s)`` and responses only at ``s <= t``, and those are quadratic forms (:func:`_quad`)
-    of coefficient rows that exist by then; the responses of a linear system are its
-    coefficients themselves, ``a^l(t, s) = d v^l(t) / d r^l(s)`` and ``b^l(t, s) = d z^{l+1}(t) /
-    d u^{l+1}(s)``, the same for every neuron. So one pass over ``t = 0..T`` in the order
-    ``v^1..v^L``, ``z^L..z^1`` (each kernel row as soon as its fields exist) gives the
-    solution that Picard iteration converges to."""
-    L, sig = mlp.depth, mlp.w_std
+    ``z^l_k(t)`` (C, N), one backward field per output ``k``. At step ``t`` the single-site
+    equations need the kernels ``M^l(t, s)``, ``G^l_{kk'}(t, s)`` and responses only at
+    ``s <= t``, and those are quadratic forms (:func:`_quad`) of coefficient rows that exist
+    by then; the responses of a linear system are its coefficients themselves,
+    ``a^l_k(t, s) = d v^l(t) / d r^l_k(s)`` and ``b^l_k(t, s) = d z^{l+1}_k(t) / d u^{l+1}(s)``,
+    the same for every neuron. So one pass over ``t = 0..T`` in the order ``v^1..v^L``,
+    ``z^L..z^1`` (each kernel row as soon as its fields exist) gives the solution that Picard
+    iteration converges to. With C outputs the error vectors are ``e_k(t) = (1/P) sum_mu
+    Delta_{mu k}(t) x_mu`` and every Delta-weighted sum runs over ``k`` too:
+
+        v^{l+1}(t) = u^{l+1}(t) + sigma^2 sum_{s<t, k} [a^l_k(t, s) + c M^l(t, s) e_k(s)] z^{l+1}_k(s)
+        z^l_k(t)   = r^l_k(t) + sigma^2 sum_{s<=t} b^l_k(t, s) . v^l(s) + c sigma^2 sum_{s<t, k'} G^{l+1}_{kk'}(t, s) v^l(s) . e_k'(s)
+
+    ``y`` is (P, C): targets (mse) or one-hot labels (xent). Returns ``beta`` (tau, C, d) with
+    ``F_k(t, x) = beta_k(t) . x``, ``M`` (L, tau, d, tau, d), ``G`` (L, tau, C, tau, C)."""
+    L, sig, C = mlp.depth, mlp.w_std, mlp.out
     p, d = x.shape
     dt = x.dtype
     lay = _layout(mlp, tau, d)
     n = lay["N"][0]
     times = jnp.arange(tau)
 
-    def unit(name, idx=0):
-        return jnp.zeros(n, dt).at[lay[name][0] + idx].set(1.0)
+    def rows(name, idx):  # unit coefficient rows of the coordinates lay[name][0] + idx
+        return jnp.zeros((len(idx), n), dt).at[jnp.arange(len(idx)), lay[name][0] + jnp.asarray(idx)].set(1.0)
 
-    v0_rows = jnp.zeros((d, n), dt).at[:, lay["v0"][0]:lay["v0"][1]].set(jnp.eye(d, dtype=dt))
-
-    def covs(cr):
+    def covs(M, G):
         cov = {"tau": tau, "d": d, "v0": sig[0] ** 2 / d, "w": 0.0 if mlp.zero_readout else 1.0}
         for j in range(L - 1):
-            cov[f"u{j}"] = sig[j + 1] ** 2 * cr["M"][j].reshape(tau * d, tau * d)
-            cov[f"r{j}"] = sig[j + 1] ** 2 * cr["G"][j + 1]
+            cov[f"u{j}"] = sig[j + 1] ** 2 * M[j].reshape(tau * d, tau * d)
+            cov[f"r{j}"] = sig[j + 1] ** 2 * G[j + 1].reshape(tau * C, tau * C)
         return cov
 
     def step(cr, t):
-        cr = dict(cr)
         past = (times < t).astype(dt)  # over s
-        e = cr["e"] * past[:, None]  # (tau, d): e(s) for s < t
+        upto = (times <= t).astype(dt)
+        e = cr["e"] * past[:, None, None]  # (tau, C, d): e_k(s) for s < t
         V, Z, M, G = cr["V"], cr["Z"], cr["M"], cr["G"]
         for l in range(L):  # forward fields v^l(t): (d, N)
             if l == 0:
-                row = v0_rows + (c * sig[0] ** 2 / d) * jnp.einsum("sd,sn->dn", e, Z[0])
+                row = rows("v0", range(d)) + (c * sig[0] ** 2 / d) * jnp.einsum("skd,skn->dn", e, Z[0])
             else:
                 j = l - 1
-                a = V[j, t][:, lay[f"r{j}"][0]:lay[f"r{j}"][1]] * past[None]  # a^j(t, s): (d, tau)
-                me = jnp.einsum("dse,se->ds", M[j, t], e)  # M^j(t, s) e(s): (d, tau)
-                u = jnp.zeros((d, n), dt).at[:, lay[f"u{j}"][0] + t * d + jnp.arange(d)].set(jnp.eye(d, dtype=dt))
-                row = u + sig[j + 1] ** 2 * jnp.einsum("ds,sn->dn", a + c * me, Z[l])
+                a = V[j, t][:, lay[f"r{j}"][0]:lay[f"r{j}"][1]].reshape(d, tau, C) * past[None, :, None]
+                me = jnp.einsum("dse,ske->dsk", M[j, t], e)  # M^j(t, s) e_k(s): (d, tau, C)
+                row = rows(f"u{j}", t * d + jnp.arange(d)) + sig[j + 1] ** 2 * jnp.einsum("dsk,skn->dn", a + c * me,
+                                                                                          Z[l])
             V = V.at[l, t].set(row)
-            cov = covs({"M": M, "G": G})
-            m_row = _quad(mlp, cov, row, V[l])  # (d, tau, d): M^l(t, s)
+            m_row = _quad(mlp, covs(M, G), row, V[l])  # (d, tau, d): M^l(t, s)
             M = M.at[l, t].set(m_row).at[l, :, :, t, :].set(jnp.transpose(m_row, (1, 2, 0)))
-        zl = unit("w") + c * jnp.einsum("sd,sdn->n", e, V[L - 1])
-        for l in reversed(range(L)):  # backward fields z^l(t): (N,)
+        zl = rows("w", range(C)) + c * jnp.einsum("skd,sdn->kn", e, V[L - 1])  # (C, N)
+        for l in reversed(range(L)):  # backward fields z^l_k(t): (C, N)
             if l < L - 1:
-                upto = (times <= t).astype(dt)
-                b = Z[l + 1, t, lay[f"u{l}"][0]:lay[f"u{l}"][1]].reshape(tau, d) * upto[:, None]  # b^l(t, s)
-                coef = sig[l + 1] ** 2 * (b + c * G[l + 1, t][:, None] * e)  # (tau, d)
-                zl = unit(f"r{l}", t) + jnp.einsum("sd,sdn->n", coef, V[l])
+                b = Z[l + 1, t][:, lay[f"u{l}"][0]:lay[f"u{l}"][1]].reshape(C, tau, d) * upto[None, :, None]
+                ge = jnp.einsum("ksm,smd->ksd", G[l + 1, t], e)  # sum_k' G_{kk'}(t, s) e_k'(s)
+                coef = sig[l + 1] ** 2 * (b + c * ge)  # (C, tau, d)
+                zl = rows(f"r{l}", t * C + jnp.arange(C)) + jnp.einsum("ksd,sdn->kn", coef, V[l])
             Z = Z.at[l, t].set(zl)
-            g_row = _quad(mlp, covs({"M": M, "G": G}), zl, Z[l])  # (tau,)
-            G = G.at[l, t].set(g_row).at[l, :, t].set(g_row)
-        zv = _quad(mlp, covs({"M": M, "G": G}), Z[L - 1, t], V[L - 1, t])  # E[z^L(t) v^L(t)]: (d,)
-        zv0 = _quad(mlp, covs({"M": M, "G": G}), Z[L - 1, 0], V[L - 1, 0])
-        beta = (mlp.c_out / gamma0) * (zv - zv0)
-        resid = y - x @ beta
-        cr.update(V=V, Z=Z, M=M, G=G, beta=cr["beta"].at[t].set(beta), e=cr["e"].at[t].set(resid @ x / p))
+            g_row = _quad(mlp, covs(M, G), zl, Z[l])  # (C, tau, C)
+            G = G.at[l, t].set(g_row).at[l, :, :, t, :].set(jnp.transpose(g_row, (1, 2, 0)))
+        cov = covs(M, G)
+        zv = _quad(mlp, cov, Z[L - 1, t], V[L - 1, t]) - _quad(mlp, cov, Z[L - 1, 0], V[L - 1, 0])  # (C, d)
+        beta = (mlp.c_out / gamma0) * zv
+        delta = residual_weights(loss, x @ beta.T, y)  # (P, C)
+        cr = dict(V=V, Z=Z, M=M, G=G, beta=cr["beta"].at[t].set(beta), e=cr["e"].at[t].set(delta.T @ x / p))
         return cr, None
 
-    cr = {"V": jnp.zeros((L, tau, d, n), dt), "Z": jnp.zeros((L, tau, n), dt),
-          "M": jnp.zeros((L, tau, d, tau, d), dt), "G": jnp.zeros((L, tau, tau), dt),
-          "beta": jnp.zeros((tau, d), dt), "e": jnp.zeros((tau, d), dt)}
+    cr = {"V": jnp.zeros((L, tau, d, n), dt), "Z": jnp.zeros((L, tau, C, n), dt),
+          "M": jnp.zeros((L, tau, d, tau, d), dt), "G": jnp.zeros((L, tau, C, tau, C), dt),
+          "beta": jnp.zeros((tau, C, d), dt), "e": jnp.zeros((tau, C, d), dt)}
     cr, _ = jax.lax.scan(step, cr, times)
     return {"beta": cr["beta"], "M": cr["M"], "G": cr["G"]}

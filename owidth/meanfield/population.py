@@ -43,7 +43,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from owidth.meanfield._spec import MLP, elementwise
+from owidth.meanfield._spec import MLP, elementwise, residual_weights
 
 __all__ = ["simulate"]
 
@@ -52,12 +52,13 @@ def _init(key, mlp: MLP, n: int, d: int, dtype):
     keys = jax.random.split(key, mlp.depth + 1)
     ws = [jax.random.normal(keys[0], (n, d), dtype)]
     ws += [jax.random.normal(keys[l], (n, n), dtype) for l in range(1, mlp.depth)]
-    w = jnp.zeros(n, dtype) if mlp.zero_readout else jax.random.normal(keys[-1], (n,), dtype)
+    shape = (n, mlp.out)
+    w = jnp.zeros(shape, dtype) if mlp.zero_readout else jax.random.normal(keys[-1], shape, dtype)
     return ws, w
 
 
 def _fields(mlp: MLP, ws, w, x):
-    """Forward and backward fields on the points x: phi(h^l) (Q, n) and g^l (Q, n) per layer, output f (Q,)."""
+    """Forward and backward fields on the points x: phi(h^l) (Q, n) and g^l_k (C, Q, n) per layer, output f (Q, C)."""
     L, s = mlp.depth, mlp.w_std
     n = w.shape[0]
     hs, ph = [], []
@@ -69,22 +70,23 @@ def _fields(mlp: MLP, ws, w, x):
         ph.append(elementwise(mlp.phi(l))(h))
     f = mlp.c_out / n * ph[-1] @ w
     gs = [None] * L
-    z = jnp.broadcast_to(w, hs[-1].shape)
+    z = jnp.broadcast_to(w.T[:, None, :], (mlp.out,) + hs[-1].shape)  # z^L_k = w_k
     for l in reversed(range(L)):
-        gs[l] = elementwise(mlp.dphi(l))(hs[l]) * z
+        gs[l] = elementwise(mlp.dphi(l))(hs[l])[None] * z
         if l:
             z = s[l] * gs[l] @ ws[l] / math.sqrt(n)
     return ph, gs, f
 
 
-@functools.partial(jax.jit, static_argnames=("mlp", "n", "nest", "steps", "p"))
-def simulate(mlp: MLP, key, x, y, *, gamma0, lr, n: int, nest: int, steps: int, p: int):
+@functools.partial(jax.jit, static_argnames=("mlp", "n", "nest", "steps", "p", "loss"))
+def simulate(mlp: MLP, key, x, y, *, gamma0, lr, n: int, nest: int, steps: int, p: int, loss: str = "mse"):
     """One population of width ``n`` trained for ``steps`` steps on the first ``p`` rows of ``x`` (the rest: test).
 
-    The initial weights are the leading ``n`` rows (and columns) of a width-``nest`` draw from ``key``,
-    so populations of two sizes from one key share their first neurons (common random numbers).
-    Returns ``f`` (tau, Q), ``phi`` and ``g`` (L, tau, p, p): the output and the equal-time kernels
-    on the training points at every step ``0..steps``."""
+    ``y`` (p, C): targets (mse) or one-hot labels (xent). The initial weights are the leading ``n``
+    rows (and columns) of a width-``nest`` draw from ``key``, so populations of two sizes from one
+    key share their first neurons (common random numbers). Returns ``f`` (tau, Q, C), ``phi``
+    (L, tau, p, p) and ``g`` (L, tau, p, p, C, C): the output and the equal-time kernels on the
+    training points at every step ``0..steps``."""
     L, s = mlp.depth, mlp.w_std
     d = x.shape[1]
     ws, w = _init(key, mlp, nest, d, x.dtype)
@@ -95,19 +97,20 @@ def simulate(mlp: MLP, key, x, y, *, gamma0, lr, n: int, nest: int, steps: int, 
 
     def record(ph, gs, f, f0):
         phi = jnp.stack([a[:p] @ a[:p].T / n for a in ph])
-        g = jnp.stack([a[:p] @ a[:p].T / n for a in gs])
+        g = jnp.stack([jnp.einsum("kpi,mqi->pqkm", a[:, :p], a[:, :p]) / n for a in gs])
         return {"f": (f - f0) / gamma0, "phi": phi, "g": g}
 
     def step(carry, _):
         ws, w, f0 = carry
         ph, gs, f = _fields(mlp, ws, w, x)
         rec = record(ph, gs, f, f0)
-        delta = (y - rec["f"][:p]) / p  # (1/P) Delta_mu
+        delta = residual_weights(loss, rec["f"][:p], y) / p  # (1/P) Delta_{mu k}
         pre = eta * mlp.c_out / n  # lr gamma0 n / n0 times df/d(.)'s prefactor c_out / n
-        new_w = w + pre * delta @ ph[-1][:p]
-        new_ws = [ws[0] + pre * s[0] / math.sqrt(d) * (gs[0][:p] * delta[:, None]).T @ xtr]
+        gd = [jnp.einsum("pk,kpi->pi", delta, a[:, :p]) for a in gs]  # sum_k Delta_k g^l_k
+        new_w = w + pre * ph[-1][:p].T @ delta
+        new_ws = [ws[0] + pre * s[0] / math.sqrt(d) * gd[0].T @ xtr]
         for l in range(1, L):
-            new_ws.append(ws[l] + pre * s[l] / math.sqrt(n) * (gs[l][:p] * delta[:, None]).T @ ph[l - 1][:p])
+            new_ws.append(ws[l] + pre * s[l] / math.sqrt(n) * gd[l].T @ ph[l - 1][:p])
         return (new_ws, new_w, f0), rec
 
     _, _, f0 = _fields(mlp, ws, w, x)

@@ -211,15 +211,17 @@ def test_monte_carlo_sweep_refuses_iteration_settings_and_huge_problems():
     x, y, _, _ = _data(p=4, d=3, m=0)
     relu = ow.serial(ow.Dense(), ow.Relu(), ow.Dense(), ow.Relu(), ow.Dense(out=1))
     with pytest.raises(ValueError, match="kinked activation"):
-        ow.dmft(relu, x, y, gamma0=1.0, lr=0.3, steps=4)
+        ow.dmft(relu, x, y, gamma0=1.0, lr=0.3, steps=4, method="monte-carlo")
+    auto = ow.dmft(relu, x, y, gamma0=1.0, lr=0.3, steps=4, samples=128, replicas=4)  # a network handles the kink
+    assert auto.method == "population" and auto.train_loss[-1] < auto.train_loss[0]
     one = ow.dmft(ow.serial(ow.Dense(), ow.Relu(), ow.Dense(out=1)), x, y, gamma0=1.0, lr=0.3, steps=4, samples=200,
                   replicas=2)  # one hidden layer: no responses, Relu is fine
     assert one.train_loss[-1] < one.train_loss[0]
     with pytest.raises(ValueError, match="no iteration"):
         ow.dmft(TANH, x, y, gamma0=1.0, lr=0.3, steps=4, damping=0.5)
     big = np.tile(x, (25, 1))  # 100 points, 100 steps: response Jacobians of (101 * 100)^2 entries each
-    with pytest.raises(MemoryError, match="response_samples"):
-        ow.dmft(TANH, big, np.tile(y, 25), gamma0=1.0, lr=0.3, steps=100)
+    with pytest.raises(MemoryError, match=r"response_samples(.|\n)*P = T = \d+(.|\n)*method='population'"):
+        ow.dmft(TANH, big, np.tile(y, 25), gamma0=1.0, lr=0.3, steps=100, method="monte-carlo")
 
 
 @pytest.mark.slow  # ~4-8 s
@@ -240,7 +242,7 @@ def test_result_shapes_and_xarray():
 
 @pytest.mark.parametrize("net, msg", [
     (ow.serial(ow.Dense(b_std=0.1), ow.Relu(), ow.Dense(out=1)), "biases are not supported"),
-    (ow.serial(ow.Dense(), ow.Relu(), ow.Dense(out=2)), "out=1"),
+    (ow.serial(ow.Dense(), ow.Relu(), ow.Dense(out=2)), r"shape \(3, 2\)"),
     (ow.serial(ow.Dense(), ow.Relu(), ow.Relu(), ow.Dense(out=1)), "supports MLPs"),
     (ow.serial(ow.Dense(), ow.LayerNorm(), ow.Dense(out=1)), "elementwise activation"),
 ])
@@ -278,10 +280,10 @@ def test_population_is_the_network_ow_train_trains():
     param = ow.MUP.with_base_width(8)
     n, seeds, steps = 128, 64, 8
     mlp = _spec.parse(TANH, param, where="test")
-    f = jax.vmap(lambda k: population.simulate(mlp, k, jax.numpy.asarray(x), jax.numpy.asarray(y), gamma0=1.5,
-                                               lr=0.4, n=n, nest=n, steps=steps, p=5)["f"])(
+    f = jax.vmap(lambda k: population.simulate(mlp, k, jax.numpy.asarray(x), jax.numpy.asarray(y[:, None]),
+                                               gamma0=1.5, lr=0.4, n=n, nest=n, steps=steps, p=5)["f"])(
         jax.random.split(jax.random.key(0), seeds))
-    f = np.asarray(f)
+    f = np.asarray(f)[..., 0]
     ds = ow.train(TANH, (x, y), test=(x, y), widths=n, lr=0.4, steps=steps, param=param, gamma0=1.5, seeds=seeds,
                   record_every=1, record_outputs=True, progress_bar=False)
     ft = ds.test_output.values[0, :, 0, 0, :, :, 0]  # (seed, step, point)
@@ -323,3 +325,34 @@ def test_population_agrees_with_exact_response_monte_carlo():
     se = np.sqrt(mc.f_train_se**2 + pop.f_train_se**2)
     assert np.all(np.abs(mc.f_train - pop.f_train) < 5 * se + 3e-3), np.max(np.abs(mc.f_train - pop.f_train) / se)
     assert np.abs(pop.f_train[-1] - pop.f_train[0]).max() > 0.5
+
+
+def _ensemble(net, x, y, *, width, seeds, steps, loss="mse", **kw):
+    """Centred outputs F of ``seeds`` muP networks (``ow.train``), recorded at every step: (seed, step, point, out)."""
+    ds = ow.train(net, (x, y), test=(x, y), widths=width, steps=steps, param=ow.MUP, seeds=seeds, loss=loss,
+                  record_every=1, record_outputs=True, progress_bar=False, **kw)
+    return ds.test_output.values[0, :, 0, 0]
+
+
+@pytest.mark.slow  # ~40 s each: 8 width-4096 networks
+@pytest.mark.compute_bound
+@pytest.mark.parametrize("loss", ["mse", "xent"])
+def test_two_outputs_match_wide_networks(loss):
+    """A deep linear net with 2 outputs (mse on 2-d targets) or 3 classes (softmax cross-entropy), rich regime:
+    the exact sweep against 8 muP networks of width 4096 at every step, within 4 SE + 2e-3 (the O(1/n) bias);
+    the output kernels G_kk' develop off-diagonal entries, which one-output DMFT cannot describe."""
+    x, y, _, _ = _data(p=5, d=3, m=0)
+    out = 2 if loss == "mse" else 3
+    net = ow.serial(ow.Dense(w_std=1.2), ow.Identity(), ow.Dense(w_std=1.0), ow.Identity(), ow.Dense(out=out))
+    targets = np.stack([y, np.cos(x[:, 1])], 1) if loss == "mse" else np.array([0, 1, 2, 1, 0])
+    kw = dict(gamma0=1.5, lr=0.4 if loss == "mse" else 1.0, steps=10)
+    r = ow.dmft(net, x, targets, **kw, loss=loss)
+    assert r.method == "exact-linear" and r.f_train.shape == (11, 5, out) and r.ntk.shape == (11, 5, 5, out, out)
+    f = _ensemble(net, x, targets, width=4096, seeds=8, loss=loss, lr=kw["lr"], steps=10, gamma0=kw["gamma0"])
+    mean, se = f.mean(0), f.std(0, ddof=1) / np.sqrt(f.shape[0])
+    assert np.all(np.abs(mean - r.f_train) < 4 * se + 2e-3), np.max(np.abs(mean - r.f_train) - 4 * se)
+    assert np.abs(r.f_train[-1] - r.f_train[0]).max() > 0.3
+    assert r.train_loss[-1] < (0.7 if loss == "mse" else 0.95) * r.train_loss[0]
+    offdiag = np.abs(r.g[0, -1, 0, 0, 0, 1])
+    assert offdiag > 1e-3 and np.abs(r.g[0, 0, 0, 0, 0, 1]) < 1e-12  # G_01 = 0 at t = 0, not later
+    np.testing.assert_allclose(r.ntk[0][..., 0, 0], ow.kernel(net, x).ntk, rtol=1e-10)

@@ -120,16 +120,20 @@ class DMFTResult:
     """Infinite-width training dynamics (numpy arrays; ``tau = steps + 1`` times ``0..steps``).
 
     Attributes:
-      f_train, f_test: (tau, P) and (tau, M) network outputs ``F`` (``f_test`` None without test points).
-      train_loss, test_loss: (tau,) ``1/(2P) sum (F - y)^2`` (test: with ``y_test``, else None).
+      f_train, f_test: (tau, P) and (tau, M) network outputs ``F`` (``f_test`` None without test
+        points); with C > 1 outputs (tau, P, C) and (tau, M, C).
+      train_loss, test_loss: (tau,) ``1/(2P) sum ||F - y||^2`` or the mean softmax cross-entropy
+        (test: with ``y_test``, else None).
       phi, g: (L, tau, P, P) equal-time feature kernels ``Phi^l(t, t)`` and gradient kernels
-        ``G^l(t, t)`` on the training points, ``l = 1..L``.
-      ntk: (tau, P, P) the NTK ``K(t)`` on the training points.
-      phi_two_time, g_two_time: (L, tau, P, tau, P) two-time kernels, or None when
-        ``tau P > two_time_limit``.
+        ``G^l(t, t)`` on the training points, ``l = 1..L``; with C > 1 outputs ``g`` is
+        (L, tau, P, P, C, C), ``G^l_kk'``: the backward fields of outputs ``k`` and ``k'``.
+      ntk: (tau, P, P) the NTK ``K(t)`` on the training points; (tau, P, P, C, C) with C > 1.
+      phi_two_time, g_two_time: (L, tau, P, tau, P) two-time kernels (``g_two_time`` with trailing
+        (C, C) for C > 1), or None when ``tau P > two_time_limit`` or the solver does not keep them
+        (population).
       f_train_se, f_test_se, train_loss_se, phi_se: Monte Carlo standard errors (spread of
         independent replicas / sqrt(replicas)); zeros for the exact linear solver.
-      method: ``"exact-linear"`` (one sweep), ``"picard-linear"`` or ``"monte-carlo"``. iterations,
+      method: ``"exact-linear"`` (one sweep), ``"picard-linear"``, ``"monte-carlo"`` or ``"population"``. iterations,
         residual, converged: the Picard iteration's (the sweeps: 1, 0.0, True).
       gamma0, lr, steps, samples, replicas, damping: the settings (damping: the one that converged;
         0 for the Monte Carlo sweep).
@@ -185,23 +189,25 @@ class DMFTResult:
         return np.arange(self.steps + 1)
 
     def to_xarray(self):
-        """``xarray.Dataset`` over ``(step, layer, train, train2, test)``."""
+        """``xarray.Dataset`` over ``(step, layer, train, train2, test)`` and, with C > 1 outputs, ``(out, out2)``."""
         import xarray as xr
 
         L = self.phi.shape[0]
+        o = ("out",) if self.f_train.ndim == 3 else ()
+        oo = ("out", "out2") if o else ()
         v = {
-            "f_train": (("step", "train"), self.f_train),
-            "f_train_se": (("step", "train"), self.f_train_se),
+            "f_train": (("step", "train") + o, self.f_train),
+            "f_train_se": (("step", "train") + o, self.f_train_se),
             "train_loss": (("step",), self.train_loss),
             "train_loss_se": (("step",), self.train_loss_se),
             "phi": (("layer", "step", "train", "train2"), self.phi),
             "phi_se": (("layer", "step", "train", "train2"), self.phi_se),
-            "g": (("layer", "step", "train", "train2"), self.g),
-            "ntk": (("step", "train", "train2"), self.ntk),
+            "g": (("layer", "step", "train", "train2") + oo, self.g),
+            "ntk": (("step", "train", "train2") + oo, self.ntk),
         }
         if self.f_test is not None:
-            v["f_test"] = (("step", "test"), self.f_test)
-            v["f_test_se"] = (("step", "test"), self.f_test_se)
+            v["f_test"] = (("step", "test") + o, self.f_test)
+            v["f_test_se"] = (("step", "test") + o, self.f_test_se)
         if self.test_loss is not None:
             v["test_loss"] = (("step",), self.test_loss)
         attrs = {k: getattr(self, k) for k in ("method", "iterations", "residual", "gamma0", "lr", "steps",
@@ -247,11 +253,13 @@ def dmft(net, x_train, y_train, *, gamma0: float, lr: float, steps: int, param: 
     """Solve the infinite-width (DMFT) training dynamics of an MLP under muP / mean-field scaling.
 
     Args:
-      net: ``ow.serial(ow.Dense(w_std=.), act, ..., ow.Dense(out=1, w_std=.))`` without biases;
+      net: ``ow.serial(ow.Dense(w_std=.), act, ..., ow.Dense(out=C, w_std=.))`` without biases;
         ``act`` an elementwise activation (``ow.Identity()`` for a deep linear network); with two
-        or more hidden layers the Monte Carlo solver needs smooth ones (not the Relu family:
-        its pathwise response functions would miss the delta function in ``phi''``).
-      x_train: (P, D) inputs; y_train: (P,) or (P, 1) targets (NaN or Inf in either raises ``ValueError``).
+        or more hidden layers the monte-carlo solver needs smooth ones (not the Relu family:
+        its pathwise response functions would miss the delta function in ``phi''``). C > 1
+        outputs: the exact sweep and the population solver.
+      x_train: (P, D) inputs; y_train: mse targets (P,) or (P, C), or (``loss="xent"``) integer
+        class labels (P,) in ``[0, C)`` (NaN or Inf in either raises ``ValueError``).
       gamma0: richness (> 0; ``gamma0 -> 0`` is the NTK limit). lr: the base learning rate ``eta0``.
       steps: number of gradient-descent steps T.
       param: ``ow.MUP`` or ``ow.MF`` at any base width (the limit depends on the base width
@@ -285,6 +293,9 @@ def dmft(net, x_train, y_train, *, gamma0: float, lr: float, steps: int, param: 
         :class:`DMFTConvergenceError` with the last residual.
       seed: random seed of the Monte Carlo sources.
       two_time_limit: store two-time kernels when ``(steps + 1) P`` is at most this.
+      loss: ``"mse"`` (``1/(2P) sum ||F - y||^2``) or ``"xent"`` (softmax cross-entropy, C >= 2; the
+        exact sweep and the population solver), as ``ow.train(loss=...)``: the DMFT's error signal
+        is ``Delta = -P dLoss/dF``, ``y - F`` or ``onehot(y) - softmax(F)``.
       progress_bar: a tqdm bar over the Monte Carlo replicas (also silenced by OWIDTH_NO_PROGRESS=1).
 
     Returns:
@@ -398,10 +409,11 @@ def _plan(net, x_train, y_train, *, gamma0, lr, steps, param, x_test, y_test, me
     q = x.shape[0] + (0 if xt is None else xt.shape[0])
     too_big = _memory_verdict(mlp, samples=samples, response_samples=min(response_samples, samples),
                               tau=steps + 1, q=q, itemsize=x.dtype.itemsize, where=where)
-    general = mlp.out > 1 or loss != "mse"  # what only the sweep and the populations solve
+    general = mlp.out > 1 or loss != "mse" or mlp.biases  # what only the sweep and the populations solve
     if general and method in ("picard", "monte-carlo"):
-        raise ValueError(f"{where}: method={method!r} solves one output with loss='mse'; for {mlp.out} outputs and "
-                         f"loss={loss!r} use method='exact' (deep linear) or 'population'")
+        raise ValueError(f"{where}: method={method!r} solves one output, loss='mse' and no biases; for {mlp.out} "
+                         f"output(s), loss={loss!r}{' and biases' if mlp.biases else ''} use method='exact' (deep "
+                         "linear) or 'population'")
     if exact:
         solver = "picard-linear" if method == "picard" else "exact-linear"
     elif method == "population" or (method == "auto" and (kinked or too_big or general)):
@@ -537,7 +549,7 @@ def _solve_linear(*, mlp, x, y, xt, gamma0, lr, steps, two_time_limit, picard=No
     tau, d = steps + 1, x.shape[1]
     c = gamma0 * lr * mlp.w_std[-1] / math.sqrt(mlp.base_width)
     if picard is None:
-        st = linear.sweep(mlp, c, gamma0, xj, yj, tau=tau, loss=loss)
+        st = linear.sweep(mlp, c, gamma0, xj, yj, tau=tau, loss=loss, lr=lr)
         if not all(bool(jnp.all(jnp.isfinite(v))) for v in st.values()):
             raise _Diverged("ow.dmft: non-finite values: the infinite-width gradient descent diverges; lower lr "
                             "(larger gamma0 needs a smaller lr)")
@@ -551,10 +563,13 @@ def _solve_linear(*, mlp, x, y, xt, gamma0, lr, steps, two_time_limit, picard=No
             return new, None
 
         st, _, its, res = _iterate(step, st, steps=steps, yscale=yscale, **picard)
-        st = dict(st, beta=st["beta"][:, None], G=st["G"][:, :, None, :, None])  # one output
+        st = dict(st, beta=st["beta"][:, None], G=st["G"][:, :, None, :, None],  # one output, no biases
+                  offset=jnp.zeros((tau, 1)))
     xa = x if xt is None else np.concatenate([x, xt])
+    if mlp.biases:  # affine fields: coefficients over x~ = (x, 1)
+        x, xa = (np.concatenate([a, np.ones((a.shape[0], 1), a.dtype)], axis=1) for a in (x, xa))
     beta = np.asarray(st["beta"])  # (tau, C, d)
-    f = np.einsum("tkd,qd->tqk", beta, xa)
+    f = np.einsum("tkd,qd->tqk", beta, xa) + np.asarray(st["offset"])[:, None, :]
     m = np.asarray(st["M"])  # (L, tau, d, tau, d)
     gk = np.asarray(st["G"])  # (L, tau, C, tau, C)
     ti = np.arange(tau)
@@ -564,7 +579,7 @@ def _solve_linear(*, mlp, x, y, xt, gamma0, lr, steps, two_time_limit, picard=No
     g_eq = np.moveaxis(gk[:, ti, :, ti, :], 0, 1)  # (L, tau, C, C)
     p = x.shape[0]
     g = g_eq[:, :, None, None] * np.ones((1, 1, p, p, 1, 1))  # backward fields do not depend on the input
-    out = {"f": f, "phi": phi, "g": g, "ntk": _ntk(mlp, phi, g, x), "iterations": its, "residual": res,
+    out = {"f": f, "phi": phi, "g": g, "ntk": _ntk(mlp, phi, g, x[:, :d]), "iterations": its, "residual": res,
            "f_se": np.zeros_like(f), "loss_se": np.zeros(tau), "phi_se": np.zeros_like(phi)}
     if tau * p <= two_time_limit:
         out["phi2"] = np.einsum("pd,ltdse,qe->ltpsq", x, m, x)
@@ -612,14 +627,15 @@ def _memory_verdict(mlp, *, samples, response_samples, tau, q, itemsize, where):
 def _ntk(mlp, phi, g, x):
     """``K_{kk'}(t)`` (tau, P, P, C, C) on the training points from equal-time kernels ``phi`` (L, tau, P, P) and
     ``g`` (L, tau, P, P, C, C): ``s_{L+1}^2 [delta_kk' Phi^L + sum_l s_{l+1}^2 G^{l+1}_kk' Phi^l + s_1^2 G^1_kk' K^x]``."""
-    s = mlp.w_std
+    s, b = mlp.w_std, mlp.beta
     L = mlp.depth
     kx = x @ x.T / x.shape[1]
-    k = phi[L - 1][..., None, None] * np.eye(g.shape[-1])
+    eye = np.eye(g.shape[-1], dtype=phi.dtype)
+    k = phi[L - 1][..., None, None] * eye
     for l in range(L - 1):
-        k = k + s[l + 1] ** 2 * g[l + 1] * phi[l][..., None, None]
-    k = k + s[0] ** 2 * g[0] * kx[None, :, :, None, None]
-    return s[-1] ** 2 * k
+        k = k + g[l + 1] * (s[l + 1] ** 2 * phi[l] + b(l + 1) ** 2)[..., None, None]
+    k = k + g[0] * (s[0] ** 2 * kx + b(0) ** 2)[None, :, :, None, None]
+    return s[-1] ** 2 * k + b(L) ** 2 * eye  # hidden biases (inside), the readout bias
 
 
 def _solve_mc(*, mlp, x, y, xt, gamma0, lr, steps, samples, response_samples, two_time_limit, key):

@@ -16,13 +16,22 @@ __all__ = ["MLP", "elementwise", "parse", "residual_weights"]
 
 @dataclasses.dataclass(frozen=True)
 class MLP:
-    """``Dense, act, ..., Dense, act, Dense(out=C)`` without biases: ``w_std`` of every Dense, the activations."""
+    """``Dense, act, ..., Dense, act, Dense(out=C)``: ``w_std`` and ``b_std`` of every Dense, the activations."""
 
     w_std: tuple[float, ...]  # sigma_1 .. sigma_{L+1}
     acts: tuple[Activation, ...]  # L activations
     base_width: int
     zero_readout: bool
     out: int = 1  # outputs C
+    b_std: tuple[float, ...] = ()  # beta_1 .. beta_{L+1} (the last: the readout bias); () for none
+
+    @property
+    def biases(self) -> bool:
+        return any(b != 0 for b in self.b_std)
+
+    def beta(self, l: int) -> float:
+        """The bias std of Dense ``l`` (0-based; ``depth`` is the readout), 0 without biases."""
+        return self.b_std[l] if self.b_std else 0.0
 
     @property
     def depth(self) -> int:
@@ -77,24 +86,23 @@ def parse(net, param, *, where: str) -> MLP:
     layers = [layer for layer in net.walk() if not layer.caps.transparent]
     if len(layers) < 3 or len(layers) % 2 == 0:
         raise ValueError(f"{where}: the DMFT solver supports MLPs {expected}; got {len(layers)} layers")
-    w_std, acts = [], []
+    w_std, b_std, acts = [], [], []
     for i, layer in enumerate(layers):
         if i % 2 == 0:
             if not layer.caps.dense:
                 raise ValueError(f"{where}: layer {i} is {type(layer).__name__}; the DMFT solver supports only "
                                  f"{expected} (Dense layers alternating with elementwise activations)")
-            if layer.b_std != 0:
-                raise ValueError(f"{where}: layer {i} has b_std={layer.b_std}; biases are not supported by the DMFT "
-                                 "solver yet, use b_std=0")
             last = i == len(layers) - 1
             if last and (layer.out is None or layer.out < 1):
                 raise ValueError(f"{where}: the readout must be ow.Dense(out=C) with C >= 1 outputs, got out={layer.out}")
             if not last and layer.out is not None:
                 raise ValueError(f"{where}: layer {i} has out={layer.out}; hidden Dense layers must leave out unset")
             w_std.append(float(layer.w_std))
+            b_std.append(float(layer.b_std))
         else:
             if not layer.caps.elementwise:
                 raise ValueError(f"{where}: layer {i} is {type(layer).__name__}; expected an elementwise activation "
                                  f"(ow.Identity() for a linear network) in {expected}")
             acts.append(layer)
-    return MLP(tuple(w_std), tuple(acts), param.base_width, param.zero_readout, int(layers[-1].out))
+    return MLP(tuple(w_std), tuple(acts), param.base_width, param.zero_readout, int(layers[-1].out),
+               tuple(b_std) if any(b_std) else ())

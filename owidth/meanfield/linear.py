@@ -162,11 +162,11 @@ def _quad(mlp: MLP, cov, xa, xb):
     """``E[a b^T]`` for fields ``a = xa . s``, ``b = xb . s`` linear in the independent source blocks ``s``.
 
     ``xa`` (..., N), ``xb`` (..., N) are coefficients over the source coordinates of
-    :func:`_layout`; ``cov`` holds the blocks' covariances: ``v0`` and ``w`` (scalars times I),
+    :func:`_layout`; ``cov`` holds the blocks' covariances: ``v0`` (diagonal, a vector), ``w`` (a scalar times I),
     ``u[j]`` (tau d, tau d) and ``r[j]`` (tau C, tau C). Result (..., ...) over xa's then xb's axes."""
     lay = _layout(mlp, cov["tau"], cov["d"])
     sl = lambda a, name: a[..., lay[name][0]:lay[name][1]]  # noqa: E731
-    out = cov["v0"] * jnp.tensordot(sl(xa, "v0"), sl(xb, "v0"), axes=([-1], [-1]))
+    out = jnp.tensordot(sl(xa, "v0") @ jnp.diag(cov["v0"]), sl(xb, "v0"), axes=([-1], [-1]))
     out = out + cov["w"] * jnp.tensordot(sl(xa, "w"), sl(xb, "w"), axes=([-1], [-1]))
     for j in range(mlp.depth - 1):
         for name in (f"u{j}", f"r{j}"):
@@ -189,7 +189,7 @@ def _layout(mlp: MLP, tau: int, d: int) -> dict:
 
 
 @functools.partial(jax.jit, static_argnames=("mlp", "tau", "loss"))
-def sweep(mlp: MLP, c, gamma0, x, y, *, tau: int, loss: str = "mse"):
+def sweep(mlp: MLP, c, gamma0, x, y, *, tau: int, loss: str = "mse", lr=0.0):
     """The exact deep-linear DMFT in one causal sweep over time (no fixed-point iteration).
 
     Every field of a neuron is linear in its Gaussian sources, so it is carried as a row of
@@ -207,11 +207,24 @@ def sweep(mlp: MLP, c, gamma0, x, y, *, tau: int, loss: str = "mse"):
         v^{l+1}(t) = u^{l+1}(t) + sigma^2 sum_{s<t, k} [a^l_k(t, s) + c M^l(t, s) e_k(s)] z^{l+1}_k(s)
         z^l_k(t)   = r^l_k(t) + sigma^2 sum_{s<=t} b^l_k(t, s) . v^l(s) + c sigma^2 sum_{s<t, k'} G^{l+1}_{kk'}(t, s) v^l(s) . e_k'(s)
 
-    ``y`` is (P, C): targets (mse) or one-hot labels (xent). Returns ``beta`` (tau, C, d) with
-    ``F_k(t, x) = beta_k(t) . x``, ``M`` (L, tau, d, tau, d), ``G`` (L, tau, C, tau, C)."""
+    Biases (``beta_l``, the ``b_std`` of Dense ``l``): with ``x~ = (x, 1)`` every field is affine,
+    ``h^l(x) = v^l . x~``, and a hidden bias is one more source, constant in time, on the last
+    coordinate: ``v_0 ~ N(0, diag(sigma_1^2 / D, .., beta_1^2))``, ``u^{l+1}`` gains covariance
+    ``beta_{l+1}^2`` there, and learning adds ``c beta^2 sum_s e~_{D+1}(s) z(s)`` to it (the
+    response terms do not see it: a bias is not part of ``W``). The readout bias adds a
+    deterministic offset, ``B(t + 1) = B(t) + lr beta_{L+1}^2 sum_mu Delta_mu(t) / P``.
+
+    ``y`` is (P, C): targets (mse) or one-hot labels (xent). Returns ``beta`` (tau, C, d) and
+    ``offset`` (tau, C) with ``F_k(t, x) = beta_k(t) . x~ + offset_k(t)``, ``M`` (L, tau, d, tau, d),
+    ``G`` (L, tau, C, tau, C), over ``d = D`` (``D + 1`` with biases) coordinates."""
     L, sig, C = mlp.depth, mlp.w_std, mlp.out
+    din = x.shape[1]
+    if mlp.biases:
+        x = jnp.concatenate([x, jnp.ones((x.shape[0], 1), x.dtype)], axis=1)
     p, d = x.shape
     dt = x.dtype
+    lam = jnp.asarray([sig[0] ** 2 / din] * din + [mlp.beta(0) ** 2] * (d - din), dt)  # first-layer metric
+    const = (jnp.arange(d) == d - 1).astype(dt) if mlp.biases else jnp.zeros(d, dt)  # the bias coordinate
     lay = _layout(mlp, tau, d)
     n = lay["N"][0]
     times = jnp.arange(tau)
@@ -220,9 +233,11 @@ def sweep(mlp: MLP, c, gamma0, x, y, *, tau: int, loss: str = "mse"):
         return jnp.zeros((len(idx), n), dt).at[jnp.arange(len(idx)), lay[name][0] + jnp.asarray(idx)].set(1.0)
 
     def covs(M, G):
-        cov = {"tau": tau, "d": d, "v0": sig[0] ** 2 / d, "w": 0.0 if mlp.zero_readout else 1.0}
+        cov = {"tau": tau, "d": d, "v0": lam, "w": 0.0 if mlp.zero_readout else 1.0}
+        bias = jnp.tile(const, tau)  # the constant-in-time bias source on the last coordinate
         for j in range(L - 1):
-            cov[f"u{j}"] = sig[j + 1] ** 2 * M[j].reshape(tau * d, tau * d)
+            cov[f"u{j}"] = (sig[j + 1] ** 2 * M[j].reshape(tau * d, tau * d)
+                            + mlp.beta(j + 1) ** 2 * jnp.outer(bias, bias))
             cov[f"r{j}"] = sig[j + 1] ** 2 * G[j + 1].reshape(tau * C, tau * C)
         return cov
 
@@ -233,11 +248,12 @@ def sweep(mlp: MLP, c, gamma0, x, y, *, tau: int, loss: str = "mse"):
         V, Z, M, G = cr["V"], cr["Z"], cr["M"], cr["G"]
         for l in range(L):  # forward fields v^l(t): (d, N)
             if l == 0:
-                row = rows("v0", range(d)) + (c * sig[0] ** 2 / d) * jnp.einsum("skd,skn->dn", e, Z[0])
+                row = rows("v0", range(d)) + c * lam[:, None] * jnp.einsum("skd,skn->dn", e, Z[0])
             else:
                 j = l - 1
                 a = V[j, t][:, lay[f"r{j}"][0]:lay[f"r{j}"][1]].reshape(d, tau, C) * past[None, :, None]
                 me = jnp.einsum("dse,ske->dsk", M[j, t], e)  # M^j(t, s) e_k(s): (d, tau, C)
+                me = me + (mlp.beta(l) / sig[l]) ** 2 * const[:, None, None] * e[None, :, :, d - 1]  # bias
                 row = rows(f"u{j}", t * d + jnp.arange(d)) + sig[j + 1] ** 2 * jnp.einsum("dsk,skn->dn", a + c * me,
                                                                                           Z[l])
             V = V.at[l, t].set(row)
@@ -256,12 +272,15 @@ def sweep(mlp: MLP, c, gamma0, x, y, *, tau: int, loss: str = "mse"):
         cov = covs(M, G)
         zv = _quad(mlp, cov, Z[L - 1, t], V[L - 1, t]) - _quad(mlp, cov, Z[L - 1, 0], V[L - 1, 0])  # (C, d)
         beta = (mlp.c_out / gamma0) * zv
-        delta = residual_weights(loss, x @ beta.T, y)  # (P, C)
-        cr = dict(V=V, Z=Z, M=M, G=G, beta=cr["beta"].at[t].set(beta), e=cr["e"].at[t].set(delta.T @ x / p))
+        off = cr["off"][t]
+        delta = residual_weights(loss, x @ beta.T + off[None], y)  # (P, C)
+        off_next = off + lr * mlp.beta(L) ** 2 * delta.sum(0) / p  # the readout bias
+        cr = dict(V=V, Z=Z, M=M, G=G, beta=cr["beta"].at[t].set(beta), e=cr["e"].at[t].set(delta.T @ x / p),
+                  off=cr["off"].at[jnp.minimum(t + 1, tau - 1)].set(jnp.where(t + 1 < tau, off_next, off)))
         return cr, None
 
     cr = {"V": jnp.zeros((L, tau, d, n), dt), "Z": jnp.zeros((L, tau, C, n), dt),
           "M": jnp.zeros((L, tau, d, tau, d), dt), "G": jnp.zeros((L, tau, C, tau, C), dt),
-          "beta": jnp.zeros((tau, C, d), dt), "e": jnp.zeros((tau, C, d), dt)}
+          "beta": jnp.zeros((tau, C, d), dt), "e": jnp.zeros((tau, C, d), dt), "off": jnp.zeros((tau, C), dt)}
     cr, _ = jax.lax.scan(step, cr, times)
-    return {"beta": cr["beta"], "M": cr["M"], "G": cr["G"]}
+    return {"beta": cr["beta"], "offset": cr["off"], "M": cr["M"], "G": cr["G"]}

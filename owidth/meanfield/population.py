@@ -49,16 +49,18 @@ __all__ = ["simulate"]
 
 
 def _init(key, mlp: MLP, n: int, d: int, dtype):
-    keys = jax.random.split(key, mlp.depth + 1)
+    """Weights ``W^0`` (n, D), ``W^l`` (n, n), readout ``w`` (n, C) and hidden biases (L, n), all ``N(0, 1)``."""
+    keys = jax.random.split(key, mlp.depth + 2)
     ws = [jax.random.normal(keys[0], (n, d), dtype)]
     ws += [jax.random.normal(keys[l], (n, n), dtype) for l in range(1, mlp.depth)]
     shape = (n, mlp.out)
-    w = jnp.zeros(shape, dtype) if mlp.zero_readout else jax.random.normal(keys[-1], shape, dtype)
-    return ws, w
+    w = jnp.zeros(shape, dtype) if mlp.zero_readout else jax.random.normal(keys[-2], shape, dtype)
+    return ws, w, jax.random.normal(keys[-1], (mlp.depth, n), dtype)
 
 
-def _fields(mlp: MLP, ws, w, x):
-    """Forward and backward fields on the points x: phi(h^l) (Q, n) and g^l_k (C, Q, n) per layer, output f (Q, C)."""
+def _fields(mlp: MLP, ws, w, bs, x):
+    """Forward and backward fields on the points x: phi(h^l) (Q, n) and g^l_k (C, Q, n) per layer, output f (Q, C)
+    (without the readout bias, which :func:`simulate` carries as a deterministic offset)."""
     L, s = mlp.depth, mlp.w_std
     n = w.shape[0]
     hs, ph = [], []
@@ -66,6 +68,7 @@ def _fields(mlp: MLP, ws, w, x):
     for l in range(L):
         if l:
             h = s[l] * ph[-1] @ ws[l].T / math.sqrt(n)
+        h = h + mlp.beta(l) * bs[l][None]
         hs.append(h)
         ph.append(elementwise(mlp.phi(l))(h))
     f = mlp.c_out / n * ph[-1] @ w
@@ -89,9 +92,9 @@ def simulate(mlp: MLP, key, x, y, *, gamma0, lr, n: int, nest: int, steps: int, 
     training points at every step ``0..steps``."""
     L, s = mlp.depth, mlp.w_std
     d = x.shape[1]
-    ws, w = _init(key, mlp, nest, d, x.dtype)
+    ws, w, bs = _init(key, mlp, nest, d, x.dtype)
     ws = [ws[0][:n]] + [a[:n, :n] for a in ws[1:]]
-    w = w[:n]
+    w, bs = w[:n], bs[:, :n]
     eta = lr * gamma0 * n / mlp.base_width
     xtr = x[:p]
 
@@ -101,9 +104,9 @@ def simulate(mlp: MLP, key, x, y, *, gamma0, lr, n: int, nest: int, steps: int, 
         return {"f": (f - f0) / gamma0, "phi": phi, "g": g}
 
     def step(carry, _):
-        ws, w, f0 = carry
-        ph, gs, f = _fields(mlp, ws, w, x)
-        rec = record(ph, gs, f, f0)
+        ws, w, bs, off, f0 = carry
+        ph, gs, f = _fields(mlp, ws, w, bs, x)
+        rec = record(ph, gs, f + off[None], f0)
         delta = residual_weights(loss, rec["f"][:p], y) / p  # (1/P) Delta_{mu k}
         pre = eta * mlp.c_out / n  # lr gamma0 n / n0 times df/d(.)'s prefactor c_out / n
         gd = [jnp.einsum("pk,kpi->pi", delta, a[:, :p]) for a in gs]  # sum_k Delta_k g^l_k
@@ -111,11 +114,15 @@ def simulate(mlp: MLP, key, x, y, *, gamma0, lr, n: int, nest: int, steps: int, 
         new_ws = [ws[0] + pre * s[0] / math.sqrt(d) * gd[0].T @ xtr]
         for l in range(1, L):
             new_ws.append(ws[l] + pre * s[l] / math.sqrt(n) * gd[l].T @ ph[l - 1][:p])
-        return (new_ws, new_w, f0), rec
+        new_bs = bs + pre * jnp.stack([mlp.beta(l) * gd[l].sum(0) for l in range(L)])
+        # the readout bias (a fixed-size tensor, learning rate lr gamma0^2) moves F by lr beta^2 sum_mu Delta_mu / P
+        new_off = off + gamma0 * lr * mlp.beta(L) ** 2 * delta.sum(0)
+        return (new_ws, new_w, new_bs, new_off, f0), rec
 
-    _, _, f0 = _fields(mlp, ws, w, x)
-    (ws, w, _), recs = jax.lax.scan(step, (ws, w, f0), None, length=steps)
-    ph, gs, f = _fields(mlp, ws, w, x)
-    last = record(ph, gs, f, f0)
+    off = jnp.zeros(mlp.out, x.dtype)  # the readout bias's change, in f's units
+    _, _, f0 = _fields(mlp, ws, w, bs, x)
+    (ws, w, bs, off, _), recs = jax.lax.scan(step, (ws, w, bs, off, f0), None, length=steps)
+    ph, gs, f = _fields(mlp, ws, w, bs, x)
+    last = record(ph, gs, f + off[None], f0)
     out = jax.tree.map(lambda a, b: jnp.concatenate([a, b[None]]), recs, last)
     return {"f": out["f"], "phi": jnp.moveaxis(out["phi"], 0, 1), "g": jnp.moveaxis(out["g"], 0, 1)}

@@ -241,7 +241,6 @@ def test_result_shapes_and_xarray():
 
 
 @pytest.mark.parametrize("net, msg", [
-    (ow.serial(ow.Dense(b_std=0.1), ow.Relu(), ow.Dense(out=1)), "biases are not supported"),
     (ow.serial(ow.Dense(), ow.Relu(), ow.Dense(out=2)), r"shape \(3, 2\)"),
     (ow.serial(ow.Dense(), ow.Relu(), ow.Relu(), ow.Dense(out=1)), "supports MLPs"),
     (ow.serial(ow.Dense(), ow.LayerNorm(), ow.Dense(out=1)), "elementwise activation"),
@@ -272,19 +271,21 @@ def test_no_convergence_says_so():
 
 
 def test_population_is_the_network_ow_train_trains():
-    """One population of width n is a width-n muP network: 64 of them against 64 ow.train networks
-    (different seeds): means and spreads of the outputs agree (z < 4.5, spread ratio 0.7-1.4)."""
+    """One population of width n is a width-n muP network (biases included): 64 of them against 64 ow.train
+    networks (different seeds): means and spreads of the outputs agree (z < 4.5, spread ratio 0.7-1.4)."""
     from owidth.meanfield import _spec, population
 
     x, y, _, _ = _data(p=5, d=3, m=0)
     param = ow.MUP.with_base_width(8)
     n, seeds, steps = 128, 64, 8
-    mlp = _spec.parse(TANH, param, where="test")
+    net = ow.serial(ow.Dense(w_std=1.2, b_std=0.7), ow.Tanh(), ow.Dense(w_std=1.3, b_std=0.5), ow.Tanh(),
+                    ow.Dense(out=1, w_std=1.1, b_std=0.8))  # biases in every layer, the readout's included
+    mlp = _spec.parse(net, param, where="test")
     f = jax.vmap(lambda k: population.simulate(mlp, k, jax.numpy.asarray(x), jax.numpy.asarray(y[:, None]),
                                                gamma0=1.5, lr=0.4, n=n, nest=n, steps=steps, p=5)["f"])(
         jax.random.split(jax.random.key(0), seeds))
     f = np.asarray(f)[..., 0]
-    ds = ow.train(TANH, (x, y), test=(x, y), widths=n, lr=0.4, steps=steps, param=param, gamma0=1.5, seeds=seeds,
+    ds = ow.train(net, (x, y), test=(x, y), widths=n, lr=0.4, steps=steps, param=param, gamma0=1.5, seeds=seeds,
                   record_every=1, record_outputs=True, progress_bar=False)
     ft = ds.test_output.values[0, :, 0, 0, :, :, 0]  # (seed, step, point)
     se = np.sqrt(f.var(0, ddof=1) / seeds + ft.var(0, ddof=1) / seeds)
@@ -311,7 +312,8 @@ def test_population_extrapolates_to_the_exact_linear_dmft():
     np.testing.assert_allclose(pop.train_loss, exact.train_loss, atol=4 * pop.train_loss_se.max())
 
 
-@pytest.mark.slow  # ~40 s
+@pytest.mark.slow  # ~25 s
+@pytest.mark.compute_bound
 def test_population_agrees_with_exact_response_monte_carlo():
     """Tanh, 2 hidden layers, P = 10, T = 50 (a problem both nonlinear solvers can do): the population estimate
     and the function-space sweep with exact pathwise responses agree within their combined errors
@@ -337,22 +339,44 @@ def _ensemble(net, x, y, *, width, seeds, steps, loss="mse", **kw):
 @pytest.mark.slow  # ~40 s each: 8 width-4096 networks
 @pytest.mark.compute_bound
 @pytest.mark.parametrize("loss", ["mse", "xent"])
-def test_two_outputs_match_wide_networks(loss):
-    """A deep linear net with 2 outputs (mse on 2-d targets) or 3 classes (softmax cross-entropy), rich regime:
-    the exact sweep against 8 muP networks of width 4096 at every step, within 4 SE + 2e-3 (the O(1/n) bias);
-    the output kernels G_kk' develop off-diagonal entries, which one-output DMFT cannot describe."""
+def test_outputs_biases_and_xent_match_wide_networks(loss):
+    """Deep linear nets in the rich regime, the exact sweep against 8 muP networks of width 4096 at every step,
+    within 4 SE + 2e-3 (the O(1/n) bias): 2 outputs with biases in every layer (readout included) on mse, and
+    3 classes on softmax cross-entropy. The output kernels G_kk' develop off-diagonal entries, and K(0) is
+    ow.kernel's NTK, biases included."""
     x, y, _, _ = _data(p=5, d=3, m=0)
-    out = 2 if loss == "mse" else 3
-    net = ow.serial(ow.Dense(w_std=1.2), ow.Identity(), ow.Dense(w_std=1.0), ow.Identity(), ow.Dense(out=out))
-    targets = np.stack([y, np.cos(x[:, 1])], 1) if loss == "mse" else np.array([0, 1, 2, 1, 0])
-    kw = dict(gamma0=1.5, lr=0.4 if loss == "mse" else 1.0, steps=10)
-    r = ow.dmft(net, x, targets, **kw, loss=loss)
+    if loss == "mse":
+        net = ow.serial(ow.Dense(w_std=1.2, b_std=0.7), ow.Identity(), ow.Dense(w_std=1.0, b_std=0.5), ow.Identity(),
+                        ow.Dense(out=2, b_std=0.8))
+        targets, lr = np.stack([y, np.cos(x[:, 1])], 1), 0.4
+    else:
+        net = ow.serial(ow.Dense(w_std=1.2), ow.Identity(), ow.Dense(w_std=1.0), ow.Identity(), ow.Dense(out=3))
+        targets, lr = np.array([0, 1, 2, 1, 0]), 1.0
+    out = net.layers[-1].out
+    r = ow.dmft(net, x, targets, gamma0=1.5, lr=lr, steps=10, loss=loss)
     assert r.method == "exact-linear" and r.f_train.shape == (11, 5, out) and r.ntk.shape == (11, 5, 5, out, out)
-    f = _ensemble(net, x, targets, width=4096, seeds=8, loss=loss, lr=kw["lr"], steps=10, gamma0=kw["gamma0"])
+    f = _ensemble(net, x, targets, width=4096, seeds=8, loss=loss, lr=lr, steps=10, gamma0=1.5)
     mean, se = f.mean(0), f.std(0, ddof=1) / np.sqrt(f.shape[0])
     assert np.all(np.abs(mean - r.f_train) < 4 * se + 2e-3), np.max(np.abs(mean - r.f_train) - 4 * se)
     assert np.abs(r.f_train[-1] - r.f_train[0]).max() > 0.3
     assert r.train_loss[-1] < (0.7 if loss == "mse" else 0.95) * r.train_loss[0]
-    offdiag = np.abs(r.g[0, -1, 0, 0, 0, 1])
-    assert offdiag > 1e-3 and np.abs(r.g[0, 0, 0, 0, 0, 1]) < 1e-12  # G_01 = 0 at t = 0, not later
+    assert np.abs(r.g[0, -1, 0, 0, 0, 1]) > 1e-3 and np.abs(r.g[0, 0, 0, 0, 0, 1]) < 1e-12  # G_01: 0 only at t = 0
     np.testing.assert_allclose(r.ntk[0][..., 0, 0], ow.kernel(net, x).ntk, rtol=1e-10)
+
+
+def test_biases_in_the_exact_sweep():
+    """Biases make the fields affine: K(0) is ow.kernel's NTK with every bias term (hidden and readout), the
+    extrapolated populations (which are networks with biases) agree with the sweep, and switching the biases off
+    changes the dynamics by far more than that agreement."""
+    x, y, _, _ = _data(p=5, d=3, m=0)
+    net = ow.serial(ow.Dense(w_std=1.2, b_std=0.7), ow.Identity(), ow.Dense(w_std=1.0, b_std=0.5), ow.Identity(),
+                    ow.Dense(out=1, w_std=1.1, b_std=0.8))
+    kw = dict(gamma0=1.5, lr=0.3, steps=10)
+    r = ow.dmft(net, x, y, **kw)
+    np.testing.assert_allclose(r.ntk[0], ow.kernel(net, x).ntk, rtol=1e-10)
+    pop = ow.dmft(net, x, y, **kw, method="population", samples=512, replicas=32, seed=1)
+    assert np.all(np.abs(pop.f_train - r.f_train)[1:] < 4 * pop.f_train_se[1:]), (pop.f_train - r.f_train)
+    plain = ow.dmft(_linear_net(2), x, y, **kw)
+    assert np.abs(plain.f_train - r.f_train).max() > 10 * pop.f_train_se.max()
+    with pytest.raises(ValueError, match="biases"):
+        ow.dmft(net, x, y, **kw, method="picard")

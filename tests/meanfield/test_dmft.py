@@ -380,3 +380,18 @@ def test_biases_in_the_exact_sweep():
     assert np.abs(plain.f_train - r.f_train).max() > 10 * pop.f_train_se.max()
     with pytest.raises(ValueError, match="biases"):
         ow.dmft(net, x, y, **kw, method="picard")
+
+
+def test_lazy_limit_with_outputs_and_biases_is_ntk_gradient_descent():
+    """gamma0 -> 0 with 2 outputs and biases everywhere: the exact sweep is kernel gradient descent with
+    ow.kernel's NTK (biases included), outputs independent, to 1e-6 relative."""
+    x, y, _, _ = _data(p=5, d=3, m=0)
+    net = ow.serial(ow.Dense(w_std=1.2, b_std=0.7), ow.Identity(), ow.Dense(w_std=1.0, b_std=0.5), ow.Identity(),
+                    ow.Dense(out=2, b_std=0.8))
+    targets = np.stack([y, np.cos(x[:, 1])], 1)
+    r = ow.dmft(net, x, targets, gamma0=1e-4, lr=0.3, steps=8)
+    k = ow.kernel(net, x).ntk
+    want = np.asarray(ow.predict.gradient_descent(k, None, targets, lr=0.3, steps=np.arange(9)).mean_train)
+    assert want.shape == r.f_train.shape
+    assert np.max(np.abs(r.f_train - want)) < 1e-6 * np.max(np.abs(want))
+    assert np.abs(r.ntk[-1] - r.ntk[0]).max() < 1e-6 * np.abs(k).max()

@@ -409,6 +409,10 @@ def _plan(net, x_train, y_train, *, gamma0, lr, steps, param, x_test, y_test, me
     q = x.shape[0] + (0 if xt is None else xt.shape[0])
     too_big = _memory_verdict(mlp, samples=samples, response_samples=min(response_samples, samples),
                               tau=steps + 1, q=q, itemsize=x.dtype.itemsize, where=where)
+    if mlp.residual and method in ("exact", "picard", "monte-carlo"):
+        raise ValueError(f"{where}: residual blocks are solved by method='population' (or 'auto'), not "
+                         f"method={method!r}")
+    exact = exact and not mlp.residual
     general = mlp.out > 1 or loss != "mse" or mlp.biases  # what only the sweep and the populations solve
     if general and method in ("picard", "monte-carlo"):
         raise ValueError(f"{where}: method={method!r} solves one output, loss='mse' and no biases; for {mlp.out} "
@@ -416,7 +420,7 @@ def _plan(net, x_train, y_train, *, gamma0, lr, steps, param, x_test, y_test, me
                          "linear) or 'population'")
     if exact:
         solver = "picard-linear" if method == "picard" else "exact-linear"
-    elif method == "population" or (method == "auto" and (kinked or too_big or general)):
+    elif method == "population" or (method == "auto" and (kinked or too_big or general or mlp.residual)):
         solver = "population"
     else:
         solver = "monte-carlo"
@@ -633,7 +637,8 @@ def _ntk(mlp, phi, g, x):
     eye = np.eye(g.shape[-1], dtype=phi.dtype)
     k = phi[L - 1][..., None, None] * eye
     for l in range(L - 1):
-        k = k + g[l + 1] * (s[l + 1] ** 2 * phi[l] + b(l + 1) ** 2)[..., None, None]
+        _, m, lr = mlp.branch(l + 1)  # a residual branch: multiplier^2 times its learning-rate factor
+        k = k + m**2 * lr * g[l + 1] * (s[l + 1] ** 2 * phi[l] + b(l + 1) ** 2)[..., None, None]
     k = k + g[0] * (s[0] ** 2 * kx + b(0) ** 2)[None, :, :, None, None]
     return s[-1] ** 2 * k + b(L) ** 2 * eye  # hidden biases (inside), the readout bias
 

@@ -8,7 +8,7 @@ import math
 import jax
 
 from owidth.param import MF, MUP, Parametrization
-from owidth.layers._base import Layer
+from owidth.layers._base import Layer, residual_depth
 from owidth.layers.activations import Activation
 
 __all__ = ["MLP", "elementwise", "parse", "residual_weights"]
@@ -24,6 +24,19 @@ class MLP:
     zero_readout: bool
     out: int = 1  # outputs C
     b_std: tuple[float, ...] = ()  # beta_1 .. beta_{L+1} (the last: the readout bias); () for none
+    skip: tuple[float | None, ...] = ()  # per hidden-to-hidden weight: None, or the residual branch multiplier m
+    branch_lr: float = 1.0  # learning-rate factor of the tensors inside residual branches
+
+    @property
+    def residual(self) -> bool:
+        return any(m is not None for m in self.skip)
+
+    def branch(self, l: int) -> tuple[bool, float, float]:
+        """Hidden-to-hidden weight ``l`` (1-based, ``h^{l-1} -> h^l``): (residual?, multiplier, lr factor).
+
+        A residual step is ``h^l = h^{l-1} + m (s_l W^l phi(h^{l-1}) / sqrt(n) + beta_l b^l)``."""
+        m = self.skip[l - 1] if self.skip else None
+        return (False, 1.0, 1.0) if m is None else (True, m, self.branch_lr)
 
     @property
     def biases(self) -> bool:
@@ -71,21 +84,54 @@ def _same_exponents(p: Parametrization, q: Parametrization) -> bool:
     return p.a == q.a and p.b == q.b and p.c_sgd == q.c_sgd
 
 
+def _flatten(layer, where: str, expected: str) -> list:
+    """The network's main path: weight and activation layers, and ``("residual", scale, [layers])`` per
+    :func:`ow.Residual` (serial and ``ow.repeat`` containers opened)."""
+    if getattr(layer, "residual", False):
+        branch = _flatten(layer.branches[1], where, expected)
+        if any(isinstance(b, tuple) for b in branch):
+            raise ValueError(f"{where}: nested residual blocks are not supported; expected {expected}")
+        return [("residual", 1.0 if layer.weights is None else float(layer.weights[1]), branch)]
+    if layer.caps.branches:
+        raise ValueError(f"{where}: the DMFT solver supports {expected}; got parallel branches "
+                         f"({type(layer).__name__}) other than ow.Residual")
+    if layer.caps.transparent:
+        return [item for child in layer._children() for item in _flatten(child, where, expected)]
+    return [layer]
+
+
 def parse(net, param, *, where: str) -> MLP:
-    """Validate ``net`` (an MLP of Dense + activation layers) and ``param`` (MUP or MF, SGD)."""
+    """Validate ``net`` (an MLP of Dense + activation layers, optionally with residual blocks) and ``param``
+    (MUP or MF exponents, SGD; a depth exponent scales the residual branches)."""
     if not isinstance(net, Layer):
         raise TypeError(f"{where}: net must be an owidth spec such as "
                         "ow.serial(ow.Dense(), ow.Tanh(), ow.Dense(out=1)), "
                         f"got {type(net).__name__}")
     if not isinstance(param, Parametrization) or not (_same_exponents(param, MUP) or _same_exponents(param, MF)):
         raise ValueError(f"{where}: the DMFT describes the muP / mean-field limit; param must be ow.MUP or ow.MF "
-                         f"(any base width), got {param!r}")
-    expected = "ow.serial(ow.Dense(), act, ..., ow.Dense(), act, ow.Dense(out=1))"
-    if any(layer.caps.branches for layer in net.walk()):
-        raise ValueError(f"{where}: the DMFT solver supports MLPs {expected}; got a net with parallel/Residual branches")
-    layers = [layer for layer in net.walk() if not layer.caps.transparent]
+                         f"(any base width; depth exponents allowed, e.g. ow.DEPTH_MUP), got {param!r}")
+    expected = ("ow.serial(ow.Dense(), act, ..., ow.Dense(), act, ow.Dense(out=C)), whose hidden steps "
+                "'act, ow.Dense()' may be residual blocks ow.Residual(act, ow.Dense())")
+    items = _flatten(net, where, expected)
+    depth = residual_depth(net)
+    layers, skip = [], []
+    for item in items:
+        if isinstance(item, tuple):
+            _, scale, branch = item
+            if len(branch) != 2:
+                raise ValueError(f"{where}: a residual block must be ow.Residual(act, ow.Dense()); got {len(branch)} "
+                                 f"layers in it ({expected})")
+            layers += branch
+            skip.append(scale * param.depth_multiplier(depth))
+        else:
+            layers.append(item)
+            if len(layers) % 2 == 1 and len(layers) > 1:  # a plain hidden Dense (the readout is fixed below)
+                skip.append(None)
     if len(layers) < 3 or len(layers) % 2 == 0:
-        raise ValueError(f"{where}: the DMFT solver supports MLPs {expected}; got {len(layers)} layers")
+        raise ValueError(f"{where}: the DMFT solver supports {expected}; got {len(layers)} layers")
+    if isinstance(items[-1], tuple):
+        raise ValueError(f"{where}: the network must end in 'act, ow.Dense(out=C)' (the readout); {expected}")
+    skip = skip[:-1]  # the readout is not a hidden-to-hidden weight
     w_std, b_std, acts = [], [], []
     for i, layer in enumerate(layers):
         if i % 2 == 0:
@@ -104,5 +150,7 @@ def parse(net, param, *, where: str) -> MLP:
                 raise ValueError(f"{where}: layer {i} is {type(layer).__name__}; expected an elementwise activation "
                                  f"(ow.Identity() for a linear network) in {expected}")
             acts.append(layer)
+    residual = any(m is not None for m in skip)
     return MLP(tuple(w_std), tuple(acts), param.base_width, param.zero_readout, int(layers[-1].out),
-               tuple(b_std) if any(b_std) else ())
+               tuple(b_std) if any(b_std) else (), tuple(skip) if residual else (),
+               param.depth_lr_scale(depth, optimizer="sgd") if residual else 1.0)

@@ -8,6 +8,11 @@ weights ``W^0`` (n, D), ``W^l`` (n, n), readout ``w`` (n,)):
     h^1 = s_1 W^0 x / sqrt(D),   h^{l+1} = s_{l+1} W^l phi(h^l) / sqrt(n),   f = (c_out / n) w . phi(h^L)
     z^L = w,   g^l = phi'(h^l) z^l,   z^l = s_{l+1} W^l^T g^{l+1} / sqrt(n)
 
+(plus ``beta_l b^l`` with ``N(0, 1)`` biases ``b^l`` where the Dense layers have ``b_std``; a
+residual step is ``h^{l+1} = h^l + m (s_{l+1} W^l phi(h^l) / sqrt(n) + beta b)`` with the branch
+multiplier ``m = scale (L / L0)^-alpha`` and the branch's learning-rate factor ``(L / L0)^-c``
+of a depth parametrization, and then ``g^l = g^{l+1} + m phi'(h^l) s W^T g^{l+1} / sqrt(n)``)
+
 and full-batch gradient descent ``theta <- theta + (lr gamma0 n / n0) (1/P) sum_mu Delta_mu df_mu/dtheta``
 on ``F = (f - f_0) / gamma0`` (``Delta = y - F``). Its kernels ``Phi^l = phi^T phi / n``,
 ``G^l = g^T g / n`` and output are the DMFT's up to finite-size corrections: the mean over
@@ -64,20 +69,22 @@ def _fields(mlp: MLP, ws, w, bs, x):
     L, s = mlp.depth, mlp.w_std
     n = w.shape[0]
     hs, ph = [], []
-    h = s[0] * x @ ws[0].T / math.sqrt(x.shape[1])
+    h = s[0] * x @ ws[0].T / math.sqrt(x.shape[1]) + mlp.beta(0) * bs[0][None]
     for l in range(L):
         if l:
-            h = s[l] * ph[-1] @ ws[l].T / math.sqrt(n)
-        h = h + mlp.beta(l) * bs[l][None]
+            res, m, _ = mlp.branch(l)
+            branch = s[l] * ph[-1] @ ws[l].T / math.sqrt(n) + mlp.beta(l) * bs[l][None]
+            h = hs[-1] + m * branch if res else branch
         hs.append(h)
         ph.append(elementwise(mlp.phi(l))(h))
     f = mlp.c_out / n * ph[-1] @ w
     gs = [None] * L
-    z = jnp.broadcast_to(w.T[:, None, :], (mlp.out,) + hs[-1].shape)  # z^L_k = w_k
-    for l in reversed(range(L)):
-        gs[l] = elementwise(mlp.dphi(l))(hs[l])[None] * z
-        if l:
-            z = s[l] * gs[l] @ ws[l] / math.sqrt(n)
+    dps = [elementwise(mlp.dphi(l))(hs[l])[None] for l in range(L)]
+    gs[L - 1] = dps[L - 1] * jnp.broadcast_to(w.T[:, None, :], (mlp.out,) + hs[-1].shape)  # z^L_k = w_k
+    for l in reversed(range(1, L)):  # g^{l-1} = d(n f / c_out) / d h^{l-1}, through the branch and the skip
+        res, m, _ = mlp.branch(l)
+        back = m * dps[l - 1] * (s[l] * gs[l] @ ws[l] / math.sqrt(n))
+        gs[l - 1] = gs[l] + back if res else back
     return ph, gs, f
 
 
@@ -112,9 +119,10 @@ def simulate(mlp: MLP, key, x, y, *, gamma0, lr, n: int, nest: int, steps: int, 
         gd = [jnp.einsum("pk,kpi->pi", delta, a[:, :p]) for a in gs]  # sum_k Delta_k g^l_k
         new_w = w + pre * ph[-1][:p].T @ delta
         new_ws = [ws[0] + pre * s[0] / math.sqrt(d) * gd[0].T @ xtr]
+        scale = [1.0] + [mlp.branch(l)[1] * mlp.branch(l)[2] for l in range(1, L)]  # multiplier x lr factor
         for l in range(1, L):
-            new_ws.append(ws[l] + pre * s[l] / math.sqrt(n) * gd[l].T @ ph[l - 1][:p])
-        new_bs = bs + pre * jnp.stack([mlp.beta(l) * gd[l].sum(0) for l in range(L)])
+            new_ws.append(ws[l] + scale[l] * pre * s[l] / math.sqrt(n) * gd[l].T @ ph[l - 1][:p])
+        new_bs = bs + pre * jnp.stack([scale[l] * mlp.beta(l) * gd[l].sum(0) for l in range(L)])
         # the readout bias (a fixed-size tensor, learning rate lr gamma0^2) moves F by lr beta^2 sum_mu Delta_mu / P
         new_off = off + gamma0 * lr * mlp.beta(L) ** 2 * delta.sum(0)
         return (new_ws, new_w, new_bs, new_off, f0), rec

@@ -329,9 +329,9 @@ def test_population_agrees_with_exact_response_monte_carlo():
     assert np.abs(pop.f_train[-1] - pop.f_train[0]).max() > 0.5
 
 
-def _ensemble(net, x, y, *, width, seeds, steps, loss="mse", **kw):
-    """Centred outputs F of ``seeds`` muP networks (``ow.train``), recorded at every step: (seed, step, point, out)."""
-    ds = ow.train(net, (x, y), test=(x, y), widths=width, steps=steps, param=ow.MUP, seeds=seeds, loss=loss,
+def _ensemble(net, x, y, *, width, seeds, steps, loss="mse", param=ow.MUP, **kw):
+    """Centred outputs F of ``seeds`` networks (``ow.train``), recorded at every step: (seed, step, point, out)."""
+    ds = ow.train(net, (x, y), test=(x, y), widths=width, steps=steps, param=param, seeds=seeds, loss=loss,
                   record_every=1, record_outputs=True, progress_bar=False, **kw)
     return ds.test_output.values[0, :, 0, 0]
 
@@ -395,3 +395,28 @@ def test_lazy_limit_with_outputs_and_biases_is_ntk_gradient_descent():
     assert want.shape == r.f_train.shape
     assert np.max(np.abs(r.f_train - want)) < 1e-6 * np.max(np.abs(want))
     assert np.abs(r.ntk[-1] - r.ntk[0]).max() < 1e-6 * np.abs(k).max()
+
+
+@pytest.mark.slow  # ~60 s: 8 width-4096 networks
+@pytest.mark.compute_bound
+@pytest.mark.parametrize("param", [ow.MUP, ow.DEPTH_MUP])
+def test_residual_net_matches_wide_networks(param):
+    """Residual blocks (tanh, biases, a scaled branch), under muP and depth-muP (branch multiplier (L/L0)^-1/2):
+    the extrapolated populations against 8 muP networks of width 4096 at every step, within 4 combined SE +
+    2e-3; K(0) is ow.kernel's NTK (muP)."""
+    x, y, _, _ = _data(p=5, d=3, m=0)
+    net = ow.serial(ow.Dense(w_std=1.2, b_std=0.3), ow.Residual(ow.Tanh(), ow.Dense(w_std=1.3, b_std=0.4)),
+                    ow.Residual(ow.Tanh(), ow.Dense(w_std=1.1), scale=0.7), ow.Tanh(), ow.Dense(out=1, w_std=1.1))
+    kw = dict(gamma0=1.5, lr=0.4, steps=10, param=param)
+    r = ow.dmft(net, x, y, **kw, samples=1024, replicas=16)
+    assert r.method == "population"
+    f = _ensemble(net, x, y, width=4096, seeds=8, **kw)[..., 0]
+    mean, se = f.mean(0), f.std(0, ddof=1) / np.sqrt(f.shape[0])
+    tol = 4 * np.sqrt(se**2 + r.f_train_se**2) + 2e-3
+    assert np.all(np.abs(mean - r.f_train) < tol), np.max(np.abs(mean - r.f_train) - tol)
+    assert np.abs(r.f_train[-1] - r.f_train[0]).max() > 0.3
+    if param is ow.MUP:
+        k = ow.kernel(net, x).ntk
+        assert np.abs(r.ntk[0] - k).max() < 0.1 * np.abs(k).max()
+    with pytest.raises(ValueError, match="residual blocks are solved by method='population'"):
+        ow.dmft(net, x, y, **kw, method="monte-carlo")

@@ -242,7 +242,9 @@ def test_result_shapes_and_xarray():
 
 @pytest.mark.parametrize("net, msg", [
     (ow.serial(ow.Dense(), ow.Relu(), ow.Dense(out=2)), r"shape \(3, 2\)"),
-    (ow.serial(ow.Dense(), ow.Relu(), ow.Relu(), ow.Dense(out=1)), "supports MLPs"),
+    (ow.serial(ow.Dense(), ow.Relu(), ow.Relu(), ow.Dense(out=1)), "got 4 layers"),
+    (ow.serial(ow.Dense(), ow.Residual(ow.Relu(), ow.Dense(), ow.Relu()), ow.Relu(), ow.Dense(out=1)),
+     r"must be ow.Residual\(act, ow.Dense\(\)\)"),
     (ow.serial(ow.Dense(), ow.LayerNorm(), ow.Dense(out=1)), "elementwise activation"),
 ])
 def test_unsupported_networks_raise(net, msg):

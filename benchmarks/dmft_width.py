@@ -41,7 +41,7 @@ def run(quick: bool) -> dict:
     net = ow.serial(ow.Dense(), ow.Tanh(), ow.Dense(), ow.Tanh(), ow.Dense(out=1))
     kw = dict(gamma0=1.0, lr=0.2, steps=steps)
     t0 = time.perf_counter()
-    limit = ow.dmft(net, x, y, **kw, method="population", samples=1024, replicas=8 if quick else 16, seed=0)
+    limit = ow.dmft(net, x, y, **kw, method="population", samples=256, replicas=64 if quick else 512, seed=0)
     solve_s = time.perf_counter() - t0
     rows = []
     for n in widths:

@@ -39,7 +39,8 @@ cross-check: Picard iteration on the whole trajectory with a learning horizon th
 step per iteration, so at least ``steps`` iterations (they agree to the iteration's tolerance:
 2e-12 on outputs at P = T = 100).
 
-Nonlinear networks, two Monte Carlo solvers; independent replicas give the error bars:
+Nonlinear networks (and any net with residual blocks), two Monte Carlo solvers; independent
+replicas give the error bars:
 
 * ``"monte-carlo"`` (:mod:`owidth.meanfield.nonlinear`): one causal sweep forward in time over
   sampled neurons with independent (population) Gaussian sources and exact pathwise response
@@ -49,12 +50,15 @@ Nonlinear networks, two Monte Carlo solvers; independent replicas give the error
   ``n`` and ``n/2`` neurons (width-n muP networks in weight space, whose weights carry the
   responses implicitly), Richardson-extrapolated in ``1/n``: error ``O(n^-2)`` plus the
   replicas' standard error, cost ``O(L n^2 T Q)``, no ``(T Q)^2`` arrays. P = T = 100 (tanh, 2
-  hidden layers) takes 13 s on 2 CPU cores.
+  hidden layers) takes 13.6 s on 2 CPU cores. Biases, C outputs, cross-entropy and residual
+  blocks (with a depth parametrization's branch multiplier) come for free: the populations are
+  networks.
 
 There is no exact method for nonlinear networks at that scale on a CPU: the exact-response
-sweep's measured time grows like ``T^2.3-2.7`` and ``P^1.4-2.2`` (2 hidden layers, 1000 samples,
-64 response samples; P = 20, T = 100: 48 s and a 9.0 GiB peak; ``benchmarks/dmft.py``), and
-its ``S_r (T Q)^3`` operation count is ``6.4e13`` at P = T = 100.
+sweep's measured time grows like ``T^2.0-2.3`` and ``P^1.3-1.9`` (2 hidden layers, 1000 samples,
+64 response samples; P = 20, T = 100: 47 s and a 9.0 GiB peak; ``benchmarks/dmft.py``), and
+its ``S_r (T Q)^3`` operation count is ``6.6e13`` at P = T = 100. Deep linear networks with
+biases and C outputs (mse or cross-entropy) are solved exactly by the sweep.
 
 References:
   - Bordelon & Pehlevan 2022, Self-Consistent Dynamical Field Theory of Kernel Evolution in Wide
@@ -247,41 +251,48 @@ def _targets(name, y, n, out, loss, dtype, *, where):
 
 
 def dmft(net, x_train, y_train, *, gamma0: float, lr: float, steps: int, param: Parametrization = MUP,
-         x_test=None, y_test=None, method: str = "auto", samples: int = 2000, response_samples: int = 256,
-         replicas: int = 4, damping: float | None = None, tol: float | None = None, max_iter: int | None = None,
+         x_test=None, y_test=None, method: str = "auto", samples: int | None = None, response_samples: int = 256,
+         replicas: int | None = None, damping: float | None = None, tol: float | None = None, max_iter: int | None = None,
          seed: int = 0, two_time_limit: int = 2000, loss: str = "mse", progress_bar: bool = True) -> DMFTResult:
     """Solve the infinite-width (DMFT) training dynamics of an MLP under muP / mean-field scaling.
 
     Args:
-      net: ``ow.serial(ow.Dense(w_std=.), act, ..., ow.Dense(out=C, w_std=.))`` without biases;
-        ``act`` an elementwise activation (``ow.Identity()`` for a deep linear network); with two
-        or more hidden layers the monte-carlo solver needs smooth ones (not the Relu family:
-        its pathwise response functions would miss the delta function in ``phi''``). C > 1
-        outputs: the exact sweep and the population solver.
+      net: ``ow.serial(ow.Dense(w_std=., b_std=.), act, ..., ow.Dense(out=C, w_std=., b_std=.))``;
+        ``act`` an elementwise activation (``ow.Identity()`` for a deep linear network); a hidden
+        step ``act, ow.Dense()`` may be a residual block ``ow.Residual(act, ow.Dense(), scale=)``
+        (its branch multiplied by ``param.depth_multiplier(L)``, its tensors' learning rate by
+        ``param.depth_lr_scale(L)``). With two or more hidden layers the monte-carlo solver needs
+        smooth activations (not the Relu family: its pathwise response functions would miss the
+        delta function in ``phi''``). Biases, C > 1 outputs and ``loss="xent"``: the exact sweep
+        and the population solver; residual blocks: the population solver.
       x_train: (P, D) inputs; y_train: mse targets (P,) or (P, C), or (``loss="xent"``) integer
         class labels (P,) in ``[0, C)`` (NaN or Inf in either raises ``ValueError``).
       gamma0: richness (> 0; ``gamma0 -> 0`` is the NTK limit). lr: the base learning rate ``eta0``.
       steps: number of gradient-descent steps T.
       param: ``ow.MUP`` or ``ow.MF`` at any base width (the limit depends on the base width
-        through ``c`` and ``c_out``, see the module docstring).
+        through ``c`` and ``c_out``, see the module docstring), or one with their width exponents
+        and a depth exponent (``ow.DEPTH_MUP``, ``ow.COMPLETEP``) for residual blocks.
       x_test, y_test: optional test points (outputs, and the test loss when ``y_test`` is given).
       method: ``"exact"`` (deep linear networks only: deterministic, no sampling, one causal
         sweep), ``"picard"`` (the same equations by Picard iteration, the cross-check),
         ``"monte-carlo"`` (exact pathwise responses), ``"population"`` (extrapolated finite
         populations; any activation, kinked ones included) or ``"auto"``: exact when every
-        activation is ``Identity``, else monte-carlo, or population when monte-carlo would not
-        fit in memory or the net has 2+ hidden layers of a kinked activation (``result.method``
-        says which ran).
-      samples: Monte Carlo neurons per replica (population: the larger width ``n``; the smaller
-        is ``n // 2``). response_samples: how many of them carry the pathwise response
-        Jacobians (monte-carlo only). replicas: independent replicas (population: pairs); the
-        result is their mean and the ``*_se`` fields their spread / sqrt(replicas). That is the
+        activation is ``Identity`` (and no residual blocks), else monte-carlo, or population when
+        monte-carlo would not fit in memory or cannot solve the net (2+ hidden layers of a kinked
+        activation, biases, C > 1 outputs, xent, residual blocks); ``result.method`` says which ran.
+      samples: Monte Carlo neurons per replica, default 2000 (population: the larger width ``n``,
+        default 256; the smaller is ``n // 2``). response_samples: how many of them carry the
+        pathwise response Jacobians (monte-carlo only). replicas: independent replicas, default 4
+        (population: pairs, default 64); the result is their mean and the ``*_se`` fields their
+        spread / sqrt(replicas). That is the
         statistical error. The monte-carlo sweep also has a bias of order ``1 / samples``
         (measured on a small linear net: about 1e-3 on outputs of order 0.5 at 1000 samples,
         1e-4 at 8000), which replicas do not reveal: raise ``samples`` for it. The population
         estimate's bias is ``O(1 / samples^2)``; its standard error falls like
-        ``(samples * replicas)^-1/2`` (tanh, P = T = 100, samples 1024, 8 replicas: up to 0.014
-        on outputs of order 1).
+        ``(samples * replicas)^-1/2`` at a cost ``~ samples^2 replicas``, so small populations and
+        many replicas buy accuracy cheapest (tanh, P = T = 100, RMS standard error of the outputs
+        and time: samples 1024 x 16 replicas 0.0045 in 33 s, 256 x 256 0.0022 in 65 s, 128 x
+        1024 0.0016 in 146 s; their outputs agree within these errors).
       damping, tol, max_iter: the fixed-point iteration of ``method="picard"`` (the sweeps have
         no iteration and refuse them).
         damping: ``state <- damping state + (1 - damping) map(state)``; default 0, retried with
@@ -302,18 +313,20 @@ def dmft(net, x_train, y_train, *, gamma0: float, lr: float, steps: int, param: 
       :class:`DMFTResult`.
 
     Cost (``benchmarks/dmft.py``, 2 CPU cores, float64, 2 hidden layers, solve after compilation):
-    deep linear networks (the sweep) ``O(L^2 T^3 D^3)``, independent of P, e.g. P = 100, T = 100,
-    D = 8 in 0.7 s (Picard: 104 iterations, 25 s); memory ``O(L^2 T^2 D^2)``; the returned
-    equal-time kernels need
-    ``O(L T P^2)``. Monte Carlo (one replica, one sweep, Q = train + test points):
-    ``O(S (T Q)^2 + S^2 T Q)`` for the fields and kernels and ``O(S_r (T Q)^3)`` for the
-    response Jacobians, with ``O(S T Q + S^2 + S_r (T Q)^2)`` memory; with 1000 samples and
-    64 response samples: P = 8, T = 20 in 0.13 s; P = 10, T = 100 in 7.0 s (2.6 GiB peak);
-    P = 20, T = 50 in 4.8 s. The ``S_r (T Q)^2`` Jacobians make P = T = 100 (T Q = 10^4) out of
-    reach on a CPU (102 GiB of carried arrays at S_r = 64); the solver refuses, before compiling,
-    problems whose estimated peak exceeds 80% of the machine's memory, naming the largest that
-    fit. Population: ``O(L samples^2 T Q)`` per replica, memory ``O(L samples^2)`` per replica in
-    flight; P = T = 100 with samples 1024 and 8 replicas in 13 s (1.8 GiB peak).
+
+    * deep linear (the sweep): ``O(L^2 T^3 D^3)``, independent of P; P = T = 100, D = 8 in 0.75 s
+      (Picard: 104 iterations, 23 s); memory ``O(L^2 T^2 D^2)``, plus ``O(L T P^2)`` for the
+      returned equal-time kernels (P = 1000: 33 s and an 11 GiB peak, nearly all of it those).
+    * monte-carlo (one replica, Q = train + test points): ``O(S (T Q)^2 + S^2 T Q)`` for the fields
+      and kernels and ``O(S_r (T Q)^3)`` for the response Jacobians, memory ``O(S T Q + S^2 + S_r
+      (T Q)^2)``. With 1000 samples and 64 response samples: P = 10, T = 100 in 12.3 s (2.7 GiB
+      peak); P = 20, T = 100 in 47 s (9.0 GiB); P = 40, T = 50 in 31 s (9.3 GiB); measured time
+      ``~ T^2.0-2.3`` and ``~ P^1.3-1.9``. P = T = 100 would need ``6.6e13`` operations and 102 GiB
+      of Jacobians: the solver refuses, before compiling, problems whose estimated peak exceeds
+      80% of the machine's memory, naming the largest that fit.
+    * population: ``O(L samples^2 T Q)`` per replica pair, memory ``O(L samples^2 + L T P^2)`` per
+      replica in flight; P = T = 100 with samples 1024 and 8 replicas in 13.6 s (1.9 GiB peak,
+      output standard errors up to 0.014), P = 200, T = 100 in 32 s (5.9 GiB).
 
     References:
       - Bordelon & Pehlevan 2022, Self-Consistent Dynamical Field Theory of Kernel Evolution in
@@ -403,11 +416,13 @@ def _plan(net, x_train, y_train, *, gamma0, lr, steps, param, x_test, y_test, me
         raise ValueError(f"{where}: method={method!r} needs a deep linear network (every activation ow.Identity()); "
                          "use method='monte-carlo' for nonlinear networks")
     for name, v in (("samples", samples), ("response_samples", response_samples), ("replicas", replicas)):
-        _checks.positive_int(name, v, where=where)
+        if v is not None:
+            _checks.positive_int(name, v, where=where)
+    mc_samples = samples or 2000
     exact = method in ("exact", "picard") or (method == "auto" and mlp.linear)
     kinked = sorted({type(a).__name__ for a in mlp.acts if not getattr(a, "_smooth", True)}) if mlp.depth >= 2 else []
     q = x.shape[0] + (0 if xt is None else xt.shape[0])
-    too_big = _memory_verdict(mlp, samples=samples, response_samples=min(response_samples, samples),
+    too_big = _memory_verdict(mlp, samples=mc_samples, response_samples=min(response_samples, mc_samples),
                               tau=steps + 1, q=q, itemsize=x.dtype.itemsize, where=where)
     if mlp.residual and method in ("exact", "picard", "monte-carlo"):
         raise ValueError(f"{where}: residual blocks are solved by method='population' (or 'auto'), not "
@@ -446,6 +461,13 @@ def _plan(net, x_train, y_train, *, gamma0, lr, steps, param, x_test, y_test, me
         if not 0 <= damping < 1:
             raise ValueError(f"{where}: damping must lie in [0, 1), got {damping!r}")
         dampings = (float(damping),)
+    if solver == "population":
+        samples, replicas = samples or 256, replicas or 64
+        if samples < 4:
+            raise ValueError(f"{where}: method='population' needs samples >= 4 (populations of samples and "
+                             f"samples // 2 neurons), got {samples}")
+    else:
+        samples, replicas = mc_samples, replicas or 4
     if tol is None:
         tol = 1e-10 if x.dtype == np.float64 else 1e-5
     tol = _checks.positive_number("tol", tol, where=where)
@@ -482,13 +504,15 @@ def _run(p: _Plan) -> dict:
     where = "ow.dmft"
     if p.solver == "population":
         return _solve_population(p)
-    reps = []
+    moments, extra = _Moments(p.y, p.loss), {}
     with progress(total=p.replicas, desc=f"{where} replicas", enabled=p.progress_bar) as bar:
         for r in range(p.replicas):
-            reps.append(_solve_mc(**common, samples=p.samples, response_samples=p.response_samples,
-                                  key=jax.random.fold_in(jax.random.key(p.seed), r)))
+            rep = _solve_mc(**common, samples=p.samples, response_samples=p.response_samples,
+                            key=jax.random.fold_in(jax.random.key(p.seed), r))
+            extra = {k: rep.pop(k) for k in ("iterations", "residual")}
+            moments.add({k: v[None] for k, v in rep.items()})
             bar.update(1)
-    out = _combine(reps, p.y, p.loss)
+    out = dict(moments.finish(p.x.dtype), **extra)
     out.update(damping=0.0, replicas=p.replicas, samples=p.samples)
     return out
 
@@ -673,48 +697,63 @@ def _solve_mc(*, mlp, x, y, xt, gamma0, lr, steps, samples, response_samples, tw
 def _solve_population(p: _Plan) -> dict:
     """Populations of width ``n = samples`` and ``n // 2``, ``replicas`` of each, Richardson-extrapolated in 1/n.
 
-    Replicas run vmapped in chunks of about 2^27 weights (1 GiB in float64) per chunk."""
+    Replicas run vmapped in chunks of about 2^27 numbers (1 GiB in float64: weights, fields and the
+    recorded kernels)."""
     xa = p.x if p.xt is None else np.concatenate([p.x, p.xt])
     xj, yj = jnp.asarray(xa), jnp.asarray(p.y)
     sizes = (p.samples // 2, p.samples)
-    chunk = max(1, min(p.replicas, 2**27 // max(1, p.mlp.depth * p.samples**2 + p.samples * p.x.shape[1])))
+    q, tau, L, n, C = len(xa), p.steps + 1, p.mlp.depth, p.samples, p.mlp.out
+    words = 3 * L * n**2 + 4 * L * n * (p.x.shape[1] + q * C) + 3 * tau * L * p.x.shape[0] ** 2 * (1 + C * C)
+    chunk = max(1, min(p.replicas, 2**27 // words))  # weights, fields and the recorded kernels of both sizes
     keys = jax.random.split(jax.random.key(p.seed), p.replicas)  # both sizes: common random numbers
-    runs = {n: [] for n in sizes}
+    moments = _Moments(p.y, p.loss)
     with progress(total=p.replicas, desc="ow.dmft populations", enabled=p.progress_bar) as bar:
         for start in range(0, p.replicas, chunk):
             ks = keys[start:start + chunk]
-            for n in sizes:
-                rec = jax.vmap(lambda k, n=n: population.simulate(
-                    p.mlp, k, xj, yj, gamma0=p.gamma0, lr=p.lr, n=n, nest=sizes[1], steps=p.steps,
-                    p=p.x.shape[0], loss=p.loss))(ks)
-                runs[n] += [{k: np.asarray(v[i]) for k, v in rec.items()} for i in range(len(ks))]
+            small, big = (jax.vmap(lambda k, n=n: population.simulate(
+                p.mlp, k, xj, yj, gamma0=p.gamma0, lr=p.lr, n=n, nest=sizes[1], steps=p.steps,
+                p=p.x.shape[0], loss=p.loss))(ks) for n in sizes)
+            est = {k: np.asarray(2 * big[k] - small[k]) for k in big}  # paired Richardson: 2 X(n) - X(n/2)
+            if not np.all(np.isfinite(est["f"])):
+                raise DMFTConvergenceError("ow.dmft: non-finite values in the populations: the gradient descent "
+                                           "diverges; lower lr (larger gamma0 needs a smaller lr)")
+            moments.add(est)
             bar.update(len(ks))
-    # paired Richardson estimates, one per replica: X_inf ~ 2 X(n) - X(n/2)
-    est = [{k: 2 * big[k] - small[k] for k in big} for small, big in zip(runs[sizes[0]], runs[sizes[1]])]
-    if not all(np.all(np.isfinite(e["f"])) for e in est):
-        raise DMFTConvergenceError("ow.dmft: non-finite values in the populations: the gradient descent diverges; "
-                                   "lower lr (larger gamma0 needs a smaller lr)")
-    out = _combine(est, p.y, p.loss)
+    out = moments.finish(p.x.dtype)
     out["ntk"] = _ntk(p.mlp, out["phi"], out["g"], p.x)
     out.update(iterations=1, residual=0.0, damping=0.0, replicas=p.replicas, samples=p.samples)
     return out
 
 
-def _combine(reps, y, loss):
-    """Mean of independent replicas ({name: array}) and standard errors of outputs, kernels and train loss."""
-    r = len(reps)
-    out = {}
-    for k in reps[0]:
-        if k in ("iterations",):
-            out[k] = max(o[k] for o in reps)
-        elif k == "residual":
-            out[k] = max(o[k] for o in reps)
-        else:
-            out[k] = np.mean([o[k] for o in reps], axis=0)
-    def se(a):
-        return np.std(a, axis=0, ddof=1) / math.sqrt(r) if r > 1 else np.full(np.shape(a[0]), np.nan)
+class _Moments:
+    """Running means of independent replicas' arrays, with standard errors of outputs, ``phi`` and the train loss.
 
-    out["f_se"] = se([o["f"] for o in reps])
-    out["phi_se"] = se([o["phi"] for o in reps])
-    out["loss_se"] = se([_loss(o["f"][:, :len(y)], y, loss) for o in reps])  # the spread of the replicas' losses
-    return out
+    Sums are kept in float64 (``add`` takes a dict of arrays with a leading replica axis), so memory
+    does not grow with the number of replicas."""
+
+    def __init__(self, y, loss):
+        self.y, self.loss, self.r, self.sums, self.squares, self.losses = y, loss, 0, {}, {}, []
+
+    def add(self, batch: dict) -> None:
+        for k, v in batch.items():
+            v = np.asarray(v, dtype=np.float64)
+            self.sums[k] = self.sums.get(k, 0.0) + v.sum(0)
+            if k in ("f", "phi"):
+                self.squares[k] = self.squares.get(k, 0.0) + (v**2).sum(0)
+        self.losses += list(_loss(np.asarray(batch["f"])[:, :, :len(self.y)], self.y, self.loss))
+        self.r += len(batch["f"])
+
+    def finish(self, dtype) -> dict:
+        r = self.r
+        out = {k: (v / r).astype(dtype) for k, v in self.sums.items()}
+
+        def se(k):
+            if r < 2:
+                return np.full(np.shape(out[k]), np.nan, dtype)
+            var = np.maximum(self.squares[k] - self.sums[k] ** 2 / r, 0.0) / (r - 1)
+            return np.sqrt(var / r).astype(dtype)
+
+        out["f_se"], out["phi_se"] = se("f"), se("phi")
+        out["loss_se"] = (np.std(self.losses, axis=0, ddof=1) / math.sqrt(r) if r > 1
+                          else np.full(len(self.losses[0]), np.nan)).astype(dtype)
+        return out

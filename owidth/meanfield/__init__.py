@@ -141,6 +141,7 @@ class DMFTResult:
         residual, converged: the Picard iteration's (the sweeps: 1, 0.0, True).
       gamma0, lr, steps, samples, replicas, damping: the settings (damping: the one that converged;
         0 for the Monte Carlo sweep).
+      batches: (steps, B) the minibatch schedule, or None for full-batch gradient descent.
 
     References:
       - Bordelon & Pehlevan 2022, Self-Consistent Dynamical Field Theory of Kernel Evolution in
@@ -187,6 +188,7 @@ class DMFTResult:
     samples: int
     replicas: int
     damping: float
+    batches: np.ndarray | None = None
 
     @property
     def times(self) -> np.ndarray:
@@ -230,6 +232,30 @@ def _loss(f, y, loss):
     return np.mean(logz - np.sum(f * y, axis=-1), axis=-1)
 
 
+def _schedule(batch_size, batches, p, steps, seed, dtype, *, where):
+    """The minibatch schedule ``(steps, B)`` (or None) and the weights ``wt`` (steps + 1, P) of each point in each
+    step's gradient: ``1/P`` full batch, else the point's count in the step's batch over ``B``."""
+    if batch_size is not None and batches is not None:
+        raise ValueError(f"{where}: give batch_size (a schedule drawn from seed) or batches (your schedule), not both")
+    if batch_size is not None:
+        batch_size = _checks.positive_int("batch_size", batch_size, where=where)
+        if batch_size > p:
+            raise ValueError(f"{where}: batch_size={batch_size} exceeds the {p} training points")
+        if batch_size < p:
+            rng = np.random.default_rng([seed, 0xBA7C4])
+            batches = np.stack([rng.choice(p, batch_size, replace=False) for _ in range(steps)])
+    wt = np.full((steps + 1, p), 1.0 / p, dtype)
+    if batches is None:
+        return None, wt
+    b = np.asarray(batches)
+    if b.ndim != 2 or b.shape[0] != steps or not np.issubdtype(b.dtype, np.integer) or b.min() < 0 or b.max() >= p:
+        raise ValueError(f"{where}: batches must be integer training indices in [0, {p}) of shape (steps={steps}, B), "
+                         f"one minibatch per step; got {b.dtype} {b.shape}")
+    for t, idx in enumerate(b):
+        wt[t] = np.bincount(idx, minlength=p) / b.shape[1]
+    return b, wt
+
+
 def _targets(name, y, n, out, loss, dtype, *, where):
     """Targets as (n, C) floats: mse targets (``(n,)`` allowed for one output) or one-hot xent labels."""
     if loss == "xent":
@@ -253,7 +279,8 @@ def _targets(name, y, n, out, loss, dtype, *, where):
 def dmft(net, x_train, y_train, *, gamma0: float, lr: float, steps: int, param: Parametrization = MUP,
          x_test=None, y_test=None, method: str = "auto", samples: int | None = None, response_samples: int = 256,
          replicas: int | None = None, damping: float | None = None, tol: float | None = None, max_iter: int | None = None,
-         seed: int = 0, two_time_limit: int = 2000, loss: str = "mse", progress_bar: bool = True) -> DMFTResult:
+         seed: int = 0, two_time_limit: int = 2000, loss: str = "mse", batch_size: int | None = None, batches=None,
+         progress_bar: bool = True) -> DMFTResult:
     """Solve the infinite-width (DMFT) training dynamics of an MLP under muP / mean-field scaling.
 
     Args:
@@ -304,6 +331,12 @@ def dmft(net, x_train, y_train, *, gamma0: float, lr: float, steps: int, param: 
         :class:`DMFTConvergenceError` with the last residual.
       seed: random seed of the Monte Carlo sources.
       two_time_limit: store two-time kernels when ``(steps + 1) P`` is at most this.
+      batch_size, batches: minibatch SGD along one fixed schedule, the DMFT of that schedule:
+        ``batch_size`` draws it from ``seed`` (each step ``batch_size`` distinct points),
+        ``batches`` gives it, ``(steps, B)`` integer indices of the training points (repeats
+        count twice). Step t's gradient is the mean over its batch. ``ow.train(batch_size=)``
+        draws a different schedule per seed, so its ensemble mean averages over schedules too.
+        Not with ``method="picard"``. The result keeps the schedule (``batches``).
       loss: ``"mse"`` (``1/(2P) sum ||F - y||^2``) or ``"xent"`` (softmax cross-entropy, C >= 2; the
         exact sweep and the population solver), as ``ow.train(loss=...)``: the DMFT's error signal
         is ``Delta = -P dLoss/dF``, ``y - F`` or ``onehot(y) - softmax(F)``.
@@ -373,6 +406,8 @@ class _Plan:
     xt: np.ndarray | None
     yt: np.ndarray | None
     loss: str
+    batches: np.ndarray | None  # (steps, B) training indices of each step's minibatch, None for full batch
+    wt: np.ndarray  # (steps + 1, P) each point's weight in step t's gradient
     gamma0: float
     lr: float
     steps: int
@@ -389,7 +424,7 @@ class _Plan:
 
 
 def _plan(net, x_train, y_train, *, gamma0, lr, steps, param, x_test, y_test, method, samples, response_samples,
-          replicas, damping, tol, max_iter, seed, two_time_limit, loss, progress_bar) -> _Plan:
+          replicas, damping, tol, max_iter, seed, two_time_limit, loss, batch_size, batches, progress_bar) -> _Plan:
     """Check :func:`dmft`'s arguments before anything is compiled."""
     where = "ow.dmft"
     mlp = _spec.parse(net, param, where=where)
@@ -473,7 +508,10 @@ def _plan(net, x_train, y_train, *, gamma0, lr, steps, param, x_test, y_test, me
     tol = _checks.positive_number("tol", tol, where=where)
     if max_iter is not None:
         max_iter = _checks.positive_int("max_iter", max_iter, where=where)
-    return _Plan(mlp=mlp, x=x, y=y, xt=xt, yt=yt, loss=loss, gamma0=gamma0, lr=lr, steps=steps, solver=solver, samples=samples,
+    batches, wt = _schedule(batch_size, batches, x.shape[0], steps, seed, x.dtype, where=where)
+    if batches is not None and solver == "picard-linear":
+        raise ValueError(f"{where}: method='picard' trains full batch; use method='exact' for a minibatch schedule")
+    return _Plan(mlp=mlp, x=x, y=y, xt=xt, yt=yt, loss=loss, batches=batches, wt=wt, gamma0=gamma0, lr=lr, steps=steps, solver=solver, samples=samples,
                  response_samples=min(response_samples, samples), replicas=replicas, dampings=dampings, tol=tol,
                  max_iter=max_iter, seed=seed, two_time_limit=two_time_limit, progress_bar=progress_bar)
 
@@ -484,7 +522,7 @@ def _run(p: _Plan) -> dict:
                   two_time_limit=p.two_time_limit)  # one output, mse: the Picard and Monte Carlo solvers
     if p.solver == "exact-linear":
         try:
-            out = _solve_linear(**dict(common, y=p.y), loss=p.loss)
+            out = _solve_linear(**dict(common, y=p.y), loss=p.loss, wt=p.wt)
         except _Diverged as err:
             raise DMFTConvergenceError(str(err)) from None
         out.update(damping=0.0, replicas=1, samples=0)
@@ -507,7 +545,7 @@ def _run(p: _Plan) -> dict:
     moments, extra = _Moments(p.y, p.loss), {}
     with progress(total=p.replicas, desc=f"{where} replicas", enabled=p.progress_bar) as bar:
         for r in range(p.replicas):
-            rep = _solve_mc(**common, samples=p.samples, response_samples=p.response_samples,
+            rep = _solve_mc(**common, wt=p.wt, samples=p.samples, response_samples=p.response_samples,
                             key=jax.random.fold_in(jax.random.key(p.seed), r))
             extra = {k: rep.pop(k) for k in ("iterations", "residual")}
             moments.add({k: v[None] for k, v in rep.items()})
@@ -535,7 +573,7 @@ def _assemble(p: _Plan, out: dict) -> DMFTResult:
         f_train_se=out["f_se"][:, :n], f_test_se=None if p.xt is None else out["f_se"][:, n:],
         train_loss_se=out["loss_se"], phi_se=out["phi_se"], method=p.solver,
         iterations=out["iterations"], residual=out["residual"], converged=True, gamma0=p.gamma0, lr=p.lr,
-        steps=p.steps, samples=out["samples"], replicas=out["replicas"], damping=out["damping"])
+        steps=p.steps, samples=out["samples"], replicas=out["replicas"], damping=out["damping"], batches=p.batches)
 
 
 def _residual(new, old):
@@ -570,14 +608,14 @@ def _iterate(step, st, *, steps, damping, tol, max_iter, yscale):
         "raise max_iter, add damping (e.g. 0.5), or loosen tol")
 
 
-def _solve_linear(*, mlp, x, y, xt, gamma0, lr, steps, two_time_limit, picard=None, loss="mse"):
+def _solve_linear(*, mlp, x, y, xt, gamma0, lr, steps, two_time_limit, picard=None, loss="mse", wt=None):
     """The exact deep-linear DMFT: one causal sweep (y: (P, C)), or (``picard`` = dict(damping, tol, max_iter);
     y: (P,), one output, mse) Picard iteration."""
     xj, yj = jnp.asarray(x), jnp.asarray(y)
     tau, d = steps + 1, x.shape[1]
     c = gamma0 * lr * mlp.w_std[-1] / math.sqrt(mlp.base_width)
     if picard is None:
-        st = linear.sweep(mlp, c, gamma0, xj, yj, tau=tau, loss=loss, lr=lr)
+        st = linear.sweep(mlp, c, gamma0, xj, yj, jnp.asarray(wt), tau=tau, loss=loss, lr=lr)
         if not all(bool(jnp.all(jnp.isfinite(v))) for v in st.values()):
             raise _Diverged("ow.dmft: non-finite values: the infinite-width gradient descent diverges; lower lr "
                             "(larger gamma0 needs a smaller lr)")
@@ -667,13 +705,14 @@ def _ntk(mlp, phi, g, x):
     return s[-1] ** 2 * k + b(L) ** 2 * eye  # hidden biases (inside), the readout bias
 
 
-def _solve_mc(*, mlp, x, y, xt, gamma0, lr, steps, samples, response_samples, two_time_limit, key):
+def _solve_mc(*, mlp, x, y, xt, gamma0, lr, steps, wt, samples, response_samples, two_time_limit, key):
     xa = x if xt is None else np.concatenate([x, xt])
     p, q, tau = x.shape[0], xa.shape[0], steps + 1
     kx = jnp.asarray(xa @ xa.T / xa.shape[1])
     c = gamma0 * lr * mlp.w_std[-1] / math.sqrt(mlp.base_width)
     eps = nonlinear.draws(key, mlp, samples, q, kx.dtype)
-    st = nonlinear.solve(mlp, eps, c, gamma0, kx, jnp.asarray(y), tau=tau, p=p, response_samples=response_samples)
+    st = nonlinear.solve(mlp, eps, c, gamma0, kx, jnp.asarray(y), jnp.asarray(wt), tau=tau, p=p,
+                         response_samples=response_samples)
     st = {k: np.asarray(v) for k, v in st.items()}
     if not all(np.all(np.isfinite(v)) for v in st.values()):
         first = int(np.argmax(~np.all(np.isfinite(st["f"]), axis=1))) if not np.all(np.isfinite(st["f"])) else steps
@@ -711,7 +750,7 @@ def _solve_population(p: _Plan) -> dict:
         for start in range(0, p.replicas, chunk):
             ks = keys[start:start + chunk]
             small, big = (jax.vmap(lambda k, n=n: population.simulate(
-                p.mlp, k, xj, yj, gamma0=p.gamma0, lr=p.lr, n=n, nest=sizes[1], steps=p.steps,
+                p.mlp, k, xj, yj, jnp.asarray(p.wt), gamma0=p.gamma0, lr=p.lr, n=n, nest=sizes[1], steps=p.steps,
                 p=p.x.shape[0], loss=p.loss))(ks) for n in sizes)
             est = {k: np.asarray(2 * big[k] - small[k]) for k in big}  # paired Richardson: 2 X(n) - X(n/2)
             if not np.all(np.isfinite(est["f"])):

@@ -189,7 +189,7 @@ def _layout(mlp: MLP, tau: int, d: int) -> dict:
 
 
 @functools.partial(jax.jit, static_argnames=("mlp", "tau", "loss"))
-def sweep(mlp: MLP, c, gamma0, x, y, *, tau: int, loss: str = "mse", lr=0.0):
+def sweep(mlp: MLP, c, gamma0, x, y, wt, *, tau: int, loss: str = "mse", lr=0.0):
     """The exact deep-linear DMFT in one causal sweep over time (no fixed-point iteration).
 
     Every field of a neuron is linear in its Gaussian sources, so it is carried as a row of
@@ -214,7 +214,9 @@ def sweep(mlp: MLP, c, gamma0, x, y, *, tau: int, loss: str = "mse", lr=0.0):
     response terms do not see it: a bias is not part of ``W``). The readout bias adds a
     deterministic offset, ``B(t + 1) = B(t) + lr beta_{L+1}^2 sum_mu Delta_mu(t) / P``.
 
-    ``y`` is (P, C): targets (mse) or one-hot labels (xent). Returns ``beta`` (tau, C, d) and
+    ``y`` is (P, C): targets (mse) or one-hot labels (xent); ``wt`` (tau, P) the weight of each point
+    in step t's gradient (``1/P``, or a minibatch's counts / B), so ``e_k(t) = sum_mu wt_mu(t)
+    Delta_{mu k}(t) x_mu``. Returns ``beta`` (tau, C, d) and
     ``offset`` (tau, C) with ``F_k(t, x) = beta_k(t) . x~ + offset_k(t)``, ``M`` (L, tau, d, tau, d),
     ``G`` (L, tau, C, tau, C), over ``d = D`` (``D + 1`` with biases) coordinates."""
     L, sig, C = mlp.depth, mlp.w_std, mlp.out
@@ -274,8 +276,9 @@ def sweep(mlp: MLP, c, gamma0, x, y, *, tau: int, loss: str = "mse", lr=0.0):
         beta = (mlp.c_out / gamma0) * zv
         off = cr["off"][t]
         delta = residual_weights(loss, x @ beta.T + off[None], y)  # (P, C)
-        off_next = off + lr * mlp.beta(L) ** 2 * delta.sum(0) / p  # the readout bias
-        cr = dict(V=V, Z=Z, M=M, G=G, beta=cr["beta"].at[t].set(beta), e=cr["e"].at[t].set(delta.T @ x / p),
+        delta = delta * wt[t][:, None]  # the step's weights: 1/P, or a minibatch's
+        off_next = off + lr * mlp.beta(L) ** 2 * delta.sum(0)  # the readout bias
+        cr = dict(V=V, Z=Z, M=M, G=G, beta=cr["beta"].at[t].set(beta), e=cr["e"].at[t].set(delta.T @ x),
                   off=cr["off"].at[jnp.minimum(t + 1, tau - 1)].set(jnp.where(t + 1 < tau, off_next, off)))
         return cr, None
 

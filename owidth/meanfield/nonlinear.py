@@ -103,8 +103,11 @@ def _blocks(tau: int, q: int) -> list[int]:
 
 
 @functools.partial(jax.jit, static_argnames=("mlp", "tau", "p", "response_samples"))
-def solve(mlp: MLP, eps, c, gamma0, kx, y, *, tau: int, p: int, response_samples: int):
-    """The whole trajectory: ``f`` (tau, Q), kernels ``Phi``, ``G`` (L, tau Q, tau Q), responses ``A``, ``B``."""
+def solve(mlp: MLP, eps, c, gamma0, kx, y, wt, *, tau: int, p: int, response_samples: int):
+    """The whole trajectory: ``f`` (tau, Q), kernels ``Phi``, ``G`` (L, tau Q, tau Q), responses ``A``, ``B``.
+
+    ``wt`` (tau, p): the weight of each training point in step t's gradient (``1/P`` full batch; a
+    minibatch schedule: its counts / B), so ``w_mu(t) = wt[t, mu] Delta_mu(t)``."""
     q = kx.shape[0]
     L, sig = mlp.depth, mlp.w_std
     S, R = eps["chi"].shape[0], response_samples
@@ -203,7 +206,7 @@ def solve(mlp: MLP, eps, c, gamma0, kx, y, *, tau: int, p: int, response_samples
         out = cr["zl"][:, t, None] * cr["ph"][L - 1, :, t] - cr["zl"][:, 0, None] * cr["ph"][L - 1, :, 0]
         f_t = (mlp.c_out / gamma0) * out.mean(0)
         cr["f"] = cr["f"].at[t].set(f_t)
-        w_t = jnp.zeros(q, dt).at[:p].set((y - f_t[:p]) / p)
+        w_t = jnp.zeros(q, dt).at[:p].set((y - f_t[:p]) * wt[t])
         cr["wts"] = wts.at[t].set(w_t)
         for n in cr["acc_g"]:  # the separable sums now include step t (used from step t + 1 on)
             cr["acc_g"][n] = cr["acc_g"][n] + w_t[None, None] * dg[n]

@@ -89,10 +89,11 @@ def _fields(mlp: MLP, ws, w, bs, x):
 
 
 @functools.partial(jax.jit, static_argnames=("mlp", "n", "nest", "steps", "p", "loss"))
-def simulate(mlp: MLP, key, x, y, *, gamma0, lr, n: int, nest: int, steps: int, p: int, loss: str = "mse"):
+def simulate(mlp: MLP, key, x, y, wt, *, gamma0, lr, n: int, nest: int, steps: int, p: int, loss: str = "mse"):
     """One population of width ``n`` trained for ``steps`` steps on the first ``p`` rows of ``x`` (the rest: test).
 
-    ``y`` (p, C): targets (mse) or one-hot labels (xent). The initial weights are the leading ``n``
+    ``y`` (p, C): targets (mse) or one-hot labels (xent); ``wt`` (tau, p) each point's weight in step
+    t's gradient (``1/p``, or a minibatch's counts / B). The initial weights are the leading ``n``
     rows (and columns) of a width-``nest`` draw from ``key``, so populations of two sizes from one
     key share their first neurons (common random numbers). Returns ``f`` (tau, Q, C), ``phi``
     (L, tau, p, p) and ``g`` (L, tau, p, p, C, C): the output and the equal-time kernels on the
@@ -110,11 +111,11 @@ def simulate(mlp: MLP, key, x, y, *, gamma0, lr, n: int, nest: int, steps: int, 
         g = jnp.stack([jnp.einsum("kpi,mqi->pqkm", a[:, :p], a[:, :p]) / n for a in gs])
         return {"f": (f - f0) / gamma0, "phi": phi, "g": g}
 
-    def step(carry, _):
+    def step(carry, w_t):
         ws, w, bs, off, f0 = carry
         ph, gs, f = _fields(mlp, ws, w, bs, x)
         rec = record(ph, gs, f + off[None], f0)
-        delta = residual_weights(loss, rec["f"][:p], y) / p  # (1/P) Delta_{mu k}
+        delta = residual_weights(loss, rec["f"][:p], y) * w_t[:, None]  # (1/P) Delta_{mu k}, or a minibatch's
         pre = eta * mlp.c_out / n  # lr gamma0 n / n0 times df/d(.)'s prefactor c_out / n
         gd = [jnp.einsum("pk,kpi->pi", delta, a[:, :p]) for a in gs]  # sum_k Delta_k g^l_k
         new_w = w + pre * ph[-1][:p].T @ delta
@@ -129,7 +130,7 @@ def simulate(mlp: MLP, key, x, y, *, gamma0, lr, n: int, nest: int, steps: int, 
 
     off = jnp.zeros(mlp.out, x.dtype)  # the readout bias's change, in f's units
     _, _, f0 = _fields(mlp, ws, w, bs, x)
-    (ws, w, bs, off, _), recs = jax.lax.scan(step, (ws, w, bs, off, f0), None, length=steps)
+    (ws, w, bs, off, _), recs = jax.lax.scan(step, (ws, w, bs, off, f0), wt[:steps])
     ph, gs, f = _fields(mlp, ws, w, bs, x)
     last = record(ph, gs, f + off[None], f0)
     out = jax.tree.map(lambda a, b: jnp.concatenate([a, b[None]]), recs, last)

@@ -272,18 +272,28 @@ def test_no_convergence_says_so():
         ow.dmft(DEEP_LINEAR, x, y, gamma0=1.0, lr=0.3, steps=10, method="picard", max_iter=5)
 
 
-def test_population_is_the_network_ow_train_trains():
-    """One population of width n is a width-n muP network (biases included): 64 of them against 64 ow.train
-    networks (different seeds): means and spreads of the outputs agree (z < 4.5, spread ratio 0.7-1.4)."""
+@pytest.mark.parametrize("residual", [False, True])
+def test_population_is_the_network_ow_train_trains(residual):
+    """One population of width n is a width-n network: 64 of them against 64 ow.train networks (different seeds):
+    means and spreads of the outputs agree (z < 4.5, spread ratio 0.7-1.4). An MLP with biases in every layer
+    (the readout's included) under muP, and residual blocks (one scaled) under CompleteP (branch multiplier
+    (L/L0)^-1 and learning-rate factor L/L0 in the branches)."""
     from owidth.meanfield import _spec, population
 
     x, y, _, _ = _data(p=5, d=3, m=0)
-    param = ow.MUP.with_base_width(8)
     n, seeds, steps = 128, 64, 8
-    net = ow.serial(ow.Dense(w_std=1.2, b_std=0.7), ow.Tanh(), ow.Dense(w_std=1.3, b_std=0.5), ow.Tanh(),
-                    ow.Dense(out=1, w_std=1.1, b_std=0.8))  # biases in every layer, the readout's included
+    if residual:
+        param = ow.COMPLETEP.with_base_width(8)
+        net = ow.serial(ow.Dense(w_std=1.2, b_std=0.3), ow.Residual(ow.Tanh(), ow.Dense(w_std=1.3, b_std=0.4)),
+                        ow.Residual(ow.Tanh(), ow.Dense(w_std=1.1), scale=0.7), ow.Tanh(), ow.Dense(out=1))
+    else:
+        param = ow.MUP.with_base_width(8)
+        net = ow.serial(ow.Dense(w_std=1.2, b_std=0.7), ow.Tanh(), ow.Dense(w_std=1.3, b_std=0.5), ow.Tanh(),
+                        ow.Dense(out=1, w_std=1.1, b_std=0.8))
     mlp = _spec.parse(net, param, where="test")
-    f = jax.vmap(lambda k: population.simulate(mlp, k, jax.numpy.asarray(x), jax.numpy.asarray(y[:, None]),
+    assert mlp.residual == residual and (mlp.branch_lr == 2.0 if residual else mlp.biases)
+    wt = jax.numpy.full((steps + 1, 5), 1 / 5)
+    f = jax.vmap(lambda k: population.simulate(mlp, k, jax.numpy.asarray(x), jax.numpy.asarray(y[:, None]), wt,
                                                gamma0=1.5, lr=0.4, n=n, nest=n, steps=steps, p=5)["f"])(
         jax.random.split(jax.random.key(0), seeds))
     f = np.asarray(f)[..., 0]
@@ -401,11 +411,11 @@ def test_lazy_limit_with_outputs_and_biases_is_ntk_gradient_descent():
 
 @pytest.mark.slow  # ~60 s: 8 width-4096 networks
 @pytest.mark.compute_bound
-@pytest.mark.parametrize("param", [ow.MUP, ow.DEPTH_MUP])
-def test_residual_net_matches_wide_networks(param):
-    """Residual blocks (tanh, biases, a scaled branch), under muP and depth-muP (branch multiplier (L/L0)^-1/2):
-    the extrapolated populations against 8 muP networks of width 4096 at every step, within 4 combined SE +
-    2e-3; K(0) is ow.kernel's NTK (muP)."""
+def test_residual_net_matches_wide_networks():
+    """Residual blocks (tanh, biases, a scaled branch) under depth-muP (branch multiplier (L/L0)^-1/2): the
+    extrapolated populations against 8 networks of width 4096 at every step, within 4 combined SE + 2e-3.
+    (muP and CompleteP residual populations are compared with ow.train at width 128 in the default suite.)"""
+    param = ow.DEPTH_MUP
     x, y, _, _ = _data(p=5, d=3, m=0)
     net = ow.serial(ow.Dense(w_std=1.2, b_std=0.3), ow.Residual(ow.Tanh(), ow.Dense(w_std=1.3, b_std=0.4)),
                     ow.Residual(ow.Tanh(), ow.Dense(w_std=1.1), scale=0.7), ow.Tanh(), ow.Dense(out=1, w_std=1.1))
@@ -417,8 +427,39 @@ def test_residual_net_matches_wide_networks(param):
     tol = 4 * np.sqrt(se**2 + r.f_train_se**2) + 2e-3
     assert np.all(np.abs(mean - r.f_train) < tol), np.max(np.abs(mean - r.f_train) - tol)
     assert np.abs(r.f_train[-1] - r.f_train[0]).max() > 0.3
-    if param is ow.MUP:
-        k = ow.kernel(net, x).ntk
-        assert np.abs(r.ntk[0] - k).max() < 0.1 * np.abs(k).max()
     with pytest.raises(ValueError, match="residual blocks are solved by method='population'"):
         ow.dmft(net, x, y, **kw, method="monte-carlo")
+
+
+def test_minibatch_schedule():
+    """Minibatch SGD along one schedule: the exact sweep and the extrapolated populations (a network trained on
+    the same batches) agree; the schedule of all points every step is full-batch GD exactly; and minibatches
+    change the trajectory by far more than the populations' error."""
+    x, y, _, _ = _data(p=6, d=3, m=0)
+    net = _linear_net(2)
+    kw = dict(gamma0=1.5, lr=0.3, steps=10)
+    mini = ow.dmft(net, x, y, **kw, batch_size=2, seed=4)
+    assert mini.batches.shape == (10, 2) and all(len(set(b)) == 2 for b in mini.batches)
+    pop = ow.dmft(net, x, y, **kw, batches=mini.batches, method="population", replicas=32, seed=1)
+    assert np.all(np.abs(pop.f_train - mini.f_train)[1:] < 4 * pop.f_train_se[1:]), (pop.f_train - mini.f_train)
+    full = ow.dmft(net, x, y, **kw)
+    every = ow.dmft(net, x, y, **kw, batches=np.tile(np.arange(6), (10, 1)))
+    np.testing.assert_allclose(every.f_train, full.f_train, rtol=0, atol=1e-13)
+    assert np.abs(mini.f_train - full.f_train).max() > 10 * pop.f_train_se.max()
+    with pytest.raises(ValueError, match=r"shape \(steps=10, B\)"):
+        ow.dmft(net, x, y, **kw, batches=np.zeros((9, 2), int))
+    with pytest.raises(ValueError, match="full batch"):
+        ow.dmft(net, x, y, **kw, batch_size=2, method="picard")
+
+
+@pytest.mark.slow  # ~20 s
+@pytest.mark.compute_bound
+def test_minibatch_monte_carlo_agrees_with_populations():
+    """A tanh net on a minibatch schedule: exact-response Monte Carlo and the populations agree (5 SE + 3e-3)."""
+    x, y, _, _ = _data(p=6, d=3, m=0)
+    kw = dict(gamma0=1.0, lr=0.4, steps=12, batch_size=3, seed=2)
+    mc = ow.dmft(TANH, x, y, **kw, method="monte-carlo", samples=1000, response_samples=64, replicas=6)
+    pop = ow.dmft(TANH, x, y, **kw, method="population", replicas=64)
+    np.testing.assert_array_equal(mc.batches, pop.batches)
+    se = np.sqrt(mc.f_train_se**2 + pop.f_train_se**2)
+    assert np.all(np.abs(mc.f_train - pop.f_train) < 5 * se + 3e-3), np.max(np.abs(mc.f_train - pop.f_train) / se)

@@ -50,7 +50,8 @@ replicas give the error bars:
   ``n`` and ``n/2`` neurons (width-n muP networks in weight space, whose weights carry the
   responses implicitly), Richardson-extrapolated in ``1/n``: error ``O(n^-2)`` plus the
   replicas' standard error, cost ``O(L n^2 T Q)``, no ``(T Q)^2`` arrays. P = T = 100 (tanh, 2
-  hidden layers) takes 13.6 s on 2 CPU cores. Biases, C outputs, cross-entropy and residual
+  hidden layers) takes 13.6 s on 2 CPU cores, and muP networks of widths 512..4096 approach it
+  (RMS distance ~ width^-0.43, ``benchmarks/dmft_width.py``). Biases, C outputs, cross-entropy and residual
   blocks (with a depth parametrization's branch multiplier) come for free: the populations are
   networks.
 
@@ -348,7 +349,7 @@ def dmft(net, x_train, y_train, *, gamma0: float, lr: float, steps: int, param: 
     Cost (``benchmarks/dmft.py``, 2 CPU cores, float64, 2 hidden layers, solve after compilation):
 
     * deep linear (the sweep): ``O(L^2 T^3 D^3)``, independent of P; P = T = 100, D = 8 in 0.75 s
-      (Picard: 104 iterations, 23 s); memory ``O(L^2 T^2 D^2)``, plus ``O(L T P^2)`` for the
+      (Picard: 104 iterations, 22 s); memory ``O(L^2 T^2 D^2)``, plus ``O(L T P^2)`` for the
       returned equal-time kernels (P = 1000: 33 s and an 11 GiB peak, nearly all of it those).
     * monte-carlo (one replica, Q = train + test points): ``O(S (T Q)^2 + S^2 T Q)`` for the fields
       and kernels and ``O(S_r (T Q)^3)`` for the response Jacobians, memory ``O(S T Q + S^2 + S_r

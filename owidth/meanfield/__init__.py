@@ -518,7 +518,8 @@ def _plan(net, x_train, y_train, *, gamma0, lr, steps, param, x_test, y_test, me
 
 
 def _run(p: _Plan) -> dict:
-    """Solve: the exact deep-linear iteration (retried with more damping) or the Monte Carlo replicas."""
+    """Solve with the plan's solver: the exact sweep, the Picard iteration (retried with more damping), the
+    Monte Carlo replicas or the populations."""
     common = dict(mlp=p.mlp, x=p.x, y=p.y[:, 0], xt=p.xt, gamma0=p.gamma0, lr=p.lr, steps=p.steps,
                   two_time_limit=p.two_time_limit)  # one output, mse: the Picard and Monte Carlo solvers
     if p.solver == "exact-linear":

@@ -63,6 +63,7 @@ def run(quick: bool) -> dict:
 
 def plot(result: dict, path: pathlib.Path) -> None:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -77,6 +78,8 @@ def plot(result: dict, path: pathlib.Path) -> None:
     ax.axhline(result["dmft_rms_se"], color="gray", lw=1, ls=":", label="DMFT standard error")
     ax.set(xscale="log", yscale="log", xlabel="width n", ylabel="RMS distance to the DMFT",
            title=f"tanh, P = {result['P']}, T = {result['T']}: slope {result['slope']:.2f}")
+    ax.set_xticks(w, [str(v) for v in w])
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -39,8 +39,7 @@ cross-check: Picard iteration on the whole trajectory with a learning horizon th
 step per iteration, so at least ``steps`` iterations (they agree to the iteration's tolerance:
 2e-12 on outputs at P = T = 100).
 
-Nonlinear networks (and any net with residual blocks), two Monte Carlo solvers; independent
-replicas give the error bars:
+Nonlinear networks, two Monte Carlo solvers; independent replicas give the error bars:
 
 * ``"monte-carlo"`` (:mod:`owidth.meanfield.nonlinear`): one causal sweep forward in time over
   sampled neurons with independent (population) Gaussian sources and exact pathwise response
@@ -291,8 +290,8 @@ def dmft(net, x_train, y_train, *, gamma0: float, lr: float, steps: int, param: 
         (its branch multiplied by ``param.depth_multiplier(L)``, its tensors' learning rate by
         ``param.depth_lr_scale(L)``). With two or more hidden layers the monte-carlo solver needs
         smooth activations (not the Relu family: its pathwise response functions would miss the
-        delta function in ``phi''``). Biases, C > 1 outputs and ``loss="xent"``: the exact sweep
-        and the population solver; residual blocks: the population solver.
+        delta function in ``phi''``). Biases, C > 1 outputs, ``loss="xent"`` and residual blocks:
+        the exact sweep and the population solver.
       x_train: (P, D) inputs; y_train: mse targets (P,) or (P, C), or (``loss="xent"``) integer
         class labels (P,) in ``[0, C)`` (NaN or Inf in either raises ``ValueError``).
       gamma0: richness (> 0; ``gamma0 -> 0`` is the NTK limit). lr: the base learning rate ``eta0``.
@@ -305,7 +304,7 @@ def dmft(net, x_train, y_train, *, gamma0: float, lr: float, steps: int, param: 
         sweep), ``"picard"`` (the same equations by Picard iteration, the cross-check),
         ``"monte-carlo"`` (exact pathwise responses), ``"population"`` (extrapolated finite
         populations; any activation, kinked ones included) or ``"auto"``: exact when every
-        activation is ``Identity`` (and no residual blocks), else monte-carlo, or population when
+        activation is ``Identity``, else monte-carlo, or population when
         monte-carlo would not fit in memory or cannot solve the net (2+ hidden layers of a kinked
         activation, biases, C > 1 outputs, xent, residual blocks); ``result.method`` says which ran.
       samples: Monte Carlo neurons per replica, default 2000 (population: the larger width ``n``,
@@ -460,10 +459,9 @@ def _plan(net, x_train, y_train, *, gamma0, lr, steps, param, x_test, y_test, me
     q = x.shape[0] + (0 if xt is None else xt.shape[0])
     too_big = _memory_verdict(mlp, samples=mc_samples, response_samples=min(response_samples, mc_samples),
                               tau=steps + 1, q=q, itemsize=x.dtype.itemsize, where=where)
-    if mlp.residual and method in ("exact", "picard", "monte-carlo"):
-        raise ValueError(f"{where}: residual blocks are solved by method='population' (or 'auto'), not "
-                         f"method={method!r}")
-    exact = exact and not mlp.residual
+    if mlp.residual and method in ("picard", "monte-carlo"):
+        raise ValueError(f"{where}: residual blocks are solved by method='exact' (deep linear) or 'population' "
+                         f"(or 'auto'), not method={method!r}")
     general = mlp.out > 1 or loss != "mse" or mlp.biases  # what only the sweep and the populations solve
     if general and method in ("picard", "monte-carlo"):
         raise ValueError(f"{where}: method={method!r} solves one output, loss='mse' and no biases; for {mlp.out} "

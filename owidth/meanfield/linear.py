@@ -214,6 +214,11 @@ def sweep(mlp: MLP, c, gamma0, x, y, wt, *, tau: int, loss: str = "mse", lr=0.0)
     response terms do not see it: a bias is not part of ``W``). The readout bias adds a
     deterministic offset, ``B(t + 1) = B(t) + lr beta_{L+1}^2 sum_mu Delta_mu(t) / P``.
 
+    Residual blocks ``h^{l+1} = h^l + m (W^l h^l + bias)``: the branch's ``W^l`` receives the gradient
+    ``q = m z^{l+1}``, so its backward source has covariance ``sigma^2 m^2 G^{l+1}``, its response
+    is ``b = dq/du = m dz^{l+1}/du``, its learning terms carry the branch's learning-rate factor,
+    and the skips add ``v^l(t)`` to ``v^{l+1}(t)`` and ``z^{l+1}(t)`` to ``z^l(t)``.
+
     ``y`` is (P, C): targets (mse) or one-hot labels (xent); ``wt`` (tau, P) the weight of each point
     in step t's gradient (``1/P``, or a minibatch's counts / B), so ``e_k(t) = sum_mu wt_mu(t)
     Delta_{mu k}(t) x_mu``. Returns ``beta`` (tau, C, d) and
@@ -240,7 +245,8 @@ def sweep(mlp: MLP, c, gamma0, x, y, wt, *, tau: int, loss: str = "mse", lr=0.0)
         for j in range(L - 1):
             cov[f"u{j}"] = (sig[j + 1] ** 2 * M[j].reshape(tau * d, tau * d)
                             + mlp.beta(j + 1) ** 2 * jnp.outer(bias, bias))
-            cov[f"r{j}"] = sig[j + 1] ** 2 * G[j + 1].reshape(tau * C, tau * C)
+            m = mlp.branch(j + 1)[1]  # r^j is the source of W^T (m g^{j+1}): covariance sigma^2 m^2 G^{j+1}
+            cov[f"r{j}"] = (sig[j + 1] * m) ** 2 * G[j + 1].reshape(tau * C, tau * C)
         return cov
 
     def step(cr, t):
@@ -253,21 +259,27 @@ def sweep(mlp: MLP, c, gamma0, x, y, wt, *, tau: int, loss: str = "mse", lr=0.0)
                 row = rows("v0", range(d)) + c * lam[:, None] * jnp.einsum("skd,skn->dn", e, Z[0])
             else:
                 j = l - 1
+                res, m, lrf = mlp.branch(l)  # W^j's output gets the gradient q = m z^l
                 a = V[j, t][:, lay[f"r{j}"][0]:lay[f"r{j}"][1]].reshape(d, tau, C) * past[None, :, None]
                 me = jnp.einsum("dse,ske->dsk", M[j, t], e)  # M^j(t, s) e_k(s): (d, tau, C)
                 me = me + (mlp.beta(l) / sig[l]) ** 2 * const[:, None, None] * e[None, :, :, d - 1]  # bias
-                row = rows(f"u{j}", t * d + jnp.arange(d)) + sig[j + 1] ** 2 * jnp.einsum("dsk,skn->dn", a + c * me,
-                                                                                          Z[l])
+                row = rows(f"u{j}", t * d + jnp.arange(d)) + sig[j + 1] ** 2 * jnp.einsum(
+                    "dsk,skn->dn", a + c * lrf * me, m * Z[l])
+                if res:  # h^l = h^{l-1} + m (W^j phi(h^{l-1}) + bias)
+                    row = V[j, t] + m * row
             V = V.at[l, t].set(row)
             m_row = _quad(mlp, covs(M, G), row, V[l])  # (d, tau, d): M^l(t, s)
             M = M.at[l, t].set(m_row).at[l, :, :, t, :].set(jnp.transpose(m_row, (1, 2, 0)))
         zl = rows("w", range(C)) + c * jnp.einsum("skd,sdn->kn", e, V[L - 1])  # (C, N)
         for l in reversed(range(L)):  # backward fields z^l_k(t): (C, N)
             if l < L - 1:
-                b = Z[l + 1, t][:, lay[f"u{l}"][0]:lay[f"u{l}"][1]].reshape(C, tau, d) * upto[None, :, None]
+                res, m, lrf = mlp.branch(l + 1)  # q = m z^{l+1}: b = dq/du, G_q = m^2 G^{l+1}
+                b = m * Z[l + 1, t][:, lay[f"u{l}"][0]:lay[f"u{l}"][1]].reshape(C, tau, d) * upto[None, :, None]
                 ge = jnp.einsum("ksm,smd->ksd", G[l + 1, t], e)  # sum_k' G_{kk'}(t, s) e_k'(s)
-                coef = sig[l + 1] ** 2 * (b + c * ge)  # (C, tau, d)
+                coef = sig[l + 1] ** 2 * (b + c * lrf * m**2 * ge)  # (C, tau, d)
                 zl = rows(f"r{l}", t * C + jnp.arange(C)) + jnp.einsum("ksd,sdn->kn", coef, V[l])
+                if res:  # z^l = z^{l+1} (the skip) + W^T q
+                    zl = Z[l + 1, t] + zl
             Z = Z.at[l, t].set(zl)
             g_row = _quad(mlp, covs(M, G), zl, Z[l])  # (C, tau, C)
             G = G.at[l, t].set(g_row).at[l, :, :, t, :].set(jnp.transpose(g_row, (1, 2, 0)))

@@ -427,7 +427,7 @@ def test_residual_net_matches_wide_networks():
     tol = 4 * np.sqrt(se**2 + r.f_train_se**2) + 2e-3
     assert np.all(np.abs(mean - r.f_train) < tol), np.max(np.abs(mean - r.f_train) - tol)
     assert np.abs(r.f_train[-1] - r.f_train[0]).max() > 0.3
-    with pytest.raises(ValueError, match="residual blocks are solved by method='population'"):
+    with pytest.raises(ValueError, match="residual blocks are solved by method='exact'"):
         ow.dmft(net, x, y, **kw, method="monte-carlo")
 
 
@@ -463,3 +463,27 @@ def test_minibatch_monte_carlo_agrees_with_populations():
     np.testing.assert_array_equal(mc.batches, pop.batches)
     se = np.sqrt(mc.f_train_se**2 + pop.f_train_se**2)
     assert np.all(np.abs(mc.f_train - pop.f_train) < 5 * se + 3e-3), np.max(np.abs(mc.f_train - pop.f_train) / se)
+
+
+@pytest.mark.parametrize("param", [ow.MUP, ow.COMPLETEP])
+def test_residual_linear_sweep(param):
+    """Deep linear residual blocks in the exact sweep (the branch's W sees the gradient q = m z, so its backward
+    source has covariance sigma^2 m^2 G and its response b = m dz/du): K(0) is ow.kernel's NTK; the lazy limit
+    is NTK gradient descent (1e-6); in the rich regime the extrapolated populations agree within 4 SE, under muP
+    and under CompleteP (branch multiplier 1/L, branch learning rate x L)."""
+    x, y, _, _ = _data(p=5, d=3, m=0)
+    net = ow.serial(ow.Dense(w_std=1.2, b_std=0.3), ow.Residual(ow.Identity(), ow.Dense(w_std=0.8, b_std=0.4)),
+                    ow.Residual(ow.Identity(), ow.Dense(w_std=0.9), scale=0.7), ow.Identity(), ow.Dense(out=1))
+    kw = dict(lr=0.1, steps=10, param=param)
+    r = ow.dmft(net, x, y, gamma0=1.5, **kw)
+    assert r.method == "exact-linear"
+    pop = ow.dmft(net, x, y, gamma0=1.5, **kw, method="population", replicas=128, seed=2)
+    for got, want, se in ((pop.f_train, r.f_train, pop.f_train_se), (pop.phi, r.phi, pop.phi_se)):
+        assert np.all(np.abs(got - want)[..., 1:, :] < 4 * se[..., 1:, :] + 1e-12), np.max(np.abs(got - want) / se)
+    assert np.abs(r.f_train[-1] - r.f_train[0]).max() > 0.3
+    if param is ow.MUP:
+        k = ow.kernel(net, x).ntk
+        np.testing.assert_allclose(r.ntk[0], k, rtol=1e-10)
+        lazy = ow.dmft(net, x, y, gamma0=1e-4, **kw)
+        want = np.asarray(ow.predict.gradient_descent(k, None, y, lr=0.1, steps=np.arange(11)).mean_train)
+        assert np.max(np.abs(lazy.f_train - want)) < 1e-6 * np.max(np.abs(want))

@@ -114,7 +114,7 @@ def parse(net, param, *, where: str) -> MLP:
                 "'act, ow.Dense()' may be residual blocks ow.Residual(act, ow.Dense())")
     items = _flatten(net, where, expected)
     depth = residual_depth(net)
-    layers, skip = [], []
+    layers, mults = [], []  # every weight/activation layer, and its residual branch multiplier (None: none)
     for item in items:
         if isinstance(item, tuple):
             _, scale, branch = item
@@ -122,16 +122,15 @@ def parse(net, param, *, where: str) -> MLP:
                 raise ValueError(f"{where}: a residual block must be ow.Residual(act, ow.Dense()); got {len(branch)} "
                                  f"layers in it ({expected})")
             layers += branch
-            skip.append(scale * param.depth_multiplier(depth))
+            mults += [scale * param.depth_multiplier(depth)] * 2
         else:
             layers.append(item)
-            if len(layers) % 2 == 1 and len(layers) > 1:  # a plain hidden Dense (the readout is fixed below)
-                skip.append(None)
+            mults.append(None)
     if len(layers) < 3 or len(layers) % 2 == 0:
         raise ValueError(f"{where}: the DMFT solver supports {expected}; got {len(layers)} layers")
     if isinstance(items[-1], tuple):
         raise ValueError(f"{where}: the network must end in 'act, ow.Dense(out=C)' (the readout); {expected}")
-    skip = skip[:-1]  # the readout is not a hidden-to-hidden weight
+    skip = mults[2:-1:2]  # the hidden-to-hidden Dense layers 2, 4, ..., 2L - 2
     w_std, b_std, acts = [], [], []
     for i, layer in enumerate(layers):
         if i % 2 == 0:

@@ -1,5 +1,5 @@
 """Finite-width corrections at order 1/n: the four-point vertex, the NNGP correction and the NTK's fluctuations
-of deep MLPs.
+and mean correction of deep MLPs.
 
 At width ``n`` a network's outputs at initialisation are not Gaussian. For an MLP of ``Dense`` layers
 (``z = b_std b + (w_std / sqrt(fan_in)) W phi(z_prev)``, NTP or SP, every hidden layer of width ``n``)
@@ -51,6 +51,26 @@ then has ``n Cov(Theta_ij(a,b), Theta_kl(c,d)) = delta_ij delta_kl A + delta_ik 
 delta_il delta_jk B[a,b,d,c]`` (:meth:`Expansion.ntk_covariance`, :func:`ntk_variance`). For one hidden layer
 the neurons are i.i.d. and these are exact at every width.
 
+The NTK's mean, ``E Theta_ii = H + H1 / n + O(1/n^2)`` (:func:`ntk_correction`). Since the row ``W_i`` is
+independent of the layers below, ``E Theta^(l+1)_ii(a,b) = E G^(l+1)(a,b) + w^2 E[phi'_k(a) phi'_k(b)
+Theta^l_kk(a,b)]`` exactly. The neuron's own NTK ``Theta^l_kk = G^l + (w_l^2/n) u^T M^(l-1) u`` and its
+pre-activations ``z_k(c) = b beta + (w_l / sqrt n) u . phi^(l-1)_c`` share the Gaussian row ``u = W_k``, so
+Gaussian integration by parts twice (``E[g u_i u_j] = delta_ij E g + E d_i d_j g``) gives, given the layers below,
+``E[phi'_a phi'_b Theta_kk] = Fdot(G) Hhat + (w_l^4 / n) sum_cd E[d_c d_d (phi'_a phi'_b)] Q^(l-1)_cd(a,b)`` with
+``Q^(m)_cd(a,b) = (1/n) sum_jj' phi_j(c) phi'_j(a) Theta^m_jj'(a,b) phi'_j'(b) phi_j'(d)`` over layer ``m``'s
+neurons. ``Q`` is ``O(1)``: its ``n`` diagonal terms and its ``n^2`` off-diagonal ones, whose ``Theta_jj'`` has mean
+``O(1/n)`` given the correlated ``phi_j``, ``phi_j'`` (Stein's lemma once on each row). At leading order::
+
+    Q^(m)[c,d,a,b] = E[phi_c phi'_a phi'_b phi_d] H_ab + w_m^4 sum_ef r[c,a,e] r[d,b,f] Q^(m-1)[e,f,a,b]
+    H1^(l+1) = K1^(l+1) + w^2 [(Jdot K1 + (1/2) Hdot : V) H + Fdot H1 + sum_q Jdot_pq D_pq
+                               + w_l^4 sum_q Jdot_pq (Q^(l-1)_cd + Q^(l-1)_dc)(a,b)]
+
+with ``r[c,a,e] = E d_e(phi_c phi'_a)`` (by Stein's lemma, ``K_S^-1 E[z_S phi_c phi'_a]`` on ``S = {c, a}``),
+``Jdot``, ``Hdot`` the first and second derivatives of ``Fdot`` over the pairs ``q = (c, d)`` (Price's theorem:
+``E d_c d_d g = (1 + delta_cd) dE[g]/dG_cd``, which includes the Dirac deltas of kinked activations), ``Q^(0) = 0``
+(the first layer's NTK is deterministic and diagonal) and ``H1 = 0`` at the first layer: so ``H1 = 0`` with one
+hidden layer, and for deep linear nets at any depth.
+
 Numerics: ``F``, ``Fdot``, their derivatives and ``H`` come from the kernel engine's dual kernels (closed forms
 for the ReLU family and ``Identity``, the engine's quadrature otherwise) differentiated by JAX. The fourth
 moments ``E[g_a g_b g_c g_d]`` (``g`` = ``phi`` or ``phi'``) of the homogeneous piecewise activations (ReLU,
@@ -79,7 +99,7 @@ descent is ``infinite + c / n + O(1/n^2)``; ``c`` comes from the neurons' dNTK a
 fluctuations, computed for one hidden layer and smooth activations (derivation in its docstring) and
 checked against ``ow.train`` ensembles of 40000 networks at widths 64..512.
 
-Not yet implemented: the NTK's 1/n mean correction; the corrected gradient-descent prediction of deeper nets
+Not yet implemented: the corrected gradient-descent prediction of deeper nets
 (it needs the layer recursions of the dNTK and ddNTK, the book's ch. 11) and of kinked activations (Dirac
 deltas in the dNTK); convolutions, attention and normalisation layers (refused by name); other
 parametrizations than NTP/SP.
@@ -111,7 +131,7 @@ import numpy as np
 from owidth import _checks
 
 __all__ = ["Correction", "Expansion", "empirical_ntks", "expansion", "four_point", "last_layer_covariances",
-           "nngp_correction", "ntk_variance", "predict_correction"]
+           "nngp_correction", "ntk_correction", "ntk_variance", "predict_correction"]
 
 _WHERE = "ow.finite_width"
 # Gauss-Hermite nodes per dimension for M4 by the number of distinct inputs (1..4): smooth, kinked
@@ -137,6 +157,7 @@ class Expansion:
         B[a,b,c,d] + delta_il delta_jk B[a,b,d,c] + O(1/n)``; see :meth:`ntk_covariance`.
       ntk_nngp: (N, N, N, N) ``D[a,b,c,d] = n Cov(Theta_ii(a,b), G_(cd))``, the NTK's covariance with the last
         layer's stochastic NNGP kernel ``G``, to leading order.
+      ntk_correction: (N, N) ``H1``: ``E Theta_ii(a,b) = H_ab + H1_ab / n + O(1/n^2)`` (:meth:`ntk_mean`).
     """
 
     nngp: jax.Array
@@ -146,6 +167,7 @@ class Expansion:
     ntk_a: jax.Array | None = None
     ntk_b: jax.Array | None = None
     ntk_nngp: jax.Array | None = None
+    ntk_correction: jax.Array | None = None
 
     def covariance(self, width: int) -> jax.Array:
         """``K + K1 / n``: the output covariance at width ``n`` to order 1/n."""
@@ -166,6 +188,12 @@ class Expansion:
         n = _checks.positive_int("width", width, where=_WHERE)
         idx = jnp.arange(self.nngp.shape[0])
         return 3.0 * self.vertex[idx, idx, idx, idx] / (n * jnp.diagonal(self.nngp) ** 2)
+
+    def ntk_mean(self, width: int) -> jax.Array:
+        """``H + H1 / n``: the mean of the empirical NTK at width ``n`` to order 1/n."""
+        if self.ntk_correction is None:
+            raise ValueError(f"{_WHERE}: this Expansion was computed with ntk=False; call expansion(net, x) again")
+        return self.ntk + self.ntk_correction / _checks.positive_int("width", width, where=_WHERE)
 
     def ntk_covariance(self, width: int, *, outputs: str = "same") -> jax.Array:
         """(N, N, N, N) covariance of the empirical NTK's entries at width ``n`` to order 1/n:
@@ -270,8 +298,8 @@ def _gauss_hermite(k: int, nodes: int):
 
 
 def _slot_values(act, z):
-    """``(phi(z), phi'(z))`` elementwise."""
-    return act.fn(z), jnp.vectorize(jax.grad(act.fn))(z)
+    """``(phi(z), phi'(z), z)`` elementwise: the factors of kinds 0, 1, 2 in :func:`_moments`."""
+    return act.fn(z), jnp.vectorize(jax.grad(act.fn))(z), z
 
 
 def _piecewise_factor(act, kind: int):
@@ -366,8 +394,8 @@ def _price_expect(sig: np.ndarray, factors: list) -> np.ndarray:
 
 
 def _moments(act, kmat, entries: list) -> np.ndarray:
-    """``E prod_s g_s(z_(i_s))`` under ``z ~ N(0, kmat)`` for each entry ``((i_1, g_1), ..., (i_4, g_4))`` with
-    ``g = 0`` for ``phi`` and ``1`` for ``phi'``. The homogeneous piecewise activations (relu family, rectified
+    """``E prod_s g_s(z_(i_s))`` under ``z ~ N(0, kmat)`` for each entry ``((i_1, g_1), ..., (i_m, g_m))`` with
+    ``g = 0`` for ``phi``, ``1`` for ``phi'`` and ``2`` for ``z`` itself, at most 4 distinct inputs. The homogeneous piecewise activations (relu family, rectified
     monomials, sign; :func:`_piecewise_factor`) exactly by :func:`_price_expect`; any other activation by
     tensor-product Gauss-Hermite over the distinct inputs of the entry (``_NODES``)."""
     exact = _piecewise_factor(act, 0) is not None
@@ -375,17 +403,17 @@ def _moments(act, kmat, entries: list) -> np.ndarray:
     groups: dict[Any, list] = {}
     for e, entry in enumerate(entries):
         distinct = sorted({i for i, _ in entry})
-        mult = tuple(tuple(sum(1 for i, g in entry if i == d and g == kind) for kind in (0, 1)) for d in distinct)
+        mult = tuple(tuple(sum(1 for i, g in entry if i == d and g == kind) for kind in (0, 1, 2)) for d in distinct)
         groups.setdefault(mult if exact else len(distinct), []).append((e, distinct, mult))
     out = np.zeros(len(entries))
     for key, items in groups.items():
         sub = np.stack([kmat_np[np.ix_(d, d)] for _, d, _ in items])  # (Q, k, k)
         if exact:
             factors = []
-            for nf, nd in key:
+            for counts in key:
                 m, cp, cm = 0, 1.0, 1.0
-                for kind, count in ((0, nf), (1, nd)):
-                    fm, fp, fn = _piecewise_factor(act, kind)
+                for kind, count in enumerate(counts):
+                    fm, fp, fn = _piecewise_factor(act, kind) if kind < 2 else (1, 1.0, 1.0)  # z = z (1 + 1)
                     m, cp, cm = m + count * fm, cp * fp ** count, cm * fn ** count
                 factors.append((m, cp, cm))
             vals = _price_expect(sub, factors)
@@ -394,13 +422,14 @@ def _moments(act, kmat, entries: list) -> np.ndarray:
             grid, weights = _gauss_hermite(k, _NODES[getattr(act, "_smooth", True)][k - 1])
             lam, vec = np.linalg.eigh(sub)
             factor = jnp.asarray(vec * np.sqrt(np.clip(lam, 0.0, None))[:, None, :], kmat.dtype)  # sub = f f^T
-            mult = jnp.asarray(np.array([m for *_, m in items]), kmat.dtype)  # (Q, k, 2)
+            mult = jnp.asarray(np.array([m for *_, m in items]), kmat.dtype)  # (Q, k, 3)
             grid, weights = jnp.asarray(grid, kmat.dtype), jnp.asarray(weights, kmat.dtype)
 
             def one(args, grid=grid, weights=weights):
                 a, m = args
-                f, d = _slot_values(act, grid @ a.T)  # (G, k)
-                return jnp.sum(weights * jnp.prod(f ** m[None, :, 0] * d ** m[None, :, 1], axis=-1))
+                f, d, z = _slot_values(act, grid @ a.T)  # (G, k)
+                return jnp.sum(weights * jnp.prod(f ** m[None, :, 0] * d ** m[None, :, 1] * z ** m[None, :, 2],
+                                                  axis=-1))
 
             vals = np.asarray(jax.lax.map(one, (factor, mult), batch_size=max(1, 2 ** 22 // grid.shape[0])))
         for (e, _, _), v in zip(items, vals):
@@ -440,7 +469,7 @@ def expansion(net, x, *, ntk: bool = True, memory_budget: int = 2**30) -> Expans
         NTK of :func:`ow.kernel`).
       x: (N, d) distinct inputs (identical or antipodal inputs make the ReLU dual kernel's derivatives
         infinite and are refused).
-      ntk: also compute the NTK's mean and fluctuation tensors (about 3x the work).
+      ntk: also compute the NTK's mean, its 1/n correction and its fluctuation tensors (about 3x the work).
       memory_budget: bytes the (N, N, N, N) tensors may take together (default 1 GiB); larger requests are
         refused with their size.
 
@@ -474,9 +503,11 @@ def expansion(net, x, *, ntk: bool = True, memory_budget: int = 2**30) -> Expans
     _check_distinct(kmat)
     kvec = kmat[pairs[:, 0], pairs[:, 1]]
     zeros = jnp.zeros((npair, npair), dtype)
-    v, a, d, k1 = zeros, zeros, zeros, jnp.zeros(npair, dtype)
+    v, a, d, k1, h1 = zeros, zeros, zeros, jnp.zeros(npair, dtype), jnp.zeros(npair, dtype)
     h = kvec  # the first layer's NTK is its (deterministic) NNGP kernel
     bfull = jnp.zeros((n_in,) * 4, dtype)
+    q = jnp.zeros((n_in,) * 4, dtype)  # Q^(l-1)[c, d, a, b]: zero below the first hidden layer
+    w_prev = w
     for w, b, act in layers[1:]:
         fvec = _dual_vec(act, pairs)
         f, fd = fvec(kvec)
@@ -486,6 +517,19 @@ def expansion(net, x, *, ntk: bool = True, memory_budget: int = 2**30) -> Expans
         k1_new = w ** 2 * (jf @ k1 + 0.5 * jnp.einsum("apq,pq->a", hess, v))
         v_new = w ** 4 * (m_ff - jnp.outer(f, f) + jf @ v @ jf.T)
         if ntk:
+            # the NTK's mean correction: E[phi'_a phi'_b Theta_kk(a,b)] to order 1/n (module docstring, H1)
+            hess_d = jax.hessian(lambda g: fvec(g)[1])(kvec)
+            qs = q + jnp.transpose(q, (1, 0, 2, 3))
+            qs_pairs = qs[pairs[:, 0, None], pairs[:, 1, None], pairs[None, :, 0], pairs[None, :, 1]]  # [q, p]
+            stein = jnp.sum(jd * qs_pairs.T, axis=1)
+            h1_new = k1_new + w ** 2 * ((jd @ k1 + 0.5 * jnp.einsum("apq,pq->a", hess_d, v)) * h + fd * h1
+                                        + jnp.sum(jd * d, axis=1) + w_prev ** 4 * stein)
+            # Q^(l)[c,d,a,b] = (1/n) sum_jm phi_j(c) phi'_j(a) Theta_jm(a,b) phi'_m(b) phi_m(d) at leading order
+            r = _stein_factors(act, _to_matrix(kvec, pairs, n_in))
+            hmat = _to_matrix(h, pairs, n_in)
+            q = (jnp.transpose(_to_vertex(m_df, pairs, n_in), (2, 3, 0, 1)) * hmat[None, None]
+                 + w_prev ** 4 * jnp.einsum("cae,dbf,efab->cdab", r, r, q))
+            h1 = h1_new
             # psi_ab = phi_a phi_b + phi'_a phi'_b Theta_kk(a,b): the neuron's share of the next layer's NTK
             psi = f + fd * h
             jpsi = jf + h[:, None] * jd
@@ -494,18 +538,39 @@ def expansion(net, x, *, ntk: bool = True, memory_budget: int = 2**30) -> Expans
             fdv = fd[:, None] * d  # diag(Fdot) D
             d_new = w ** 4 * (cov_pf + jpsi @ v @ jf.T + fdv @ jf.T)
             a_new = w ** 4 * (cov_pp + jpsi @ v @ jpsi.T + jpsi @ fdv.T + fdv @ jpsi.T + fd[:, None] * a * fd[None, :])
-            hmat, fdmat = _to_matrix(h, pairs, n_in), _to_matrix(fd, pairs, n_in)
+            fdmat = _to_matrix(fd, pairs, n_in)
             mdd = _to_vertex(m_dd, pairs, n_in)
             bfull = w ** 4 * (mdd * hmat[:, :, None, None] * hmat[None, None, :, :]
                               + fdmat[:, None, :, None] * fdmat[None, :, None, :] * bfull)
             a, d, h = a_new, d_new, b ** 2 + w ** 2 * psi
-        k1, v, kvec = k1_new, v_new, b ** 2 + w ** 2 * f
+        k1, v, kvec, w_prev = k1_new, v_new, b ** 2 + w ** 2 * f, w
     out = dict(nngp=_to_matrix(kvec, pairs, n_in), nngp_correction=_to_matrix(k1, pairs, n_in),
                vertex=_to_vertex(v, pairs, n_in))
     if ntk:
         out.update(ntk=_to_matrix(h, pairs, n_in), ntk_a=_to_vertex(a, pairs, n_in), ntk_b=bfull,
-                   ntk_nngp=_to_vertex(d, pairs, n_in))
+                   ntk_nngp=_to_vertex(d, pairs, n_in), ntk_correction=_to_matrix(h1, pairs, n_in))
     return Expansion(**out)
+
+
+def _stein_factors(act, kmat):
+    """(N, N, N) ``r[c, a, e] = E[d/dz_e (phi(z_c) phi'(z_a))]`` under ``z ~ N(0, kmat)``, by Stein's lemma
+    ``E[z_S h] = K_S E[grad_S h]`` on the inputs ``S = {c, a}`` (so the Dirac deltas of kinked activations'
+    ``phi''`` are included without differentiating ``phi'``)."""
+    n_in = kmat.shape[0]
+    kmat_np = np.asarray(kmat, np.float64)
+    entries, where = [], []
+    for c in range(n_in):
+        for a in range(n_in):
+            for e in sorted({c, a}):
+                entries.append(((e, 2), (c, 0), (a, 1)))
+                where.append((c, a, e))
+    vals = dict(zip(where, _moments(act, kmat, entries)))
+    r = np.zeros((n_in,) * 3)
+    for c in range(n_in):
+        for a in range(n_in):
+            s = sorted({c, a})
+            r[c, a, s] = np.linalg.solve(kmat_np[np.ix_(s, s)], [vals[(c, a, e)] for e in s])
+    return jnp.asarray(r, kmat.dtype)
 
 
 def _four_point_moments(act, kmat, pairs: np.ndarray, *, ntk: bool):
@@ -555,6 +620,13 @@ def nngp_correction(net, x, *, memory_budget: int = 2**30) -> jax.Array:
     return expansion(net, x, ntk=False, memory_budget=memory_budget).nngp_correction
 
 
+def ntk_correction(net, x, *, memory_budget: int = 2**30) -> jax.Array:
+    """``H1`` (N, N): the empirical NTK's mean at initialisation is ``E Theta(x_a, x_b) = H_ab + H1_ab / n +
+    O(1/n^2)`` at width ``n`` (NTP; see :func:`expansion` and the module docstring). Zero with one hidden layer
+    and for deep linear nets."""
+    return expansion(net, x, memory_budget=memory_budget).ntk_correction
+
+
 def ntk_variance(net, x, *, memory_budget: int = 2**30) -> jax.Array:
     """(N, N, N, N) ``n Cov(Theta(x_a, x_b), Theta(x_c, x_d))`` of one output's empirical NTK at initialisation,
     ``A[a,b,c,d] + B[a,b,c,d] + B[a,b,d,c]`` to leading order (Hanin & Nica 2020; the book's ch. 8): the variance
@@ -563,7 +635,8 @@ def ntk_variance(net, x, *, memory_budget: int = 2**30) -> jax.Array:
     return expansion(net, x, memory_budget=memory_budget).ntk_covariance(1)
 
 
-def last_layer_covariances(net, x, *, width: int, samples: int, seed: int = 0, memory: int = 2**30) -> np.ndarray:
+def last_layer_covariances(net, x, *, width: int, samples: int, seed: int = 0, memory: int = 2**30,
+                           sampler: str = "weights") -> np.ndarray:
     """Monte Carlo over ``samples`` random networks ``ow.finite(net, width=width)`` of the last layer's
     conditional covariance ``G = b^2 + w^2 h h^T / fan_in`` (``h``: the last hidden features, ``w``, ``b``:
     the last ``Dense``'s ``w_std``, ``b_std``), shape (samples, N, N).
@@ -573,16 +646,57 @@ def last_layer_covariances(net, x, *, width: int, samples: int, seed: int = 0, m
     ``Cov(G_ab, G_cd)``: the Rao-Blackwellised estimators of the quantities :func:`expansion` predicts,
     without the outputs' own sampling noise. Networks are drawn in compiled batches whose parameters fit in
     ``memory`` bytes; network ``s`` of the batch ``c`` uses ``jax.random.split(jax.random.key(seed * 10**6 + c))``.
+
+    ``sampler="gaussian"`` draws the same law without the weights: given layer ``l``'s features ``h`` (n, N),
+    layer ``l+1``'s pre-activations are i.i.d. over neurons and exactly ``N(0, b^2 + w^2 h h^T / fan_in)``, so
+    each layer is sampled as ``S xi`` with ``S S^T`` that covariance and ``xi`` (N, n) standard normals. That
+    costs ``O(L n N^2)`` per network instead of the weights' ``O(L n^2 N)`` and ``O(L n^2)`` random numbers
+    (at width 1024 and 6 hidden layers, about 300x fewer for 3 inputs), and is the sampler that makes
+    ``10^5`` networks of width 1024 practical on a CPU. The default ``"weights"`` builds the networks of
+    ``ow.finite``: the independent check of the Gaussian law (``tests/test_finite_width.py`` compares the two).
     """
     where = f"{_WHERE}.last_layer_covariances"
     layers = _layers(net)
     w, b, _ = layers[-1]
+    if sampler == "gaussian":
+        return _sample_gaussian(layers, x, width=width, samples=samples, seed=seed, memory=memory, where=where)
+    if sampler != "weights":
+        raise ValueError(f"{where}: sampler must be 'weights' (ow.finite networks) or 'gaussian' (the layers' "
+                         f"conditional Gaussian law), got {sampler!r}")
 
     def gram(model, key, x):
         h = model.intermediates(model.init(key, x), x).features
         return b ** 2 + w ** 2 * h @ h.T / h.shape[1]
 
     return _sample(net, x, gram, width=width, samples=samples, seed=seed, memory=memory, where=where, factor=1)
+
+
+def _sample_gaussian(layers, x, *, width, samples, seed, memory, where) -> np.ndarray:
+    """:func:`last_layer_covariances` with ``sampler="gaussian"``: each hidden layer's pre-activations drawn from
+    their exact conditional law ``N(0, G)`` given the layer below (``G`` from that layer's features)."""
+    width = _checks.positive_int("width", width, where=where)
+    samples = _checks.positive_int("samples", samples, where=where)
+    x = _checks.as_float_array("x", x, where=where, rank=2)
+    dtype = jnp.result_type(float)
+    x = jnp.asarray(x, dtype)
+    w0, b0, _ = layers[0]
+    g0 = b0 ** 2 + w0 ** 2 * x @ x.T / x.shape[1]
+    n_in = x.shape[0]
+
+    def one(key):
+        g = g0
+        for (w, b, act), k in zip(layers[1:], jax.random.split(key, len(layers) - 1)):
+            lam, vec = jnp.linalg.eigh(g)
+            root = vec * jnp.sqrt(jnp.clip(lam, 0.0, None))[None, :]
+            h = act.fn(root @ jax.random.normal(k, (n_in, width), dtype))
+            g = b ** 2 + w ** 2 * h @ h.T / width
+        return g
+
+    chunk = max(1, min(samples, memory // max(1, 4 * n_in * width * jnp.dtype(dtype).itemsize)))
+    run = jax.jit(jax.vmap(one))
+    out = [np.asarray(run(jax.random.split(jax.random.key(seed * 10**6 + c), chunk)))
+           for c in range(-(-samples // chunk))]
+    return np.concatenate(out)[:samples]
 
 
 def empirical_ntks(net, x, *, width: int, samples: int, seed: int = 0, memory: int = 2**30) -> np.ndarray:

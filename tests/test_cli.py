@@ -240,7 +240,8 @@ def test_finite_width_quick(tmp_path, monkeypatch):
     """ReLU MLPs with 3 hidden layers at widths 16..64 (10000 networks each): the connected four-point function's
     error without the 1/n vertex falls like 1/n, with it faster than 1/n^1.5 and at least 10x smaller at width 64;
     the covariance error without K1/n falls like 1/n (slope within 0.35 of -1); the NTK's relative variance
-    matches ntk_variance within 4 SE with one hidden layer (exact there) and grows with depth; after 10 GD steps
+    matches ntk_variance within 4 SE with one hidden layer (exact there) and grows with depth; the NTK's mean
+    matches ntk_correction within 4 SE at width 16; after 10 GD steps
     the 1/n-corrected mean prediction is closer to the ensemble mean than the infinite-width one at width 64 and
     within 3 SE of it at 64 and 256."""
     monkeypatch.setenv("OWIDTH_NO_PROGRESS", "1")
@@ -261,6 +262,9 @@ def test_finite_width_quick(tmp_path, monkeypatch):
             ds.ntk_relative_variance_se.sel(hidden_layers=1)[-1])
         assert bool((ds.ntk_relative_variance_theory.sel(hidden_layers=3)
                      > ds.ntk_relative_variance_theory.sel(hidden_layers=1)).all())
+        # the NTK's mean: n (E Theta - H) at the smallest width (16000 networks) within 4 SE of H1
+        mc, h1, se = (ds[f"ntk_mean_correction_{k}"].isel(ntk_width=0).values for k in ("monte_carlo", "theory", "se"))
+        assert bool((abs(mc - h1) < 4 * se).all()), (mc, h1, se)
         # gradient descent: the 1/n-corrected mean prediction is closer to the ensemble mean at width 64, and
         # within 3 SE of it at every width (20000 networks each)
         gd = ds[["gd_error_corrected", "gd_error_uncorrected", "gd_error_noise"]].to_array().values

@@ -163,8 +163,8 @@ def run(*, out: pathlib.Path, quick: bool, seed: int) -> dict:
                      **{f"gd_error_{k}": ("gd_width", a) for k, a in gd.items()}},
                     coords={"hidden_layers": depths, "width": widths, "ntk_width": ntk_widths, "gd_width": gd_widths},
                     attrs={"samples": samples, "w_std": 1.3, "b_std": 0.3, "activation": "relu", "inputs": 3,
-                           "pairs": str(PAIRS), "estimator": "Rao-Blackwellised: last-layer conditional covariance; layers drawn from their "
-                                        "conditional Gaussian law (last_layer_covariances(sampler='gaussian'))",
+                           "pairs": str(PAIRS), "estimator": "Rao-Blackwellised: last-layer conditional covariance; layers drawn "
+                                        "from their conditional Gaussian law (sampler='gaussian')",
                            "ntk_samples": ntk_samples})
     ds.to_netcdf(out / "finite_width.nc")
     deep = len(depths) - 1

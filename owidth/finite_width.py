@@ -894,8 +894,9 @@ def predict_correction(net, x_train, y_train, x_test=None, *, lr: float, steps, 
     if method == "simulation":
         width = _checks.positive_int("width", width, where=where)
         pairs = _checks.positive_int("pairs", pairs, where=where)
-        if width < 2:
-            raise ValueError(f"{where}: width must be at least 2 for method='simulation', got {width}")
+        if width < 2 or pairs < 2:
+            raise ValueError(f"{where}: method='simulation' needs width >= 2 and pairs >= 2 (the standard error "
+                             f"is the pairs' spread), got width={width}, pairs={pairs}")
         xs_sim = np.asarray(xs) if points == "test" else np.asarray(xs)[:ntr]  # no duplicated points
         f_inf, corr, se = _simulated_correction(net, x_train, xs_sim, np.asarray(y), lr=lr, big_t=big_t,
                                                 center=center, width=width, pairs=pairs, seed=seed)
@@ -1038,15 +1039,18 @@ def _simulated_correction(net, x_train, xs, y, *, lr, big_t, center, width, pair
     function leaves an ``O(n^-1/2)`` even part: the error grows like ``sqrt(n)``)."""
     from owidth._finite import finite
     from owidth._kernel import kernel
+    from owidth._progress import progress
     from owidth._train import train
     from owidth.empirical import empirical_ntk
 
     dtype = jnp.result_type(float)
     m, ntr, k = xs.shape[0], x_train.shape[0], y.shape[1]
-    e = expansion(net, xs)
     eye = jnp.eye(k, dtype=dtype)
     h = jnp.asarray(kernel(net, jnp.asarray(xs, dtype)).ntk, dtype)[:, :, None, None] * eye[None, None]
-    h1 = jnp.asarray(e.ntk_correction, dtype)[:, :, None, None] * eye[None, None]
+    if len(_layers(net)) == 2:  # one hidden layer: H1 = 0 exactly (module docstring), no expansion needed
+        h1 = jnp.zeros_like(h)
+    else:
+        h1 = jnp.asarray(expansion(net, xs).ntk_correction, dtype)[:, :, None, None] * eye[None, None]
     yj = jnp.asarray(y, dtype)
 
     def g(theta, f_init=None):
@@ -1080,6 +1084,7 @@ def _simulated_correction(net, x_train, xs, y, *, lr, big_t, center, width, pair
     chunk = max(1, min(pairs, 2 ** 27 // (n_params * jnp.dtype(dtype).itemsize)))  # ~128 MiB of parameters
     keys = jax.random.split(jax.random.key(seed), pairs)
     res = []
+    bar = progress(total=pairs, desc="predict_correction: antithetic pairs", delay=2.0)
     for c in range(0, pairs, chunk):
         both = with_flips(keys[c:c + chunk])
         q = len(keys[c:c + chunk])
@@ -1093,9 +1098,11 @@ def _simulated_correction(net, x_train, xs, y, *, lr, big_t, center, width, pair
                    test=(xs, np.zeros((m, k))), record_outputs=True, record_every=1, progress_bar=False)
         out = ds.test_output.isel(width=0, lr=0, alpha=0).transpose("seed", "step", "point", ...).values
         f_net = jnp.asarray(out.reshape(2 * q, -1, m, k)[:, :big_t + 1], dtype)
-        r = np.concatenate([np.asarray(run(jax.tree_util.tree_map(lambda leaf: leaf[i:i + 64], both), f_net[i:i + 64]))
-                            for i in range(0, 2 * q, 64)])
+        r = np.concatenate([np.asarray(run(jax.tree_util.tree_map(lambda leaf: leaf[i:i + 64], both),
+                                           f_net[i:i + 64])) for i in range(0, 2 * q, 64)])
         res.append(width * 0.5 * (r[:q] + r[q:]))
+        bar.update(q)
+    bar.close()
     pair_means = np.concatenate(res)
     corr = np.asarray(dg_h1) + pair_means.mean(0)
     se = pair_means.std(0, ddof=1) / np.sqrt(pairs)

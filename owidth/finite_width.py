@@ -694,17 +694,12 @@ def _sample_gaussian(layers, x, *, width, samples, seed, memory, where) -> np.nd
     def one(key):
         g = g0
         for (w, b, act), k in zip(layers[1:], jax.random.split(key, len(layers) - 1)):
-            lam, vec = jnp.linalg.eigh(g)
-            root = vec * jnp.sqrt(jnp.clip(lam, 0.0, None))[None, :]
-            h = act.fn(root @ jax.random.normal(k, (n_in, width), dtype))
+            h = act.fn(_psd_root(g) @ jax.random.normal(k, (n_in, width), dtype))
             g = b ** 2 + w ** 2 * h @ h.T / width
         return g
 
     chunk = max(1, min(samples, memory // max(1, 4 * n_in * width * jnp.dtype(dtype).itemsize)))
-    run = jax.jit(jax.vmap(one))
-    out = [np.asarray(run(jax.random.split(jax.random.key(seed * 10**6 + c), chunk)))
-           for c in range(-(-samples // chunk))]
-    return np.concatenate(out)[:samples]
+    return _batched(one, samples=samples, chunk=chunk, seed=seed)
 
 
 def empirical_ntks(net, x, *, width: int, samples: int, seed: int = 0, memory: int = 2**30) -> np.ndarray:
@@ -737,11 +732,22 @@ def _sample(net, x, fn, *, width, samples, seed, memory, where, factor):
     model = finite(net, width=width)
     per_net = factor * (len(layers) - 1) * width * max(width, x.shape[1]) * jnp.dtype(jnp.result_type(float)).itemsize
     chunk = max(1, min(samples, memory // max(per_net, 1)))
-    run = jax.jit(jax.vmap(lambda key: fn(model, key, x)))
-    out = []
-    for c in range(-(-samples // chunk)):
-        out.append(np.asarray(run(jax.random.split(jax.random.key(seed * 10**6 + c), chunk))))
+    return _batched(lambda key: fn(model, key, x), samples=samples, chunk=chunk, seed=seed)
+
+
+def _batched(fn, *, samples: int, chunk: int, seed: int) -> np.ndarray:
+    """``fn(key)`` for ``samples`` keys, vmapped and compiled in batches of ``chunk``, stacked on the host; the
+    batch ``c`` uses ``jax.random.split(jax.random.key(seed * 10**6 + c), chunk)``."""
+    run = jax.jit(jax.vmap(fn))
+    out = [np.asarray(run(jax.random.split(jax.random.key(seed * 10**6 + c), chunk)))
+           for c in range(-(-samples // chunk))]
     return np.concatenate(out)[:samples]
+
+
+def _psd_root(m):
+    """``S`` with ``S S^T = m`` for a symmetric PSD ``m`` (eigenvectors scaled by the clipped roots)."""
+    lam, vec = jnp.linalg.eigh(m)
+    return vec * jnp.sqrt(jnp.clip(lam, 0.0, None))[None, :]
 
 
 # --------------------------------------------------------------------------- #
@@ -906,10 +912,7 @@ def predict_correction(net, x_train, y_train, x_test=None, *, lr: float, steps, 
     kern = kernel(net, xs)
     theta, nngp = jnp.asarray(kern.ntk, dtype), jnp.asarray(kern.nngp, dtype)
     k1 = b1 ** 2 + w1 ** 2 * xs @ xs.T / xs.shape[1]
-    lam_, vec = jnp.linalg.eigh(k1)
-    k1_half = vec * jnp.sqrt(jnp.clip(lam_, 0.0, None))[None, :]
-    lam_, vec = jnp.linalg.eigh(nngp)
-    nngp_half = vec * jnp.sqrt(jnp.clip(lam_, 0.0, None))[None, :]
+    k1_half, nngp_half = _psd_root(k1), _psd_root(nngp)
     yj = jnp.asarray(y, dtype)
     scale = 1.0 / ntr
 
